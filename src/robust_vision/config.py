@@ -72,8 +72,20 @@ class DataConfig:
 
 
 @dataclass
+class HebbianConfig:
+    clip_range: Optional[list[float]] = _f(None, help="clip weights to [lo, hi] after every update (null = unconstrained)")
+    eta: float = _f(0.2, min=0.0, min_exclusive=True, help="Hebbian learning rate (dW = eta * x t^T)")
+    sgd_eta: float = _f(0.01, min=0.0, min_exclusive=True, help="learning rate of the SGD-MSE baseline on the same model")
+    iterations: int = _f(30, min=1, help="updates per training image (pattern protocol) or epochs (classification)")
+    divergence_bound: float = _f(1e6, min=0.0, min_exclusive=True, help="|W| beyond this counts as diverged")
+
+
+@dataclass
 class TrainingConfig:
     seed: int = _f(0, help="seed of initialisation, shuffling, dropout and augmentation")
+    learning_rule: Literal["backprop", "hebbian", "sgd_mse"] = _f(
+        "backprop", help="backprop (optax, any model) or the crossbar model's local rules: hebbian, sgd_mse")
+    hebbian: HebbianConfig = field(default_factory=HebbianConfig, metadata={"help": "hebbian / sgd_mse options"})
     epochs: int = _f(30, min=1, help="number of epochs")
     batch_size: int = _f(128, min=1, help="global batch size (split over all devices)")
     eval_batch_size: int = _f(512, min=1, help="batch size of validation / evaluation passes")
@@ -314,6 +326,9 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(f"data.image_size: got {size!r}; expected [H, W] with H, W >= 4 (or one integer)")
     if cfg.data.channels not in (None, 1, 3):
         raise ConfigError(f"data.channels: got {cfg.data.channels!r}; expected 1, 3 or null")
+    clip = cfg.training.hebbian.clip_range
+    if clip is not None and (len(clip) != 2 or clip[0] >= clip[1]):
+        raise ConfigError(f"training.hebbian.clip_range: got {clip!r}; expected [lo, hi] with lo < hi, or null")
     if cfg.data.val_fraction + cfg.data.test_fraction >= 1.0:
         raise ConfigError("data.val_fraction + data.test_fraction: must be < 1 so that a training split remains")
 

@@ -1,0 +1,54 @@
+"""Model registry. Every model is an ``nnx.Module`` built as
+``Model(*, input_shape=(H, W, C), num_classes=K, rngs=nnx.Rngs(...), **options)`` with one
+forward path ``model(x, return_features=False)``: x (B, H, W, C) float32 in [0, 1] ->
+logits (B, K), or ``(logits, features)`` where ``features`` maps stage names to
+activations and ends with ``"embedding"``, the representation feeding the classifier.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from flax import nnx
+
+from robust_vision.config import ModelConfig
+from robust_vision.models.cnn import ProductionCNN
+from robust_vision.models.linear import LinearClassifier
+from robust_vision.models.resnet import ResNet18
+
+
+def _cnn_options(cfg: ModelConfig) -> dict:
+    return dict(features=tuple(cfg.features), dropout_rate=cfg.dropout_rate,
+                use_residual=cfg.use_residual, use_batch_norm=cfg.use_batch_norm)
+
+
+def _resnet_options(cfg: ModelConfig) -> dict:
+    return dict(width=cfg.width, dropout_rate=cfg.dropout_rate)
+
+
+def _linear_options(cfg: ModelConfig) -> dict:
+    return dict(hidden_units=tuple(cfg.hidden_units), dropout_rate=cfg.dropout_rate)
+
+
+# name -> (constructor, function that picks the constructor's options from the config)
+MODELS: dict[str, tuple[Callable[..., nnx.Module], Callable[[ModelConfig], dict]]] = {
+    "cnn": (ProductionCNN, _cnn_options),
+    "resnet18": (ResNet18, _resnet_options),
+    "linear": (LinearClassifier, _linear_options),
+}
+
+
+def register_model(name: str, constructor: Callable[..., nnx.Module], options: Callable[[ModelConfig], dict]) -> None:
+    """Add a model to the registry (used by optional model families)."""
+    MODELS[name] = (constructor, options)
+
+
+def create_model(cfg: ModelConfig, *, input_shape: tuple[int, int, int], num_classes: int, seed: int) -> nnx.Module:
+    """Build the model named by ``cfg.name`` with parameters drawn from ``seed``, in eval mode."""
+    if cfg.name not in MODELS:
+        raise ValueError(f"model.name: unknown model {cfg.name!r}; valid models: {', '.join(sorted(MODELS))}")
+    constructor, options = MODELS[cfg.name]
+    rngs = nnx.Rngs(params=seed, dropout=seed + 1)
+    model = constructor(input_shape=tuple(input_shape), num_classes=num_classes, rngs=rngs, **options(cfg))
+    model.eval()  # inference mode unless a trainer asks otherwise
+    return model

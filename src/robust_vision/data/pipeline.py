@@ -1,0 +1,97 @@
+"""Batching, device placement and on-device augmentation.
+
+Batches always have the same shape so every jitted step compiles once: the last partial
+batch is padded (by repeating indices) and a 0/1 ``mask`` marks the real examples, so each
+example counts exactly once in every whole-dataset reduction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+
+@dataclass(frozen=True)
+class BatchIndices:
+    """Indices into a split for one batch. ``indices`` (batch_size,) int, ``mask`` (batch_size,)
+    float32 with 1 for real examples and 0 for padding."""
+
+    indices: np.ndarray
+    mask: np.ndarray
+
+
+def batch_indices(num_examples: int, batch_size: int, order: np.ndarray | None = None) -> Iterator[BatchIndices]:
+    """Yield fixed-size batches covering ``order`` (default 0..n-1) exactly once."""
+    order = np.arange(num_examples) if order is None else np.asarray(order)
+    for start in range(0, num_examples, batch_size):
+        idx = order[start:start + batch_size]
+        real = idx.shape[0]
+        mask = np.ones(batch_size, np.float32)
+        if real < batch_size:
+            idx = np.concatenate([idx, np.resize(order[:max(real, 1)], batch_size - real)])
+            mask[real:] = 0.0
+        yield BatchIndices(idx, mask)
+
+
+def num_batches(num_examples: int, batch_size: int) -> int:
+    return -(-num_examples // batch_size)
+
+
+def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    """The shuffling order of one epoch: a pure function of (seed, epoch), so a resumed run
+    sees the same batches as an uninterrupted one."""
+    key = jax.random.fold_in(jax.random.key(seed), epoch)
+    return np.asarray(jax.random.permutation(key, num_examples))
+
+
+def data_mesh() -> Mesh:
+    """A 1-D mesh over every device of the process group, axis ``"data"``."""
+    return Mesh(np.array(jax.devices()), ("data",))
+
+
+def shard_batch(mesh: Mesh, *arrays: np.ndarray):
+    """Place arrays on the mesh split along their first (batch) axis."""
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    return tuple(jax.device_put(a, sharding) for a in arrays)
+
+
+def replicate(mesh: Mesh, tree):
+    """Place a pytree on every device of the mesh (parameters, optimizer state)."""
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def check_batch_divisible(batch_size: int, mesh: Mesh, key: str) -> None:
+    n = mesh.devices.size
+    if batch_size % n:
+        raise ValueError(f"{key}: got {batch_size}; it must be a multiple of the {n} devices "
+                         f"(e.g. {batch_size + n - batch_size % n})")
+
+
+def augment(key: jax.Array, images: jax.Array, *, flip: bool, crop_padding: int, noise_std: float) -> jax.Array:
+    """Random horizontal flip, random crop after zero padding, additive Gaussian noise.
+
+    images (B, H, W, C) in [0, 1] -> same shape, in [0, 1]. Each example draws its own
+    flip / offset / noise from ``key``; the options are static (Python) values.
+    """
+    flip_key, crop_key, noise_key = jax.random.split(key, 3)
+    b, h, w, _ = images.shape
+    if flip:
+        do_flip = jax.random.bernoulli(flip_key, 0.5, (b, 1, 1, 1))
+        images = jnp.where(do_flip, images[:, :, ::-1, :], images)
+    if crop_padding > 0:
+        p = crop_padding
+        padded = jnp.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
+        offsets = jax.random.randint(crop_key, (b, 2), 0, 2 * p + 1)
+
+        def crop(img, off):
+            return jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, img.shape[-1]))
+
+        images = jax.vmap(crop)(padded, offsets)
+    if noise_std > 0:
+        images = jnp.clip(images + noise_std * jax.random.normal(noise_key, images.shape, images.dtype), 0.0, 1.0)
+    return images

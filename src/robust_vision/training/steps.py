@@ -1,0 +1,182 @@
+"""Pure, jitted training and evaluation steps.
+
+The model is split once into a static graph and three pieces of state
+(``nnx.split(model, nnx.Param, nnx.RngState, ...)``): trainable parameters, the RNG streams
+(re-seeded every step from an explicit key, so they never need to be saved) and the rest
+(batch-norm statistics, fixed noise masks, ...). The train state is a plain dict pytree::
+
+    {"params": State, "model_state": State, "opt_state": optax state,
+     "ema_params": State (or None), "step": int32 scalar}
+
+so the whole training run is a sequence of pure functions of (state, batch, key).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from robust_vision.config import TrainingConfig
+from robust_vision.data.pipeline import augment
+from robust_vision.evaluation.metrics import per_example_metrics
+
+TrainState = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    """A model split into its static graphs (train and eval mode) and its state."""
+
+    train_graph: nnx.GraphDef
+    eval_graph: nnx.GraphDef
+    params: nnx.State
+    rng_state: nnx.State
+    model_state: nnx.State
+
+    def merge(self, params: nnx.State, model_state: nnx.State, *, train: bool,
+              dropout_key: jax.Array | None = None) -> nnx.Module:
+        """A model object for use inside a traced function; ``dropout_key`` seeds its dropout."""
+        graph = self.train_graph if train else self.eval_graph
+        # nnx.merge reuses the Variable objects it is given; copying the states makes fresh
+        # ones at the current trace level, so batch-norm updates and re-seeding inside this
+        # function never mutate Variables that belong to an outer trace.
+        fresh = lambda tree: jax.tree.map(lambda leaf: leaf, tree)  # noqa: E731
+        model = nnx.merge(graph, fresh(params), fresh(self.rng_state), fresh(model_state))
+        if dropout_key is not None:
+            nnx.reseed(model, dropout=dropout_key)
+        return model
+
+
+def split_model(model: nnx.Module) -> ModelParts:
+    """Split ``model`` into train/eval graphs and state. The model object itself is left in eval mode."""
+    model.train()
+    train_graph, params, rng_state, model_state = nnx.split(model, nnx.Param, nnx.RngState, ...)
+    model.eval()
+    eval_graph, _, _, _ = nnx.split(model, nnx.Param, nnx.RngState, ...)
+    return ModelParts(train_graph, eval_graph, params, rng_state, model_state)
+
+
+def make_optimizer(cfg: TrainingConfig, steps_per_epoch: int) -> tuple[optax.GradientTransformation, Callable]:
+    """The Optax optimizer and learning-rate schedule described by the config."""
+    total_steps = max(cfg.epochs * steps_per_epoch, 1)
+    if cfg.lr_schedule == "constant":
+        schedule = optax.constant_schedule(cfg.learning_rate)
+    elif cfg.lr_schedule == "cosine":
+        schedule = optax.cosine_decay_schedule(cfg.learning_rate, total_steps)
+    else:  # warmup_cosine
+        warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total_steps - 1)
+        schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, total_steps)
+    if cfg.optimizer == "adamw":
+        core = optax.adamw(schedule, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adam":
+        core = optax.adam(schedule)
+    else:
+        core = optax.sgd(schedule, momentum=cfg.momentum or None)
+    chain = []
+    if cfg.grad_clip_norm is not None:
+        chain.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+    if cfg.weight_decay > 0 and cfg.optimizer != "adamw":
+        chain.append(optax.add_decayed_weights(cfg.weight_decay))  # classic L2 for adam / sgd
+    chain.append(core)
+    return optax.chain(*chain), schedule
+
+
+def init_train_state(parts: ModelParts, tx: optax.GradientTransformation, ema_enabled: bool) -> TrainState:
+    params = parts.params
+    return {
+        "params": params,
+        "model_state": parts.model_state,
+        "opt_state": tx.init(params),
+        # A copy, not an alias, so that donated / updated buffers never share storage.
+        "ema_params": jax.tree.map(jnp.array, params) if ema_enabled else None,
+        "step": jnp.zeros((), jnp.int32),
+    }
+
+
+# A hook that turns the batch into the examples the loss is computed on (adversarial
+# training); it receives the train-mode logits function of the current parameters.
+ExampleTransform = Callable[[Callable[[jax.Array], jax.Array], jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn: Callable,
+                    cfg: TrainingConfig, *, example_transform: ExampleTransform | None = None,
+                    extra_loss: Callable | None = None):
+    """Build the jitted train step ``(state, images, labels, mask, key) -> (state, per_example)``.
+
+    images (B, H, W, C) float32 in [0, 1], labels (B,) int32, mask (B,) float32 (0 = padding),
+    key a PRNG key for this step. ``per_example`` holds (B,) arrays ``loss``, ``correct``,
+    ``confidence``, ``margin`` of the training forward pass (train mode, augmented inputs).
+    ``extra_loss(model, images, features, key) -> scalar`` adds a regularizer.
+    """
+    decay = cfg.ema_decay
+
+    def step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array, key: jax.Array):
+        aug_key, dropout_key, mix_key, adv_key, reg_key = jax.random.split(key, 5)
+        images = augment(aug_key, images, flip=cfg.augment_flip, crop_padding=cfg.augment_crop_padding,
+                         noise_std=cfg.noise_augment_std)
+        if example_transform is not None:
+            def train_logits(x, params=state["params"], model_state=state["model_state"]):
+                return parts.merge(params, model_state, train=True, dropout_key=dropout_key)(x)
+            images = jax.lax.stop_gradient(example_transform(train_logits, images, labels, adv_key))
+        if cfg.use_mixup:
+            lam_key, perm_key = jax.random.split(mix_key)
+            lam = jax.random.beta(lam_key, cfg.mixup_alpha, cfg.mixup_alpha)
+            perm = jax.random.permutation(perm_key, images.shape[0])
+            images = lam * images + (1.0 - lam) * images[perm]
+            labels_b = labels[perm]
+
+        def objective(params):
+            model = parts.merge(params, state["model_state"], train=True, dropout_key=dropout_key)
+            if extra_loss is not None:
+                logits, features = model(images, return_features=True)
+            else:
+                logits = model(images)
+            per_ex = loss_fn(logits, labels)
+            if cfg.use_mixup:
+                per_ex = lam * per_ex + (1.0 - lam) * loss_fn(logits, labels_b)
+            loss = jnp.sum(per_ex * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+            if extra_loss is not None:
+                loss = loss + extra_loss(model, images, features, reg_key)
+            _, _, _, new_model_state = nnx.split(model, nnx.Param, nnx.RngState, ...)
+            return loss, (logits, per_ex, new_model_state)
+
+        (_, (logits, per_ex, new_model_state)), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        ema = state["ema_params"]
+        if ema is not None:
+            # Optax's Polyak helper: new_ema = (1 - decay) * params + decay * ema.
+            ema = optax.incremental_update(params, ema, 1.0 - decay)
+        metrics = per_example_metrics(logits, labels)
+        new_state = {"params": params, "model_state": new_model_state, "opt_state": opt_state,
+                     "ema_params": ema, "step": state["step"] + 1}
+        return new_state, {"loss": per_ex, "correct": metrics["correct"],
+                           "confidence": metrics["confidence"], "margin": metrics["margin"]}
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def make_logits_fn(parts: ModelParts) -> Callable[[nnx.State, nnx.State, jax.Array], jax.Array]:
+    """Pure eval-mode forward ``(params, model_state, images) -> logits`` (not jitted: callers
+    close over it inside their own jitted computations)."""
+
+    def logits_fn(params: nnx.State, model_state: nnx.State, images: jax.Array) -> jax.Array:
+        return parts.merge(params, model_state, train=False)(images)
+
+    return logits_fn
+
+
+def make_eval_step(parts: ModelParts):
+    """Jitted ``(params, model_state, images, labels) -> per_example`` metrics in eval mode."""
+    logits_fn = make_logits_fn(parts)
+
+    @jax.jit
+    def eval_step(params, model_state, images, labels):
+        return per_example_metrics(logits_fn(params, model_state, images), labels)
+
+    return eval_step

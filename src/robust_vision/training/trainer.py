@@ -1,0 +1,228 @@
+"""The training loop: data -> jitted steps -> metrics.csv, checkpoints, resume.
+
+Everything random is a pure function of ``training.seed``, the epoch and the step index
+(shuffling, augmentation, dropout, mixup), and the full train state (parameters, batch
+statistics, optimizer, EMA, step) is checkpointed, so ``--resume`` after a crash ends with
+the same numbers as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+from robust_vision.config import Config, config_to_dict, save_config
+from robust_vision.data.datasets import Dataset, Split, load_dataset
+from robust_vision.data.pipeline import (batch_indices, check_batch_divisible, data_mesh, epoch_permutation,
+                                         num_batches, replicate, shard_batch)
+from robust_vision.evaluation.batched import collect_per_example
+from robust_vision.evaluation.metrics import summarize
+from robust_vision.losses import make_loss
+from robust_vision.models import create_model
+from robust_vision.training.checkpoint import CheckpointStore, is_better
+from robust_vision.training.steps import (init_train_state, make_eval_step, make_optimizer, make_train_step,
+                                          split_model)
+
+METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "train_margin", "train_snr",
+                  "val_loss", "val_accuracy", "val_margin", "val_snr", "val_snr_median", "val_ece",
+                  "learning_rate", "epoch_time_s"]
+
+# Config keys that may differ between a run and its resumption (they do not change the numbers).
+_RESUMABLE_CHANGES = {("training", "epochs"), ("training", "progress_bar"), ("training", "log_dir")}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (diverged, or the run directory does not match the request)."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    history: list[dict]
+    best_epoch: int | None
+    best_value: float | None
+
+
+def dataset_for(cfg: Config) -> Dataset:
+    """Load the dataset of a config and apply training-only limits."""
+    dataset = load_dataset(cfg.data)
+    if cfg.model.n_classes is not None and cfg.model.n_classes != dataset.num_classes:
+        raise ValueError(f"model.n_classes: got {cfg.model.n_classes}; the dataset {cfg.data.dataset_name!r} has "
+                         f"{dataset.num_classes} classes (set model.n_classes: null to take it from the data)")
+    limit = cfg.data.max_train_examples
+    if limit is not None and limit < len(dataset.train.labels):
+        dataset = replace(dataset, train=Split(dataset.train.images[:limit], dataset.train.labels[:limit]))
+    return dataset
+
+
+def _read_history(path: Path, up_to_epoch: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        rows = [row for row in csv.DictReader(f) if int(row["epoch"]) <= up_to_epoch]
+    return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in rows]
+
+
+def _write_history(path: Path, rows: list[dict]) -> None:
+    """Rewrite metrics.csv atomically (temp file + rename): a crash never leaves half a file."""
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else (int(row[k]) if k == "epoch" else row[k]))
+                             for k in METRIC_COLUMNS})
+    os.replace(tmp, path)
+
+
+def _check_resume_config(run_dir: Path, cfg: Config) -> None:
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    current = config_to_dict(cfg)
+    for section, values in current.items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            old = (saved.get(section) or {}).get(key, value)
+            if old != value and (section, key) not in _RESUMABLE_CHANGES:
+                raise TrainingError(f"--resume: {section}.{key} is {value!r} but the run in {run_dir} used {old!r}; "
+                                    "resume with the same config (only training.epochs may change) or use another "
+                                    "training.checkpoint_dir")
+
+
+def _fmt_snr(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return str(value)
+    return f"{value:.1f}" if value < 1e6 else f"{value:.3e}"
+
+
+def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = print) -> TrainResult:
+    """Train the model of ``cfg`` and write the run directory ``cfg.training.checkpoint_dir``."""
+    tcfg = cfg.training
+    if tcfg.learning_rule != "backprop":
+        raise ValueError(f"training.learning_rule: {tcfg.learning_rule!r} trains the crossbar model with a local "
+                         "rule and is run by robust-vision-research (see docs/RESEARCH.md); robust-vision-train "
+                         "supports learning_rule: backprop")
+    if tcfg.best_metric not in METRIC_COLUMNS[1:]:
+        raise ValueError(f"training.best_metric: got {tcfg.best_metric!r}; expected a metrics.csv column: "
+                         f"{', '.join(METRIC_COLUMNS[1:])}")
+    run_dir = Path(tcfg.checkpoint_dir)
+    store_dir = run_dir / "checkpoints"
+    if store_dir.exists() and any(store_dir.rglob("meta")) and not resume:
+        raise TrainingError(f"{run_dir} already holds checkpoints; pass --resume to continue that run, or set "
+                            "training.checkpoint_dir to a new directory (nothing was overwritten)")
+    if resume:
+        _check_resume_config(run_dir, cfg)
+
+    dataset = dataset_for(cfg)
+    mesh = data_mesh()
+    check_batch_divisible(tcfg.batch_size, mesh, "training.batch_size")
+    model = create_model(cfg.model, input_shape=dataset.image_shape, num_classes=dataset.num_classes,
+                         seed=tcfg.seed)
+    parts = split_model(model)
+    n_train = len(dataset.train.labels)
+    steps_per_epoch = num_batches(n_train, tcfg.batch_size)
+    tx, schedule = make_optimizer(tcfg, steps_per_epoch)
+    state = init_train_state(parts, tx, tcfg.ema_enabled)
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(parts.params))
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store = CheckpointStore(run_dir, save_every=tcfg.save_every, best_mode=tcfg.best_mode)
+    history: list[dict] = []
+    start_epoch, best_value, best_epoch = 1, None, None
+    if resume and store.latest_epoch() is not None:
+        state, meta = store.restore(state)
+        start_epoch = int(meta["epoch"]) + 1
+        best_value, best_epoch = meta.get("best_value"), meta.get("best_epoch")
+        history = _read_history(run_dir / "metrics.csv", int(meta["epoch"]))
+        log(f"Resuming {run_dir} from epoch {meta['epoch']}")
+    elif resume:
+        log(f"--resume: no checkpoint in {run_dir}; starting from scratch")
+    save_config(cfg, run_dir / "config.yaml")
+
+    log(f"Dataset {dataset.name}: {n_train} train / {len(dataset.val.labels)} val / {len(dataset.test.labels)} test, "
+        f"images {dataset.image_shape}, {dataset.num_classes} classes")
+    log(f"Model {cfg.model.name}: {n_params:,} parameters; {mesh.devices.size} device(s) "
+        f"({jax.devices()[0].platform}); {steps_per_epoch} steps/epoch")
+
+    state = replicate(mesh, state)
+    train_step = make_train_step(parts, tx, make_loss(tcfg), tcfg)
+    eval_step = make_eval_step(parts)
+    base_key = jax.random.fold_in(jax.random.key(tcfg.seed), 0x5EED)
+
+    for epoch in range(start_epoch, tcfg.epochs + 1):
+        t0 = time.perf_counter()
+        order = epoch_permutation(tcfg.seed, epoch, n_train)
+        epoch_key = jax.random.fold_in(base_key, epoch)
+        outputs, masks = [], []
+        bar = tqdm(total=steps_per_epoch, desc=f"Epoch {epoch}/{tcfg.epochs}", leave=False,
+                   disable=not tcfg.progress_bar, unit="step")
+        for i, batch in enumerate(batch_indices(n_train, tcfg.batch_size, order)):
+            x, y, m = shard_batch(mesh, dataset.train.images[batch.indices], dataset.train.labels[batch.indices],
+                                  batch.mask)
+            state, per_ex = train_step(state, x, y, m, jax.random.fold_in(epoch_key, i))
+            outputs.append(per_ex)
+            masks.append(batch.mask)
+            bar.update(1)
+        bar.close()
+        keep = np.concatenate(masks) > 0
+        fetched = jax.device_get(outputs)
+        train_pe = {k: np.concatenate([o[k] for o in fetched])[keep] for k in fetched[0]}
+        train_summary = summarize(train_pe)
+        if not math.isfinite(train_summary["loss"]):
+            raise TrainingError(f"training diverged at epoch {epoch} (train loss = {train_summary['loss']}); the "
+                                f"last good checkpoint is kept in {store_dir}; lower training.learning_rate "
+                                "(or training.margin_lambda) and start a new run")
+
+        row = {"epoch": epoch, "train_loss": train_summary["loss"], "train_accuracy": train_summary["accuracy"],
+               "train_margin": train_summary["margin"], "train_snr": train_summary["snr"],
+               "learning_rate": float(schedule(int(state["step"]) - 1)), "epoch_time_s": None}
+        validate = epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs
+        if validate and len(dataset.val.labels):
+            eval_params = state["ema_params"] if tcfg.ema_enabled else state["params"]
+            val_pe = collect_per_example(
+                lambda xb, yb, _i: eval_step(eval_params, state["model_state"], xb, yb),
+                dataset.val.images, dataset.val.labels, tcfg.eval_batch_size, mesh)
+            vs = summarize(val_pe)
+            row.update(val_loss=vs["loss"], val_accuracy=vs["accuracy"], val_margin=vs["margin"],
+                       val_snr=vs["snr"], val_snr_median=vs["snr_median"], val_ece=vs["ece"])
+        row["epoch_time_s"] = time.perf_counter() - t0
+        history.append(row)
+        _write_history(run_dir / "metrics.csv", history)
+
+        log(f"Epoch {epoch}/{tcfg.epochs}")
+        log(f"  Train Loss: {row['train_loss']:.4f}  Train Acc: {row['train_accuracy']:.4f}  "
+            f"SNR: {_fmt_snr(row['train_snr'])}")
+        if row.get("val_loss") is not None:
+            log(f"  Val Loss:   {row['val_loss']:.4f}  Val Acc:   {row['val_accuracy']:.4f}  "
+                f"SNR: {_fmt_snr(row['val_snr'])}")
+
+        metric_value = row.get(tcfg.best_metric)
+        improved = is_better(metric_value, best_value, tcfg.best_mode)
+        if improved:
+            best_value, best_epoch = metric_value, epoch
+        meta = {"epoch": epoch, "metrics": row, "best_metric": tcfg.best_metric, "best_value": best_value,
+                "best_epoch": best_epoch, "model": config_to_dict(cfg)["model"],
+                "input_shape": list(dataset.image_shape), "num_classes": dataset.num_classes,
+                "class_names": list(dataset.class_names), "ema": tcfg.ema_enabled}
+        store.save(epoch, state, meta, is_best=improved)
+
+    store.close()
+    if best_epoch is not None:
+        best_row = next((r for r in history if int(r["epoch"]) == best_epoch), {})
+        log(f"Best checkpoint saved: epoch {best_epoch}, {tcfg.best_metric}={best_value:.4f}, "
+            f"SNR={_fmt_snr(best_row.get('val_snr'))}")
+    return TrainResult(run_dir=run_dir, history=history, best_epoch=best_epoch, best_value=best_value)
