@@ -1,0 +1,128 @@
+"""Load a trained model from a run directory or a checkpoint directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import jax
+
+from robust_vision.config import Config, ConfigError, config_to_dict, load_config
+from robust_vision.data.pipeline import num_batches
+from robust_vision.models import create_model
+from robust_vision.training.checkpoint import CheckpointError, read_meta, restore_checkpoint
+from robust_vision.training.steps import ModelParts, init_train_state, make_logits_fn, make_optimizer, split_model
+
+
+@dataclass
+class LoadedModel:
+    """A restored model: ``logits(images)`` is a pure, jittable eval-mode forward pass
+    (B, H, W, C) in [0, 1] -> (B, K) with the checkpoint's weights (EMA weights when the run
+    used EMA)."""
+
+    name: str
+    run_dir: Path
+    checkpoint_dir: Path
+    config: Config
+    meta: dict
+    parts: ModelParts
+    params: object
+    model_state: object
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.meta["input_shape"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    def __post_init__(self) -> None:
+        logits = make_logits_fn(self.parts)
+        # One function object per model, so jitted evaluators keyed on it compile once.
+        self.forward = lambda variables, images: logits(variables[0], variables[1], images)
+
+    @property
+    def variables(self) -> tuple:
+        """The ``forward`` function's first argument: (params, model_state)."""
+        return (self.params, self.model_state)
+
+    def logits_fn(self) -> Callable[[jax.Array], jax.Array]:
+        """images -> logits with the weights closed over (for attacks and analyses)."""
+        forward, variables = self.forward, self.variables
+        return lambda images: forward(variables, images)
+
+
+def _latest_step_dir(manager_dir: Path) -> Path | None:
+    steps = sorted((int(p.name), p) for p in manager_dir.iterdir() if p.is_dir() and p.name.isdigit()
+                   and (p / "meta" / "metadata").is_file()) if manager_dir.is_dir() else []
+    return steps[-1][1] if steps else None
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """(run_dir, checkpoint_dir) for a run directory (its best checkpoint), a
+    ``checkpoints/best`` or ``checkpoints/epochs`` directory (its latest), or one
+    checkpoint directory ``.../<epoch>``."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} not found; pass a run directory (training.checkpoint_dir) "
+                              "or one of its checkpoints/best/<epoch> directories")
+    if (path / "meta" / "metadata").is_file():
+        return path.parent.parent.parent, path
+    for manager in (path / "checkpoints" / "best", path / "checkpoints" / "epochs", path):
+        step_dir = _latest_step_dir(manager)
+        if step_dir is not None:
+            return step_dir.parent.parent.parent, step_dir
+    raise CheckpointError(f"{path}: no checkpoint found (expected checkpoints/best/<epoch>/ written by "
+                          "robust-vision-train)")
+
+
+def _check_compatible(cfg: Config, meta: dict, checkpoint_dir: Path) -> None:
+    saved_model = meta.get("model", {})
+    wanted = config_to_dict(cfg)["model"]
+    differing = [k for k in wanted if k in saved_model and saved_model[k] != wanted[k] and k != "n_classes"]
+    if differing:
+        k = differing[0]
+        raise CheckpointError(f"{checkpoint_dir}: the checkpoint is a {saved_model.get('name')!r} model with "
+                              f"model.{k}={saved_model[k]!r} but the config says {wanted[k]!r}; use the run's "
+                              "own config.yaml or a matching checkpoint")
+
+
+def load_trained_model(checkpoint: str | Path, cfg: Config | None = None, *, name: str | None = None) -> LoadedModel:
+    """Restore the model saved at ``checkpoint``.
+
+    ``cfg`` (the evaluation config) must describe the same model as the checkpoint; when None,
+    the run directory's ``config.yaml`` is used. The restored weights are the EMA weights
+    when the run used EMA (the ones its validation metrics were computed with).
+    """
+    run_dir, ckpt_dir = resolve_checkpoint(checkpoint)
+    meta = read_meta(ckpt_dir)
+    run_cfg_path = run_dir / "config.yaml"
+    if not run_cfg_path.is_file():
+        raise CheckpointError(f"{run_dir}: config.yaml missing; the checkpoint cannot be rebuilt without the run's config")
+    try:
+        run_cfg = load_config(run_cfg_path)
+    except ConfigError as exc:
+        raise CheckpointError(f"{run_cfg_path}: {exc}") from None
+    if cfg is not None:
+        _check_compatible(cfg, meta, ckpt_dir)
+    model = create_model(run_cfg.model, input_shape=tuple(meta["input_shape"]), num_classes=int(meta["num_classes"]),
+                         seed=run_cfg.training.seed)
+    parts = split_model(model)
+    tx, _ = make_optimizer(run_cfg.training, num_batches(1, run_cfg.training.batch_size))
+    abstract = init_train_state(parts, tx, bool(meta.get("ema", run_cfg.training.ema_enabled)))
+    state, meta = restore_checkpoint(ckpt_dir, abstract)
+    params = state["ema_params"] if state.get("ema_params") is not None else state["params"]
+    return LoadedModel(name=name or run_dir.name, run_dir=run_dir, checkpoint_dir=ckpt_dir,
+                       config=cfg or run_cfg, meta=meta, parts=parts, params=params,
+                       model_state=state["model_state"])
+
+
+def check_input_shape(model: LoadedModel, image_shape: tuple[int, int, int], where: str) -> None:
+    """Clear error when a dataset's images do not match what the model was trained on."""
+    if tuple(image_shape) != model.input_shape:
+        h, w, c = model.input_shape
+        raise ConfigError(f"data.image_size / data.channels: {where} gives images of shape {tuple(image_shape)} but "
+                          f"{model.name} was trained on {model.input_shape}; set data.image_size: [{h}, {w}] and "
+                          f"data.channels: {c}")

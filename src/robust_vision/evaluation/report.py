@@ -1,0 +1,140 @@
+"""Tables, JSON and the printed summary of a robustness evaluation."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from robust_vision.evaluation.robustness import RESULT_COLUMNS
+
+_NAMES = {"gaussian": "GAUSSIAN NOISE", "salt_pepper": "SALT & PEPPER", "fog": "FOG", "occlusion": "OCCLUSION"}
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def write_csv(path: Path, rows: Iterable[dict], columns: list[str]) -> Path:
+    """Write rows atomically (temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_cell(row.get(c)) for c in columns])
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=_json_default, allow_nan=True))
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("robust-vision", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    import jax
+
+    out["backend"] = jax.default_backend()
+    out["devices"] = str(jax.device_count())
+    return out
+
+
+def write_robustness_tables(out_dir: Path, rows: list[dict], confidences: dict[str, np.ndarray]) -> list[Path]:
+    """robustness_results.csv (all rows), robustness_<type>.csv, confidences.npz."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [write_csv(out_dir / "robustness_results.csv", rows, RESULT_COLUMNS)]
+    for noise_type in dict.fromkeys(r["noise_type"] for r in rows):
+        written.append(write_csv(out_dir / f"robustness_{noise_type}.csv",
+                                 [r for r in rows if r["noise_type"] == noise_type], RESULT_COLUMNS))
+    tmp = out_dir / "confidences.tmp.npz"
+    np.savez_compressed(tmp, **confidences)
+    os.replace(tmp, out_dir / "confidences.npz")
+    written.append(out_dir / "confidences.npz")
+    return written
+
+
+def _fmt_snr(snr: float) -> str:
+    if not math.isfinite(snr):
+        return str(snr)
+    if snr < 10:
+        return f"{snr:.3g}"
+    return f"{snr:.1f}" if snr < 1e6 else f"{snr:.2e}"
+
+
+def format_summary(rows: list[dict]) -> str:
+    """The seed's "ROBUSTNESS EVALUATION RESULTS" block, one section per model and noise type."""
+    rule = "\u2500" * 68
+    lines = ["ROBUSTNESS EVALUATION RESULTS", "\u2550" * 68]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        lines += ["", f"Model: {model}"]
+        model_rows = [r for r in rows if r["model"] == model]
+        for noise_type in dict.fromkeys(r["noise_type"] for r in model_rows):
+            lines += ["", f"{_NAMES.get(noise_type, noise_type.upper())}:",
+                      f"  {'Level':<8} {'Accuracy':>9} {'Confidence':>11} {'Margin':>9} {'SNR':>10} {'Degradation':>12}",
+                      f"  {rule}"]
+            for r in (r for r in model_rows if r["noise_type"] == noise_type):
+                deg = "\u2014" if r["degradation"] is None else f"{-r['degradation']:+.1f}%"
+                lines.append(f"  {r['level']:<8.2f} {r['accuracy']:>9.4f} {r['confidence']:>11.4f} "
+                             f"{r['margin']:>9.3f} {_fmt_snr(r['snr']):>10} {deg:>12}")
+    return "\n".join(lines)
+
+
+def comparison_at(rows: list[dict], model: str, baseline: str, noise_type: str = "gaussian",
+                  level: float = 0.5) -> dict | None:
+    """Accuracy and SNR of a model and its baseline at one condition, with the improvements."""
+    pick = lambda name: next((r for r in rows if r["model"] == name and r["noise_type"] == noise_type  # noqa: E731
+                              and abs(r["level"] - level) < 1e-9), None)
+    ours, base = pick(model), pick(baseline)
+    if ours is None or base is None:
+        return None
+    rel_acc = (ours["accuracy"] - base["accuracy"]) / base["accuracy"] * 100 if base["accuracy"] > 0 else float("nan")
+    snr_ratio = ours["snr"] / base["snr"] if base["snr"] > 0 else float("inf")
+    return {"noise_type": noise_type, "level": level, "model": model, "baseline": baseline,
+            "model_accuracy": ours["accuracy"], "model_snr": ours["snr"],
+            "baseline_accuracy": base["accuracy"], "baseline_snr": base["snr"],
+            "accuracy_points": (ours["accuracy"] - base["accuracy"]) * 100,
+            "accuracy_relative_percent": rel_acc, "snr_ratio": snr_ratio}
+
+
+def format_comparison(cmp: dict) -> str:
+    return "\n".join([
+        "COMPARISON WITH BASELINE:",
+        f"  At {cmp['level'] * 100:g}% {cmp['noise_type'].replace('_', ' ').title()} noise:",
+        f"    Baseline:  Accuracy = {cmp['baseline_accuracy']:.4f}  SNR = {_fmt_snr(cmp['baseline_snr'])}"
+        f"   ({cmp['baseline']})",
+        f"    Model:     Accuracy = {cmp['model_accuracy']:.4f}  SNR = {_fmt_snr(cmp['model_snr'])}"
+        f"   ({cmp['model']})",
+        "",
+        f"    Improvement: {cmp['accuracy_relative_percent']:+.1f}% accuracy (relative; "
+        f"{cmp['accuracy_points']:+.1f} points), {cmp['snr_ratio']:.3g}x SNR",
+    ])

@@ -1,0 +1,90 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from conftest import tiny_overrides
+from robust_vision.cli import eval_main
+from robust_vision.config import load_config
+from robust_vision.data.datasets import load_dataset
+from robust_vision.evaluation.loading import load_trained_model
+from robust_vision.evaluation.metrics import expected_calibration_error, snr_summary, summarize
+from robust_vision.evaluation.robustness import evaluate_robustness
+from robust_vision.training.trainer import train
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("eval") / "cnn_run"
+    cfg = load_config(None, tiny_overrides(run, epochs=3) + ["training.learning_rate=0.003"])
+    train(cfg, log=lambda s: None)
+    return run
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_metric_definitions_known_values():
+    s = summarize({"correct": np.array([1, 0, 1, 1]), "confidence": np.array([0.9, 0.6, 0.8, 0.7]),
+                   "margin": np.log(np.array([4.0, 0.5, 2.0, 8.0]))})
+    assert s["accuracy"] == 0.75
+    assert s["snr"] == pytest.approx((4 * 0.5 * 2 * 8) ** 0.25)  # geometric mean of the odds
+    assert s["snr_median"] == pytest.approx(8 ** 0.5)  # median of log-odds: the two middle odds 2 and 4 meet at sqrt(8)
+    assert snr_summary(np.array([800.0]))["snr"] == float("inf")  # overflow is reported, not NaN
+    # ECE: one bin holding confidences 0.9 with accuracy 0.5 -> |0.5 - 0.9| = 0.4
+    assert expected_calibration_error(np.array([0.9, 0.9]), np.array([1, 0])) == pytest.approx(0.4)
+
+
+def test_grid_is_deterministic_and_accuracy_falls_with_noise(trained_run):
+    model = load_trained_model(trained_run)
+    data = load_dataset(model.config.data)
+    levels = [0.0, 0.1, 0.3, 0.5, 0.7]
+    kwargs = dict(model_name="m", noise_types=["gaussian", "salt_pepper"], levels=levels, n_draws=2,
+                  batch_size=100, seed=3)
+    first = evaluate_robustness(model.forward, model.variables, data.test.images, data.test.labels, **kwargs)
+    second = evaluate_robustness(model.forward, model.variables, data.test.images, data.test.labels, **kwargs)
+    assert first.rows == second.rows
+    n = len(data.test.labels)
+    for noise in ("gaussian", "salt_pepper"):
+        acc = [r["accuracy"] for r in first.rows if r["noise_type"] == noise]
+        # Non-increasing up to sampling noise of 2n image-draws (3 binomial standard errors).
+        tol = 3 * np.sqrt(0.25 / (2 * n))
+        assert all(b <= a + tol for a, b in zip(acc, acc[1:])), acc
+        assert acc[-1] < acc[0]
+    clean = [r for r in first.rows if r["level"] == 0.0]
+    assert len({r["accuracy"] for r in clean}) == 1 and all(r["degradation"] is None for r in clean)
+    assert first.confidences["m|gaussian|0.5"].shape == (2 * n,)
+
+
+def test_eval_cli_writes_identical_tables_twice(trained_run, tmp_path, capsys):
+    args = ["--checkpoint", str(trained_run), "--levels", "0", "0.2", "0.5", "--noise-types", "gaussian", "fog",
+            "--baseline", str(trained_run), "--no-plots"]
+    assert eval_main(args + ["--output", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "ROBUSTNESS EVALUATION RESULTS" in out and "COMPARISON WITH BASELINE" in out
+    assert eval_main(args + ["--output", str(tmp_path / "b")]) == 0
+    for name in ("robustness_results.csv", "robustness_gaussian.csv", "robustness_fog.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    rows = _rows(tmp_path / "a" / "robustness_results.csv")
+    assert {r["model"] for r in rows} == {"cnn_run", "cnn_run (baseline)"}
+    payload = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert payload["versions"]["jax"] and payload["comparison"]["snr_ratio"] == pytest.approx(1.0)
+
+
+def test_eval_errors_are_one_line(trained_run, tmp_path, capsys, repo_root):
+    assert eval_main(["--checkpoint", str(tmp_path / "missing"), "--output", str(tmp_path / "o")]) == 2
+    assert "not found" in capsys.readouterr().err
+    # Config whose image size does not match the checkpoint.
+    assert eval_main(["--checkpoint", str(trained_run), "--output", str(tmp_path / "o"), "--no-plots",
+                      "--override", "data.image_size=[16, 16]", "--override", "model.features=[8, 16]",
+                      "--config", str(repo_root / "configs/quickstart.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was trained on (8, 8, 1)" in err[0]
+    # Config that describes another architecture.
+    assert eval_main(["--checkpoint", str(trained_run), "--output", str(tmp_path / "o"), "--no-plots",
+                      "--config", str(repo_root / "configs/quickstart.yaml"), "--override", "model.name=resnet18"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'cnn' model" in err[0]
