@@ -1,0 +1,127 @@
+"""Cost of a PGD attack relative to plain forward-backward passes of the same model.
+
+PGD-k costs k forward-backward passes (plus projections, which are elementwise); the
+ratio  t(PGD-k) / t(k + 1 forward-backward passes)  should therefore be close to 1 (the
+"+1" is the customary clean pass an evaluation adds). A ratio well above 1 means overhead
+in the attack loop (recompilation, host round-trips, non-fused projections).
+
+Model: a small CNN in Flax NNX (3 conv layers on 32x32x3, global pooling, linear head),
+batch 128 by default. Both sides are jitted and warmed up; the variants are timed
+round-robin ``--repeats`` times and we report the min (and the median). The reference is measured two ways: k + 1 calls of a jitted
+forward-backward function, and one jitted ``fori_loop`` of k + 1 dependent passes (no
+per-call dispatch), so dispatch overhead is visible. PGD is timed with its steps in a
+rolled ``lax.fori_loop`` (the default) and fully unrolled (``unroll=True``): on the XLA CPU
+backend the same convolutions run markedly slower inside a rolled while-loop.
+
+    python benchmarks/attack_cost.py [--batch 128] [--steps 20] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from robust_vision.attacks import pgd
+
+
+class SmallCNN(nnx.Module):
+    def __init__(self, n_classes: int = 10, *, rngs: nnx.Rngs):
+        self.c1 = nnx.Conv(3, 32, (3, 3), rngs=rngs)
+        self.c2 = nnx.Conv(32, 64, (3, 3), strides=2, rngs=rngs)
+        self.c3 = nnx.Conv(64, 128, (3, 3), strides=2, rngs=rngs)
+        self.head = nnx.Linear(128, n_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = jax.nn.relu(self.c1(x))
+        x = jax.nn.relu(self.c2(x))
+        x = jax.nn.relu(self.c3(x))
+        return self.head(jnp.mean(x, axis=(1, 2)))
+
+
+def _interleaved_times(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:
+    """(min, median) seconds of each function, measured round-robin so that a change in
+    machine load (other jobs) hits every variant alike; the min is the least disturbed."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - t0)
+    return {name: (min(t), statistics.median(t)) for name, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--eps", type=float, default=8 / 255)
+    args = parser.parse_args()
+
+    graphdef, state = nnx.split(SmallCNN(rngs=nnx.Rngs(0)))
+    x = jax.random.uniform(jax.random.key(1), (args.batch, 32, 32, 3))
+    y = jax.random.randint(jax.random.key(2), (args.batch,), 0, 10)
+    key = jax.random.key(3)
+    n_passes = args.steps + 1
+
+    def logits_fn_of(state):
+        model = nnx.merge(graphdef, state)
+        return lambda images: model(images)
+
+    def input_grad(state, x, y):
+        f = logits_fn_of(state)
+        return jax.grad(lambda z: jnp.sum(optax.softmax_cross_entropy_with_integer_labels(f(z), y)))(x)
+
+    fb = jax.jit(input_grad)
+
+    @jax.jit
+    def fb_loop(state, x, y):
+        # Dependent passes (each input depends on the last gradient) so XLA cannot merge them.
+        return jax.lax.fori_loop(0, n_passes, lambda i, z: z + 1e-6 * jnp.sign(input_grad(state, z, y)), x)
+
+    @functools.partial(jax.jit, static_argnames=("steps", "unroll"))
+    def attack(state, x, y, key, eps, steps, unroll):
+        return pgd(logits_fn_of(state), x, y, key, eps, norm="linf", steps=steps, unroll=unroll)
+
+    # Warm up (compile) everything.
+    jax.block_until_ready(fb(state, x, y))
+    jax.block_until_ready(fb_loop(state, x, y))
+    for unroll in (1, True):
+        jax.block_until_ready(attack(state, x, y, key, args.eps, args.steps, unroll))
+
+    def calls():
+        out = None
+        for _ in range(n_passes):
+            out = fb(state, x, y)
+        return out
+
+    t = _interleaved_times({
+        "calls": calls,
+        "loop": lambda: fb_loop(state, x, y),
+        "pgd": lambda: attack(state, x, y, key, args.eps, args.steps, 1),
+        "pgd_unrolled": lambda: attack(state, x, y, key, args.eps, args.steps, True),
+    }, args.repeats)
+
+    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), batch {args.batch}, 32x32x3, "
+          f"{args.repeats} interleaved repeats, min (median) ms")
+    labels = {"calls": f"{n_passes} forward-backward calls",
+              "loop": f"{n_passes} forward-backward passes, one fori_loop",
+              "pgd": f"PGD-{args.steps} (Linf, random start, rolled loop)",
+              "pgd_unrolled": f"PGD-{args.steps}, unroll=True"}
+    print(f"{'one forward-backward pass':48s} {1e3 * t['calls'][0] / n_passes:9.1f} "
+          f"({1e3 * t['calls'][1] / n_passes:.1f})")
+    for name, label in labels.items():
+        print(f"{label:48s} {1e3 * t[name][0]:9.1f} ({1e3 * t[name][1]:.1f})")
+    for num, den in (("pgd", "calls"), ("pgd", "loop"), ("pgd_unrolled", "calls")):
+        print(f"ratio {labels[num]} / {labels[den]}: {t[num][0] / t[den][0]:.3f} "
+              f"(medians {t[num][1] / t[den][1]:.3f})")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Throughput of the ImageNet-C corruptions: ours (jitted, batched) vs ``imagecorruptions``.
+
+    python benchmarks/corruption_throughput.py [--size 64] [--batch 64] [--severity 3]
+        [--scale imagenet] [--ref-images 16] [--repeats 3] [--names fog snow ...]
+
+For each corruption: images/s of ours on a batch of ``--batch`` images (after a warm-up
+call that compiles, timed with ``block_until_ready``, best of ``--repeats``) and of the
+reference package on ``--ref-images`` of the same images (one at a time, as it works;
+fewer images keep the default run short: some reference corruptions take ~0.1 s per
+image), then the ratio. Prints a table; also the seed's four continuous noises (ours only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.resources as importlib_resources
+import sys
+import time
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from robust_vision.corruptions import CORRUPTIONS, NOISES
+
+
+def _load_reference():
+    """``imagecorruptions.corrupt`` patched for NumPy 2 / scikit-image >= 0.19 (as in the tests), or None."""
+    try:
+        importlib.import_module("pkg_resources")
+    except ImportError:
+        stub = types.ModuleType("pkg_resources")
+        stub.resource_filename = lambda package, path: str(importlib_resources.files(package).joinpath(path))
+        sys.modules["pkg_resources"] = stub
+    try:
+        package = importlib.import_module("imagecorruptions")
+    except ImportError:
+        return None
+    module = importlib.import_module("imagecorruptions.corruptions")
+    import skimage.filters
+
+    class _NumpyCompat(types.ModuleType):
+        float_ = np.float64
+
+        def __getattr__(self, attr):
+            return getattr(np, attr)
+
+    original = skimage.filters.gaussian
+
+    def gaussian_compat(image, sigma=1, multichannel=None, **kwargs):
+        if multichannel:
+            kwargs.setdefault("channel_axis", -1)
+        return original(image, sigma=sigma, **kwargs)
+
+    module.np = _NumpyCompat("numpy")
+    module.gaussian = gaussian_compat
+    return package.corrupt
+
+
+def _images(n: int, size: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    freq = rng.uniform(1, 4, (n, 1, 1, 3))
+    img = 0.5 + 0.35 * np.sin(2 * np.pi * (freq * xx[None, ..., None] + yy[None, ..., None]))
+    img = img + 0.05 * rng.standard_normal(img.shape)
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+def _time(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels (>= 32 for the reference)")
+    parser.add_argument("--batch", type=int, default=64, help="images per batch for ours")
+    parser.add_argument("--ref-images", type=int, default=16, help="images timed for the reference")
+    parser.add_argument("--severity", type=int, default=3)
+    parser.add_argument("--scale", choices=["imagenet", "cifar"], default="imagenet")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--names", nargs="*", default=None, help="subset of corruptions (default: all 19)")
+    args = parser.parse_args(argv)
+
+    u8 = _images(args.batch, args.size)
+    x = jnp.asarray(u8.astype(np.float32) / 255.0)
+    key = jax.random.key(0)
+    reference = _load_reference() if args.scale == "imagenet" else None
+    if reference is None:
+        print("reference: imagecorruptions not installed or --scale cifar (it has only the ImageNet table)")
+    print(f"device: {jax.devices()[0].device_kind}; images {args.batch}x{args.size}x{args.size}x3, "
+          f"severity {args.severity}, scale {args.scale}")
+    header = f"{'corruption':18s} {'ours img/s':>12s} {'ref img/s':>11s} {'ratio':>8s} {'compile s':>10s}"
+    print(header)
+    print("-" * len(header))
+    for name in args.names or list(CORRUPTIONS):
+        fn = CORRUPTIONS[name]
+        start = time.perf_counter()
+        fn(key, x, args.severity, args.scale).block_until_ready()  # warm-up: compiles
+        compile_s = time.perf_counter() - start
+        ours = args.batch / _time(lambda: fn(key, x, args.severity, args.scale).block_until_ready(), args.repeats)
+        ref_text, ratio_text = "-", "-"
+        if reference is not None:
+            n = min(args.ref_images, args.batch)
+            np.random.seed(0)
+            seconds = _time(lambda: [reference(img, corruption_name=name, severity=args.severity) for img in u8[:n]], 1)
+            ref = n / seconds
+            ref_text, ratio_text = f"{ref:11.1f}", f"{ours / ref:7.1f}x"
+        print(f"{name:18s} {ours:12.1f} {ref_text:>11s} {ratio_text:>8s} {compile_s:10.2f}")
+    print()
+    print("seed noises, continuous severity 0.3 (ours only):")
+    for name, fn in NOISES.items():
+        fn(key, x, 0.3).block_until_ready()
+        ours = args.batch / _time(lambda: fn(key, x, 0.3).block_until_ready(), args.repeats)
+        print(f"{name:18s} {ours:12.1f}")
+
+
+if __name__ == "__main__":
+    main()

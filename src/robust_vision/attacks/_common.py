@@ -1,0 +1,133 @@
+"""Shared pieces of the attacks: input checks, losses, input gradients and projections.
+
+All helpers work on whole batches of NHWC float32 images in [0, 1] and are jittable.
+Per-example input gradients are obtained as the gradient of the *sum* of the per-example
+losses: with a model in eval mode (no batch statistics, no dropout) example i's loss depends
+only on image i, so d(sum_j L_j)/dx_i = dL_i/dx_i.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from robust_vision.evaluation.metrics import logit_margin
+
+LogitsFn = Callable[[jax.Array], jax.Array]
+
+# Floor of a norm before dividing by it: a zero gradient / zero perturbation must give a
+# zero step, never NaN (and eps = 0 must return x exactly).
+_TINY = 1e-12
+
+NORMS = ("linf", "l2")
+
+
+def check_inputs(x: jax.Array, y: jax.Array, eps: float | jax.Array | None = None, *,
+                 name: str = "attack") -> None:
+    """Fail early, with the fix, on shapes / ranks / eps that the attacks do not accept.
+
+    Works under ``jax.jit`` (only static shapes are inspected; ``eps`` is checked only when
+    it is a concrete Python number).
+    """
+    if x.ndim != 4:
+        raise ValueError(f"{name}: images must be NHWC of rank 4, got shape {tuple(x.shape)}; "
+                         "add a batch axis (x[None]) or a channel axis (x[..., None]).")
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"{name}: labels must have shape (B,) = ({x.shape[0]},), got {tuple(y.shape)}.")
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+        raise ValueError(f"{name}: labels must be integers (int32), got dtype {y.dtype}.")
+    if isinstance(eps, (int, float)) and not eps >= 0:
+        raise ValueError(f"{name}: eps must be >= 0 (a budget in [0, 1] pixel units), got {eps}.")
+
+
+def check_norm(norm: str, name: str = "attack") -> None:
+    if norm not in NORMS:
+        raise ValueError(f"{name}: unknown norm {norm!r}; valid norms: {', '.join(NORMS)}.")
+
+
+def ce_loss(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Per-example cross-entropy in nats, (B,)."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
+
+
+def margin_loss(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Per-example Carlini-Wagner style loss max_{j != y} z_j - z_y = -(logit margin), (B,)."""
+    return -logit_margin(logits.astype(jnp.float32), y)
+
+
+# Objectives the gradient attacks maximise (name -> per-example loss(logits, y)).
+ATTACK_LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "ce": ce_loss,
+    "margin": margin_loss,
+}
+
+
+def get_attack_loss(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    try:
+        return ATTACK_LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown attack loss {name!r}; valid losses: {', '.join(ATTACK_LOSSES)}") from None
+
+
+def loss_grad_logits(logits_fn: LogitsFn, loss_fn: Callable, x: jax.Array, y: jax.Array
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One forward-backward pass: per-example loss (B,), input gradient (B,H,W,C), logits (B,K)."""
+    def total(xx):
+        logits = logits_fn(xx)
+        per_ex = loss_fn(logits, y)
+        return jnp.sum(per_ex), (per_ex, logits)
+
+    (_, (per_ex, logits)), grad = jax.value_and_grad(total, has_aux=True)(x)
+    return per_ex, grad, logits
+
+
+def l2_norm(v: jax.Array) -> jax.Array:
+    """Per-example L2 norm over (H, W, C), shape (B, 1, 1, 1) for broadcasting."""
+    return jnp.sqrt(jnp.sum(jnp.square(v), axis=(1, 2, 3), keepdims=True))
+
+
+def ascent_direction(grad: jax.Array, norm: str) -> jax.Array:
+    """Steepest-ascent unit step of the norm: sign(g) for Linf, g / ||g||_2 for L2."""
+    if norm == "linf":
+        return jnp.sign(grad)
+    return grad / jnp.maximum(l2_norm(grad), _TINY)
+
+
+def project(x_adv: jax.Array, x: jax.Array, eps: float | jax.Array, norm: str) -> jax.Array:
+    """Project onto {||x_adv - x|| <= eps} and then clip to [0, 1].
+
+    Clipping after the ball projection keeps the ball constraint, because x itself is in
+    [0, 1] and clipping only moves each coordinate towards x. For Linf the result is the
+    exact Euclidean projection onto ball ∩ box; for L2 it is a feasible point (the usual
+    approximation, exact projection onto the intersection needs an iterative solve).
+    """
+    delta = x_adv - x
+    if norm == "linf":
+        delta = jnp.clip(delta, -eps, eps)
+    else:
+        scale = jnp.minimum(1.0, eps / jnp.maximum(l2_norm(delta), _TINY))
+        delta = delta * scale
+    return jnp.clip(x + delta, 0.0, 1.0)
+
+
+def random_start(key: jax.Array, x: jax.Array, eps: float | jax.Array, norm: str) -> jax.Array:
+    """A uniformly random point of the eps-ball around x (Linf: uniform cube; L2: uniform
+    direction, radius eps * U^(1/d)), clipped to [0, 1]."""
+    if norm == "linf":
+        delta = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0) * eps
+    else:
+        k_dir, k_rad = jax.random.split(key)
+        direction = jax.random.normal(k_dir, x.shape, x.dtype)
+        direction = direction / jnp.maximum(l2_norm(direction), _TINY)
+        d = x.shape[1] * x.shape[2] * x.shape[3]
+        radius = jax.random.uniform(k_rad, (x.shape[0], 1, 1, 1), x.dtype) ** (1.0 / d)
+        delta = direction * radius * eps
+    return jnp.clip(x + delta, 0.0, 1.0)
+
+
+def bwhere(mask: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+    """jnp.where with a per-example (B,) mask broadcast over the trailing axes of a / b."""
+    return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b)

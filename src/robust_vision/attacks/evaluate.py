@@ -1,0 +1,259 @@
+"""Robust accuracy over a whole dataset, and AutoAttack-style sanity checks.
+
+``robust_accuracy`` attacks fixed-size batches with one compiled function (eps is a traced
+argument, so neither a new batch nor a new eps recompiles); the last batch is padded and
+only its real examples are counted, so every example counts exactly once and accuracy is
+correct / total over the whole set (DESIGN.md), never a mean of per-batch accuracies.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import math
+import warnings
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from robust_vision.attacks._common import LogitsFn, ce_loss, loss_grad_logits
+from robust_vision.attacks.registry import get_attack
+from robust_vision.evaluation.metrics import per_example_metrics, snr_summary
+
+
+class AttackSanityWarning(UserWarning):
+    """A robustness evaluation failed a sanity check: the reported numbers may be too optimistic."""
+
+
+def _check_dataset(images: Any, labels: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    images = np.asarray(images, dtype=np.float32)
+    labels = np.asarray(labels)
+    if images.ndim != 4:
+        raise ValueError(f"images must be NHWC (N, H, W, C), got shape {images.shape}.")
+    if labels.shape != (images.shape[0],):
+        raise ValueError(f"labels must have shape ({images.shape[0]},), got {labels.shape}.")
+    if images.shape[0] == 0:
+        raise ValueError("empty dataset: images has no examples.")
+    if images.min() < 0.0 or images.max() > 1.0:
+        raise ValueError(f"images must be in [0, 1] (got [{images.min():.3g}, {images.max():.3g}]); "
+                         "divide uint8 images by 255 before attacking.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    return images, labels.astype(np.int32)
+
+
+def _attack_fn(attack: str | Callable) -> tuple[Callable, str]:
+    if callable(attack):
+        return attack, getattr(attack, "__name__", "custom")
+    return get_attack(attack), attack
+
+
+def _static_items(hyper: dict[str, Any]) -> tuple:
+    """Hyper-parameters as a hashable, order-independent tuple (they are static under jit)."""
+    items = tuple(sorted(hyper.items()))
+    try:
+        hash(items)
+    except TypeError:
+        raise ValueError(f"attack hyper-parameters must be hashable scalars / strings, got {hyper}") from None
+    return items
+
+
+def _attack_batch_impl(xb, yb, kb, eps, *, attack_fn, logits_fn, hyper):
+    x_adv = attack_fn(logits_fn, xb, yb, kb, eps, **dict(hyper))
+    m = per_example_metrics(logits_fn(x_adv), yb)
+    return m["correct"], m["margin"]
+
+
+def _attack_only_impl(xb, yb, kb, eps, *, attack_fn, logits_fn, hyper):
+    return attack_fn(logits_fn, xb, yb, kb, eps, **dict(hyper))
+
+
+# Jitted functions, one per (kind, attack, model function, hyper-parameters), reused across
+# calls, batches and eps (eps is traced), so repeated evaluations of one model (sanity checks,
+# eps sweeps) compile once. Bounded LRU: a dropped entry frees its executables and the model
+# parameters its logits_fn closes over (long sweeps over checkpoints must not accumulate them).
+_JIT_CACHE: "collections.OrderedDict[tuple, Callable]" = collections.OrderedDict()
+_JIT_CACHE_SIZE = 8
+
+
+def _jitted(kind: str, attack_fn: Callable, logits_fn: LogitsFn, hyper: tuple) -> Callable:
+    key = (kind, attack_fn, logits_fn, hyper)
+    if key in _JIT_CACHE:
+        _JIT_CACHE.move_to_end(key)
+        return _JIT_CACHE[key]
+    impl = _attack_batch_impl if kind == "metrics" else _attack_only_impl
+    fn = jax.jit(functools.partial(impl, attack_fn=attack_fn, logits_fn=logits_fn, hyper=hyper))
+    _JIT_CACHE[key] = fn
+    while len(_JIT_CACHE) > _JIT_CACHE_SIZE:
+        _JIT_CACHE.popitem(last=False)
+    return fn
+
+
+def per_example_robustness(logits_fn: LogitsFn, images: Any, labels: Any, key: jax.Array,
+                           attack: str | Callable, eps_list: Sequence[float], batch_size: int = 256,
+                           **hyper: Any) -> list[dict[str, np.ndarray]]:
+    """Per-example ``correct`` (bool) and ``margin`` (logit margin at x_adv), (N,) each, for every eps.
+
+    Batch i is attacked with key fold_in(key, i) for every eps (common random numbers, so
+    differences between eps are not noise). See ``robust_accuracy``.
+    """
+    images, labels = _check_dataset(images, labels, batch_size)
+    attack_fn, _ = _attack_fn(attack)
+    for eps in eps_list:
+        if not float(eps) >= 0:
+            raise ValueError(f"eps must be >= 0, got {eps}.")
+    n = images.shape[0]
+    batch_size = min(batch_size, n)  # a set smaller than one batch needs no padding
+    n_batches = math.ceil(n / batch_size)
+    pad = n_batches * batch_size - n
+    if pad:
+        images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], np.float32)])
+        labels = np.concatenate([labels, np.zeros((pad,), np.int32)])
+
+    run = _jitted("metrics", attack_fn, logits_fn, _static_items(hyper))
+    out = []
+    for eps in eps_list:
+        correct, margin = [], []
+        for i in range(n_batches):
+            sl = slice(i * batch_size, (i + 1) * batch_size)
+            c, m = run(jnp.asarray(images[sl]), jnp.asarray(labels[sl]), jax.random.fold_in(key, i),
+                       jnp.float32(eps))
+            correct.append(np.asarray(c))
+            margin.append(np.asarray(m))
+        # Drop the padding: the real examples count exactly once.
+        out.append({"correct": np.concatenate(correct)[:n], "margin": np.concatenate(margin)[:n]})
+    return out
+
+
+def robust_accuracy(logits_fn: LogitsFn, images: Any, labels: Any, key: jax.Array, attack: str | Callable,
+                    eps_list: Sequence[float], batch_size: int = 256, **hyper: Any) -> list[dict[str, Any]]:
+    """Accuracy under ``attack`` over a whole dataset, for each budget in ``eps_list``.
+
+    Args:
+      logits_fn: images (B, H, W, C) in [0, 1] -> logits (B, K), eval mode.
+      images: (N, H, W, C) float in [0, 1]; labels: (N,) int.
+      key: PRNG key; attack: registry name (``ATTACKS``) or an attack function.
+      eps_list: budgets (meaning depends on the attack: Linf / L2 radius, pixel fraction).
+      batch_size: fixed batch size (one compilation for all batches and all eps).
+      **hyper: static hyper-parameters passed to the attack (steps=..., norm=...).
+    Returns: one dict per eps with ``attack``, ``eps``, ``accuracy`` (correct / N),
+      ``margin`` (mean logit margin at x_adv), ``snr`` / ``snr_median`` (from the margins,
+      see ``metrics.snr_summary``) and ``n`` (= N).
+    """
+    _, name = _attack_fn(attack)
+    per_eps = per_example_robustness(logits_fn, images, labels, key, attack, eps_list, batch_size, **hyper)
+    rows = []
+    for eps, r in zip(eps_list, per_eps):
+        n = int(r["correct"].size)
+        rows.append({"attack": name, "eps": float(eps), "accuracy": float(r["correct"].sum() / n),
+                     "margin": float(np.mean(r["margin"], dtype=np.float64)), **snr_summary(r["margin"]),
+                     "n": n})
+    return rows
+
+
+SANITY_CHECKS = ("deterministic", "outputs_are_logits", "eps0_unchanged", "monotone_in_eps",
+                 "pgd_stronger_than_fgsm", "gradients_nonzero")
+
+
+def sanity_checks(logits_fn: LogitsFn, images: Any, labels: Any, key: jax.Array, eps: float,
+                  *, norm: str = "linf", pgd_steps: int = 10, batch_size: int = 256,
+                  max_zero_grad_fraction: float = 0.0, checks: Sequence[str] | None = None) -> dict[str, bool]:
+    """Checks that catch broken or over-optimistic robustness evaluations (after AutoAttack's
+    ``checks.py``). Each failed check emits an ``AttackSanityWarning`` with the numbers.
+
+    Checks (True = passed):
+      ``deterministic``: logits_fn gives identical outputs twice (randomised defences need EOT);
+      ``outputs_are_logits``: outputs are not probabilities (softmax outputs flatten CE gradients);
+      ``eps0_unchanged``: fgsm, pgd and apgd_ce with eps = 0 return x exactly, and PGD accuracy
+        at eps = 0 equals clean accuracy;
+      ``monotone_in_eps``: PGD accuracy at eps * (0, 1/4, 1/2, 1) does not rise by more than 1/N;
+      ``pgd_stronger_than_fgsm``: PGD accuracy <= FGSM accuracy + 1/N and PGD mean margin <=
+        FGSM mean margin (PGD should never be weaker than one signed step on average);
+      ``gradients_nonzero``: at most ``max_zero_grad_fraction`` of the examples (default: none,
+        as AutoAttack) have an exactly-zero input gradient of the CE loss (gradient masking,
+        quantisation or a saturated softmax: the attacks cannot move those examples).
+    FGSM is Linf only: for ``norm="l2"`` the FGSM comparison is skipped (reported True).
+
+    Args: as ``robust_accuracy``; ``eps`` the budget to check at; ``images`` should be a few
+      hundred examples at most (the checks attack all of them); ``checks`` a subset of
+      ``SANITY_CHECKS`` to run (default all).
+    Returns: {check name: passed} for the checks run.
+    """
+    images, labels = _check_dataset(images, labels, batch_size)
+    checks = SANITY_CHECKS if checks is None else tuple(checks)
+    unknown = set(checks) - set(SANITY_CHECKS)
+    if unknown:
+        raise ValueError(f"unknown sanity checks {sorted(unknown)}; valid checks: {', '.join(SANITY_CHECKS)}")
+    n = images.shape[0]
+    tol = 1.0 / n
+    results: dict[str, bool] = {c: True for c in checks}
+
+    def fail(check: str, message: str) -> None:
+        results[check] = False
+        warnings.warn(f"attack sanity check '{check}' failed: {message}", AttackSanityWarning, stacklevel=3)
+
+    xb = jnp.asarray(images[:batch_size])
+    yb = jnp.asarray(labels[:batch_size])
+    k_eps0, k_acc = jax.random.split(key)
+
+    if "deterministic" in checks or "outputs_are_logits" in checks:
+        fwd = jax.jit(logits_fn)
+        out1, out2 = np.asarray(fwd(xb)), np.asarray(fwd(xb))
+        if "deterministic" in checks and not np.array_equal(out1, out2):
+            fail("deterministic", f"logits_fn is random (max change {np.max(np.abs(out1 - out2)):.3g} between "
+                 "two calls); evaluate randomised models with expectation over transformation, or fix the "
+                 "randomness.")
+        if ("outputs_are_logits" in checks and out1.min() >= 0.0 and out1.max() <= 1.0
+                and np.allclose(out1.sum(-1), 1.0, atol=1e-4)):
+            fail("outputs_are_logits", "logits_fn returns probabilities (rows in [0,1] summing to 1); pass the "
+                 "logits (before softmax), otherwise cross-entropy gradients vanish and attacks look weak.")
+
+    pgd_rows = None
+    eps_grid = [0.0, eps / 4, eps / 2, eps]
+    if {"eps0_unchanged", "monotone_in_eps", "pgd_stronger_than_fgsm"} & set(checks):
+        pgd_rows = robust_accuracy(logits_fn, images, labels, k_acc, "pgd", eps_grid, batch_size,
+                                   steps=pgd_steps, norm=norm)
+
+    if "eps0_unchanged" in checks:
+        for name, hyper in (("fgsm", {}), ("pgd", {"steps": 3, "step_size": 0.1, "norm": norm}),
+                            ("apgd_ce", {"steps": 5, "norm": norm})):
+            if name == "fgsm" and norm != "linf":
+                continue
+            attack_fn = _jitted("attack", get_attack(name), logits_fn, _static_items(hyper))
+            x0 = attack_fn(xb, yb, k_eps0, jnp.float32(0.0))
+            if not np.array_equal(np.asarray(x0), np.asarray(xb)):
+                fail("eps0_unchanged", f"{name} with eps=0 changed the input (max change "
+                     f"{float(jnp.max(jnp.abs(x0 - xb))):.3g}).")
+        clean = robust_accuracy(logits_fn, images, labels, k_acc, "fgsm", [0.0], batch_size)[0]["accuracy"]
+        if pgd_rows[0]["accuracy"] != clean:
+            fail("eps0_unchanged", f"PGD accuracy at eps=0 ({pgd_rows[0]['accuracy']:.4f}) differs from clean "
+                 f"accuracy ({clean:.4f}).")
+
+    if "monotone_in_eps" in checks:
+        accs = [r["accuracy"] for r in pgd_rows]
+        if any(b > a + tol for a, b in zip(accs, accs[1:])):
+            fail("monotone_in_eps", f"PGD accuracy rises with eps: {dict(zip(eps_grid, accs))}; the attack is "
+                 "not converging (more steps / restarts, or a smaller step size).")
+
+    if "pgd_stronger_than_fgsm" in checks and norm == "linf":
+        fg = robust_accuracy(logits_fn, images, labels, k_acc, "fgsm", [eps], batch_size)[0]
+        pg = pgd_rows[-1]
+        if pg["accuracy"] > fg["accuracy"] + tol or pg["margin"] > fg["margin"] + 1e-6:
+            fail("pgd_stronger_than_fgsm", f"PGD-{pgd_steps} (acc {pg['accuracy']:.4f}, margin "
+                 f"{pg['margin']:.4g}) is weaker than FGSM (acc {fg['accuracy']:.4f}, margin {fg['margin']:.4g}) "
+                 f"at eps={eps}: gradients are unreliable (masking) or the PGD step size is wrong.")
+
+    if "gradients_nonzero" in checks:
+        grad_fn = jax.jit(lambda x, y: loss_grad_logits(logits_fn, ce_loss, x, y)[1])
+        zero = []
+        for i in range(0, n, batch_size):
+            g = np.asarray(grad_fn(jnp.asarray(images[i:i + batch_size]), jnp.asarray(labels[i:i + batch_size])))
+            zero.append(np.all(g.reshape(g.shape[0], -1) == 0, axis=1))
+        zero_frac = float(np.mean(np.concatenate(zero)))
+        if zero_frac > max_zero_grad_fraction:
+            fail("gradients_nonzero", f"{zero_frac:.1%} of the examples have an exactly-zero input gradient "
+                 "(saturated softmax, non-differentiable layers or gradient masking); the attacks cannot move "
+                 "them, so robust accuracy is overestimated. Try loss='margin' or check the model.")
+    return results
