@@ -7,8 +7,8 @@ in the attack loop (recompilation, host round-trips, non-fused projections).
 
 Model: a small CNN in Flax NNX (3 conv layers on 32x32x3, global pooling, linear head),
 batch 128 by default. Both sides are jitted and warmed up; the variants are timed
-round-robin ``--repeats`` times and we report the min (and the median). The reference is measured two ways: k + 1 calls of a jitted
-forward-backward function, and one jitted ``fori_loop`` of k + 1 dependent passes (no
+round-robin ``--repeats`` times and we report the min (and the median). The reference is
+measured two ways: k + 1 calls of a jitted forward-backward function, and one jitted ``fori_loop`` of k + 1 dependent passes (no
 per-call dispatch), so dispatch overhead is visible. PGD is timed with its steps in a
 rolled ``lax.fori_loop`` (the default) and fully unrolled (``unroll=True``): on the XLA CPU
 backend the same convolutions run markedly slower inside a rolled while-loop.

@@ -163,8 +163,10 @@ def test_same_key_same_output(mlp_data, config):
 def test_jit_matches_eager(mlp_data):
     f, x, y = mlp_data
     jitted = jax.jit(functools.partial(pgd, f, steps=4, norm="linf"))
-    np.testing.assert_allclose(np.asarray(jitted(x, y, jax.random.key(7), 0.05)),
-                               np.asarray(pgd(f, x, y, jax.random.key(7), 0.05, steps=4)), atol=1e-6)
+    eager = np.asarray(pgd(f, x, y, jax.random.key(7), 0.05, steps=4))
+    np.testing.assert_allclose(np.asarray(jitted(x, y, jax.random.key(7), 0.05)), eager, atol=1e-6)
+    unrolled = jax.jit(functools.partial(pgd, f, steps=4, norm="linf", unroll=True))
+    np.testing.assert_allclose(np.asarray(unrolled(x, y, jax.random.key(7), 0.05)), eager, atol=1e-6)
 
 
 # ---------------------------------------------------------------- strength

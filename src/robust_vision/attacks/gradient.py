@@ -59,7 +59,7 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps: fl
         random_start: bool = True, restarts: int = 1, loss: str = "ce", unroll: int | bool = 1) -> jax.Array:
     """Projected Gradient Descent (Madry et al. 2018) under an Linf or L2 budget.
 
-    Each step: x <- Proj_{B(x0, eps) ∩ [0,1]}(x + step_size * d), d = sign(g) (Linf) or
+    Each step: x_adv <- Proj_{B(x, eps) ∩ [0,1]}(x_adv + step_size * d), d = sign(g) (Linf) or
     g / ||g||_2 (L2). Cost: ``steps`` forward-backward passes per restart (plus one forward
     per restart when ``restarts > 1``, to choose among them).
 
@@ -73,7 +73,7 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps: fl
         otherwise the run with the highest loss.
       loss: "ce" or "margin".
       unroll: ``lax.fori_loop`` unrolling of the steps (True = fully). On the XLA CPU backend
-        a convolutional model runs about 1.7x slower inside a rolled loop than unrolled (see
+        a convolutional model ran 1.4-2x slower inside a rolled loop than unrolled (see
         benchmarks/attack_cost.py); unrolling costs compile time proportional to ``steps``.
     Returns: (B, H, W, C) float32 in [0, 1] inside the eps-ball.
     """
