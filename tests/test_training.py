@@ -7,12 +7,11 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import tiny_overrides
-from robust_vision.config import TrainingConfig, load_config
+from robust_vision.config import load_config
 from robust_vision.data.pipeline import augment, batch_indices
 from robust_vision.training.trainer import TrainingError, train
 

@@ -47,8 +47,46 @@ def _f(default: Any = dataclasses.MISSING, *, help: str = "", min: float | None 
 
 
 @dataclass
+class PerturbConfig:
+    """Options of the perturbative models (``models/perturb.py``); null = the model's default."""
+
+    nfilters: Optional[int] = _f(None, min=1, help="channels of every layer (lenet 64, cifarnet 128, perturb_resnet18 64)")
+    nmasks: int = _f(1, min=1, help="noise masks per input channel (fan-out)")
+    noise_level: float = _f(0.1, min=0.0, help="masks are U(-level, level) (uniform) or level * N(0, 1) (normal)")
+    noise_type: Literal["uniform", "normal"] = _f("uniform", help="distribution of the fixed noise masks")
+    scale_noise: float = _f(1.0, min=0.0, help="multiplies the first layer's noise level")
+    filter_size: int = _f(0, min=0, help="0 = perturbation layer (masks + 1x1 conv), n > 0 = n x n convolution")
+    first_filter_size: Optional[int] = _f(None, min=0, help="the same for the first layer (null: lenet/cifarnet 0, perturb_resnet18 3)")
+    unique_masks: bool = _f(True, help="a different set of masks for every input channel")
+    train_masks: bool = _f(False, help="train the masks with the weights (false = fixed masks)")
+    mix_maps: bool = _f(False, help="a second 1x1 conv so that channels exchange information")
+    use_act: bool = _f(False, help="activation on the perturbed input of the first layer")
+    activation: Literal["relu", "rrelu", "prelu", "elu", "selu", "tanh", "sigmoid"] = _f("relu", help="activation")
+    pool_type: Literal["max", "avg"] = _f("max", help="pooling between stages")
+    linear: Optional[int] = _f(None, min=1, help="lenet / cifarnet: hidden units of the classifier (128 / 256)")
+    dropout: Optional[float] = _f(None, min=0.0, max=0.99, help="lenet / cifarnet: dropout before each linear layer (0.5)")
+    match: Literal["perturb_resnet18"] = _f("perturb_resnet18", help="resnet18_matched: the model whose parameter count it matches (with these perturb options)")
+
+
+@dataclass
+class KrotovConfig:
+    """The Krotov-Hopfield model (``models/local.py``): an unsupervised local layer trained
+    without labels before the supervised head is trained by the trainer."""
+
+    n_hidden: int = _f(100, min=1, help="hidden units of the local layer (the paper: 2000)")
+    power: float = _f(4.5, min=0.0, min_exclusive=True, help="activation relu(W v)^power of the hidden layer")
+    p: float = _f(3.0, min=1.0, help="Lebesgue p-norm of the local rule")
+    k: int = _f(2, min=2, help="rank of the unit that receives the anti-Hebbian update")
+    delta: float = _f(0.4, min=0.0, help="anti-Hebbian strength Delta")
+    lr: float = _f(0.04, min=0.0, min_exclusive=True, help="initial learning rate of the local rule (decays linearly to 0)")
+    epochs: int = _f(50, min=1, help="unsupervised epochs of the local layer")
+    batch_size: int = _f(100, min=1, help="minibatch of the local rule")
+    plot_fields: bool = _f(True, help="write plots/receptive_fields.png/.pdf of the learned layer")
+
+
+@dataclass
 class ModelConfig:
-    name: str = _f("cnn", help="model registry name: cnn, resnet18, linear (see `robust_vision.models.MODELS`)")
+    name: str = _f("cnn", help="model registry name: cnn, resnet18, linear, crossbar, lenet, cifarnet, perturb_resnet18, resnet18_matched, krotov (see `robust_vision.models.MODELS`)")
     n_classes: Optional[int] = _f(None, min=2, help="number of classes; null = taken from the dataset (a mismatch is an error)")
     features: list[int] = _f(factory=lambda: [32, 64, 128], help="cnn: channels of each stage (one conv block + 2x downsampling per stage after the first)")
     dropout_rate: float = _f(0.1, min=0.0, max=0.99, help="dropout before the classifier (cnn) ")
@@ -56,6 +94,10 @@ class ModelConfig:
     use_batch_norm: bool = _f(True, help="cnn: batch norm after each convolution")
     width: int = _f(64, min=1, help="resnet18: channels of the first stage (doubles each stage)")
     hidden_units: list[int] = _f(factory=list, help="linear: optional hidden layers (empty = a pure linear classifier)")
+    perturb: PerturbConfig = field(default_factory=lambda: PerturbConfig(),
+                                   metadata={"help": "lenet / cifarnet / perturb_resnet18 / resnet18_matched options"})
+    krotov: KrotovConfig = field(default_factory=lambda: KrotovConfig(),
+                                 metadata={"help": "krotov: unsupervised local layer + supervised linear head"})
 
 
 @dataclass
@@ -78,6 +120,34 @@ class HebbianConfig:
     sgd_eta: float = _f(0.01, min=0.0, min_exclusive=True, help="learning rate of the SGD-MSE baseline on the same model")
     iterations: int = _f(30, min=1, help="updates per training image (pattern protocol) or epochs (classification)")
     divergence_bound: float = _f(1e6, min=0.0, min_exclusive=True, help="|W| beyond this counts as diverged")
+
+
+@dataclass
+class AdversarialConfig:
+    """Adversarial training. eps is in pixel units of images in [0, 1]."""
+
+    method: Literal["none", "pgd", "trades", "augment"] = _f(
+        "none", help="pgd: Madry PGD training; trades: TRADES; augment: add adversarial examples of a trained model to the training set")
+    eps: float = _f(0.1, min=0.0, min_exclusive=True, help="attack budget (Linf for pgd/trades; L2 for the noise attack of augment)")
+    steps: int = _f(10, min=1, help="attack iterations per training batch (pgd / trades) or per example (augment)")
+    step_size: Optional[float] = _f(None, min=0.0, min_exclusive=True, help="attack step; null = 2.5 * eps / steps")
+    trades_beta: float = _f(6.0, min=0.0, help="trades: weight of the robustness (KL) term")
+    augment_attack: Literal["noise_attack", "pgd", "fgsm", "sparse_pixel"] = _f(
+        "noise_attack", help="augment: attack that makes the examples (noise_attack = the training-robust-networks seed's)")
+    augment_source: Optional[str] = _f(None, help="augment: run directory of the model to attack (null = training.init_from)")
+    augment_max_examples: Optional[int] = _f(None, min=1, help="augment: at most this many adversarial examples (null = all successful)")
+
+
+@dataclass
+class RegularizerConfig:
+    """Penalties added to the training loss (weight 0 = off)."""
+
+    jacobian_weight: float = _f(0.0, min=0.0, help="weight of the Jacobian penalty ||d logits / d x||_F^2 (Hoffman et al. 2019)")
+    jacobian_projections: int = _f(1, min=-1, help="random projections of the Jacobian estimate (-1 = exact)")
+    spectral_weight: float = _f(0.0, min=0.0, help="weight of the spectral penalty (Nassar et al. 2020)")
+    spectral_layer: str = _f("embedding", help="feature whose covariance spectrum is pushed toward 1/n^alpha")
+    spectral_alpha: float = _f(1.0, min=0.0, min_exclusive=True, help="target power-law exponent")
+    spectral_start: int = _f(10, min=0, help="0-based rank of the anchor eigenvalue; later ones are penalised")
 
 
 @dataclass
@@ -110,7 +180,14 @@ class TrainingConfig:
     mixup_alpha: float = _f(0.2, min=0.0, min_exclusive=True, help="mixup: Beta(alpha, alpha) mixing coefficient")
     augment_flip: bool = _f(False, help="random horizontal flip (on device)")
     augment_crop_padding: int = _f(0, min=0, help="random crop after zero-padding by this many pixels (0 = off)")
-    noise_augment_std: float = _f(0.0, min=0.0, help="add N(0, std^2) to training images (clipped to [0,1]; 0 = off)")
+    noise_augment_std: float = _f(0.0, min=0.0, help="add N(0, std^2) to training images (0 = off); pair with --certify at sigma = std")
+    noise_augment_clip: bool = _f(True, help="clip noisy training images to [0, 1]; false = the unclipped isotropic noise of randomized smoothing")
+    adversarial: AdversarialConfig = field(default_factory=lambda: AdversarialConfig(),
+                                           metadata={"help": "adversarial training (pgd / trades) or augmentation"})
+    regularizers: RegularizerConfig = field(default_factory=lambda: RegularizerConfig(),
+                                            metadata={"help": "Jacobian and spectral penalties added to the loss"})
+    init_from: Optional[str] = _f(None, help="fine-tune: initialise from this run directory or checkpoint (its evaluation weights)")
+    freeze_stages: int = _f(0, min=0, help="fine-tune: the optimizer leaves the first k stages of the model untouched")
 
     ema_enabled: bool = _f(False, help="keep an exponential moving average of the parameters and evaluate with it")
     ema_decay: float = _f(0.99, min=0.0, max=1.0, help="EMA decay per step")
@@ -142,6 +219,46 @@ class EvaluationConfig:
     plot_style: Literal["publication", "default"] = _f("publication", help="matplotlib style of the figures")
     dpi: int = _f(150, min=30, max=1200, help="resolution of PNG figures")
     format: list[str] = _f(factory=lambda: ["png", "pdf"], help="figure file formats (png, pdf, svg)")
+    # Robustness suite (docs/EVALUATION.md). Corruptions, attacks and certification are off
+    # by default (they cost minutes on large sets); calibration is one forward pass per noise
+    # condition, so it is on.
+    suite: Literal["none", "imagenet-c", "imagenet-c-all"] = _f(
+        "none", help="corruption benchmark: imagenet-c (15 corruptions, mCE), imagenet-c-all (+4 held-out) or none")
+    severities: list[int] = _f(factory=lambda: [1, 2, 3, 4, 5], min=1, max=5,
+                               help="ImageNet-C severities to evaluate (integers 1..5; CE sums over them)")
+    corruption_scale: Literal["auto", "imagenet", "cifar"] = _f(
+        "auto", help="ImageNet-C parameter table; auto = cifar below 64 px on the shorter side, else imagenet")
+    reference_checkpoint: Optional[str] = _f(
+        None, help="run directory of the reference model for CE / mCE / relative mCE (null = errors only, no CE)")
+    attacks: list[Literal["fgsm", "pgd", "apgd", "sparse", "noise"]] = _f(
+        factory=list, help="adversarial attacks to run (fgsm, pgd, apgd, sparse, noise); empty = off")
+    attack_eps: list[float] = _f(factory=lambda: [k / 255 for k in (0, 1, 2, 4, 8, 16, 32)], min=0.0,
+                                 help="fgsm / pgd / apgd budgets in [0, 1] pixel units (Linf, or L2 radius with "
+                                      "attack_norm: l2)")
+    attack_norm: Literal["linf", "l2"] = _f("linf", help="threat model of pgd / apgd (fgsm is Linf only)")
+    attack_steps: Optional[int] = _f(None, min=1, help="iterations of pgd / apgd / sparse / noise; null = each "
+                                                        "attack's default (10 / 100 / 50 / 100)")
+    attack_sparse_fractions: list[float] = _f(factory=lambda: [0.0, 0.005, 0.01, 0.02, 0.05], min=0.0, max=1.0,
+                                              help="sparse attack budgets: fraction of pixels recoloured")
+    attack_noise_radii: list[float] = _f(factory=lambda: [0.0, 0.5, 1.0, 2.0], min=0.0,
+                                         help="noise attack budgets: L2 radius of the perturbation (pixel units)")
+    attack_max_examples: Optional[int] = _f(None, min=1, help="attack only the first N examples of the split "
+                                                               "(null = all)")
+    certify: bool = _f(False, help="certified L2 accuracy by randomized smoothing (Cohen et al. 2019)")
+    certify_sigma: list[float] = _f(factory=lambda: [0.25], min=0.0, min_exclusive=True,
+                                    help="smoothing noise std (pixel units); one certification per value")
+    certify_n0: int = _f(100, min=1, help="noise draws that select the smoothed prediction")
+    certify_n: int = _f(10_000, min=1, help="noise draws that bound its probability (radius <= sigma * "
+                                            "Phi^-1(alpha^(1/n)))")
+    certify_alpha: float = _f(0.001, min=0.0, max=1.0, min_exclusive=True,
+                              help="failure probability of each certificate")
+    certify_max_examples: int = _f(100, min=1, help="certify the first N examples of the split (it costs n "
+                                                    "forward passes per example)")
+    calibration: bool = _f(True, help="reliability bins, temperature scaling, conformal sets and selective "
+                                      "accuracy per noise condition (validation split calibrates)")
+    conformal_alpha: list[float] = _f(factory=lambda: [0.1], min=0.0, max=1.0, min_exclusive=True,
+                                      help="miscoverage levels of the conformal prediction sets (target "
+                                           "coverage 1 - alpha)")
 
 
 @dataclass
@@ -321,6 +438,12 @@ def _cross_checks(cfg: Config) -> None:
     for lvl in cfg.evaluation.noise_levels:
         if not 0.0 <= lvl <= 1.0:
             raise ConfigError(f"evaluation.noise_levels: got {lvl!r}; expected severities in [0, 1]")
+    if len(set(cfg.evaluation.severities)) != len(cfg.evaluation.severities) or not cfg.evaluation.severities:
+        raise ConfigError(f"evaluation.severities: got {cfg.evaluation.severities!r}; expected distinct integers "
+                          "in 1..5")
+    for a in cfg.evaluation.conformal_alpha:
+        if not a < 1.0:
+            raise ConfigError(f"evaluation.conformal_alpha: got {a!r}; expected miscoverage levels in (0, 1)")
     size = cfg.data.image_size
     if size is not None and (len(size) != 2 or min(size) < 4):
         raise ConfigError(f"data.image_size: got {size!r}; expected [H, W] with H, W >= 4 (or one integer)")
@@ -329,6 +452,13 @@ def _cross_checks(cfg: Config) -> None:
     clip = cfg.training.hebbian.clip_range
     if clip is not None and (len(clip) != 2 or clip[0] >= clip[1]):
         raise ConfigError(f"training.hebbian.clip_range: got {clip!r}; expected [lo, hi] with lo < hi, or null")
+    if cfg.training.regularizers.jacobian_projections == 0:
+        raise ConfigError("training.regularizers.jacobian_projections: got 0; expected a positive number of "
+                          "projections or -1 for the exact Jacobian norm")
+    adv = cfg.training.adversarial
+    if adv.method == "augment" and adv.augment_source is None and cfg.training.init_from is None:
+        raise ConfigError("training.adversarial.augment_source: adversarial augmentation attacks a trained model; "
+                          "set training.adversarial.augment_source (or training.init_from) to its run directory")
     if cfg.data.val_fraction + cfg.data.test_fraction >= 1.0:
         raise ConfigError("data.val_fraction + data.test_fraction: must be < 1 so that a training split remains")
 
@@ -408,3 +538,9 @@ def describe_keys() -> list[tuple[str, str, str, str]]:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             rows.append((f"{section.name}.{f.name}", _type_name(hints[f.name]), repr(default), f.metadata.get("help", "")))
     return rows
+
+
+# Public names of the schema machinery for other YAML schemas built the same way (the
+# research study settings, robust_vision.research.settings): same errors, same ranges.
+config_field = _f
+build_section = _build

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-__all__ = ["jacobian_penalty", "spectral_penalty"]
+__all__ = ["jacobian_penalty", "make_regularizer", "spectral_penalty"]
 
 
 def jacobian_penalty(fn: Callable[[jax.Array], jax.Array], x: jax.Array, key: jax.Array,
@@ -117,3 +117,42 @@ def spectral_penalty(hidden: jax.Array, alpha: float = 1.0, *, start: int = 10,
     use = (jnp.arange(d) > start) & (eig > 0)
     terms = (ratio - 1.0) ** 2 + jax.nn.relu(ratio - 1.0)
     return jnp.sum(jnp.where(use, terms, 0.0)) / d
+
+
+def make_regularizer(rcfg) -> Optional[Callable]:
+    """The trainer's ``extra_loss(model, images, features, key) -> scalar`` for the weights of
+    ``training.regularizers`` (a :class:`robust_vision.config.RegularizerConfig`), or None when
+    both weights are 0.
+
+    The Jacobian term differentiates a *copy* of the train-mode model (``nnx.split`` /
+    ``nnx.merge``), so its extra forward pass does not update the batch-norm statistics a
+    second time. The spectral term uses the named feature of the main forward pass,
+    flattened to (B, D).
+    """
+    from flax import nnx  # local: this module is otherwise pure jnp
+
+    if rcfg.jacobian_weight == 0 and rcfg.spectral_weight == 0:
+        return None
+
+    def extra_loss(model, images, features, key):
+        total = jnp.zeros((), jnp.float32)
+        if rcfg.jacobian_weight > 0:
+            graph, state = nnx.split(model)
+
+            def logits_of(x):
+                # Fresh Variables at this trace level (as ModelParts.merge): the copy's batch-norm
+                # update inside jax.vjp must not touch Variables of the outer trace.
+                return nnx.merge(graph, jax.tree.map(lambda leaf: leaf, state))(x)
+
+            total = total + rcfg.jacobian_weight * jacobian_penalty(logits_of, images, key,
+                                                                     n_proj=rcfg.jacobian_projections)
+        if rcfg.spectral_weight > 0:
+            if rcfg.spectral_layer not in features:
+                raise ValueError(f"training.regularizers.spectral_layer: got {rcfg.spectral_layer!r}; this model's "
+                                 f"features are {', '.join(sorted(features))}")
+            total = total + rcfg.spectral_weight * spectral_penalty(features[rcfg.spectral_layer],
+                                                                    alpha=rcfg.spectral_alpha,
+                                                                    start=rcfg.spectral_start)
+        return total
+
+    return extra_loss

@@ -35,26 +35,19 @@ def _kl(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
     return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
 
 
-def trades_loss(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps: float | jax.Array,
-                steps: int = 10, step_size: float | jax.Array | None = None, beta: float = 6.0,
-                unroll: int | bool = 1) -> jax.Array:
-    """TRADES loss (Zhang et al. 2019), per example, shape (B,), in nats:
+def trades_examples(logits_fn: LogitsFn, x: jax.Array, key: jax.Array, eps: float | jax.Array, steps: int = 10,
+                    step_size: float | jax.Array | None = None, unroll: int | bool = 1) -> jax.Array:
+    """TRADES's inner maximisation (Zhang et al. 2019): x_adv in the Linf eps-ball of x that
+    maximises KL(softmax f(x) || softmax f(x_adv)), returned under ``stop_gradient``.
 
-        CE(f(x), y) + beta * KL(softmax f(x) || softmax f(x_adv)),
-
-    where x_adv maximises the KL term inside the Linf eps-ball: start at x + 0.001 * N(0, 1)
-    (as the reference code), then ``steps`` sign-gradient steps of ``step_size`` (default
-    2.5 * eps / steps; the paper uses eps / 4 with 10 steps at eps = 8/255, close to this),
-    projected onto the ball and [0, 1]. The attack sees f(x) as a constant and x_adv is
-    under ``stop_gradient``; the returned loss is differentiable in both f(x) and f(x_adv)
-    (as the reference). beta = 0 gives exactly the cross-entropy. ``unroll`` as in ``pgd``.
+    Start at x + 0.001 * N(0, 1) (as the reference code), then ``steps`` sign-gradient steps
+    of ``step_size`` (default 2.5 * eps / steps; the paper uses eps / 4 with 10 steps at
+    eps = 8/255, close to this), projected onto the ball and [0, 1]; f(x) is a constant.
+    Shapes: x (B, H, W, C) in [0, 1] -> (B, H, W, C). ``unroll`` as in ``pgd``.
     """
-    check_inputs(x, y, eps, name="trades_loss")
     if step_size is None:
         step_size = 2.5 * eps / max(steps, 1)
-    logits_clean = logits_fn(x)
-    log_p_clean = jax.nn.log_softmax(logits_clean.astype(jnp.float32), axis=-1)
-    target = jax.lax.stop_gradient(log_p_clean)
+    target = jax.lax.stop_gradient(jax.nn.log_softmax(logits_fn(x).astype(jnp.float32), axis=-1))
 
     def kl_total(xa):
         return jnp.sum(_kl(target, jax.nn.log_softmax(logits_fn(xa).astype(jnp.float32), axis=-1)))
@@ -65,6 +58,28 @@ def trades_loss(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array,
         g = jax.grad(kl_total)(xa)
         return project(xa + step_size * jnp.sign(g), x, eps, "linf")
 
-    x_adv = jax.lax.stop_gradient(jax.lax.fori_loop(0, steps, body, x0, unroll=unroll))
-    log_p_adv = jax.nn.log_softmax(logits_fn(x_adv).astype(jnp.float32), axis=-1)
+    return jax.lax.stop_gradient(jax.lax.fori_loop(0, steps, body, x0, unroll=unroll))
+
+
+def trades_objective(logits_clean: jax.Array, logits_adv: jax.Array, y: jax.Array, beta: float) -> jax.Array:
+    """CE(f(x), y) + beta * KL(softmax f(x) || softmax f(x_adv)) per example, (B,), in nats;
+    differentiable in both logits (as the reference)."""
+    log_p_clean = jax.nn.log_softmax(logits_clean.astype(jnp.float32), axis=-1)
+    log_p_adv = jax.nn.log_softmax(logits_adv.astype(jnp.float32), axis=-1)
     return ce_loss(logits_clean, y) + beta * _kl(log_p_clean, log_p_adv)
+
+
+def trades_loss(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps: float | jax.Array,
+                steps: int = 10, step_size: float | jax.Array | None = None, beta: float = 6.0,
+                unroll: int | bool = 1) -> jax.Array:
+    """TRADES loss (Zhang et al. 2019), per example, shape (B,), in nats:
+
+        CE(f(x), y) + beta * KL(softmax f(x) || softmax f(x_adv)),
+
+    with x_adv from :func:`trades_examples` on the same ``logits_fn``. beta = 0 gives exactly
+    the cross-entropy. The trainer uses the two halves separately, attacking the eval-mode
+    model and computing the objective in train mode, as the reference code does.
+    """
+    check_inputs(x, y, eps, name="trades_loss")
+    x_adv = trades_examples(logits_fn, x, key, eps, steps, step_size, unroll)
+    return trades_objective(logits_fn(x), logits_fn(x_adv), y, beta)

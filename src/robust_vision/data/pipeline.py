@@ -72,10 +72,12 @@ def check_batch_divisible(batch_size: int, mesh: Mesh, key: str) -> None:
                          f"(e.g. {batch_size + n - batch_size % n})")
 
 
-def augment(key: jax.Array, images: jax.Array, *, flip: bool, crop_padding: int, noise_std: float) -> jax.Array:
+def augment(key: jax.Array, images: jax.Array, *, flip: bool, crop_padding: int, noise_std: float,
+            noise_clip: bool = True) -> jax.Array:
     """Random horizontal flip, random crop after zero padding, additive Gaussian noise.
 
-    images (B, H, W, C) in [0, 1] -> same shape, in [0, 1]. Each example draws its own
+    images (B, H, W, C) in [0, 1] -> same shape, in [0, 1] (outside it only with noise_clip=False).
+    Each example draws its own
     flip / offset / noise from ``key``; the options are static (Python) values.
     """
     flip_key, crop_key, noise_key = jax.random.split(key, 3)
@@ -93,5 +95,7 @@ def augment(key: jax.Array, images: jax.Array, *, flip: bool, crop_padding: int,
 
         images = jax.vmap(crop)(padded, offsets)
     if noise_std > 0:
-        images = jnp.clip(images + noise_std * jax.random.normal(noise_key, images.shape, images.dtype), 0.0, 1.0)
+        images = images + noise_std * jax.random.normal(noise_key, images.shape, images.dtype)
+        if noise_clip:  # unclipped = the isotropic Gaussian that randomized smoothing certifies
+            images = jnp.clip(images, 0.0, 1.0)
     return images

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import optimize, special
 
-from robust_vision.evaluation.metrics import expected_calibration_error, logit_margin
+from robust_vision.evaluation.metrics import confidence_bin_index, expected_calibration_error, logit_margin
 
 CONFORMAL_METHODS = ("lac", "aps")
 
@@ -42,8 +42,7 @@ def reliability_bins(confidence: Any, correct: Any, n_bins: int = 15) -> dict[st
         raise ValueError(f"n_bins must be >= 1, got {n_bins}.")
     if confidence.size and (confidence.min() < 0 or confidence.max() > 1):
         raise ValueError("confidence must be in [0, 1] (max softmax probability), got values outside.")
-    # Same bin index as metrics.expected_calibration_error (kept identical on purpose).
-    bins = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+    bins = confidence_bin_index(confidence, n_bins)
     counts = np.bincount(bins, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_conf = np.bincount(bins, weights=confidence, minlength=n_bins) / counts

@@ -12,7 +12,7 @@ from robust_vision.config import Config, ConfigError, config_to_dict, load_confi
 from robust_vision.data.pipeline import num_batches
 from robust_vision.models import create_model
 from robust_vision.training.checkpoint import CheckpointError, read_meta, restore_checkpoint
-from robust_vision.training.steps import ModelParts, init_train_state, make_logits_fn, make_optimizer, split_model
+from robust_vision.training.steps import ModelParts, init_train_state, make_logits_fn, make_run_optimizer, split_model
 
 
 @dataclass
@@ -110,7 +110,8 @@ def load_trained_model(checkpoint: str | Path, cfg: Config | None = None, *, nam
     model = create_model(run_cfg.model, input_shape=tuple(meta["input_shape"]), num_classes=int(meta["num_classes"]),
                          seed=run_cfg.training.seed)
     parts = split_model(model)
-    tx, _ = make_optimizer(run_cfg.training, num_batches(1, run_cfg.training.batch_size))
+    tx, _ = make_run_optimizer(run_cfg.training, run_cfg.model, parts.params,
+                               num_batches(1, run_cfg.training.batch_size))
     abstract = init_train_state(parts, tx, bool(meta.get("ema", run_cfg.training.ema_enabled)))
     state, meta = restore_checkpoint(ckpt_dir, abstract)
     params = state["ema_params"] if state.get("ema_params") is not None else state["params"]

@@ -77,15 +77,22 @@ def snr_summary(log_snr: np.ndarray) -> dict[str, float]:
         return {"snr": float(np.exp(log_snr.mean())), "snr_median": float(np.exp(np.median(log_snr)))}
 
 
+def confidence_bin_index(confidence: np.ndarray, n_bins: int) -> np.ndarray:
+    """Equal-width calibration bin of each confidence in [0, 1], (N,) -> (N,) int in [0, n_bins).
+
+    Bin b holds confidences in (b/n, (b+1)/n]; a confidence of exactly 0 goes into bin 0. The
+    ECE and the reliability diagram (``calibration.reliability_bins``) both bin with this.
+    """
+    return np.clip(np.ceil(np.asarray(confidence, np.float64) * n_bins).astype(int) - 1, 0, n_bins - 1)
+
+
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
     """ECE with ``n_bins`` equal-width bins over (0, 1]; the standard (Guo et al. 2017) estimator."""
     confidence = np.asarray(confidence, dtype=np.float64)
     correct = np.asarray(correct, dtype=np.float64)
     if confidence.size == 0:
         return float("nan")
-    # Bin b holds confidences in (b/n, (b+1)/n]; a confidence of exactly 0 goes into bin 0.
-    bins = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
-    counts = np.bincount(bins, minlength=n_bins)
+    bins = confidence_bin_index(confidence, n_bins)
     conf_sum = np.bincount(bins, weights=confidence, minlength=n_bins)
     acc_sum = np.bincount(bins, weights=correct, minlength=n_bins)
     return float(np.sum(np.abs(acc_sum - conf_sum)) / confidence.size)

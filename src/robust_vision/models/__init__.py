@@ -13,7 +13,10 @@ from flax import nnx
 
 from robust_vision.config import ModelConfig
 from robust_vision.models.cnn import ProductionCNN
+from robust_vision.models.crossbar import CrossbarModel, crossbar_options
 from robust_vision.models.linear import LinearClassifier
+from robust_vision.models.local import KrotovClassifier
+from robust_vision.models.perturb import cifarnet, lenet, perturb_resnet18, resnet18_matched
 from robust_vision.models.resnet import ResNet18
 
 
@@ -30,11 +33,40 @@ def _linear_options(cfg: ModelConfig) -> dict:
     return dict(hidden_units=tuple(cfg.hidden_units), dropout_rate=cfg.dropout_rate)
 
 
+def _perturb_options(cfg: ModelConfig) -> dict:
+    """The PerturbConfig keys that are set (null keeps the model's own default)."""
+    pc = cfg.perturb
+    keys = ("nfilters", "nmasks", "noise_level", "noise_type", "scale_noise", "filter_size", "first_filter_size",
+            "unique_masks", "train_masks", "mix_maps", "use_act", "activation", "pool_type")
+    return {k: getattr(pc, k) for k in keys if getattr(pc, k) is not None}
+
+
+def _convnet_options(cfg: ModelConfig) -> dict:
+    extra = {k: getattr(cfg.perturb, k) for k in ("linear", "dropout") if getattr(cfg.perturb, k) is not None}
+    return {**_perturb_options(cfg), **extra}
+
+
+def _matched_options(cfg: ModelConfig) -> dict:
+    # The baseline's width is chosen so that its parameter count equals that of the
+    # perturb_resnet18 described by model.perturb (the perturbative-nets seed's control).
+    return dict(match=_perturb_options(cfg), dropout_rate=cfg.dropout_rate)
+
+
+def _krotov_options(cfg: ModelConfig) -> dict:
+    return dict(n_hidden=cfg.krotov.n_hidden, power=cfg.krotov.power, p=cfg.krotov.p)
+
+
 # name -> (constructor, function that picks the constructor's options from the config)
 MODELS: dict[str, tuple[Callable[..., nnx.Module], Callable[[ModelConfig], dict]]] = {
     "cnn": (ProductionCNN, _cnn_options),
     "resnet18": (ResNet18, _resnet_options),
     "linear": (LinearClassifier, _linear_options),
+    "crossbar": (CrossbarModel, crossbar_options),
+    "lenet": (lenet, _convnet_options),
+    "cifarnet": (cifarnet, _convnet_options),
+    "perturb_resnet18": (perturb_resnet18, _perturb_options),
+    "resnet18_matched": (resnet18_matched, _matched_options),
+    "krotov": (KrotovClassifier, _krotov_options),
 }
 
 

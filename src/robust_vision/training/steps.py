@@ -21,9 +21,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from robust_vision.config import TrainingConfig
+from robust_vision.config import ModelConfig, TrainingConfig
 from robust_vision.data.pipeline import augment
 from robust_vision.evaluation.metrics import per_example_metrics
+from robust_vision.models.stages import frozen_labels
 
 TrainState = dict[str, Any]
 
@@ -98,31 +99,45 @@ def init_train_state(parts: ModelParts, tx: optax.GradientTransformation, ema_en
     }
 
 
-# A hook that turns the batch into the examples the loss is computed on (adversarial
-# training); it receives the train-mode logits function of the current parameters.
+# Adversarial-training hooks. Both receive the *eval-mode* logits function of the current
+# parameters (batch-norm running statistics, no dropout), as the TRADES reference code
+# attacks ``model.eval()``: the attack then does not depend on how the batch is composed.
+#   example_transform(logits_fn, images, labels, key) -> images the loss is computed on (Madry PGD)
+#   pair_transform(logits_fn, images, labels, key) -> x_adv, then the per-example loss is
+#   pair_loss(logits(images), logits(x_adv), labels) (TRADES)
 ExampleTransform = Callable[[Callable[[jax.Array], jax.Array], jax.Array, jax.Array, jax.Array], jax.Array]
+PairLoss = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn: Callable,
                     cfg: TrainingConfig, *, example_transform: ExampleTransform | None = None,
+                    pair_transform: ExampleTransform | None = None, pair_loss: PairLoss | None = None,
                     extra_loss: Callable | None = None):
     """Build the jitted train step ``(state, images, labels, mask, key) -> (state, per_example)``.
 
     images (B, H, W, C) float32 in [0, 1], labels (B,) int32, mask (B,) float32 (0 = padding),
     key a PRNG key for this step. ``per_example`` holds (B,) arrays ``loss``, ``correct``,
-    ``confidence``, ``margin`` of the training forward pass (train mode, augmented inputs).
+    ``confidence``, ``margin`` of the training forward pass (train mode, augmented inputs;
+    adversarial inputs under Madry training, clean inputs under TRADES).
     ``extra_loss(model, images, features, key) -> scalar`` adds a regularizer.
     """
+    if (pair_transform is None) != (pair_loss is None):
+        raise ValueError("pair_transform and pair_loss go together (TRADES needs both)")
     decay = cfg.ema_decay
 
     def step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array, key: jax.Array):
         aug_key, dropout_key, mix_key, adv_key, reg_key = jax.random.split(key, 5)
         images = augment(aug_key, images, flip=cfg.augment_flip, crop_padding=cfg.augment_crop_padding,
-                         noise_std=cfg.noise_augment_std)
+                         noise_std=cfg.noise_augment_std, noise_clip=cfg.noise_augment_clip)
+
+        def attack_logits(x, params=state["params"], model_state=state["model_state"]):
+            return parts.merge(params, model_state, train=False)(x)
+
         if example_transform is not None:
-            def train_logits(x, params=state["params"], model_state=state["model_state"]):
-                return parts.merge(params, model_state, train=True, dropout_key=dropout_key)(x)
-            images = jax.lax.stop_gradient(example_transform(train_logits, images, labels, adv_key))
+            images = jax.lax.stop_gradient(example_transform(attack_logits, images, labels, adv_key))
+        x_adv = None
+        if pair_transform is not None:
+            x_adv = jax.lax.stop_gradient(pair_transform(attack_logits, images, labels, adv_key))
         if cfg.use_mixup:
             lam_key, perm_key = jax.random.split(mix_key)
             lam = jax.random.beta(lam_key, cfg.mixup_alpha, cfg.mixup_alpha)
@@ -136,7 +151,10 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn
                 logits, features = model(images, return_features=True)
             else:
                 logits = model(images)
-            per_ex = loss_fn(logits, labels)
+            if pair_loss is not None:
+                per_ex = pair_loss(logits, model(x_adv), labels)
+            else:
+                per_ex = loss_fn(logits, labels)
             if cfg.use_mixup:
                 per_ex = lam * per_ex + (1.0 - lam) * loss_fn(logits, labels_b)
             loss = jnp.sum(per_ex * mask) / jnp.maximum(jnp.sum(mask), 1.0)
@@ -150,8 +168,10 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn
         params = optax.apply_updates(state["params"], updates)
         ema = state["ema_params"]
         if ema is not None:
-            # Optax's Polyak helper: new_ema = (1 - decay) * params + decay * ema.
-            ema = optax.incremental_update(params, ema, 1.0 - decay)
+            # Polyak averaging, new_ema = decay * ema + (1 - decay) * params, written as an
+            # increment rather than with optax.incremental_update's weighted sum so that a
+            # parameter that does not move (a frozen stage) keeps a bit-identical average.
+            ema = jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), ema, params)
         metrics = per_example_metrics(logits, labels)
         new_state = {"params": params, "model_state": new_model_state, "opt_state": opt_state,
                      "ema_params": ema, "step": state["step"] + 1}
@@ -159,6 +179,22 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn
                            "confidence": metrics["confidence"], "margin": metrics["margin"]}
 
     return jax.jit(step, donate_argnums=(0,))
+
+
+def freeze(tx: optax.GradientTransformation, labels: Any) -> optax.GradientTransformation:
+    """Wrap ``tx`` so that leaves labelled "frozen" get zero updates (and no optimizer state)."""
+    return optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def make_run_optimizer(tcfg: TrainingConfig, model_cfg: ModelConfig, params: nnx.State,
+                       steps_per_epoch: int) -> tuple[optax.GradientTransformation, Callable]:
+    """The run's optimizer: ``make_optimizer`` with the first ``tcfg.freeze_stages`` stages of
+    the model frozen. The trainer and the checkpoint loader both build it here, so the
+    optimizer state they save and restore has the same structure."""
+    tx, schedule = make_optimizer(tcfg, steps_per_epoch)
+    if tcfg.freeze_stages:
+        tx = freeze(tx, frozen_labels(params, model_cfg, tcfg.freeze_stages))
+    return tx, schedule
 
 
 def make_logits_fn(parts: ModelParts) -> Callable[[nnx.State, nnx.State, jax.Array], jax.Array]:

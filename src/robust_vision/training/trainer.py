@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import yaml
 from tqdm.auto import tqdm
@@ -31,7 +30,12 @@ from robust_vision.evaluation.metrics import summarize
 from robust_vision.losses import make_loss
 from robust_vision.models import create_model
 from robust_vision.training.checkpoint import CheckpointStore, is_better
-from robust_vision.training.steps import (init_train_state, make_eval_step, make_optimizer, make_train_step,
+from robust_vision.models.stages import stage_names
+from robust_vision.regularizers import make_regularizer
+from robust_vision.training.adversarial import adversarial_examples, adversarial_hooks
+from robust_vision.training.finetune import load_initial_weights
+from robust_vision.training.pretrain import pretrain_local_layer
+from robust_vision.training.steps import (init_train_state, make_eval_step, make_run_optimizer, make_train_step,
                                           split_model)
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "train_margin", "train_snr",
@@ -66,7 +70,27 @@ def dataset_for(cfg: Config) -> Dataset:
     return dataset
 
 
-def _read_history(path: Path, up_to_epoch: int) -> list[dict]:
+def _with_adversarial_examples(cfg: Config, dataset: Dataset, log: Callable[[str], None]) -> Dataset:
+    """The ``augment`` method: the training split plus adversarial examples of a trained model."""
+    from robust_vision.evaluation.loading import check_input_shape, load_trained_model
+
+    acfg = cfg.training.adversarial
+    source_path = acfg.augment_source or cfg.training.init_from
+    source = load_trained_model(source_path)
+    check_input_shape(source, dataset.image_shape, f"{cfg.data.dataset_name} (training split)")
+    t0 = time.perf_counter()
+    key = jax.random.fold_in(jax.random.key(cfg.training.seed), 0xAD7)
+    x_adv, y_adv, stats = adversarial_examples(source.logits_fn(), dataset.train.images, dataset.train.labels,
+                                               acfg, key, batch_size=cfg.training.eval_batch_size)
+    log(f"Adversarial augmentation: {acfg.augment_attack} (eps={acfg.eps:g}) on {source.run_dir}: "
+        f"{stats['correct']} of {stats['attacked']} training images classified correctly, "
+        f"{stats['successful']} attacks succeeded, {stats['added']} examples added "
+        f"({time.perf_counter() - t0:.1f} s)")
+    train = Split(np.concatenate([dataset.train.images, x_adv]), np.concatenate([dataset.train.labels, y_adv]))
+    return replace(dataset, train=train)
+
+
+def read_history(path: Path, up_to_epoch: int) -> list[dict]:
     if not path.is_file():
         return []
     with path.open() as f:
@@ -74,7 +98,7 @@ def _read_history(path: Path, up_to_epoch: int) -> list[dict]:
     return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in rows]
 
 
-def _write_history(path: Path, rows: list[dict]) -> None:
+def write_history(path: Path, rows: list[dict]) -> None:
     """Rewrite metrics.csv atomically (temp file + rename): a crash never leaves half a file."""
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
@@ -86,7 +110,7 @@ def _write_history(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def _check_resume_config(run_dir: Path, cfg: Config) -> None:
+def check_resume_config(run_dir: Path, cfg: Config) -> None:
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return
@@ -113,33 +137,44 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
     """Train the model of ``cfg`` and write the run directory ``cfg.training.checkpoint_dir``."""
     tcfg = cfg.training
     if tcfg.learning_rule != "backprop":
-        raise ValueError(f"training.learning_rule: {tcfg.learning_rule!r} trains the crossbar model with a local "
-                         "rule and is run by robust-vision-research (see docs/RESEARCH.md); robust-vision-train "
-                         "supports learning_rule: backprop")
+        from robust_vision.training.crossbar_trainer import train_local_rule
+
+        return train_local_rule(cfg, resume=resume, log=log)
     if tcfg.best_metric not in METRIC_COLUMNS[1:]:
         raise ValueError(f"training.best_metric: got {tcfg.best_metric!r}; expected a metrics.csv column: "
                          f"{', '.join(METRIC_COLUMNS[1:])}")
     run_dir = Path(tcfg.checkpoint_dir)
     store_dir = run_dir / "checkpoints"
-    if store_dir.exists() and any(store_dir.rglob("meta")) and not resume:
+    has_checkpoints = store_dir.exists() and any(store_dir.rglob("meta"))
+    if has_checkpoints and not resume:
         raise TrainingError(f"{run_dir} already holds checkpoints; pass --resume to continue that run, or set "
                             "training.checkpoint_dir to a new directory (nothing was overwritten)")
     if resume:
-        _check_resume_config(run_dir, cfg)
+        check_resume_config(run_dir, cfg)
 
     dataset = dataset_for(cfg)
     mesh = data_mesh()
     check_batch_divisible(tcfg.batch_size, mesh, "training.batch_size")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if tcfg.adversarial.method == "augment":
+        dataset = _with_adversarial_examples(cfg, dataset, log)
     model = create_model(cfg.model, input_shape=dataset.image_shape, num_classes=dataset.num_classes,
                          seed=tcfg.seed)
+    resuming = resume and has_checkpoints
+    if not resuming and tcfg.init_from is None:
+        pretrain_local_layer(model, cfg, dataset.train.images, run_dir, log)
     parts = split_model(model)
+    if tcfg.init_from is not None and not resuming:
+        params, model_state = load_initial_weights(tcfg.init_from, parts.params, parts.model_state, log)
+        parts = replace(parts, params=params, model_state=model_state)
     n_train = len(dataset.train.labels)
     steps_per_epoch = num_batches(n_train, tcfg.batch_size)
-    tx, schedule = make_optimizer(tcfg, steps_per_epoch)
+    tx, schedule = make_run_optimizer(tcfg, cfg.model, parts.params, steps_per_epoch)
+    if tcfg.freeze_stages:
+        log(f"Frozen stages: {', '.join(stage_names(cfg.model)[:tcfg.freeze_stages])} (the optimizer leaves them "
+            "untouched)")
     state = init_train_state(parts, tx, tcfg.ema_enabled)
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(parts.params))
-
-    run_dir.mkdir(parents=True, exist_ok=True)
     store = CheckpointStore(run_dir, save_every=tcfg.save_every, best_mode=tcfg.best_mode)
     history: list[dict] = []
     start_epoch, best_value, best_epoch = 1, None, None
@@ -147,7 +182,7 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
         state, meta = store.restore(state)
         start_epoch = int(meta["epoch"]) + 1
         best_value, best_epoch = meta.get("best_value"), meta.get("best_epoch")
-        history = _read_history(run_dir / "metrics.csv", int(meta["epoch"]))
+        history = read_history(run_dir / "metrics.csv", int(meta["epoch"]))
         log(f"Resuming {run_dir} from epoch {meta['epoch']}")
     elif resume:
         log(f"--resume: no checkpoint in {run_dir}; starting from scratch")
@@ -159,7 +194,8 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
         f"({jax.devices()[0].platform}); {steps_per_epoch} steps/epoch")
 
     state = replicate(mesh, state)
-    train_step = make_train_step(parts, tx, make_loss(tcfg), tcfg)
+    train_step = make_train_step(parts, tx, make_loss(tcfg), tcfg, extra_loss=make_regularizer(tcfg.regularizers),
+                                 **adversarial_hooks(tcfg.adversarial))
     eval_step = make_eval_step(parts)
     base_key = jax.random.fold_in(jax.random.key(tcfg.seed), 0x5EED)
 
@@ -201,7 +237,7 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
                        val_snr=vs["snr"], val_snr_median=vs["snr_median"], val_ece=vs["ece"])
         row["epoch_time_s"] = time.perf_counter() - t0
         history.append(row)
-        _write_history(run_dir / "metrics.csv", history)
+        write_history(run_dir / "metrics.csv", history)
 
         log(f"Epoch {epoch}/{tcfg.epochs}")
         log(f"  Train Loss: {row['train_loss']:.4f}  Train Acc: {row['train_accuracy']:.4f}  "

@@ -1,0 +1,153 @@
+"""``robust-vision-analyze``: representation and decision-boundary analyses of a trained model.
+
+Subcommands (each takes ``--checkpoint RUN`` and ``--output DIR`` and writes its figures as
+PNG/PDF, its table as CSV and a small JSON summary there):
+
+* ``spectrum``: eigenspectrum of a layer's representation and its power-law exponent;
+* ``boundary``: a 2-D slice of input space around one image, coloured by predicted class;
+* ``features``: per-layer mean-activation heatmaps of an image, clean vs corrupted;
+* ``prune``: accuracy and SNR, clean and noisy, after magnitude pruning.
+
+See docs/ANALYSIS.md. Bad input prints one line ``error: ...`` and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from robust_vision.cli import _quiet_tensorflow_logs, _run
+
+
+def _common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True,
+                        help="run directory (uses its best checkpoint) or one checkpoint directory")
+    parser.add_argument("--output", required=True, help="directory for the figures, tables and JSON summary")
+    parser.add_argument("--config", help="YAML config (default: the run's own config.yaml)")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a config key, e.g. --override data.dataset_name=digits (repeatable)")
+    parser.add_argument("--split", choices=["train", "val", "test"], help="split to analyse (default: test)")
+    parser.add_argument("--dpi", type=int, help="PNG resolution (default: evaluation.dpi)")
+    parser.add_argument("--format", type=lambda s: [f for f in s.split(",") if f],
+                        help="figure formats, comma separated, e.g. png,pdf (default: evaluation.format)")
+    parser.add_argument("--style", choices=["publication", "default"], help="figure style")
+
+
+def _spectrum(args: argparse.Namespace) -> int:
+    from robust_vision.analysis.common import load_context
+    from robust_vision.analysis.spectrum_cmd import run_spectrum
+
+    ctx = load_context(args)
+    s = run_spectrum(ctx, layer=args.layer, max_examples=args.max_examples,
+                     fit_ranks=tuple(args.fit_range) if args.fit_range else None, batch_size=args.batch_size)
+    print(f"{ctx.model.name} {s['layer']} ({s['n_examples']} {ctx.split_name} images, dim {s['dim']}): "
+          f"alpha = {s['alpha']:.3f} over ranks {s['fit_rank_first']}-{s['fit_rank_last']} (R^2 = {s['r2']:.3f})")
+    print(f"written to {ctx.out_dir}")
+    return 0
+
+
+def _boundary(args: argparse.Namespace) -> int:
+    from robust_vision.analysis.boundary import run_boundary
+    from robust_vision.analysis.common import load_context
+
+    ctx = load_context(args)
+    s = run_boundary(ctx, index=args.index, span=args.span, resolution=args.resolution, noise=args.noise,
+                     loss=args.loss, seed=args.seed)
+    for center, r in s["centers"].items():
+        d = ", ".join(f"{k} {'>' + format(s['span'], 'g') if v is None else format(v, '.3g')}"
+                      for k, v in r["distances"].items())
+        print(f"{center}: predicted {r['origin_class_name']} ({r['origin_confidence']:.3f}); "
+              f"nearest boundary along {d}")
+    print(f"written to {ctx.out_dir}")
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    from robust_vision.analysis.common import load_context
+    from robust_vision.analysis.feature_maps import run_features
+    from robust_vision.evaluation.loading import load_trained_model
+
+    ctx = load_context(args)
+    compare = load_trained_model(args.compare) if args.compare else None
+    s = run_features(ctx, index=args.image, noise=args.noise, compare=compare, seed=args.seed)
+    for model, changes in s["relative_change"].items():
+        print(f"{model}: relative change clean -> noisy " +
+              ", ".join(f"{layer} {v:.3f}" for layer, v in changes.items()))
+    print(f"written to {ctx.out_dir}")
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from robust_vision.analysis.common import load_context
+    from robust_vision.analysis.prune_eval import run_prune
+
+    ctx = load_context(args)
+    run_prune(ctx, sparsities=args.sparsities, scope=args.scope, noise_types=args.noise_types, levels=args.levels,
+              n_draws=args.n_draws, batch_size=args.batch_size, seed=args.seed)
+    print(f"written to {ctx.out_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="robust-vision-analyze",
+                                     description="Spectra, decision boundaries, feature maps and pruning of a "
+                                                 "trained model.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{spectrum,boundary,features,prune}")
+
+    p = sub.add_parser("spectrum", help="eigenspectrum of a layer's representation and its power-law exponent")
+    _common_args(p)
+    p.add_argument("--layer", default="embedding", help="layer name (default: embedding, the classifier's input)")
+    p.add_argument("--max-examples", dest="max_examples", type=int,
+                   help="use the first N images of the split (default: all)")
+    p.add_argument("--fit-range", dest="fit_range", type=int, nargs=2, metavar=("FIRST", "LAST"),
+                   help="1-based ranks of the power-law fit (default: 11..min(500, half the non-zero "
+                        "eigenvalues), or from 2 for small layers)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=256, help="images per compiled batch")
+    p.set_defaults(func=_spectrum)
+
+    p = sub.add_parser("boundary", help="2-D slice of input space around one image, coloured by predicted class")
+    _common_args(p)
+    p.add_argument("--index", type=int, required=True, help="index of the image in the split")
+    p.add_argument("--span", type=float, default=0.5,
+                   help="half-width of the slice, in RMS pixel change (pixel values in [0, 1]; default 0.5)")
+    p.add_argument("--resolution", type=int, default=101, help="grid points per axis, odd (default 101)")
+    p.add_argument("--noise", help="also slice around a corrupted copy, TYPE:SEVERITY, e.g. gaussian:0.3")
+    p.add_argument("--loss", choices=["margin", "ce"], default="margin",
+                   help="loss whose input gradient is the adversarial direction (default margin)")
+    p.add_argument("--seed", type=int, help="seed of the random direction and noise (default: evaluation.seed)")
+    p.set_defaults(func=_boundary)
+
+    p = sub.add_parser("features", help="per-layer mean-activation heatmaps, clean vs corrupted image")
+    _common_args(p)
+    p.add_argument("--image", type=int, required=True, help="index of the image in the split")
+    p.add_argument("--noise", default="gaussian:0.3", help="corruption TYPE:SEVERITY (default gaussian:0.3)")
+    p.add_argument("--compare", help="a second run directory / checkpoint, drawn below the first")
+    p.add_argument("--seed", type=int, help="seed of the noise draw (default: evaluation.seed)")
+    p.set_defaults(func=_features)
+
+    p = sub.add_parser("prune", help="accuracy and SNR after magnitude pruning, clean and noisy")
+    _common_args(p)
+    p.add_argument("--sparsities", type=float, nargs="+", default=[0.0, 0.5, 0.8, 0.9],
+                   help="target fractions of kernel weights set to zero (default 0 0.5 0.8 0.9)")
+    p.add_argument("--scope", choices=["global", "layer"], default="global",
+                   help="one magnitude threshold over all kernels (global) or per kernel (layer)")
+    p.add_argument("--noise-types", dest="noise_types", nargs="+", default=["gaussian"],
+                   help="noise types (default gaussian)")
+    p.add_argument("--levels", type=float, nargs="+", default=[0.0, 0.3],
+                   help="severities in [0, 1] (default 0 0.3; 0 = clean is always included)")
+    p.add_argument("--n-draws", dest="n_draws", type=int, help="noise draws per image (default: evaluation.n_draws)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="images per compiled batch")
+    p.add_argument("--seed", type=int, help="seed of the noise draws (default: evaluation.seed)")
+    p.set_defaults(func=_prune)
+    return parser
+
+
+def analyze_main(argv: list[str] | None = None) -> int:
+    """robust-vision-analyze {spectrum,boundary,features,prune} --checkpoint RUN --output DIR ..."""
+    _quiet_tensorflow_logs()
+    args = build_parser().parse_args(argv)
+    return _run(args.func, args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(analyze_main())

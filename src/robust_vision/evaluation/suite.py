@@ -1,0 +1,663 @@
+"""The robustness suite of ``robust-vision-eval``: one plain function per part.
+
+* :func:`corruption_suite`: ImageNet-C style benchmark (error per corruption x severity,
+  CE / mCE and relative CE / mCE against a reference model, Hendrycks & Dietterich 2019);
+* :func:`attack_suite`: robust accuracy under adversarial attacks vs budget, plus the
+  AutoAttack-style sanity checks;
+* :func:`certification`: certified L2 accuracy of the Gaussian-smoothed classifier
+  (randomized smoothing, Cohen et al. 2019);
+* :func:`calibration_tables`: reliability bins, temperature scaling, split-conformal
+  prediction sets (LAC, APS) and selective accuracy when abstaining on a low log-SNR,
+  under every noise condition of the robustness grid.
+
+Every part takes ``logits_fn`` (images (B, H, W, C) float32 in [0, 1] -> logits (B, K), eval
+mode, weights closed over: ``LoadedModel.logits_fn()``) and returns tidy rows (lists of
+dicts, one per table row; the CSV columns are the ``*_COLUMNS`` constants). Pass the *same*
+``logits_fn`` object to every call for one model: jitted functions are cached on it.
+
+Randomness: every part derives its keys from one seed with :func:`part_key` and folds in
+names (corruption, attack, noise type) and batch indices, never a position in a list, so a
+number does not change when other parts or conditions are added, and two models evaluated
+with the same seed see the same corrupted / noisy images (common random numbers).
+Definitions and commands are in docs/EVALUATION.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import special
+
+from robust_vision.corruptions import (
+    HELD_OUT,
+    IMAGENET_C,
+    default_scale,
+    get_corruption,
+    get_noise,
+)
+from robust_vision.evaluation.robustness import BatchedSplit, batch_split, condition_key
+
+LogitsFn = Callable[[jax.Array], jax.Array]
+
+SUITES: dict[str, list[str]] = {"imagenet-c": list(IMAGENET_C), "imagenet-c-all": list(IMAGENET_C) + list(HELD_OUT)}
+
+# CLI / config attack names -> attack registry names (robust_vision.attacks.ATTACKS).
+ATTACK_NAMES: dict[str, str] = {"fgsm": "fgsm", "pgd": "pgd", "apgd": "apgd_ce", "sparse": "sparse_pixel",
+                                "noise": "noise_attack"}
+GRADIENT_ATTACKS = ("fgsm", "pgd", "apgd")
+
+# Tables the figures read (robust_vision.viz.suite) hold text only in the model / corruption /
+# attack / method / noise_type columns; other text (scale, reference, norm) is in the JSON,
+# in corruption_mce.csv and in the attack name (pgd_l2).
+CORRUPTION_COLUMNS = ["model", "corruption", "severity", "error", "accuracy", "n", "held_out"]
+CORRUPTION_SUMMARY_COLUMNS = ["model", "corruption", "mean_error", "ce", "relative_ce", "clean_error",
+                              "held_out"]
+CORRUPTION_MCE_COLUMNS = ["model", "reference", "clean_error", "mean_error", "mce", "relative_mce",
+                          "n_corruptions", "n_relative", "mean_error_all", "severities", "scale"]
+ATTACK_COLUMNS = ["model", "attack", "eps", "steps", "accuracy", "margin", "snr", "snr_median", "n"]
+SANITY_COLUMNS = ["model", "check", "passed", "eps", "n", "message"]
+CERTIFIED_COLUMNS = ["model", "sigma", "radius", "certified_accuracy", "abstain_fraction", "n", "n0", "n_samples",
+                     "alpha"]
+CERTIFIED_EXAMPLE_COLUMNS = ["model", "sigma", "index", "label", "prediction", "radius"]
+RELIABILITY_COLUMNS = ["model", "noise_type", "level", "bin", "bin_lower", "bin_upper", "count", "mean_confidence",
+                       "accuracy", "ece"]
+CALIBRATION_COLUMNS = ["model", "noise_type", "level", "accuracy", "temperature", "ece", "ece_temperature", "nll",
+                       "nll_temperature", "n"]
+CONFORMAL_COLUMNS = ["model", "method", "noise_type", "level", "alpha", "coverage", "mean_set_size",
+                     "empty_fraction", "threshold", "n", "n_calibration"]
+SELECTIVE_COLUMNS = ["model", "noise_type", "level", "target_coverage", "coverage", "threshold",
+                     "selective_accuracy", "n_kept"]
+
+SELECTIVE_COVERAGES: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 21))
+
+
+def _crc(name: str) -> int:
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+def part_key(seed: int, part: str) -> jax.Array:
+    """The key of one suite part ("corruptions", "attacks", "certify", "calibration"):
+    a function of the seed and the part's name only."""
+    return jax.random.fold_in(jax.random.key(seed), _crc(part))
+
+
+# --------------------------------------------------------------------------- jitted per-batch pieces
+
+
+@functools.partial(jax.jit, static_argnames=("logits_fn",))
+def _correct(logits_fn: LogitsFn, images: jax.Array, labels: jax.Array) -> jax.Array:
+    """(B,) bool: argmax of the logits equals the label."""
+    return jnp.argmax(logits_fn(images), axis=-1) == labels
+
+
+@functools.partial(jax.jit, static_argnames=("logits_fn", "noise_fn"))
+def _scan_logits(logits_fn: LogitsFn, noise_fn, images: jax.Array, key: jax.Array, level: jax.Array) -> jax.Array:
+    """Logits (n_batches, B, K) of a batched split under one noise condition, one compiled scan.
+
+    Batch i is corrupted with fold_in(key, i), exactly as the robustness grid does, so the
+    images match robustness_results.csv condition by condition.
+    """
+    def body(carry, inputs):
+        x, i = inputs
+        noisy = x if noise_fn is None else noise_fn(jax.random.fold_in(key, i), x, level)
+        return carry, logits_fn(noisy).astype(jnp.float32)
+
+    _, out = jax.lax.scan(body, None, (images, jnp.arange(images.shape[0])))
+    return out
+
+
+def condition_logits(logits_fn: LogitsFn, split: BatchedSplit, noise_type: str | None, level: float,
+                     seed: int) -> np.ndarray:
+    """Logits (N, K) of every real example of ``split`` under one seed-noise condition
+    (``noise_type`` None or ``level`` 0 = clean), with the robustness grid's noise keys
+    (draw 0)."""
+    noise_fn = None if noise_type is None or level == 0.0 else get_noise(noise_type)
+    key = condition_key(seed, noise_type or "clean", level, 0)
+    out = np.asarray(_scan_logits(logits_fn, noise_fn, split.images, key, jnp.float32(level)))
+    return out.reshape(-1, out.shape[-1])[split.keep]
+
+
+# --------------------------------------------------------------------------- corruption benchmark
+
+
+@dataclass
+class CorruptionErrors:
+    """Top-1 errors of one model on the corruption suite: ``errors[(corruption, severity)]``
+    in [0, 1] over the whole split, and the clean error."""
+
+    model: str
+    clean_error: float
+    errors: dict[tuple[str, int], float]
+    n: int
+    scale: str
+    corruptions: list[str] = field(default_factory=list)
+    severities: list[int] = field(default_factory=list)
+
+    def rows(self) -> list[dict]:
+        """Tidy rows of corruption_results.csv, one per corruption x severity."""
+        return [{"model": self.model, "corruption": c, "severity": s, "error": self.errors[(c, s)],
+                 "accuracy": 1.0 - self.errors[(c, s)], "n": self.n, "scale": self.scale,
+                 "held_out": int(c in HELD_OUT)} for c in self.corruptions for s in self.severities]
+
+
+def resolve_suite(suite: str) -> list[str]:
+    """Corruption names of a suite ("imagenet-c": the 15, "imagenet-c-all": 15 + 4 held-out)."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown corruption suite {suite!r}; valid suites: {', '.join(SUITES)}")
+    return list(SUITES[suite])
+
+
+def resolve_scale(scale: str, image_shape: Sequence[int]) -> str:
+    """The parameter table: ``auto`` picks cifar below 64 px (``imagenet_c.default_scale``)."""
+    if scale == "auto":
+        return default_scale(tuple(image_shape))
+    if scale not in ("imagenet", "cifar"):
+        raise ValueError(f"corruption scale must be auto, imagenet or cifar, got {scale!r}")
+    return scale
+
+
+def corruption_errors(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *, model_name: str,
+                      corruptions: Sequence[str], severities: Sequence[int], scale: str, key: jax.Array,
+                      batch_size: int = 512) -> CorruptionErrors:
+    """Top-1 error of ``logits_fn`` on every corruption x severity, over the whole split.
+
+    Args:
+      images: (N, H, W, C) float32 in [0, 1]; labels: (N,) int.
+      corruptions: names in ``CORRUPTIONS``; severities: ints in 1..5; scale: "imagenet" / "cifar".
+      key: the part key; batch b of (corruption c, severity s) uses
+        fold_in(fold_in(fold_in(key, crc32(c)), s), b), so every model sees the same images.
+      batch_size: images per batch (the last batch is padded; padding never counts).
+    Returns: :class:`CorruptionErrors` (errors in [0, 1], error = 1 - correct / N).
+    """
+    fns = {c: get_corruption(c) for c in corruptions}  # unknown names fail before any work
+    for s in severities:
+        if isinstance(s, bool) or int(s) != s or not 1 <= int(s) <= 5:
+            raise ValueError(f"severities must be integers in 1..5, got {s!r}")
+    severities = [int(s) for s in severities]
+    split = batch_split(np.asarray(images, np.float32), np.asarray(labels), batch_size)
+    n_batches = split.images.shape[0]
+    batches = [(split.images[b], split.labels[b]) for b in range(n_batches)]
+    # Dispatch everything, fetch once at the end: the device runs ahead of the host.
+    clean = [_correct(logits_fn, x, y) for x, y in batches]
+    pending: dict[tuple[str, int], list[jax.Array]] = {}
+    for c, fn in fns.items():
+        ck = jax.random.fold_in(key, _crc(c))
+        for s in severities:
+            sk = jax.random.fold_in(ck, s)
+            pending[(c, s)] = [_correct(logits_fn, fn(jax.random.fold_in(sk, b), x, s, scale), y)
+                               for b, (x, y) in enumerate(batches)]
+    keep = split.keep
+    n = split.num_examples
+
+    def error(outs: list[jax.Array]) -> float:
+        correct = np.concatenate([np.asarray(o) for o in jax.device_get(outs)])[keep]
+        return float((n - int(correct.sum())) / n)  # wrong / N: an exact multiple of 1/N
+
+    return CorruptionErrors(model=model_name, clean_error=error(clean),
+                            errors={k: error(v) for k, v in pending.items()}, n=n, scale=scale,
+                            corruptions=list(fns), severities=severities)
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else float("nan")
+
+
+def _wrong(errors: np.ndarray, n: int) -> np.ndarray:
+    """Errors (multiples of 1/n) back to integer counts of wrong examples, so that error
+    differences are exact (1 - 355/360 - (1 - 355/360) must be 0, not 1e-17)."""
+    return np.rint(np.asarray(errors) * n)
+
+
+def corruption_summary(result: CorruptionErrors, reference: CorruptionErrors | None = None
+                       ) -> tuple[list[dict], dict]:
+    """Per-corruption summary rows and the aggregate (mCE) of one model.
+
+    With E_{c,s} the error at corruption c, severity s (summed over the evaluated severities)
+    and E_clean the clean error (Hendrycks & Dietterich 2019):
+
+    * mean_error_c = mean_s E_{c,s};
+    * CE_c = sum_s E_{c,s} / sum_s E^ref_{c,s};
+    * relative CE_c = sum_s (E_{c,s} - E_clean) / sum_s (E^ref_{c,s} - E^ref_clean);
+    * mCE, relative mCE = means of CE_c, relative CE_c over the 15 ImageNet-C corruptions
+      (held-out ones get CE columns but are not averaged in).
+
+    A ratio whose denominator is <= 0 (the reference never errs, or its error does not grow
+    under the corruption) is NaN and left out of the mean (``n_corruptions`` / ``n_relative``
+    count the corruptions averaged into mCE / relative mCE).
+    Without ``reference`` the CE columns are empty (None) and the aggregate says so.
+    Returns (summary rows of corruption_summary.csv, aggregate row of corruption_mce.csv).
+    """
+    if reference is not None:
+        missing = [k for k in result.errors if k not in reference.errors]
+        if missing:
+            raise ValueError(f"the reference model {reference.model!r} was not evaluated on {missing[:3]}...; "
+                             "evaluate both on the same corruptions and severities")
+    rows = []
+    for c in result.corruptions:
+        errs = np.array([result.errors[(c, s)] for s in result.severities])
+        row = {"model": result.model, "corruption": c, "mean_error": float(errs.mean()), "ce": None,
+               "relative_ce": None, "clean_error": result.clean_error,
+               "reference": reference.model if reference is not None else None, "held_out": int(c in HELD_OUT)}
+        if reference is not None:
+            ref = np.array([reference.errors[(c, s)] for s in result.severities])
+            row["ce"] = _ratio(errs.sum(), ref.sum())
+            gap = (_wrong(errs, result.n) - _wrong(result.clean_error, result.n)).sum() / result.n
+            ref_gap = (_wrong(ref, reference.n) - _wrong(reference.clean_error, reference.n)).sum() / reference.n
+            row["relative_ce"] = _ratio(gap, ref_gap)
+        rows.append(row)
+    main = [r for r in rows if not r["held_out"]]
+
+    def finite_mean(values: list) -> float:
+        vals = [v for v in values if v is not None and math.isfinite(v)]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    aggregate = {
+        "model": result.model, "reference": reference.model if reference is not None else None,
+        "clean_error": result.clean_error,
+        "mean_error": finite_mean([r["mean_error"] for r in main]),
+        "mce": finite_mean([r["ce"] for r in main]) if reference is not None else None,
+        "relative_mce": finite_mean([r["relative_ce"] for r in main]) if reference is not None else None,
+        "n_corruptions": sum(1 for r in main if r["ce"] is not None and math.isfinite(r["ce"])),
+        "n_relative": sum(1 for r in main if r["relative_ce"] is not None and math.isfinite(r["relative_ce"])),
+        "mean_error_all": finite_mean([r["mean_error"] for r in rows]),
+        "severities": " ".join(str(s) for s in result.severities), "scale": result.scale,
+    }
+    if reference is None:
+        aggregate["note"] = "no reference model: CE / mCE need one (--reference RUN)"
+    return rows, aggregate
+
+
+def corruption_suite(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *, model_name: str,
+                     corruptions: Sequence[str], severities: Sequence[int], scale: str, key: jax.Array,
+                     batch_size: int = 512, reference: CorruptionErrors | None = None
+                     ) -> tuple[CorruptionErrors, list[dict], dict]:
+    """:func:`corruption_errors` then :func:`corruption_summary` against ``reference``
+    (the reference model's :class:`CorruptionErrors`, computed with the same key, or None).
+    Returns (errors, summary rows, aggregate)."""
+    errors = corruption_errors(logits_fn, images, labels, model_name=model_name, corruptions=corruptions,
+                               severities=severities, scale=scale, key=key, batch_size=batch_size)
+    rows, aggregate = corruption_summary(errors, reference)
+    return errors, rows, aggregate
+
+
+# --------------------------------------------------------------------------- attacks
+
+
+def _default_steps(registry_name: str) -> int:
+    """The attack's own default number of iterations (1 for fgsm)."""
+    import inspect
+
+    from robust_vision.attacks import get_attack
+
+    param = inspect.signature(get_attack(registry_name)).parameters.get("steps")
+    return 1 if param is None else int(param.default)
+
+
+def check_attacks(attacks: Sequence[str], norm: str) -> None:
+    """Fail fast (before any work) on an unknown attack name or an impossible combination."""
+    unknown = [a for a in attacks if a not in ATTACK_NAMES]
+    if unknown:
+        raise ValueError(f"unknown attack {unknown[0]!r}; valid attacks: {', '.join(ATTACK_NAMES)}")
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"attack norm must be linf or l2, got {norm!r}")
+    if norm == "l2" and "fgsm" in attacks:
+        raise ValueError("fgsm is an Linf attack; drop it from the attack list or use attack norm linf")
+
+
+def _attack_plan(name: str, *, eps: Sequence[float], norm: str, steps: int | None,
+                 sparse_fractions: Sequence[float], noise_radii: Sequence[float], unroll: bool
+                 ) -> tuple[list[float], str, dict[str, Any]]:
+    """(budgets, budget norm, static hyper-parameters) of one attack."""
+    with_steps = {} if steps is None else {"steps": int(steps)}
+    if name == "fgsm":
+        return list(eps), "linf", {}
+    if name in ("pgd", "apgd"):
+        return list(eps), norm, {"norm": norm, **with_steps, **({"unroll": True} if unroll else {})}
+    if name == "sparse":
+        return list(sparse_fractions), "l0_fraction", with_steps
+    return list(noise_radii), "l2", with_steps  # noise
+
+
+def attack_suite(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *, model_name: str,
+                 attacks: Sequence[str], eps: Sequence[float], key: jax.Array, norm: str = "linf",
+                 steps: int | None = None, batch_size: int = 256,
+                 sparse_fractions: Sequence[float] = (0.0, 0.005, 0.01, 0.02, 0.05),
+                 noise_radii: Sequence[float] = (0.0, 0.5, 1.0, 2.0), sanity: bool = True,
+                 sanity_examples: int = 256, unroll: bool | None = None) -> tuple[list[dict], list[dict]]:
+    """Robust accuracy of ``logits_fn`` under each attack, for each budget, over the whole set.
+
+    Args:
+      images: (N, H, W, C) float32 in [0, 1]; labels: (N,) int.
+      attacks: names in ``ATTACK_NAMES`` (fgsm, pgd, apgd, sparse, noise).
+      eps: budgets of fgsm / pgd / apgd in [0, 1] pixel units (Linf, or the L2 radius for
+        ``norm="l2"``); sparse uses ``sparse_fractions`` (fraction of pixels), noise
+        ``noise_radii`` (L2 radius): their budgets are in other units.
+      key: the part key; attack a uses fold_in(key, crc32(a)) (and ``robust_accuracy`` folds
+        in the batch index, the same for every budget).
+      steps: iterations of pgd / apgd / sparse / noise (None = each attack's default).
+      sanity: run ``sanity_checks`` at the largest eps on the first ``sanity_examples``
+        examples when a gradient attack (fgsm / pgd / apgd) is requested (its PGD uses
+        min(steps, 20) steps, 10 by default).
+      unroll: unroll the pgd / apgd iterations (``lax.fori_loop(unroll=True)``). None = on
+        the CPU backend only: there a rolled loop of forward-backward passes ran 4-7x slower
+        than straight-line code (PGD-10 4.6 s vs 1.1 s, APGD-100 84 s vs 13 s on the
+        quickstart test split), while unrolling costs compile time proportional to the
+        steps (~1.5 s for PGD-10, ~2 min for APGD-100) once for every budget.
+    Returns: (rows of attack_results.csv: ``attack`` is the name above, ``pgd_l2`` /
+      ``apgd_l2`` for the L2 threat model, ``norm`` the budget's unit (linf, l2,
+      l0_fraction), ``steps`` the iterations used; rows of attack_sanity.csv: one per check
+      with ``passed`` and the warning message of a failed check).
+    """
+    from robust_vision.attacks import (
+        AttackSanityWarning,
+        robust_accuracy,
+        sanity_checks,
+    )
+
+    check_attacks(attacks, norm)
+    if unroll is None:
+        unroll = jax.default_backend() == "cpu"
+    rows: list[dict] = []
+    for name in attacks:
+        budgets, budget_norm, hyper = _attack_plan(name, eps=eps, norm=norm, steps=steps,
+                                                   sparse_fractions=sparse_fractions, noise_radii=noise_radii,
+                                                   unroll=unroll)
+        if not budgets:
+            continue
+        result = robust_accuracy(logits_fn, images, labels, jax.random.fold_in(key, _crc(name)),
+                                 ATTACK_NAMES[name], budgets, batch_size, **hyper)
+        for r in result:
+            # The norm is part of the name when it is not the attack's usual one (pgd_l2).
+            label = f"{name}_l2" if name in ("pgd", "apgd") and norm == "l2" else name
+            rows.append({"model": model_name, **r, "attack": label, "norm": budget_norm,
+                         "steps": hyper.get("steps", _default_steps(ATTACK_NAMES[name]))})
+    sanity_rows: list[dict] = []
+    eps_check = max(eps, default=0.0)
+    if sanity and eps_check > 0 and any(a in GRADIENT_ATTACKS for a in attacks):
+        k = min(sanity_examples, len(labels))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", AttackSanityWarning)
+            passed = sanity_checks(logits_fn, images[:k], labels[:k], jax.random.fold_in(key, _crc("sanity")),
+                                   eps_check, norm=norm, pgd_steps=min(steps or 10, 20), batch_size=min(batch_size, k))
+        messages = {}
+        for w in caught:
+            text = str(w.message)
+            for check in passed:
+                if f"'{check}'" in text:
+                    messages.setdefault(check, text)
+        sanity_rows = [{"model": model_name, "check": c, "passed": bool(ok), "eps": float(eps_check), "n": k,
+                        "message": messages.get(c, "")} for c, ok in passed.items()]
+    return rows, sanity_rows
+
+
+# --------------------------------------------------------------------------- certification
+
+
+def radii_grid(sigmas: Sequence[float], n: int, alpha: float, step: float = 0.05) -> list[float]:
+    """L2 radii 0, step, 2 step, ... up to the largest certifiable radius
+    max(sigma) * Phi^-1(alpha^(1/n)) (a multiple of ``step``, so 0.25, 0.5, ... are in it)."""
+    from scipy import stats
+
+    r_max = max(sigmas) * float(stats.norm.ppf(alpha ** (1.0 / n)))
+    count = int(math.floor(max(r_max, 0.0) / step)) + 2
+    return [round(k * step, 6) for k in range(count)]
+
+
+def certification(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *, model_name: str,
+                  sigmas: Sequence[float], key: jax.Array, n0: int = 100, n: int = 10_000, alpha: float = 0.001,
+                  batch_size: int = 512, radii: Sequence[float] | None = None
+                  ) -> tuple[list[dict], list[dict]]:
+    """Certified L2 accuracy of the Gaussian-smoothed ``logits_fn`` (CERTIFY of Cohen et al.).
+
+    Args:
+      images: (N, H, W, C) float32 in [0, 1] (pass the subset to certify; it costs
+        n0 + n forward passes per image); labels: (N,) int.
+      sigmas: smoothing noise std (pixel units), one certification each.
+      key: the part key; sigma uses fold_in(key, round(1e6 sigma)), chunk j of it fold_in(., j).
+      n0, n, alpha: selection draws, estimation draws, failure probability.
+      batch_size: noisy images per forward pass (chunks of up to ``batch_size`` images are
+        certified together; the last chunk is padded and the padding dropped).
+      radii: radius grid of the curve (default :func:`radii_grid`).
+    Returns: (rows of certified_accuracy.csv: one per sigma x radius with the certified
+      accuracy (pred == label and radius >= r) and the abstain fraction; per-example rows:
+      index, label, prediction (-1 = abstain), radius).
+    """
+    from robust_vision.evaluation.certify import certified_accuracy_curve, certify
+
+    images = np.asarray(images, np.float32)
+    labels = np.asarray(labels)
+    total = len(labels)
+    if total == 0:
+        raise ValueError("certification: no examples")
+    grid = list(radii) if radii is not None else radii_grid(sigmas, n, alpha)
+    chunk = max(1, min(total, batch_size))
+    n_chunks = -(-total // chunk)
+    pad = n_chunks * chunk - total
+    x_all = np.concatenate([images, images[:pad]]) if pad else images  # one compilation for every chunk
+    curve_rows, example_rows = [], []
+    for sigma in sigmas:
+        sk = jax.random.fold_in(key, int(round(float(sigma) * 1_000_000)))
+        preds, rads = [], []
+        for j in range(n_chunks):
+            p, r = certify(logits_fn, jnp.asarray(x_all[j * chunk:(j + 1) * chunk]), jax.random.fold_in(sk, j),
+                           float(sigma), n0=n0, n=n, alpha=alpha, batch_size=batch_size)
+            preds.append(p)
+            rads.append(r)
+        pred = np.concatenate(preds)[:total]
+        rad = np.concatenate(rads)[:total]
+        for row in certified_accuracy_curve(pred, rad, labels, grid):
+            curve_rows.append({"model": model_name, "sigma": float(sigma), **row, "n0": n0, "n_samples": n,
+                               "alpha": alpha})
+        example_rows += [{"model": model_name, "sigma": float(sigma), "index": i, "label": int(labels[i]),
+                          "prediction": int(pred[i]), "radius": float(rad[i])} for i in range(total)]
+    return curve_rows, example_rows
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def _softmax_stats(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> dict[str, np.ndarray]:
+    """Probabilities (float64), confidence, correctness and NLL of softmax(logits / T)."""
+    log_p = special.log_softmax(np.asarray(logits, np.float64) / temperature, axis=1)
+    probs = np.exp(log_p)
+    return {"probs": probs, "confidence": probs.max(axis=1), "correct": probs.argmax(axis=1) == labels,
+            "nll": -log_p[np.arange(labels.size), labels]}
+
+
+def calibration_tables(logits_fn: LogitsFn, cal_images: np.ndarray | None, cal_labels: np.ndarray | None,
+                       images: np.ndarray, labels: np.ndarray, *, model_name: str, noise_types: Sequence[str],
+                       levels: Sequence[float], seed: int, key: jax.Array, alphas: Sequence[float] = (0.1,),
+                       methods: Sequence[str] = ("lac", "aps"), n_bins: int = 15,
+                       coverages: Sequence[float] = SELECTIVE_COVERAGES, batch_size: int = 512) -> dict[str, Any]:
+    """Calibration and abstention under every noise condition (noise type x level).
+
+    The test images of a condition are those of the robustness grid (same keys, draw 0).
+    With a calibration split (``cal_images``, the validation split; None skips these parts):
+
+    * temperature T fitted on the clean calibration logits (NLL, ``fit_temperature``);
+      ECE and NLL before / after per condition;
+    * split-conformal LAC and APS (randomised) sets, threshold from the clean calibration
+      split at each alpha, on the *uncalibrated* softmax (T is fitted on the same split, and
+      a threshold must not depend on data it is then scored with), coverage / mean set size
+      per condition: coverage >= 1 - alpha holds on clean, exchangeable data; under noise
+      the table measures how far it falls.
+
+    Always: reliability bins (``reliability_bins``, the ECE binning) and selective accuracy
+    vs coverage when abstaining on the lowest predicted-class log-SNR.
+
+    Returns a dict: ``reliability``, ``calibration``, ``conformal``, ``selective`` (row lists,
+    see the ``*_COLUMNS``), ``temperature`` (float or None), ``n_calibration`` (int).
+    """
+    from robust_vision.evaluation.calibration import (
+        conformal_threshold,
+        fit_temperature,
+        predicted_class_log_snr,
+        prediction_sets,
+        reliability_bins,
+        selective_accuracy_curve,
+        set_metrics,
+    )
+
+    for name in noise_types:
+        get_noise(name)
+    labels = np.asarray(labels).astype(np.int64)
+    split = batch_split(np.asarray(images, np.float32), labels, batch_size)
+    have_cal = cal_images is not None and cal_labels is not None and len(cal_labels) > 0
+    temperature, thresholds = None, {}
+    n_cal = 0
+    if have_cal:
+        cal_labels = np.asarray(cal_labels).astype(np.int64)
+        n_cal = len(cal_labels)
+        cal_split = batch_split(np.asarray(cal_images, np.float32), cal_labels, batch_size)
+        cal_logits = condition_logits(logits_fn, cal_split, None, 0.0, seed)
+        temperature = fit_temperature(cal_logits, cal_labels)
+        cal_probs = _softmax_stats(cal_logits, cal_labels)["probs"]
+        for method in methods:
+            for alpha in alphas:
+                # APS is randomised: one key for the calibration scores, independent ones for test.
+                k = jax.random.fold_in(key, _crc(f"{method}|calibration")) if method == "aps" else None
+                thresholds[(method, alpha)] = conformal_threshold(cal_probs, cal_labels, alpha, method, k)
+
+    out: dict[str, Any] = {"reliability": [], "calibration": [], "conformal": [], "selective": [],
+                           "temperature": temperature, "n_calibration": n_cal}
+    clean_logits = condition_logits(logits_fn, split, None, 0.0, seed)
+    for noise_type in noise_types:
+        for level in levels:
+            level = float(level)
+            logits = clean_logits if level == 0.0 else condition_logits(logits_fn, split, noise_type, level, seed)
+            st = _softmax_stats(logits, labels)
+            base = {"model": model_name, "noise_type": noise_type, "level": level}
+            bins = reliability_bins(st["confidence"], st["correct"], n_bins)
+            for b in range(n_bins):
+                out["reliability"].append({**base, "bin": b, "bin_lower": float(bins["edges"][b]),
+                                           "bin_upper": float(bins["edges"][b + 1]), "count": int(bins["counts"][b]),
+                                           "mean_confidence": float(bins["mean_confidence"][b]),
+                                           "accuracy": float(bins["accuracy"][b]), "ece": bins["ece"]})
+            cal_row = {**base, "accuracy": float(st["correct"].mean()), "temperature": temperature,
+                       "ece": bins["ece"], "ece_temperature": None, "nll": float(st["nll"].mean()),
+                       "nll_temperature": None, "n": int(labels.size)}
+            if temperature is not None:
+                st_t = _softmax_stats(logits, labels, temperature)
+                cal_row["ece_temperature"] = reliability_bins(st_t["confidence"], st_t["correct"], n_bins)["ece"]
+                cal_row["nll_temperature"] = float(st_t["nll"].mean())
+            out["calibration"].append(cal_row)
+            for (method, alpha), thr in thresholds.items():
+                k = None
+                if method == "aps":
+                    k = jax.random.fold_in(jax.random.fold_in(key, _crc(f"{method}|{noise_type}")),
+                                           int(round(level * 1_000_000)))
+                sets = prediction_sets(st["probs"], thr, method, k)
+                m = set_metrics(sets, labels)
+                out["conformal"].append({**base, "method": method, "alpha": float(alpha), "coverage": m["coverage"],
+                                         "mean_set_size": m["mean_size"], "empty_fraction": m["empty_fraction"],
+                                         "threshold": thr, "n": m["n"], "n_calibration": n_cal})
+            score = np.asarray(predicted_class_log_snr(jnp.asarray(logits)))
+            for r in selective_accuracy_curve(score, st["correct"], coverages):
+                out["selective"].append({**base, **r})
+    return out
+
+
+# --------------------------------------------------------------------------- printed summaries
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return format(value, spec)
+
+
+def format_corruption_summary(aggregates: list[dict], summary_rows: list[dict], worst: int = 3) -> str:
+    """mCE / relative mCE per model and its worst corruptions (by mean error)."""
+    lines = ["CORRUPTION BENCHMARK (ImageNet-C style)", "═" * 68]
+    for agg in aggregates:
+        ref = agg["reference"] or "none"
+        lines.append(f"  {agg['model']}: clean error {_fmt(agg['clean_error'])}, mean corruption error "
+                     f"{_fmt(agg['mean_error'])} (15 corruptions, severities {agg['severities']}, "
+                     f"{agg['scale']} table)"
+                     + (f"; {_fmt(agg['mean_error_all'])} with the held-out ones"
+                        if any(r["held_out"] for r in summary_rows if r["model"] == agg["model"]) else ""))
+        if agg["mce"] is not None:
+            lines.append(f"    mCE {_fmt(agg['mce'] * 100, '.1f')}%  relative mCE "
+                         f"{_fmt(None if agg['relative_mce'] is None else agg['relative_mce'] * 100, '.1f')}%"
+                         + (f" (over {agg['n_relative']} corruptions: the reference's error does not grow under "
+                            "the others)" if agg["n_relative"] < agg["n_corruptions"] else "")
+                         + f"  (reference {ref}; 100% = as robust as the reference)")
+        else:
+            lines.append("    CE / mCE: not computed (no reference model; pass --reference RUN)")
+        rows = sorted((r for r in summary_rows if r["model"] == agg["model"]), key=lambda r: -r["mean_error"])
+        worst_txt = ", ".join(f"{r['corruption']} {r['mean_error']:.3f}"
+                              + (f" (CE {r['ce']:.2f})" if r["ce"] is not None and math.isfinite(r["ce"]) else "")
+                              for r in rows[:worst])
+        lines.append(f"    worst: {worst_txt}")
+    return "\n".join(lines)
+
+
+def _fmt_eps(eps: float) -> str:
+    """8/255 for budgets on the 1/255 grid (how Linf budgets are usually quoted), else 0.05."""
+    k = eps * 255
+    return f"{round(k)}/255" if 0 < k <= 64 and abs(k - round(k)) < 1e-6 else f"{eps:g}"
+
+
+def format_attack_summary(rows: list[dict], sanity_rows: list[dict]) -> str:
+    """Robust accuracy vs budget per model and attack, and the sanity-check verdicts."""
+    lines = ["ADVERSARIAL ROBUSTNESS (robust accuracy vs budget)", "═" * 68]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        lines.append(f"  {model}:")
+        for attack in dict.fromkeys(r["attack"] for r in rows if r["model"] == model):
+            sel = [r for r in rows if r["model"] == model and r["attack"] == attack]
+            pairs = "  ".join(f"{_fmt_eps(r['eps'])}:{r['accuracy']:.3f}" for r in sel)
+            lines.append(f"    {attack:<6} ({sel[0]['norm']}) eps:acc  {pairs}")
+        checks = [r for r in sanity_rows if r["model"] == model]
+        if checks:
+            failed = [r["check"] for r in checks if not r["passed"]]
+            verdict = "all passed" if not failed else "FAILED: " + ", ".join(failed)
+            lines.append(f"    sanity checks at eps={checks[0]['eps']:.4g} on {checks[0]['n']} examples: {verdict}")
+            lines += [f"      {r['message']}" for r in checks if not r["passed"]]
+    return "\n".join(lines)
+
+
+def format_certification_summary(rows: list[dict], radii: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> str:
+    """Certified accuracy at a few radii per model and sigma, with the abstain fraction."""
+    lines = ["CERTIFIED ROBUSTNESS (randomized smoothing, L2)", "═" * 68]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for sigma in dict.fromkeys(r["sigma"] for r in rows if r["model"] == model):
+            sel = {round(r["radius"], 6): r for r in rows if r["model"] == model and r["sigma"] == sigma}
+            any_row = next(iter(sel.values()))
+            pairs = "  ".join(f"r={r:g}:{sel[round(r, 6)]['certified_accuracy']:.3f}" for r in radii
+                              if round(r, 6) in sel)
+            lines.append(f"  {model} sigma={sigma:g} (n={any_row['n_samples']}, alpha={any_row['alpha']:g}, "
+                         f"{any_row['n']} examples, abstain {any_row['abstain_fraction']:.1%}): {pairs}")
+    return "\n".join(lines)
+
+
+def format_calibration_summary(results: dict[str, dict], alphas: Sequence[float]) -> str:
+    """Per model: T, clean ECE before / after, conformal coverage on clean data and at the
+    strongest level of each noise type."""
+    lines = ["CALIBRATION AND CONFORMAL PREDICTION", "═" * 68]
+    for model, res in results.items():
+        clean = next((r for r in res["calibration"] if r["level"] == 0.0), None)
+        if res["temperature"] is None:
+            lines.append(f"  {model}: no calibration split (temperature / conformal skipped); clean ECE "
+                         f"{_fmt(clean['ece'] if clean else None)}")
+        else:
+            lines.append(f"  {model}: temperature T = {res['temperature']:.3f} (fitted on {res['n_calibration']} "
+                         f"validation examples); clean ECE {_fmt(clean['ece'])} -> {_fmt(clean['ece_temperature'])}")
+        for alpha in alphas:
+            for method in dict.fromkeys(r["method"] for r in res["conformal"]):
+                sel = [r for r in res["conformal"] if r["method"] == method and r["alpha"] == alpha]
+                if not sel:
+                    continue
+                c = next(r for r in sel if r["level"] == 0.0)
+                worst = min(sel, key=lambda r: r["coverage"])
+                lines.append(f"    {method.upper()} alpha={alpha:g}: clean coverage {c['coverage']:.3f} "
+                             f"(target {1 - alpha:.2f}), mean set size {c['mean_set_size']:.2f}; lowest "
+                             f"{worst['coverage']:.3f} at {worst['noise_type']} {worst['level']:g}")
+    return "\n".join(lines)

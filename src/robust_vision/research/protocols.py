@@ -1,0 +1,289 @@
+"""The study's two protocols. Both return tidy per-condition rows with one SNR definition.
+
+**Pattern** (the seed's research code): for each of N digit images (all ten digits, drawn per
+seed, ``image_size``^2 grayscale, flattened) a fresh 2-output crossbar W ~ U[0, 0.01) is trained
+on that single image with target [1, 0] for ``iterations`` updates (Hebbian eta 0.2, SGD-MSE eta
+0.01 by default) and tested on ``n_noisy`` noisy copies of the same image per condition:
+SNR = s_target / (s_control + 1e-6), correct = s_target > s_control
+(:func:`robust_vision.training.hebbian.pattern_protocol`). Only crossbar methods apply.
+
+**Classification**: a binary task from the bundled digits (class 0 = ``target_digit``, class 1 =
+``control_digit``; default 0 vs 1) resized to ``image_size``^2 grayscale with the project's fixed
+stratified train/val/test split (``data.split_seed`` 0). Every method trains on the train split
+(the backprop models also validate on val) and is evaluated on the test split by
+:func:`robust_vision.evaluation.robustness.evaluate_robustness`, with the same noise draws for every
+method of a seed. The crossbars enter the evaluator through :func:`crossbar_forward`, whose
+"logits" log(s + 1e-6) make the evaluator's SNR exp(logit margin) equal to the crossbar's
+s_y / (max_{j!=y} s_j + 1e-6) (DESIGN.md), so SNR and accuracy have one definition for all eight
+methods. Backprop models (CNN, linear) are trained by :func:`robust_vision.training.trainer.train`
+into ``OUT/runs/classification/seed<S>/<method>/`` and evaluated at their final epoch.
+
+Controlled comparisons: within a seed, every crossbar shares its initial weights and batch
+order, every backprop model its initialisation seed and batch order, and every method its
+noise draws.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+import yaml
+
+from robust_vision.config import config_from_dict, config_to_dict
+from robust_vision.data.datasets import Dataset, load_dataset
+from robust_vision.evaluation.metrics import degradation_percent
+from robust_vision.evaluation.robustness import evaluate_robustness
+from robust_vision.models.crossbar import crossbar_log_scores
+from robust_vision.research.methods import Method
+from robust_vision.research.settings import StudySettings
+from robust_vision.training.hebbian import crossbar_scores, pattern_protocol, train_crossbar
+
+__all__ = ["ROW_COLUMNS", "RunRecord", "StudyError", "backprop_config", "classification_data", "crossbar_forward",
+           "pattern_images", "run_classification_method", "run_pattern_method"]
+
+ROW_COLUMNS = ["protocol", "method_key", "method", "seed", "noise_type", "level", "accuracy", "snr", "snr_median",
+               "mean_log_snr", "degradation", "n", "n_nonfinite"]
+EVAL_BATCH = 256  # one batch size for every method, so every method sees the same noise draws
+
+
+class StudyError(RuntimeError):
+    """The study cannot proceed (e.g. an output directory holding different runs)."""
+
+
+@dataclass
+class RunRecord:
+    """One method trained and evaluated with one seed."""
+
+    protocol: str
+    method: Method
+    seed: int
+    rows: list[dict]
+    weight_stats: Optional[dict] = None  # crossbar methods only
+    diverged: bool = False
+    train_time_s: float = 0.0
+    eval_time_s: float = 0.0
+    run_dir: Optional[str] = None
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _with_degradation(rows: list[dict]) -> list[dict]:
+    """Add ``degradation`` (% of the clean accuracy of the same noise type; None when clean)."""
+    clean = {r["noise_type"]: r["accuracy"] for r in rows if r["level"] == 0.0}
+    for r in rows:
+        acc0 = clean.get(r["noise_type"])
+        r["degradation"] = (None if r["level"] == 0.0 or acc0 is None or not np.isfinite(acc0)
+                            else degradation_percent(acc0, r["accuracy"]))
+    return rows
+
+
+# --------------------------------------------------------------------------- pattern
+
+
+@functools.lru_cache(maxsize=4)
+def _digit_pool(image_size: int) -> np.ndarray:
+    """All digits of the bundled set's train split, (N, S, S, 1) float32 in [0, 1]."""
+    data = config_from_dict({"data": {"dataset_name": "digits", "image_size": [image_size, image_size],
+                                      "channels": 1}}).data
+    return load_dataset(data).train.images
+
+
+def pattern_images(settings: StudySettings, seed: int) -> np.ndarray:
+    """The seed's N pattern images: a seeded draw (without replacement) from all ten digits.
+
+    Returns (n_images, S, S, 1) float32 in [0, 1]."""
+    pool = _digit_pool(settings.image_size)
+    n = settings.pattern.n_images
+    if n > len(pool):
+        raise ValueError(f"pattern.n_images: got {n}; the digits train split has {len(pool)} images")
+    idx = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.key(seed), 0x1A6E), len(pool)))[:n]
+    return pool[np.sort(idx)]
+
+
+def run_pattern_method(settings: StudySettings, method: Method, seed: int, images: np.ndarray) -> RunRecord:
+    """Train N single-image crossbars with ``method``'s rule and clip; evaluate the noise grid.
+
+    Every method of a seed uses the same key: the same initial weights and noise draws."""
+    p = settings.pattern
+    clip = None if method.clip is None else tuple(settings.clip_ranges[method.clip])
+    eta = p.hebbian_eta if method.rule == "hebbian" else p.sgd_eta
+    t0 = time.perf_counter()
+    res = pattern_protocol(jax.random.key(seed), images, rule=method.rule, clip_range=clip, eta=eta,
+                           iterations=p.iterations, noise_types=settings.noise_types, levels=settings.levels,
+                           n_noisy=p.n_noisy, bound=settings.divergence_bound, num_outputs=2)
+    elapsed = time.perf_counter() - t0
+    rows = []
+    for r in res["rows"]:
+        snr = r["snr"]
+        rows.append({"protocol": "pattern", "method_key": method.key, "method": method.name, "seed": seed,
+                     "noise_type": r["noise_type"], "level": float(r["level"]), "accuracy": r["accuracy"],
+                     "snr": snr, "snr_median": r["snr_median"],
+                     "mean_log_snr": float(np.log(snr)) if np.isfinite(snr) and snr > 0 else float("nan"),
+                     "n": r["n"], "n_nonfinite": r["n_nonfinite"]})
+    stats = {**res["weight_stats"], "n_models": res["n_images"], "n_diverged_models": res["n_diverged"]}
+    return RunRecord("pattern", method, seed, _with_degradation(rows), weight_stats=stats,
+                     diverged=res["n_diverged"] > 0, train_time_s=elapsed,
+                     note=f"{res['n_diverged']}/{res['n_images']} single-image models diverged" if res["n_diverged"]
+                     else "")
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def classification_data_section(settings: StudySettings) -> dict:
+    """The ``data`` config section of the binary task (also written into every run's config)."""
+    c = settings.classification
+    return {"dataset_name": "digits", "image_size": [settings.image_size, settings.image_size], "channels": 1,
+            "classes": [c.target_digit, c.control_digit]}
+
+
+def classification_data(settings: StudySettings) -> Dataset:
+    """The binary digits task: labels 0 = target digit, 1 = control digit."""
+    return load_dataset(config_from_dict({"data": classification_data_section(settings)}).data)
+
+
+def crossbar_forward(W: jax.Array, images: jax.Array) -> jax.Array:
+    """Evaluator forward of a crossbar: images (B, H, W, C) -> log(max(W^T x, 0) + 1e-6) (B, K).
+
+    Its logit margin is the crossbar's log-SNR, its argmax the crossbar's decision (see
+    :func:`robust_vision.models.crossbar.crossbar_log_scores`). Module-level, so every crossbar
+    shares one compiled evaluator per noise type."""
+    return crossbar_log_scores(crossbar_scores(W, images))
+
+
+def _eval_rows(method: Method, seed: int, result_rows: list[dict]) -> list[dict]:
+    return _with_degradation([{
+        "protocol": "classification", "method_key": method.key, "method": method.name, "seed": seed,
+        "noise_type": r["noise_type"], "level": float(r["level"]), "accuracy": r["accuracy"], "snr": r["snr"],
+        "snr_median": r["snr_median"], "mean_log_snr": r["margin"], "n": r["n_images"] * r["n_draws"],
+        "n_nonfinite": None} for r in result_rows])
+
+
+def _nan_rows(settings: StudySettings, method: Method, seed: int, *, accuracy: float = float("nan"),
+              n: int = 0) -> list[dict]:
+    """Rows of a model without defined scores (diverged): SNR nan, ``accuracy`` as given."""
+    nan = float("nan")
+    return _with_degradation([
+        {"protocol": "classification", "method_key": method.key, "method": method.name, "seed": seed,
+         "noise_type": nt, "level": float(lvl), "accuracy": accuracy, "snr": nan, "snr_median": nan,
+         "mean_log_snr": nan, "n": n, "n_nonfinite": n} for nt in settings.noise_types for lvl in settings.levels])
+
+
+def _evaluate(settings: StudySettings, forward: Callable, variables: Any, dataset: Dataset, method: Method,
+              seed: int) -> list[dict]:
+    res = evaluate_robustness(forward, variables, dataset.test.images, dataset.test.labels, model_name=method.name,
+                              noise_types=list(settings.noise_types), levels=list(settings.levels),
+                              n_draws=settings.classification.n_draws, batch_size=EVAL_BATCH, seed=seed)
+    return _eval_rows(method, seed, res.rows)
+
+
+def backprop_config(settings: StudySettings, method: Method, seed: int, run_dir: Path) -> dict:
+    """The training config (as a raw mapping) of a CNN / linear method."""
+    c = settings.classification.cnn
+    model = ({"name": "cnn", "features": list(c.features), "dropout_rate": c.dropout_rate}
+             if method.family == "cnn" else {"name": "linear", "hidden_units": [], "dropout_rate": 0.0})
+    training = {"seed": seed, "epochs": c.epochs, "batch_size": c.batch_size, "eval_batch_size": EVAL_BATCH,
+                "optimizer": "adam", "learning_rate": c.learning_rate, "loss_type": method.loss_type,
+                # EMA off: with a few hundred steps a 0.99 average would still be mostly the initial weights.
+                "ema_enabled": False, "progress_bar": False, "checkpoint_dir": str(run_dir),
+                "save_every": c.epochs}
+    if method.loss_type == "margin":
+        training["margin_lambda"] = float(method.margin_lambda)
+    return {"metadata": {"study": "robust-vision-research", "method": method.name, "seed": seed},
+            "model": model, "data": classification_data_section(settings), "training": training,
+            "evaluation": {"noise_types": list(settings.noise_types), "noise_levels": list(settings.levels),
+                           "seed": seed, "n_draws": settings.classification.n_draws}}
+
+
+def _train_or_reuse(cfg, *, fresh: bool, log: Callable[[str], None]) -> str:
+    """Train ``cfg``'s run, reuse it when complete with the same config, resume it when partial.
+
+    Returns "trained", "resumed" or "reused". A run directory with a *different* config is
+    removed with ``fresh`` and otherwise refused (nothing is overwritten silently)."""
+    from robust_vision.training.trainer import train
+
+    run_dir = Path(cfg.training.checkpoint_dir)
+    wanted = yaml.safe_load(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    if run_dir.exists():
+        saved_path = run_dir / "config.yaml"
+        same = saved_path.is_file() and yaml.safe_load(saved_path.read_text()) == wanted
+        if same and (run_dir / "checkpoints" / "epochs" / str(cfg.training.epochs)).is_dir():
+            return "reused"
+        if same:
+            train(cfg, resume=True, log=log)
+            return "resumed"
+        if not fresh:
+            raise StudyError(f"{run_dir} holds a run with other settings; use a new --output directory or pass "
+                             "--fresh to retrain it (that removes the old run directory)")
+        shutil.rmtree(run_dir)
+    train(cfg, log=log)
+    return "trained"
+
+
+_FORWARDS: dict[Any, Callable] = {}
+
+
+def _shared_forward(parts) -> Callable:
+    """One forward function per model structure (GraphDef), so models that differ only in their
+    weights share the evaluator's compiled programs instead of compiling once each."""
+    if parts.eval_graph not in _FORWARDS:
+        from robust_vision.training.steps import make_logits_fn
+
+        logits = make_logits_fn(parts)
+        _FORWARDS[parts.eval_graph] = lambda variables, images: logits(variables[0], variables[1], images)
+    return _FORWARDS[parts.eval_graph]
+
+
+def run_classification_method(settings: StudySettings, method: Method, seed: int, dataset: Dataset, out_dir: Path,
+                              *, fresh: bool = False, log: Callable[[str], None] = lambda s: None) -> RunRecord:
+    """Train ``method`` on the train split and evaluate it on the test split's noise grid."""
+    c = settings.classification
+    if method.family == "crossbar":
+        clip = None if method.clip is None else tuple(settings.clip_ranges[method.clip])
+        eta = c.hebbian_eta if method.rule == "hebbian" else c.sgd_eta
+        t0 = time.perf_counter()
+        # Same key for every crossbar of a seed: same initial weights and batch order.
+        W, stats = train_crossbar(jax.random.key(seed), dataset.train.images, dataset.train.labels, rule=method.rule,
+                                  eta=eta, epochs=c.crossbar_epochs, clip_range=clip,
+                                  batch_size=c.crossbar_batch_size, num_classes=dataset.num_classes,
+                                  bound=settings.divergence_bound)
+        W = jax.block_until_ready(W)
+        t1 = time.perf_counter()
+        note = ""
+        if stats["n_finite"] < stats["n"]:
+            # A non-finite entry makes its whole output line nan for every input (nan * 0 = nan), so
+            # every score is nan: no SNR, and every decision counts as wrong, as in
+            # hebbian.crossbar_accuracy. Nothing to evaluate.
+            rows = _nan_rows(settings, method, seed, accuracy=0.0,
+                             n=len(dataset.test) * c.n_draws)
+            note = "non-finite weights: every score nan, every decision counted wrong"
+        else:
+            rows = _evaluate(settings, crossbar_forward, W, dataset, method, seed)
+        return RunRecord("classification", method, seed, rows, weight_stats=stats, diverged=bool(stats["diverged"]),
+                         train_time_s=t1 - t0, eval_time_s=time.perf_counter() - t1, note=note)
+
+    from robust_vision.evaluation.loading import load_trained_model
+    from robust_vision.training.trainer import TrainingError
+
+    run_dir = Path(out_dir) / "runs" / "classification" / f"seed{seed}" / method.key
+    cfg = config_from_dict(backprop_config(settings, method, seed, run_dir))
+    t0 = time.perf_counter()
+    try:
+        how = _train_or_reuse(cfg, fresh=fresh, log=log)
+    except TrainingError as exc:  # a diverged backprop run is an outcome, not a crash
+        return RunRecord("classification", method, seed, _nan_rows(settings, method, seed), diverged=True,
+                         train_time_s=time.perf_counter() - t0, run_dir=str(run_dir), note=f"training failed: {exc}")
+    t1 = time.perf_counter()
+    # The final epoch (checkpoints/epochs holds the latest), not the best-val-accuracy epoch:
+    # every method is compared after the same number of epochs.
+    model = load_trained_model(run_dir / "checkpoints" / "epochs", name=method.name)
+    rows = _evaluate(settings, _shared_forward(model.parts), model.variables, dataset, method, seed)
+    return RunRecord("classification", method, seed, rows, train_time_s=t1 - t0,
+                     eval_time_s=time.perf_counter() - t1, run_dir=str(run_dir), note="" if how == "trained" else how)
