@@ -9,9 +9,10 @@ never results of this project. Decision rules:
 
 * thresholds (SNR > 2000, < 20; accuracy > 85%, < 70% at Gaussian std 0.5) are applied to the
   seed means of the classification protocol, clean SNR for the SNR items;
-* "SNR scales roughly linearly with lambda (up to 10)": Pearson r > 0.9 between lambda and clean
-  SNR over lambda in {0 (cross-entropy), 1, 10}. With three points, r > 0.9 mostly says that
-  SNR(10) stands far above the other two; the log-SNR correlation is reported alongside;
+* "SNR scales roughly linearly with lambda (up to 10)": clean SNR non-decreasing in lambda and
+  Pearson r > 0.9 between lambda and clean SNR over lambda in {0 (cross-entropy), 1, 10}. With
+  three points, r > 0.9 alone mostly says that SNR(10) stands far above the other two, hence
+  the monotonicity requirement; the log-SNR correlation is reported alongside;
 * a ratio claim ("375x") is *reproduced* when the measured ratio lies within a factor of
   ``RATIO_TOLERANCE`` (3) of the claim, in the same direction; a percentage claim ("-66%") when
   the measured change lies within ``PERCENT_TOLERANCE`` (15) percentage points of it.
@@ -116,15 +117,17 @@ def validation_checklist(master: Sequence[dict], acc50: Sequence[dict],
     ]
     r, r_log, snrs = lambda_correlation(master)
     lin = ("SNR scales roughly linearly with lambda (up to lambda=10)",
-           f"Pearson r(lambda, clean SNR) > {LINEAR_R} over lambda in {{0 (CE), 1, 10}}")
+           f"clean SNR non-decreasing and Pearson r(lambda, clean SNR) > {LINEAR_R} over lambda in "
+           "{0 (CE), 1, 10}")
     if r is None:
         items.append(CheckItem(*lin, "not measured (CNN methods not run)", "N/A"))
     elif math.isnan(r):
         items.append(CheckItem(*lin, "undefined (non-finite or constant SNR)", "FAIL", r))
     else:
+        monotone = bool(np.all(np.diff(snrs) >= 0))
         measured = (f"r = {r:.3f} (SNR {', '.join(fmt_num(v) for v in snrs)} at lambda 0, 1, 10; "
-                    f"r of log SNR = {r_log:.3f})")
-        items.append(CheckItem(*lin, measured, "PASS" if r > LINEAR_R else "FAIL", r))
+                    f"r of log SNR = {r_log:.3f}" + ("" if monotone else "; not monotone in lambda") + ")")
+        items.append(CheckItem(*lin, measured, "PASS" if r > LINEAR_R and monotone else "FAIL", r))
     paths = [Path(p) for p in figures]
     missing = [p.name for p in paths if not (p.is_file() and p.stat().st_size > 0)]
     items.append(CheckItem("All plots generated successfully in publication quality",
