@@ -82,28 +82,27 @@ def _one_step(parts, cfg, x, y, **hooks):
     return _leaves_by_name(new_state["params"]), per_ex
 
 
-def test_trades_with_beta_zero_takes_the_cross_entropy_step(tmp_path):
-    cfg = _cfg(tmp_path / "unused")
-    model = create_model(cfg.model, input_shape=(8, 8, 1), num_classes=10, seed=0)
-    parts = split_model(model)
+def _plain_and_hooked_step(run_dir: Path, acfg: AdversarialConfig):
+    """One train step of the same tiny CNN on the same batch, without and with the
+    adversarial hooks of ``acfg``: ((params, per_example), (params, per_example))."""
+    cfg = _cfg(run_dir)
+    parts = split_model(create_model(cfg.model, input_shape=(8, 8, 1), num_classes=10, seed=0))
     x = jax.random.uniform(jax.random.key(0), (16, 8, 8, 1))
     y = jnp.arange(16) % 10
-    plain, _ = _one_step(parts, cfg.training, x, y)
-    trades_hooks = adversarial_hooks(AdversarialConfig(method="trades", eps=0.1, steps=2, trades_beta=0.0))
-    trades, _ = _one_step(parts, cfg.training, x, y, **trades_hooks)
+    return (_one_step(parts, cfg.training, x, y),
+            _one_step(parts, cfg.training, x, y, **adversarial_hooks(acfg)))
+
+
+def test_trades_with_beta_zero_takes_the_cross_entropy_step(tmp_path):
+    (plain, _), (trades, _) = _plain_and_hooked_step(
+        tmp_path / "unused", AdversarialConfig(method="trades", eps=0.1, steps=2, trades_beta=0.0))
     for k in plain:
         np.testing.assert_allclose(plain[k], trades[k], rtol=1e-5, atol=1e-7, err_msg=k)
 
 
 def test_pgd_training_sees_adversarial_inputs(tmp_path):
-    cfg = _cfg(tmp_path / "unused")
-    model = create_model(cfg.model, input_shape=(8, 8, 1), num_classes=10, seed=0)
-    parts = split_model(model)
-    x = jax.random.uniform(jax.random.key(0), (16, 8, 8, 1))
-    y = jnp.arange(16) % 10
-    _, clean = _one_step(parts, cfg.training, x, y)
-    _, adv = _one_step(parts, cfg.training, x, y,
-                       **adversarial_hooks(AdversarialConfig(method="pgd", eps=0.3, steps=5)))
+    (_, clean), (_, adv) = _plain_and_hooked_step(tmp_path / "unused",
+                                                  AdversarialConfig(method="pgd", eps=0.3, steps=5))
     # The loss on PGD examples of the same parameters is higher than on the clean batch.
     assert float(jnp.mean(adv["loss"])) > float(jnp.mean(clean["loss"]))
 

@@ -131,6 +131,8 @@ def make_regularizer(rcfg) -> Optional[Callable]:
     """
     from flax import nnx  # local: this module is otherwise pure jnp
 
+    from robust_vision.training.steps import merge_fresh
+
     if rcfg.jacobian_weight == 0 and rcfg.spectral_weight == 0:
         return None
 
@@ -140,9 +142,7 @@ def make_regularizer(rcfg) -> Optional[Callable]:
             graph, state = nnx.split(model)
 
             def logits_of(x):
-                # Fresh Variables at this trace level (as ModelParts.merge): the copy's batch-norm
-                # update inside jax.vjp must not touch Variables of the outer trace.
-                return nnx.merge(graph, jax.tree.map(lambda leaf: leaf, state))(x)
+                return merge_fresh(graph, state)(x)  # the copy's batch-norm update stays inside jax.vjp
 
             total = total + rcfg.jacobian_weight * jacobian_penalty(logits_of, images, key,
                                                                      n_proj=rcfg.jacobian_projections)

@@ -44,6 +44,7 @@ __all__ = [
     "p_norms",
     "KrotovClassifier",
     "plot_receptive_fields",
+    "receptive_fields_figure",
 ]
 
 _PREC = 1e-30  # floor of the normaliser max|dW|, as `prec` in Krotov's code
@@ -217,24 +218,21 @@ class KrotovClassifier(nnx.Module):
         return logits
 
 
-def plot_receptive_fields(W: jax.Array | np.ndarray, image_shape: Sequence[int], path: str | Path, *,
-                          max_units: int = 100, ncols: Optional[int] = None, dpi: int = 150) -> Path:
-    """Draw the rows of W as images in a grid (the paper's figure of learned weights).
+def receptive_fields_figure(W: jax.Array | np.ndarray, image_shape: Sequence[int], *, max_units: int = 100,
+                            ncols: Optional[int] = None):
+    """The rows of W as images in a grid (the paper's figure of learned weights).
 
     Args:
       W: (n_hidden, H*W*C) weights.
       image_shape: (H, W) or (H, W, C). Grayscale rows use a symmetric blue-white-red map
         (as Krotov's ``draw_weights``); RGB rows are min-max scaled per unit to [0, 1].
-      path: output file; the format follows the suffix (.png, .pdf, .svg).
       max_units: draw at most this many units (the first ones).
 
     Returns:
-      The written path.
+      A ``matplotlib.figure.Figure`` (no pyplot state); save it with
+      ``robust_vision.viz._common.save_figure`` (one drawing for every format).
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     W = np.asarray(W, dtype=np.float64)
     shape = tuple(int(s) for s in image_shape)
@@ -245,7 +243,8 @@ def plot_receptive_fields(W: jax.Array | np.ndarray, image_shape: Sequence[int],
     n = min(W.shape[0], max_units)
     ncols = ncols or int(math.ceil(math.sqrt(n)))
     nrows = int(math.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.2 * ncols, 1.2 * nrows), squeeze=False)
+    fig = Figure(figsize=(1.2 * ncols, 1.2 * nrows), layout="tight")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     vmax = np.abs(W[:n]).max() or 1.0
     for i, ax in enumerate(axes.ravel()):
         ax.axis("off")
@@ -258,9 +257,16 @@ def plot_receptive_fields(W: jax.Array | np.ndarray, image_shape: Sequence[int],
             lo, hi = img.min(), img.max()
             ax.imshow((img - lo) / (hi - lo if hi > lo else 1.0))
     fig.suptitle(f"Receptive fields of {n} of {W.shape[0]} units")
-    fig.tight_layout()
+    return fig
+
+
+def plot_receptive_fields(W: jax.Array | np.ndarray, image_shape: Sequence[int], path: str | Path, *,
+                          max_units: int = 100, ncols: Optional[int] = None, dpi: int = 150) -> Path:
+    """Write :func:`receptive_fields_figure` to ``path``; the format follows the suffix
+    (.png, .pdf, .svg). Returns the written path."""
+    from robust_vision.viz._common import save_figure
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    fig = receptive_fields_figure(W, image_shape, max_units=max_units, ncols=ncols)
+    (written,) = save_figure(fig, path.parent, path.stem, dpi, [path.suffix.lstrip(".").lower() or "png"])
+    return written

@@ -45,7 +45,6 @@ from __future__ import annotations
 import functools
 import math
 import time
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import jax
@@ -60,8 +59,8 @@ from robust_vision.models import create_model
 from robust_vision.training.checkpoint import CheckpointStore, is_better
 from robust_vision.training.hebbian import ClipRange, get_rule, init_crossbar, weight_stats
 from robust_vision.training.steps import init_train_state, make_optimizer, split_model
-from robust_vision.training.trainer import (METRIC_COLUMNS, TrainingError, TrainResult, check_resume_config,
-                                            read_history, write_history, dataset_for)
+from robust_vision.training.trainer import (TrainResult, check_run_request, dataset_for, read_history,
+                                            write_history)
 
 __all__ = ["LOCAL_RULES", "local_rule_settings", "train_local_rule"]
 
@@ -177,16 +176,7 @@ def train_local_rule(cfg: Config, *, resume: bool = False, log: Callable[[str], 
     """
     s = local_rule_settings(cfg)
     tcfg = cfg.training
-    if tcfg.best_metric not in METRIC_COLUMNS[1:]:
-        raise ConfigError(f"training.best_metric: got {tcfg.best_metric!r}; expected a metrics.csv column: "
-                          f"{', '.join(METRIC_COLUMNS[1:])}")
-    run_dir = Path(tcfg.checkpoint_dir)
-    store_dir = run_dir / "checkpoints"
-    if store_dir.exists() and any(store_dir.rglob("meta")) and not resume:
-        raise TrainingError(f"{run_dir} already holds checkpoints; pass --resume to continue that run, or set "
-                            "training.checkpoint_dir to a new directory (nothing was overwritten)")
-    if resume:
-        check_resume_config(run_dir, cfg)
+    run_dir, _ = check_run_request(cfg, resume)
 
     dataset = dataset_for(cfg)
     k = dataset.num_classes
@@ -268,7 +258,7 @@ def train_local_rule(cfg: Config, *, resume: bool = False, log: Callable[[str], 
                            "best_epoch": best_epoch, "model": config_to_dict(cfg)["model"],
                            "input_shape": list(dataset.image_shape), "num_classes": k,
                            "class_names": list(dataset.class_names), "ema": False,
-                           "learning_rule": s["rule"], "outputs": "crossbar_scores",
+                           "learning_rule": s["rule"], "outputs": "crossbar_log_scores",
                            "diverged_epoch": diverged_epoch})
             store.save(epoch, state_of(W, epoch * steps_per_epoch), meta, is_best=improved)
     store.close()

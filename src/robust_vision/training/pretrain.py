@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from robust_vision.config import Config
-from robust_vision.models.local import p_norms, plot_receptive_fields, train_krotov
+from robust_vision.models.local import p_norms, receptive_fields_figure, train_krotov
 
 
 def pretrain_local_layer(model, cfg: Config, train_images: np.ndarray, run_dir: Path,
@@ -34,6 +34,8 @@ def pretrain_local_layer(model, cfg: Config, train_images: np.ndarray, run_dir: 
         f"{time.perf_counter() - t0:.1f} s; p-norms of the rows: median {np.median(norms):.3f} "
         f"(the rule's fixed point is 1)")
     if kc.plot_fields:
-        for fmt in cfg.evaluation.format:
-            path = plot_receptive_fields(W, train_images.shape[1:], run_dir / "plots" / f"receptive_fields.{fmt}")
-        log(f"Receptive fields drawn in {path.parent}")
+        from robust_vision.viz._common import save_figure  # matplotlib only when a figure is drawn
+
+        fig = receptive_fields_figure(W, train_images.shape[1:])
+        written = save_figure(fig, run_dir / "plots", "receptive_fields", cfg.evaluation.dpi, cfg.evaluation.format)
+        log(f"Receptive fields drawn in {written[0].parent}")

@@ -29,6 +29,16 @@ from robust_vision.models.stages import frozen_labels
 TrainState = dict[str, Any]
 
 
+def merge_fresh(graph: nnx.GraphDef, *states: nnx.State) -> nnx.Module:
+    """``nnx.merge`` on copies of ``states``, for use inside a traced function.
+
+    nnx.merge reuses the Variable objects it is given; copying the states makes fresh ones at
+    the current trace level, so batch-norm updates and re-seeding inside the traced function
+    never mutate Variables that belong to an outer trace.
+    """
+    return nnx.merge(graph, *(jax.tree.map(lambda leaf: leaf, state) for state in states))
+
+
 @dataclass(frozen=True)
 class ModelParts:
     """A model split into its static graphs (train and eval mode) and its state."""
@@ -43,11 +53,7 @@ class ModelParts:
               dropout_key: jax.Array | None = None) -> nnx.Module:
         """A model object for use inside a traced function; ``dropout_key`` seeds its dropout."""
         graph = self.train_graph if train else self.eval_graph
-        # nnx.merge reuses the Variable objects it is given; copying the states makes fresh
-        # ones at the current trace level, so batch-norm updates and re-seeding inside this
-        # function never mutate Variables that belong to an outer trace.
-        fresh = lambda tree: jax.tree.map(lambda leaf: leaf, tree)  # noqa: E731
-        model = nnx.merge(graph, fresh(params), fresh(self.rng_state), fresh(model_state))
+        model = merge_fresh(graph, params, self.rng_state, model_state)
         if dropout_key is not None:
             nnx.reseed(model, dropout=dropout_key)
         return model

@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from robust_vision.config import Config, config_to_dict, save_config
+from robust_vision.config import Config, ConfigError, config_to_dict, save_config
 from robust_vision.data.datasets import Dataset, Split, load_dataset
 from robust_vision.data.pipeline import (batch_indices, check_batch_divisible, data_mesh, epoch_permutation,
                                          num_batches, replicate, shard_batch)
@@ -127,6 +127,25 @@ def check_resume_config(run_dir: Path, cfg: Config) -> None:
                                     "training.checkpoint_dir")
 
 
+def check_run_request(cfg: Config, resume: bool) -> tuple[Path, bool]:
+    """The checks every trainer makes before it touches the run directory: a known
+    ``best_metric``, no overwrite of an existing run without ``resume``, and with ``resume`` the
+    same config as the saved run. Returns (run directory, whether it holds checkpoints)."""
+    tcfg = cfg.training
+    if tcfg.best_metric not in METRIC_COLUMNS[1:]:
+        raise ConfigError(f"training.best_metric: got {tcfg.best_metric!r}; expected a metrics.csv column: "
+                          f"{', '.join(METRIC_COLUMNS[1:])}")
+    run_dir = Path(tcfg.checkpoint_dir)
+    store_dir = run_dir / "checkpoints"
+    has_checkpoints = store_dir.exists() and any(store_dir.rglob("meta"))
+    if has_checkpoints and not resume:
+        raise TrainingError(f"{run_dir} already holds checkpoints; pass --resume to continue that run, or set "
+                            "training.checkpoint_dir to a new directory (nothing was overwritten)")
+    if resume:
+        check_resume_config(run_dir, cfg)
+    return run_dir, has_checkpoints
+
+
 def _fmt_snr(value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return str(value)
@@ -140,17 +159,7 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
         from robust_vision.training.crossbar_trainer import train_local_rule
 
         return train_local_rule(cfg, resume=resume, log=log)
-    if tcfg.best_metric not in METRIC_COLUMNS[1:]:
-        raise ValueError(f"training.best_metric: got {tcfg.best_metric!r}; expected a metrics.csv column: "
-                         f"{', '.join(METRIC_COLUMNS[1:])}")
-    run_dir = Path(tcfg.checkpoint_dir)
-    store_dir = run_dir / "checkpoints"
-    has_checkpoints = store_dir.exists() and any(store_dir.rglob("meta"))
-    if has_checkpoints and not resume:
-        raise TrainingError(f"{run_dir} already holds checkpoints; pass --resume to continue that run, or set "
-                            "training.checkpoint_dir to a new directory (nothing was overwritten)")
-    if resume:
-        check_resume_config(run_dir, cfg)
+    run_dir, has_checkpoints = check_run_request(cfg, resume)
 
     dataset = dataset_for(cfg)
     mesh = data_mesh()
@@ -220,7 +229,7 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
         train_summary = summarize(train_pe)
         if not math.isfinite(train_summary["loss"]):
             raise TrainingError(f"training diverged at epoch {epoch} (train loss = {train_summary['loss']}); the "
-                                f"last good checkpoint is kept in {store_dir}; lower training.learning_rate "
+                                f"last good checkpoint is kept in {run_dir / 'checkpoints'}; lower training.learning_rate "
                                 "(or training.margin_lambda) and start a new run")
 
         row = {"epoch": epoch, "train_loss": train_summary["loss"], "train_accuracy": train_summary["accuracy"],
