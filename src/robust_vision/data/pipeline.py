@@ -99,3 +99,132 @@ def augment(key: jax.Array, images: jax.Array, *, flip: bool, crop_padding: int,
         if noise_clip:  # unclipped = the isotropic Gaussian that randomized smoothing certifies
             images = jnp.clip(images, 0.0, 1.0)
     return images
+
+
+# --------------------------------------------------------------------------- streaming input (Grain)
+# The functions below read records lazily from a ``data.sources`` record source through Grain:
+# a MapDataset over *batch numbers* whose map reads, decodes, resizes and converts one batch, run
+# by Grain's reader threads (and worker processes with ``workers > 0``). Only the batches in
+# flight are in host memory, so memory does not grow with the dataset; what grows is the
+# index order (8 bytes per example).
+
+_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as Pillow's convert("L")
+
+
+def preprocess(image: np.ndarray, image_size: tuple[int, int] | None, channels: int | None) -> np.ndarray:
+    """One image (H, W, C) uint8 (or float32 in [0, 1]) -> (H', W', C') of the same dtype.
+
+    C' = ``channels`` or C (RGB -> gray with the ITU-R 601 luma weights, gray -> RGB by
+    repetition); (H', W') = ``image_size`` or (H, W), resized with Pillow's antialiased bilinear
+    filter (float images are quantised to uint8 first when they must be resized)."""
+    if image.ndim == 2:
+        image = image[..., None]
+    if channels is not None and channels != image.shape[-1]:
+        if channels == 1:
+            gray = image.astype(np.float32) @ _LUMA_WEIGHTS
+            image = (np.rint(gray).astype(np.uint8) if image.dtype == np.uint8 else gray)[..., None]
+        else:
+            image = np.repeat(image, 3, axis=-1)
+    if image_size is not None and tuple(image.shape[:2]) != tuple(image_size):
+        from PIL import Image
+
+        if image.dtype != np.uint8:
+            image = np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+        pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+        out = np.asarray(pil.resize((int(image_size[1]), int(image_size[0])), Image.BILINEAR))
+        image = out[..., None] if out.ndim == 2 else out
+    return image
+
+
+def _default_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
+    index = jax.process_index() if shard_index is None else int(shard_index)
+    count = jax.process_count() if shard_count is None else int(shard_count)
+    if not 0 <= index < count:
+        raise ValueError(f"shard_index {index} is not in 0..{count - 1}")
+    return index, count
+
+
+@dataclass(frozen=True)
+class _BatchPlan:
+    """Random access to this shard's part of global batch ``b`` (a Grain source of BatchIndices)."""
+
+    order: np.ndarray
+    batch_size: int
+    shard_index: int
+    shard_count: int
+
+    def __len__(self) -> int:
+        return num_batches(len(self.order), self.batch_size)
+
+    def __getitem__(self, b: int) -> BatchIndices:
+        start = int(b) * self.batch_size
+        idx = self.order[start:start + self.batch_size]
+        real = idx.shape[0]
+        mask = np.ones(self.batch_size, np.float32)
+        if real < self.batch_size:  # same padding as batch_indices: repeat the epoch's first indices
+            idx = np.concatenate([idx, np.resize(self.order[:max(real, 1)], self.batch_size - real)])
+            mask[real:] = 0.0
+        per = self.batch_size // self.shard_count
+        part = slice(self.shard_index * per, (self.shard_index + 1) * per)
+        return BatchIndices(idx[part], mask[part])
+
+
+@dataclass(frozen=True)
+class _BatchReader:
+    """Reads, preprocesses and stacks the records of one BatchIndices into a Batch (in a worker)."""
+
+    source: object
+    image_size: tuple[int, int] | None
+    channels: int | None
+
+    def __call__(self, plan: BatchIndices):
+        from robust_vision.data.batch import Batch
+        from robust_vision.data.sources import array_backed, read_batch
+
+        src = self.source
+        if array_backed(src) and self.image_size is None and self.channels is None:
+            images = read_batch(src, plan.indices)  # one read of the array / memmap
+        else:
+            images = np.stack([preprocess(src._read(int(i)), self.image_size, self.channels) for i in plan.indices])
+        return Batch(images, src.labels[plan.indices].astype(np.int32), plan.mask)
+
+
+def _stream(source, order: np.ndarray, batch_size: int, shard_index, shard_count, workers: int, threads: int,
+            image_size, channels):
+    import grain
+
+    index, count = _default_shard(shard_index, shard_count)
+    if batch_size % count:
+        raise ValueError(f"batch_size: got {batch_size}; it must be a multiple of the {count} processes reading it")
+    plan = _BatchPlan(np.asarray(order, np.int64), int(batch_size), index, count)
+    size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
+    dataset = grain.MapDataset.source(plan).map(_BatchReader(source, size, channels))
+    stream = dataset.to_iter_dataset(grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=max(2, 2 * threads)))
+    if workers > 0:
+        stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
+    return iter(stream)
+
+
+def train_batches(source, batch_size: int, seed: int, epoch: int, *, shard_index: int | None = None,
+                  shard_count: int | None = None, workers: int = 0, threads: int = 1,
+                  image_size: tuple[int, int] | None = None, channels: int | None = None):
+    """The training batches of one epoch, as ``robust_vision.data.batch.Batch`` es.
+
+    Order: ``epoch_permutation(seed, epoch, len(source))`` cut into global batches of
+    ``batch_size`` (the last padded by repeating its own indices, ``mask`` 0 there), exactly as
+    ``batch_indices`` does, so the order is a pure function of (seed, epoch) and ``--resume``
+    sees the same batches. Process ``shard_index`` of ``shard_count`` (default: this JAX process)
+    gets rows ``[i * B / P, (i + 1) * B / P)`` of every global batch, so the processes together
+    read each record exactly once and their batches concatenate to the 1-process batch.
+    Images keep the source's dtype (uint8 for files / prepared shards): convert on device with
+    ``to_unit_float``. ``workers`` > 0 decodes in that many worker processes."""
+    order = epoch_permutation(seed, epoch, len(source))
+    return _stream(source, order, batch_size, shard_index, shard_count, workers, threads, image_size, channels)
+
+
+def eval_batches(source, batch_size: int, *, shard_index: int | None = None, shard_count: int | None = None,
+                 workers: int = 0, threads: int = 1, image_size: tuple[int, int] | None = None,
+                 channels: int | None = None):
+    """Every record of ``source`` once, in order, in fixed-size masked batches (see train_batches)."""
+    return _stream(source, np.arange(len(source)), batch_size, shard_index, shard_count, workers, threads,
+                   image_size, channels)

@@ -23,8 +23,10 @@ from tqdm.auto import tqdm
 
 from robust_vision.config import Config, ConfigError, config_to_dict, save_config
 from robust_vision.data.datasets import Dataset, Split, load_dataset
-from robust_vision.data.pipeline import (batch_indices, check_batch_divisible, data_mesh, epoch_permutation,
-                                         num_batches, replicate, shard_batch)
+from robust_vision.data.batch import to_unit_float
+from robust_vision.data.pipeline import (check_batch_divisible, data_mesh, num_batches, replicate, shard_batch,
+                                         train_batches)
+from robust_vision.data.sources import ArraySource, SourceInfo
 from robust_vision.evaluation.batched import collect_per_example
 from robust_vision.evaluation.metrics import summarize
 from robust_vision.losses import make_loss
@@ -203,6 +205,8 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
         f"({jax.devices()[0].platform}); {steps_per_epoch} steps/epoch")
 
     state = replicate(mesh, state)
+    train_source = ArraySource(dataset.train.images, dataset.train.labels, SourceInfo(
+        dataset.num_classes, dataset.class_names, dataset.image_shape, f"{dataset.name} train split"))
     train_step = make_train_step(parts, tx, make_loss(tcfg), tcfg, extra_loss=make_regularizer(tcfg.regularizers),
                                  **adversarial_hooks(tcfg.adversarial))
     eval_step = make_eval_step(parts)
@@ -210,15 +214,15 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
 
     for epoch in range(start_epoch, tcfg.epochs + 1):
         t0 = time.perf_counter()
-        order = epoch_permutation(tcfg.seed, epoch, n_train)
         epoch_key = jax.random.fold_in(base_key, epoch)
         outputs, masks = [], []
         bar = tqdm(total=steps_per_epoch, desc=f"Epoch {epoch}/{tcfg.epochs}", leave=False,
                    disable=not tcfg.progress_bar, unit="step")
-        for i, batch in enumerate(batch_indices(n_train, tcfg.batch_size, order)):
-            x, y, m = shard_batch(mesh, dataset.train.images[batch.indices], dataset.train.labels[batch.indices],
-                                  batch.mask)
-            state, per_ex = train_step(state, x, y, m, jax.random.fold_in(epoch_key, i))
+        # Batches stream from the input pipeline (the order is epoch_permutation(seed, epoch), as
+        # before); uint8 sources become float32 [0, 1] on device, float arrays pass unchanged.
+        for i, batch in enumerate(train_batches(train_source, tcfg.batch_size, tcfg.seed, epoch)):
+            x, y, m = shard_batch(mesh, batch.images, batch.labels, batch.mask)
+            state, per_ex = train_step(state, to_unit_float(x), y, m, jax.random.fold_in(epoch_key, i))
             outputs.append(per_ex)
             masks.append(batch.mask)
             bar.update(1)

@@ -1,0 +1,645 @@
+"""Random-access record sources: one per dataset layout, read lazily by index.
+
+A *record source* is a sequence of examples: ``len(source)`` and ``source[i] -> (image, label)``
+with ``image`` a uint8 (H, W, C) array (C = 1 or 3; float32 (H, W, C) in [0, 1] only for
+in-memory float arrays such as digits) and ``label`` an int. ``source.labels`` (N,) int32 holds
+every label without decoding any image (needed for stratified hold-outs and class counts), and
+``source.info`` (:class:`SourceInfo`) says what the source is and where it came from.
+
+Images are decoded only when indexed, so opening a source costs a directory listing (or an
+archive's table of contents, or a memory map), never a decode of the whole dataset, and only
+the splits asked for are opened. The layouts (see docs/DATA.md for trees):
+
+=================  ==============================================================================
+``digits``         scikit-learn's bundled 8x8 digits (a pool, no files)
+``image_folder``   ``<class>/*.png|jpg`` (a pool) or ``train/ val/ test/`` of class folders; a
+                   directory or a .zip; an archive holding only one split (e.g. only ``test/``)
+                   *is* that split
+``cifar10``        CIFAR-10 python batches (``data_batch_1..5``, ``test_batch``)
+``cifar100``       CIFAR-100 python batches (``train``, ``test``, ``meta``); fine labels, or coarse
+                   with ``coarse=True``
+``cifar10_c``      CIFAR-10-C / CIFAR-100-C: ``<corruption>.npy`` (5 severities x N stacked) and
+                   ``labels.npy``; one source per (corruption, severity), see :func:`corruption_sources`
+``imagenet_c``     ImageNet-C / Tiny-ImageNet-C: ``<corruption>/<severity>/<wnid>/*.JPEG``
+``tiny_imagenet``  Tiny-ImageNet-200: ``wnids.txt``, ``train/<wnid>/images/``, ``val/images/`` +
+                   ``val_annotations.txt`` (the labelled val images are the test split)
+``mnist``          IDX files (raw or .gz)
+``npz``            ``x``/``y`` (a pool) or ``x_train``/``y_train``/``x_test``/``y_test``[/``x_val``...]
+``prepared``       the output of ``robust-vision-data prepare``: ``<split>/images.npy`` (uint8
+                   N,H,W,C memmap), ``<split>/labels.npy``, ``meta.json``
+=================  ==============================================================================
+
+:func:`open_splits` turns a ``DataConfig`` into train / val / test sources, holding part of a
+split out where the layout has no fixed one; every hold-out is written into the description
+(printed by :func:`describe_splits`), never silent. Every input problem raises
+:class:`~robust_vision.data.datasets.DatasetError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import zipfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+
+import numpy as np
+
+from robust_vision.data.datasets import (CIFAR10_CLASSES, SPLIT_NAMES, DatasetError, _IDX_IMAGES, _IDX_LABELS,
+                                         _find_idx, _partition, _read_cifar_batch, _str_keys, read_idx,
+                                         restricted_pickle_load)
+
+if TYPE_CHECKING:
+    from robust_vision.config import DataConfig
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+_GRAY_MODES = ("1", "L", "LA", "F")
+_GRAY16_MODES = ("I", "I;16", "I;16B", "I;16L")
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What a source is. ``image_shape`` (H, W, C) when every image has it, else None (mixed
+    sizes: set ``image_size``); ``description`` says where it came from and its size."""
+
+    num_classes: int
+    class_names: tuple[str, ...]
+    image_shape: Optional[tuple[int, int, int]]
+    description: str
+
+
+class RecordSource:
+    """Base of all sources: ``labels`` (N,) int32 and ``info``; subclasses implement ``_read(i)``.
+
+    Sources are picklable (archives are reopened lazily in each worker process)."""
+
+    labels: np.ndarray
+    info: SourceInfo
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        index = int(index)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"record {index} of a source with {len(self)} records")
+        return self._read(index % len(self)), int(self.labels[index])
+
+    def _read(self, index: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def with_description(self, description: str) -> "RecordSource":
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.info = replace(self.info, description=description)
+        return clone
+
+
+class ArraySource(RecordSource):
+    """Images of an array (in memory or a ``np.load(mmap_mode='r')`` memory map): uint8
+    (N, H, W[, C]) or float32 (N, H, W[, C]) in [0, 1]; only the indexed rows are read."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, info: SourceInfo):
+        if images.ndim not in (3, 4) or len(images) != len(labels):
+            raise DatasetError(f"{info.description}: {len(labels)} labels for images of shape {images.shape}; "
+                               "expected (N, H, W[, C]) images and N labels (mismatched label file?)")
+        self.images = images
+        self.labels = np.asarray(labels, np.int32)
+        self.info = info
+
+    def _read(self, index: int) -> np.ndarray:
+        image = np.asarray(self.images[index])
+        return image[..., None] if image.ndim == 2 else image
+
+    def read_batch(self, indices: np.ndarray) -> np.ndarray:
+        """Rows ``indices`` as one (B, H, W, C) array (one fancy-indexed read of the array / memmap)."""
+        images = np.asarray(self.images[np.asarray(indices)])
+        return images[..., None] if images.ndim == 3 else images
+
+
+class FileSource(RecordSource):
+    """Image files (PNG / JPEG / BMP) in a directory or a .zip, decoded when indexed.
+
+    ``names`` are paths relative to ``root`` (a directory) or member names of ``root`` (a zip)."""
+
+    def __init__(self, root: Path, names: Sequence[str], labels: np.ndarray, info: SourceInfo):
+        self.root = Path(root)
+        self.names = list(names)
+        self.labels = np.asarray(labels, np.int32)
+        self.info = info
+        self._zip: Optional[zipfile.ZipFile] = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_zip"] = None  # a ZipFile handle does not cross processes; reopen there
+        return state
+
+    def _bytes(self, name: str) -> bytes:
+        if self.root.is_dir():
+            return (self.root / name).read_bytes()
+        if self._zip is None:
+            self._zip = zipfile.ZipFile(self.root)
+        return self._zip.read(name)
+
+    def _read(self, index: int) -> np.ndarray:
+        name = self.names[index]
+        try:
+            return decode_image(self._bytes(name))
+        except DatasetError:
+            raise
+        except Exception as exc:  # PIL raises several types for truncated / foreign files
+            raise DatasetError(f"cannot decode '{self.root}/{name}' ({type(exc).__name__}: {exc}); expected a PNG "
+                               "or JPEG image, remove or replace the file") from None
+
+
+class SubsetSource(RecordSource):
+    """The records ``indices`` of another source (a hold-out, a class filter, a severity)."""
+
+    def __init__(self, base: RecordSource, indices: np.ndarray, info: SourceInfo,
+                 relabel: Optional[np.ndarray] = None):
+        self.base = base
+        self.indices = np.asarray(indices, np.int64)
+        labels = base.labels[self.indices]
+        self.labels = (relabel[labels] if relabel is not None else labels).astype(np.int32)
+        self.info = info
+
+    def _read(self, index: int) -> np.ndarray:
+        return self.base._read(int(self.indices[index]))
+
+    def read_batch(self, indices: np.ndarray) -> np.ndarray:
+        return read_batch(self.base, self.indices[np.asarray(indices)])
+
+
+def array_backed(source: RecordSource) -> bool:
+    """Whether the records live in one array (rows of equal shape that can be read in one go)."""
+    while isinstance(source, SubsetSource):
+        source = source.base
+    return isinstance(source, ArraySource)
+
+
+def read_batch(source: RecordSource, indices: np.ndarray) -> np.ndarray:
+    """The images of records ``indices`` stacked (B, H, W, C); array sources read them in one go.
+    Images of different sizes cannot be stacked: resize them first (see ``pipeline.preprocess``)."""
+    if array_backed(source):
+        return source.read_batch(indices)  # type: ignore[attr-defined]
+    return np.stack([source._read(int(i)) for i in indices])
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Encoded image bytes -> uint8 (H, W, C): gray stays 1 channel, everything else RGB;
+    16-bit gray is scaled (not clipped) to 0..255."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        if im.mode in _GRAY16_MODES:
+            arr = np.asarray(im, dtype=np.float64) / 65535.0
+            return np.rint(arr * 255.0).astype(np.uint8)[..., None]
+        if im.mode in _GRAY_MODES:
+            return np.asarray(im.convert("L"))[..., None]
+        return np.asarray(im.convert("RGB"))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _info(names: Sequence[str], shape: Optional[tuple[int, ...]], description: str) -> SourceInfo:
+    return SourceInfo(num_classes=len(names), class_names=tuple(names),
+                      image_shape=None if shape is None else tuple(int(s) for s in shape), description=description)
+
+
+def _shape_of(images: np.ndarray) -> tuple[int, int, int]:
+    return tuple(images.shape[1:3]) + ((images.shape[3],) if images.ndim == 4 else (1,))  # type: ignore[return-value]
+
+
+def _need(path: Optional[str], layout: str, what: str) -> Path:
+    if path is None:
+        raise DatasetError(f"{layout}: data.data_dir is not set; set data.data_dir (or --data) to {what}")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DatasetError(f"{layout}: '{p}' does not exist; expected {what}")
+    return p
+
+
+def _missing_split(layout: str, split: str, where: Path, have: Sequence[str]) -> DatasetError:
+    return DatasetError(f"{layout}: '{where}' has no {split} split (it has: {', '.join(have) or 'nothing'}); "
+                        f"choose one of those splits or point to a source that has {split}")
+
+
+# A layout reader returns the fixed parts of a source: {"train"|"val"|"test"|"pool": source}.
+# ``wanted`` names the splits the caller needs, so readers skip files of the others.
+_Parts = dict[str, RecordSource]
+
+
+def _digits(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = (bunch.images / 16.0).astype(np.float32)  # counts 0..16 -> [0, 1], exactly as load_dataset
+    names = tuple(str(int(t)) for t in bunch.target_names)
+    return {"pool": ArraySource(images, bunch.target, _info(names, _shape_of(images),
+                                                            f"sklearn digits: {len(images)} images"))}
+
+
+def _list_archive(root: Path) -> list[str]:
+    """Relative paths (posix) of every image file under a directory or inside a zip."""
+    if root.is_file():
+        if not zipfile.is_zipfile(root):
+            raise DatasetError(f"image_folder: '{root}' is a file but not a .zip archive; expected a directory with "
+                               "one sub-folder per class, or a .zip of one")
+        with zipfile.ZipFile(root) as z:
+            names = [i.filename for i in z.infolist() if not i.is_dir()]
+    else:
+        names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+    keep = []
+    for n in names:
+        parts = PurePosixPath(n).parts
+        if parts and parts[0] != "__MACOSX" and not any(p.startswith(".") for p in parts) \
+                and parts[-1].lower().endswith(IMAGE_SUFFIXES):
+            keep.append(n)
+    return sorted(keep)
+
+
+def _split_folder_name(name: str) -> Optional[str]:
+    return {"train": "train", "val": "val", "validation": "val", "test": "test"}.get(name.lower())
+
+
+def _image_folder(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
+    expected = "a directory (or .zip) with one sub-folder of PNG/JPEG images per class, or train/ val/ test/ of those"
+    root = _need(path, "image_folder", expected)
+    files = _list_archive(root)
+    if not files:
+        raise DatasetError(f"image_folder: found no PNG/JPEG/BMP images in '{root}'; expected {expected}")
+    parts = [PurePosixPath(f).parts for f in files]
+    # Strip wrapper folders (an archive usually holds one top-level folder) unless that folder is a split name.
+    depth = 0
+    while len({p[depth] for p in parts}) == 1 and min(len(p) for p in parts) >= depth + 3 \
+            and _split_folder_name(parts[0][depth]) is None:
+        depth += 1
+    tops = {p[depth] for p in parts}
+    splits = {t: _split_folder_name(t) for t in tops}
+    fixed = all(s is not None for s in splits.values()) and min(len(p) for p in parts) >= depth + 3
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(parts):
+        key = splits[p[depth]] if fixed else "pool"
+        groups.setdefault(key, []).append(i)
+    cls_at = depth + 1 if fixed else depth
+    for i, p in enumerate(parts):
+        if len(p) < cls_at + 2:
+            raise DatasetError(f"image_folder: '{files[i]}' in '{root}' is not inside a class folder; expected {expected}")
+    names = sorted({p[cls_at] for p in parts})
+    index = {n: k for k, n in enumerate(names)}
+    out: _Parts = {}
+    kind = "zip" if root.is_file() else "directory"
+    for key, idx in groups.items():
+        labels = np.array([index[parts[i][cls_at]] for i in idx], np.int32)
+        where = f"{'/'.join(parts[idx[0]][:cls_at]) + '/' if cls_at else ''}"
+        desc = f"image_folder {kind} '{root}'{' ' + where if where else ''}: {len(idx)} images, {len(names)} classes"
+        out[key] = FileSource(root, [files[i] for i in idx], labels, _info(names, None, desc))
+    return out
+
+
+def _cifar_folder(root: Path, sub: str) -> Path:
+    return root / sub if (root / sub).is_dir() else root
+
+
+def _cifar10(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
+    expected = "the directory holding the CIFAR-10 python batches (data_batch_1..5, test_batch)"
+    folder = _cifar_folder(_need(path, "cifar10", expected), "cifar-10-batches-py")
+    batches = [folder / f"data_batch_{i}" for i in range(1, 6)]
+    batches = batches[:next((i for i, b in enumerate(batches) if not b.is_file()), 5)]
+    if not batches or not (folder / "test_batch").is_file():
+        raise DatasetError(f"cifar10: expected data_batch_1..5 and test_batch in '{folder}' "
+                           "(the python-pickle CIFAR-10 batches); not found")
+    names = CIFAR10_CLASSES
+    if (folder / "batches.meta").is_file():
+        meta = _str_keys(restricted_pickle_load(folder / "batches.meta"), folder / "batches.meta")
+        if "label_names" in meta:
+            names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"])
+    out: _Parts = {}
+    if wanted & {"train", "val"}:
+        pairs = [_read_cifar_batch(b) for b in batches]
+        x, y = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+        out["train"] = ArraySource(x, y, _info(names, x.shape[1:], f"cifar10 '{folder}' data_batch_1..{len(batches)}: "
+                                                                   f"{len(y)} images"))
+    if "test" in wanted:
+        x, y = _read_cifar_batch(folder / "test_batch")
+        out["test"] = ArraySource(x, y, _info(names, x.shape[1:], f"cifar10 '{folder}/test_batch': {len(y)} images"))
+    return out
+
+
+def _cifar100(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
+    expected = "the directory holding the CIFAR-100 python files (train, test, meta)"
+    folder = _cifar_folder(_need(path, "cifar100", expected), "cifar-100-python")
+    if not (folder / "train").is_file() or not (folder / "test").is_file():
+        raise DatasetError(f"cifar100: expected the files train and test (and meta) in '{folder}' "
+                           "(the python-pickle CIFAR-100 release); not found")
+    key = "coarse_labels" if coarse else "fine_labels"
+    names: tuple[str, ...] = tuple(str(i) for i in range(20 if coarse else 100))
+    if (folder / "meta").is_file():
+        meta = _str_keys(restricted_pickle_load(folder / "meta"), folder / "meta")
+        nk = "coarse_label_names" if coarse else "fine_label_names"
+        if nk in meta:
+            names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[nk])
+    out: _Parts = {}
+    for split, file in (("train", "train"), ("test", "test")):
+        if split not in wanted and not (split == "train" and "val" in wanted):
+            continue
+        d = _str_keys(restricted_pickle_load(folder / file), folder / file)
+        data = np.asarray(d.get("data"))
+        labels = np.asarray(d.get(key, []))
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (len(data),):
+            raise DatasetError(f"cifar100: '{folder / file}' has data {data.dtype} {data.shape} and {labels.size} "
+                               f"{key}; expected uint8 (N, 3072) and N labels")
+        x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        out[split] = ArraySource(x, labels, _info(names, (32, 32, 3), f"cifar100 '{folder / file}' ({key}): "
+                                                                       f"{len(labels)} images"))
+    return out
+
+
+def _mnist(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
+    expected = "the directory holding the MNIST IDX files (train-/t10k- images-idx3-ubyte, labels-idx1-ubyte)"
+    root = _need(path, "mnist", expected)
+    for folder in (root, root / "raw", root / "MNIST" / "raw"):
+        found = {p: (_find_idx(folder, f"{p}-images-idx3-ubyte"), _find_idx(folder, f"{p}-labels-idx1-ubyte"))
+                 for p in ("train", "t10k")}
+        found = {p: v for p, v in found.items() if v[0] and v[1]}
+        if found:
+            break
+    else:
+        raise DatasetError(f"mnist: expected the IDX files t10k-images-idx3-ubyte + t10k-labels-idx1-ubyte and/or "
+                           f"train-images-idx3-ubyte + train-labels-idx1-ubyte (raw or .gz) in '{root}'; not found")
+    roles = {"train": "train", "t10k": "test"} if len(found) == 2 else {next(iter(found)): "pool"}
+    names = tuple(str(i) for i in range(10))
+    out: _Parts = {}
+    for prefix, role in roles.items():
+        if role == "train" and not wanted & {"train", "val"} or role == "test" and "test" not in wanted:
+            continue
+        img_path, lbl_path = found[prefix]
+        x, y = read_idx(img_path, _IDX_IMAGES), read_idx(lbl_path, _IDX_LABELS)
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise DatasetError(f"mnist: '{img_path}' holds {x.shape} and '{lbl_path}' {y.shape}; expected (N, H, W) "
+                               "images and (N,) labels with the same N (mismatched label file?)")
+        out[role] = ArraySource(x, y, _info(names, _shape_of(x), f"mnist '{img_path}': {len(y)} images"))
+    return out
+
+
+def _npz(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
+    expected = "a .npz with x (N, H, W[, C]) and y (N,), or x_train, y_train, x_test, y_test[, x_val, y_val]"
+    p = _need(path, "npz", expected)
+    try:
+        z = np.load(p, allow_pickle=False)
+        files = set(z.files)
+    except Exception as exc:
+        raise DatasetError(f"npz: cannot read '{p}' ({type(exc).__name__}: {exc}); expected {expected}") from None
+    names_arr = z["class_names"] if "class_names" in files else None
+    roles = {"pool": ("x", "y")} if {"x", "y"} <= files and "x_train" not in files else \
+        {k: (f"x_{k}", f"y_{k}") for k in SPLIT_NAMES if f"x_{k}" in files}
+    if not roles:
+        raise DatasetError(f"npz: '{p}' has arrays {sorted(files)}; expected {expected}")
+    out: _Parts = {}
+    labels_all = {}
+    for role, (xk, yk) in roles.items():
+        if yk not in files:
+            raise DatasetError(f"npz: '{p}' has '{xk}' but no '{yk}'; expected labels (N,) next to every image array")
+        labels_all[role] = np.ravel(z[yk])
+    top = max(int(v.max()) + 1 if v.size else 1 for v in labels_all.values())
+    names = tuple(str(n) for n in np.ravel(names_arr)) if names_arr is not None else tuple(str(i) for i in range(top))
+    for role, (xk, yk) in roles.items():
+        if role != "pool" and role not in wanted and not (role == "train" and "val" in wanted):
+            continue
+        x, y = z[xk], labels_all[role]
+        if y.size and (y.min() < 0 or y.max() >= len(names)):
+            raise DatasetError(f"npz: '{p}' {yk} spans {int(y.min())}..{int(y.max())}; expected 0..{len(names) - 1}")
+        out[role] = ArraySource(x, y, _info(names, _shape_of(x), f"npz '{p}' {xk}: {len(y)} images"))
+    return out
+
+
+def _read_wnids(path: Path) -> list[str]:
+    return [w.strip() for w in path.read_text().split() if w.strip()]
+
+
+def _tiny_imagenet(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
+    expected = "the tiny-imagenet-200 directory (wnids.txt, train/<wnid>/images/, val/images/ + val_annotations.txt)"
+    root = _need(path, "tiny_imagenet", expected)
+    root = root / "tiny-imagenet-200" if (root / "tiny-imagenet-200").is_dir() else root
+    if not (root / "wnids.txt").is_file():
+        raise DatasetError(f"tiny_imagenet: no wnids.txt in '{root}'; expected {expected}")
+    wnids = sorted(_read_wnids(root / "wnids.txt"))  # sorted, as ImageFolder and Tiny-ImageNet-C order them
+    index = {w: i for i, w in enumerate(wnids)}
+    out: _Parts = {}
+    if wanted & {"train", "val"}:
+        names, labels = [], []
+        for w in wnids:
+            files = sorted(p.name for p in (root / "train" / w / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            names += [f"train/{w}/images/{f}" for f in files]
+            labels += [index[w]] * len(files)
+        if not names:
+            raise DatasetError(f"tiny_imagenet: no images in '{root}/train/<wnid>/images/'; expected {expected}")
+        out["train"] = FileSource(root, names, np.array(labels), _info(
+            wnids, (64, 64, 3), f"tiny_imagenet '{root}/train': {len(names)} images, {len(wnids)} classes"))
+    if "test" in wanted:
+        ann = root / "val" / "val_annotations.txt"
+        if not ann.is_file():
+            raise DatasetError(f"tiny_imagenet: no '{ann}'; expected {expected}")
+        names, labels = [], []
+        for line_no, line in enumerate(ann.read_text().splitlines(), 1):
+            cols = line.split("\t")
+            if not line.strip():
+                continue
+            if len(cols) < 2 or cols[1] not in index:
+                raise DatasetError(f"tiny_imagenet: '{ann}' line {line_no} names class {cols[1] if len(cols) > 1 else '?'!r} "
+                                   "that is not in wnids.txt (mismatched label file)")
+            if not (root / "val" / "images" / cols[0]).is_file():
+                raise DatasetError(f"tiny_imagenet: '{ann}' line {line_no} names '{cols[0]}', which is not in "
+                                   f"'{root}/val/images' (mismatched label file)")
+            names.append(f"val/images/{cols[0]}")
+            labels.append(index[cols[1]])
+        out["test"] = FileSource(root, names, np.array(labels, np.int32), _info(
+            wnids, (64, 64, 3), f"tiny_imagenet '{ann.parent}' (the labelled val images, used as test): "
+                                f"{len(names)} images"))
+    return out
+
+
+def _prepared(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
+    expected = "a directory written by `robust-vision-data prepare` (meta.json, <split>/images.npy, <split>/labels.npy)"
+    root = _need(path, "prepared", expected)
+    if not (root / "meta.json").is_file():
+        raise DatasetError(f"prepared: no meta.json in '{root}'; expected {expected}")
+    meta = json.loads((root / "meta.json").read_text())
+    names = tuple(meta["class_names"])
+    out: _Parts = {}
+    for split, entry in meta["splits"].items():
+        if split not in wanted:
+            continue
+        x = np.load(root / split / "images.npy", mmap_mode="r")
+        y = np.load(root / split / "labels.npy")
+        out[split] = ArraySource(x, y, _info(names, x.shape[1:], f"prepared '{root}/{split}' "
+                                                                 f"({entry.get('from', '?')}): {len(y)} images"))
+    return out
+
+
+LAYOUTS = {"digits": _digits, "image_folder": _image_folder, "cifar10": _cifar10, "cifar100": _cifar100,
+           "mnist": _mnist, "npz": _npz, "tiny_imagenet": _tiny_imagenet, "prepared": _prepared}
+
+
+def detect_layout(path: str) -> str:
+    """The layout of a file or directory, from the files it holds (for ``--data`` without ``--dataset``)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DatasetError(f"--data: '{p}' does not exist; pass a dataset directory, .zip or .npz")
+    if p.is_file():
+        if p.suffix == ".npz":
+            return "npz"
+        if zipfile.is_zipfile(p):
+            return "image_folder"
+    else:
+        cifar10 = _cifar_folder(p, "cifar-10-batches-py")
+        cifar100 = _cifar_folder(p, "cifar-100-python")
+        tiny = p / "tiny-imagenet-200" if (p / "tiny-imagenet-200").is_dir() else p
+        checks = [("prepared", (p / "meta.json").is_file() and any((p / s / "images.npy").is_file() for s in SPLIT_NAMES)),
+                  ("cifar10", (cifar10 / "test_batch").is_file()),
+                  ("cifar100", (cifar100 / "test").is_file() and (cifar100 / "meta").is_file()),
+                  ("tiny_imagenet", (tiny / "wnids.txt").is_file()),
+                  ("mnist", any(_find_idx(d, "t10k-images-idx3-ubyte") or _find_idx(d, "train-images-idx3-ubyte")
+                                for d in (p, p / "raw", p / "MNIST" / "raw"))),
+                  ("image_folder", any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.rglob("*")))]
+        for name, ok in checks:
+            if ok:
+                return name
+    raise DatasetError(f"'{p}' matches no known layout (image_folder dir/zip, cifar10, cifar100, mnist, npz, "
+                       "tiny_imagenet, prepared); see docs/DATA.md, or pass --dataset NAME")
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def _hold_out(src: RecordSource, fraction: float, seed: int, held_name: str, from_name: str) -> tuple[RecordSource, RecordSource]:
+    n_held = math.ceil(fraction * len(src))
+    rest, held = _partition(src.labels, n_held, seed)
+    base = src.info.description
+    held_src = SubsetSource(src, np.sort(held), replace(src.info, description=(
+        f"{len(held)} images HELD OUT of [{base}] (data.{held_name}_fraction={fraction:g}, stratified, "
+        f"split_seed={seed})")))
+    rest_src = SubsetSource(src, np.sort(rest), replace(src.info, description=(
+        f"{len(rest)} images left of [{base}] after holding out {held_name}")))
+    return rest_src, held_src
+
+
+def _filter_classes(src: RecordSource, classes: Sequence[int]) -> RecordSource:
+    keep = [int(c) for c in classes]
+    n = src.info.num_classes
+    if not keep or any(not 0 <= c < n for c in keep) or len(set(keep)) != len(keep):
+        raise DatasetError(f"data.classes: got {list(classes)!r}; expected distinct labels in 0..{n - 1}")
+    relabel = np.full(n, -1, np.int32)
+    relabel[keep] = np.arange(len(keep), dtype=np.int32)
+    idx = np.flatnonzero(relabel[src.labels] >= 0)
+    names = tuple(src.info.class_names[c] for c in keep)
+    return SubsetSource(src, idx, replace(src.info, num_classes=len(keep), class_names=names,
+                                          description=f"{src.info.description}; classes {keep} -> {len(idx)} images"),
+                        relabel=relabel)
+
+
+def open_splits(cfg: "DataConfig", splits: Sequence[str] = SPLIT_NAMES, *, coarse: bool = False) -> dict[str, RecordSource]:
+    """The sources of the requested splits of ``cfg.dataset_name`` at ``cfg.data_dir``.
+
+    Fixed splits of the layout are used as they are; a missing test split is held out of the
+    pool (``test_fraction``), a missing val split out of train (``val_fraction``), stratified and
+    seeded by ``split_seed`` with the same partition as :func:`load_dataset`. A requested split
+    that the layout cannot provide (e.g. ``train`` of a test-only archive) is a DatasetError.
+    """
+    try:
+        reader = LAYOUTS[cfg.dataset_name]
+    except KeyError:
+        raise DatasetError(f"data.dataset_name: unknown layout {cfg.dataset_name!r} for streaming; valid names: "
+                           f"{', '.join(sorted(LAYOUTS))}") from None
+    wanted = set(splits)
+    for s in wanted:
+        if s not in SPLIT_NAMES:
+            raise DatasetError(f"unknown split {s!r}; expected one of {', '.join(SPLIT_NAMES)}")
+    parts = reader(cfg.data_dir, wanted, coarse)
+    if cfg.classes is not None:
+        parts = {k: _filter_classes(v, cfg.classes) for k, v in parts.items()}
+    seed = cfg.split_seed
+    if "pool" in parts:
+        pool = parts.pop("pool")
+        parts["train"], parts["test"] = _hold_out(pool, cfg.test_fraction, seed, "test", "train")
+    if "val" not in parts and "val" in wanted and "train" in parts:
+        parts["train"], parts["val"] = _hold_out(parts["train"], cfg.val_fraction, seed, "val", "train")
+    if "train" in parts and cfg.max_train_examples is not None and cfg.max_train_examples < len(parts["train"]):
+        train = parts["train"]
+        _, kept = _partition(train.labels, cfg.max_train_examples, seed)
+        parts["train"] = SubsetSource(train, np.sort(kept), replace(train.info, description=(
+            f"{train.info.description}; capped to {cfg.max_train_examples} (data.max_train_examples)")))
+    missing = [s for s in splits if s not in parts]
+    if missing:
+        raise _missing_split(cfg.dataset_name, missing[0], Path(str(cfg.data_dir)), sorted(parts))
+    return {s: parts[s] for s in splits}
+
+
+def describe_splits(sources: dict[str, RecordSource]) -> list[str]:
+    """One line per split: its name, size and where it came from (print these on every run)."""
+    return [f"  {name:5s} {len(src):>8d} images  {src.info.description}" for name, src in sources.items()]
+
+
+def open_split(path: str, dataset_name: Optional[str], split: str, **cfg_overrides) -> RecordSource:
+    """One split of the source at ``path`` (layout detected when ``dataset_name`` is None)."""
+    from robust_vision.config import DataConfig
+
+    name = dataset_name or detect_layout(path)
+    cfg = DataConfig(dataset_name=name, data_dir=path, **cfg_overrides)
+    return open_splits(cfg, (split,))[split]
+
+
+# --------------------------------------------------------------------------- published corruptions
+
+
+def corruption_sources(path: str, suite: str) -> Iterator[tuple[str, int, RecordSource]]:
+    """Yield (corruption, severity 1..5, source) of a published corruption set, sorted by corruption.
+
+    ``suite`` ``cifar10-c`` / ``cifar100-c``: a folder of ``<corruption>.npy`` (5 x N images
+    stacked by severity, uint8 N,32,32,3, memory-mapped) and ``labels.npy`` (N or 5 x N labels).
+    ``suite`` ``imagenet-c`` / ``tiny-imagenet-c``: a tree ``<corruption>/<severity>/<wnid>/*.JPEG``
+    (class index = position of the wnid among the sorted wnids of the tree).
+    """
+    root = _need(path, suite, "a CIFAR-10-C folder or an ImageNet-C tree")
+    if suite in ("cifar10-c", "cifar100-c"):
+        if not (root / "labels.npy").is_file():
+            raise DatasetError(f"{suite}: no labels.npy in '{root}'; expected <corruption>.npy files and labels.npy")
+        labels = np.load(root / "labels.npy")
+        files = sorted(f for f in root.glob("*.npy") if f.name != "labels.npy")
+        if not files:
+            raise DatasetError(f"{suite}: no <corruption>.npy files in '{root}'")
+        k = 10 if suite == "cifar10-c" else 100
+        names = CIFAR10_CLASSES if k == 10 else tuple(str(i) for i in range(k))
+        for f in files:
+            images = np.load(f, mmap_mode="r")
+            if images.ndim != 4 or len(images) % 5 or len(labels) not in (len(images), len(images) // 5):
+                raise DatasetError(f"{suite}: '{f}' holds {images.shape[0]} images and labels.npy {len(labels)} labels; "
+                                   "expected 5 x N images (severities 1..5 stacked) and N or 5 x N labels "
+                                   "(mismatched label file)")
+            n = len(images) // 5
+            for sev in range(1, 6):
+                lab = labels[(sev - 1) * n: sev * n] if len(labels) == len(images) else labels
+                sl = images[(sev - 1) * n: sev * n]
+                yield f.stem, sev, ArraySource(sl, lab, _info(names, sl.shape[1:],
+                                                              f"{suite} '{f}' severity {sev}: {n} images"))
+        return
+    if suite in ("imagenet-c", "tiny-imagenet-c"):
+        corruptions = sorted(d for d in root.iterdir() if d.is_dir() and any(s.name in "12345" for s in d.iterdir()))
+        if not corruptions:
+            raise DatasetError(f"{suite}: '{root}' has no <corruption>/<severity>/<wnid>/ folders")
+        wnids = sorted({w.name for c in corruptions for s in c.iterdir() if s.is_dir() for w in s.iterdir() if w.is_dir()})
+        index = {w: i for i, w in enumerate(wnids)}
+        for c in corruptions:
+            for sev in range(1, 6):
+                d = c / str(sev)
+                if not d.is_dir():
+                    continue
+                files = sorted(f.relative_to(root).as_posix() for f in d.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+                labels = np.array([index[PurePosixPath(f).parts[2]] for f in files], np.int32)
+                yield c.name, sev, FileSource(root, files, labels, _info(wnids, None, f"{suite} '{d}': {len(files)} images"))
+        return
+    raise DatasetError(f"--suite: unknown published suite {suite!r}; expected cifar10-c, cifar100-c, imagenet-c or "
+                       "tiny-imagenet-c")
