@@ -102,7 +102,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset_name: str = _f("digits", help="dataset registry name: digits, mnist, cifar10, image_folder, npz")
+    dataset_name: str = _f("digits", help="dataset layout: digits, mnist, cifar10, cifar100, image_folder, npz, tiny_imagenet, prepared (docs/DATA.md)")
     data_dir: Optional[str] = _f(None, help="path of the dataset files (directory, archive or .npz); not needed for digits")
     image_size: Optional[list[int]] = _f(None, help="resize to [H, W] (an int means square); null = native size")
     channels: Optional[int] = _f(None, help="force 1 (grayscale) or 3 (RGB) channels; null = native")

@@ -692,6 +692,25 @@ def _registered(name: str, reader: Callable[["DataConfig"], _Source]) -> Callabl
     return load
 
 
+def _from_sources(layout: str) -> Callable[["DataConfig"], _Source]:
+    """A reader that decodes the record sources of ``layout`` (data/sources.py) into arrays, so
+    the eager loader covers every layout; streaming callers use the sources directly."""
+    def read(cfg: "DataConfig") -> _Source:
+        from robust_vision.data.pipeline import preprocess
+        from robust_vision.data.sources import LAYOUTS
+
+        parts = LAYOUTS[layout](cfg.data_dir, set(SPLIT_NAMES), False)
+        size = None if cfg.image_size is None else tuple(cfg.image_size)
+        arrays = {k: (np.stack([preprocess(src._read(i), size, None) for i in range(len(src))]), src.labels)
+                  for k, src in parts.items()}
+        info = next(iter(parts.values())).info
+        notes = "; ".join(f"{k}: {src.info.description}" for k, src in parts.items())
+        return _Source(class_names=info.class_names, where=str(cfg.data_dir), notes=notes, **arrays)
+
+    read.__doc__ = f"The {layout!r} layout, decoded from its record sources."
+    return read
+
+
 # Registry: dataset name -> function(DataConfig) -> Dataset.
 DATASETS: dict[str, Callable[["DataConfig"], Dataset]] = {
     "digits": _registered("digits", _read_digits),
@@ -699,6 +718,9 @@ DATASETS: dict[str, Callable[["DataConfig"], Dataset]] = {
     "mnist": _registered("mnist", _read_mnist),
     "image_folder": _registered("image_folder", _read_image_folder),
     "npz": _registered("npz", _read_npz),
+    "cifar100": _registered("cifar100", _from_sources("cifar100")),
+    "tiny_imagenet": _registered("tiny_imagenet", _from_sources("tiny_imagenet")),
+    "prepared": _registered("prepared", _from_sources("prepared")),
 }
 
 

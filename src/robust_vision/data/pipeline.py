@@ -201,6 +201,10 @@ def _stream(source, order: np.ndarray, batch_size: int, shard_index, shard_count
     dataset = grain.MapDataset.source(plan).map(_BatchReader(source, size, channels))
     stream = dataset.to_iter_dataset(grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=max(2, 2 * threads)))
     if workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags; use their defaults
+            flags.FLAGS.mark_as_parsed()
         stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
     return iter(stream)
 
