@@ -5,6 +5,8 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tests never write the user's persistent compilation cache (~/.cache/robust-vision/jax).
+os.environ.setdefault("ROBUST_VISION_CACHE_DIR", "off")
 
 from pathlib import Path  # noqa: E402
 

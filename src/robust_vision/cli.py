@@ -20,11 +20,13 @@ def _quiet_tensorflow_logs() -> None:
 
 
 def _run(main: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    from robust_vision.compile_cache import enable_compile_cache
     from robust_vision.config import ConfigError
     from robust_vision.training.checkpoint import CheckpointError
     from robust_vision.training.trainer import TrainingError
 
     try:
+        enable_compile_cache()  # every entry point; train / eval re-point it from their config
         return int(main(args) or 0)
     except (ConfigError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -59,6 +61,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides.append("training.progress_bar=false")
     cfg = load_config(args.config, overrides)
+    from robust_vision.compile_cache import enable_compile_cache
+
+    enable_compile_cache("off" if args.no_compile_cache else cfg.training.compile_cache_dir)
     result = train(cfg, resume=args.resume)
     print(f"Run directory: {result.run_dir}")
     return 0
@@ -72,6 +77,8 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     parser.add_argument("--run-dir", help="run directory (same as --override training.checkpoint_dir=DIR)")
     parser.add_argument("--no-progress", action="store_true", help="no per-epoch progress bar")
+    parser.add_argument("--no-compile-cache", dest="no_compile_cache", action="store_true",
+                        help="do not use the persistent compilation cache (ROBUST_VISION_CACHE_DIR=off)")
     return _run(_train, parser.parse_args(argv))
 
 
@@ -140,177 +147,37 @@ def _eval_config(args: argparse.Namespace):
     return load_config(config_path, overrides), args.config is not None
 
 
-def _check_model_data(model, dataset, where: str) -> None:
-    from robust_vision.evaluation.loading import check_input_shape
-
-    check_input_shape(model, dataset.image_shape, where)
-    if model.num_classes != dataset.num_classes:
-        raise ValueError(f"{model.name} predicts {model.num_classes} classes but the dataset has "
-                         f"{dataset.num_classes}; evaluate on the dataset the model was trained on")
-
-
-def _timed(timings: dict, name: str, fn: Callable):
-    import time
-
-    start = time.perf_counter()
-    out = fn()
-    timings[name] = round(time.perf_counter() - start, 2)
-    return out
-
-
-def _corruption_part(ecfg, models, logits_fns, split, image_shape, dataset, where: str) -> dict:
-    """Corruption benchmark of every model (and of the reference model, for CE / mCE)."""
-    from robust_vision.evaluation import suite
-    from robust_vision.evaluation.loading import load_trained_model
-
-    corruptions = suite.resolve_suite(ecfg.suite)
-    scale = suite.resolve_scale(ecfg.corruption_scale, image_shape)
-    key = suite.part_key(ecfg.seed, "corruptions")
-    kw = dict(corruptions=corruptions, severities=list(ecfg.severities), scale=scale, key=key,
-              batch_size=ecfg.batch_size)
-    reference = None
-    rows, summary, aggregates = [], [], []
-    if ecfg.reference_checkpoint:
-        ref_model = load_trained_model(ecfg.reference_checkpoint, None)
-        if ref_model.name in {m.name for m in models}:
-            ref_model.name = f"{ref_model.name} (reference)"
-        _check_model_data(ref_model, dataset, where)
-        reference = suite.corruption_errors(ref_model.logits_fn(), split.images, split.labels,
-                                            model_name=ref_model.name, **kw)
-    for m in models:
-        errors, m_summary, agg = suite.corruption_suite(logits_fns[m.name], split.images, split.labels,
-                                                        model_name=m.name, reference=reference, **kw)
-        rows += errors.rows()
-        summary += m_summary
-        aggregates.append(agg)
-    if reference is not None:  # the reference's own rows (CE = 1 by definition) for the figures
-        ref_summary, ref_agg = suite.corruption_summary(reference, reference)
-        rows += reference.rows()
-        summary += ref_summary
-        aggregates.append(ref_agg)
-    return {"suite": ecfg.suite, "scale": scale, "severities": list(ecfg.severities),
-            "reference": reference.model if reference else None,
-            "reference_checkpoint": ecfg.reference_checkpoint, "results": rows, "summary": summary,
-            "aggregate": aggregates}
-
-
-def _attack_part(ecfg, models, logits_fns, split) -> dict:
-    from robust_vision.evaluation import suite
-
-    n = len(split.labels) if ecfg.attack_max_examples is None else min(ecfg.attack_max_examples, len(split.labels))
-    images, labels = split.images[:n], split.labels[:n]
-    rows, sanity = [], []
-    for m in models:
-        r, s = suite.attack_suite(logits_fns[m.name], images, labels, model_name=m.name, attacks=ecfg.attacks,
-                                  eps=ecfg.attack_eps, key=suite.part_key(ecfg.seed, "attacks"),
-                                  norm=ecfg.attack_norm, steps=ecfg.attack_steps, batch_size=ecfg.batch_size,
-                                  sparse_fractions=ecfg.attack_sparse_fractions, noise_radii=ecfg.attack_noise_radii)
-        rows += r
-        sanity += s
-    return {"attacks": list(ecfg.attacks), "norm": ecfg.attack_norm, "steps": ecfg.attack_steps, "n_examples": n,
-            "results": rows, "sanity_checks": sanity}
-
-
-def _certify_part(ecfg, models, logits_fns, split) -> dict:
-    from robust_vision.evaluation import suite
-
-    n = min(ecfg.certify_max_examples, len(split.labels))
-    rows, examples = [], []
-    for m in models:
-        r, e = suite.certification(logits_fns[m.name], split.images[:n], split.labels[:n], model_name=m.name,
-                                   sigmas=ecfg.certify_sigma, key=suite.part_key(ecfg.seed, "certify"),
-                                   n0=ecfg.certify_n0, n=ecfg.certify_n, alpha=ecfg.certify_alpha,
-                                   batch_size=ecfg.batch_size)
-        rows += r
-        examples += e
-    return {"sigma": list(ecfg.certify_sigma), "n0": ecfg.certify_n0, "n": ecfg.certify_n,
-            "alpha": ecfg.certify_alpha, "n_examples": n, "examples": f"the first {n} of the {ecfg.split} split",
-            "results": rows, "per_example": examples}
-
-
-def _calibration_part(ecfg, models, logits_fns, split, dataset, noise_types, levels) -> tuple[dict, dict]:
-    from robust_vision.evaluation import suite
-
-    cal = dataset.split("val") if ecfg.split != "val" else None
-    note = None
-    if cal is None:
-        note = "evaluation split is val: no separate calibration split, temperature and conformal sets skipped"
-    elif len(cal.labels) == 0:
-        cal, note = None, "empty validation split: temperature and conformal sets skipped"
-    per_model = {}
-    for m in models:
-        per_model[m.name] = suite.calibration_tables(
-            logits_fns[m.name], None if cal is None else cal.images, None if cal is None else cal.labels,
-            split.images, split.labels, model_name=m.name, noise_types=noise_types, levels=levels,
-            seed=ecfg.seed, key=suite.part_key(ecfg.seed, "calibration"), alphas=ecfg.conformal_alpha,
-            n_bins=ecfg.ece_bins, batch_size=ecfg.batch_size)
-    merged = {k: [r for res in per_model.values() for r in res[k]]
-              for k in ("reliability", "calibration", "conformal", "selective")}
-    merged["temperature"] = {name: res["temperature"] for name, res in per_model.items()}
-    merged["calibration_split"] = None if cal is None else "val"
-    merged["n_calibration"] = 0 if cal is None else len(cal.labels)
-    merged["note"] = note
-    return merged, per_model
-
-
-def _write_suite_tables(out_dir, parts: dict) -> list:
-    from robust_vision.evaluation import suite
-    from robust_vision.evaluation.report import write_csv
-    from robust_vision.viz.suite import (
-        ATTACK_RESULTS_CSV,
-        CERTIFIED_CSV,
-        CONFORMAL_CSV,
-        CORRUPTION_RESULTS_CSV,
-        CORRUPTION_SUMMARY_CSV,
-        RELIABILITY_CSV,
-        SELECTIVE_CSV,
-    )
-
-    tables = {
-        "corruptions": [(CORRUPTION_RESULTS_CSV, "results", suite.CORRUPTION_COLUMNS),
-                        (CORRUPTION_SUMMARY_CSV, "summary", suite.CORRUPTION_SUMMARY_COLUMNS),
-                        ("corruption_mce.csv", "aggregate", suite.CORRUPTION_MCE_COLUMNS)],
-        "attacks": [(ATTACK_RESULTS_CSV, "results", suite.ATTACK_COLUMNS),
-                    ("attack_sanity.csv", "sanity_checks", suite.SANITY_COLUMNS)],
-        "certification": [(CERTIFIED_CSV, "results", suite.CERTIFIED_COLUMNS),
-                          ("certified_examples.csv", "per_example", suite.CERTIFIED_EXAMPLE_COLUMNS)],
-        "calibration": [(RELIABILITY_CSV, "reliability", suite.RELIABILITY_COLUMNS),
-                        ("calibration_summary.csv", "calibration", suite.CALIBRATION_COLUMNS),
-                        (CONFORMAL_CSV, "conformal", suite.CONFORMAL_COLUMNS),
-                        (SELECTIVE_CSV, "selective", suite.SELECTIVE_COLUMNS)],
-    }
-    written = []
-    for part, specs in tables.items():
-        if part not in parts:
-            continue
-        for filename, key, columns in specs:
-            if parts[part][key]:
-                written.append(write_csv(out_dir / filename, parts[part][key], columns))
-    return written
+def _asked_parts(args: argparse.Namespace) -> list[str]:
+    """Suite parts requested by their own flags (--suite, --attacks, --certify, --calibration)."""
+    asked = []
+    if args.suite is not None and args.suite != "none":
+        asked.append("corruptions")
+    if _attack_list(args.attacks):
+        asked.append("attacks")
+    if args.certify:
+        asked.append("certify")
+    if args.calibration:
+        asked.append("calibration")
+    return asked
 
 
 def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from robust_vision.compile_cache import enable_compile_cache
     from robust_vision.config import config_to_dict
     from robust_vision.data.datasets import load_dataset
-    from robust_vision.evaluation import suite
+    from robust_vision.evaluation import runner, suite
     from robust_vision.evaluation.loading import load_trained_model
-    from robust_vision.evaluation.report import (
-        comparison_at,
-        format_comparison,
-        format_summary,
-        versions,
-        write_json,
-        write_robustness_tables,
-    )
-    from robust_vision.evaluation.robustness import evaluate_robustness
+    from robust_vision.evaluation.report import versions, write_json
 
     cfg, explicit_config = _eval_config(args)
+    enable_compile_cache("off" if args.no_compile_cache else cfg.training.compile_cache_dir)
     ecfg = cfg.evaluation
     if ecfg.suite != "none":
         suite.resolve_suite(ecfg.suite)
     suite.check_attacks(ecfg.attacks, ecfg.attack_norm)  # bad attack settings fail before any work
+    plan = runner.plan_parts(ecfg, parts=runner.parse_parts(args.parts), asked=_asked_parts(args))
     model = load_trained_model(args.checkpoint, cfg if explicit_config else None)
     models = [model]
     if args.baseline:
@@ -320,70 +187,24 @@ def _eval(args: argparse.Namespace) -> int:
         models.append(baseline)
     dataset = load_dataset(cfg.data)
     split = dataset.split(ecfg.split)
-    where = f"{cfg.data.dataset_name} ({ecfg.split} split)"
     levels = list(ecfg.noise_levels)
     noise_types = list(ecfg.noise_types)
     if args.baseline and ("gaussian" not in noise_types or 0.5 not in levels):
         # The seed's comparison block is at 50% Gaussian noise: make sure that condition is measured.
         noise_types = noise_types if "gaussian" in noise_types else [*noise_types, "gaussian"]
         levels = sorted({*levels, 0.5})
-    timings: dict[str, float] = {}
-    rows, confidences = [], {}
-    for m in models:
-        _check_model_data(m, dataset, where)
-        res = _timed(timings, f"noise grid: {m.name}", lambda m=m: evaluate_robustness(
-            m.forward, m.variables, split.images, split.labels, model_name=m.name, noise_types=noise_types,
-            levels=levels, n_draws=ecfg.n_draws, batch_size=ecfg.batch_size, seed=ecfg.seed,
-            ece_bins=ecfg.ece_bins))
-        rows += res.rows
-        confidences.update(res.confidences)
     out_dir = Path(ecfg.output_dir)
-    write_robustness_tables(out_dir, rows, confidences)
-    summary = format_summary(rows)
-    print(summary)
-    comparison = None
-    if args.baseline:
-        comparison = comparison_at(rows, models[0].name, models[1].name)
-        print()
-        print(format_comparison(comparison))
-
-    # One logits function per model, reused by every part (the jitted functions are cached on it).
-    logits_fns = {m.name: m.logits_fn() for m in models}
-    parts: dict[str, dict] = {}
-    if ecfg.reference_checkpoint and ecfg.suite == "none":
-        print("\nnote: --reference is used by the corruption suite only (--suite imagenet-c); ignored")
-    if ecfg.suite != "none":
-        parts["corruptions"] = _timed(timings, "corruptions", lambda: _corruption_part(
-            ecfg, models, logits_fns, split, dataset.image_shape, dataset, where))
-        print()
-        print(suite.format_corruption_summary(parts["corruptions"]["aggregate"], parts["corruptions"]["summary"]))
-    if ecfg.attacks:
-        parts["attacks"] = _timed(timings, "attacks", lambda: _attack_part(ecfg, models, logits_fns, split))
-        print()
-        print(suite.format_attack_summary(parts["attacks"]["results"], parts["attacks"]["sanity_checks"]))
-    if ecfg.certify:
-        parts["certification"] = _timed(timings, "certification",
-                                        lambda: _certify_part(ecfg, models, logits_fns, split))
-        print()
-        print(suite.format_certification_summary(parts["certification"]["results"]))
-        print(f"  ({parts['certification']['examples']})")
-    if ecfg.calibration:
-        merged, per_model = _timed(timings, "calibration", lambda: _calibration_part(
-            ecfg, models, logits_fns, split, dataset, noise_types, levels))
-        parts["calibration"] = merged
-        print()
-        print(suite.format_calibration_summary(per_model, ecfg.conformal_alpha))
-        if merged["note"]:
-            print(f"  note: {merged['note']}")
-    _write_suite_tables(out_dir, parts)
-    print("\nTimings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
-
+    ctx = runner.EvalContext(cfg=cfg, models=models, dataset=dataset, split=split, noise_types=noise_types,
+                             levels=levels, where=f"{cfg.data.dataset_name} ({ecfg.split} split)", out_dir=out_dir,
+                             quiet=args.quiet)
+    outcome = runner.run_plan(ctx, plan)
     write_json(out_dir / "results.json", {
         "models": [{"name": m.name, "run_dir": str(m.run_dir), "checkpoint": str(m.checkpoint_dir),
                     "epoch": m.meta.get("epoch"), "input_shape": list(m.input_shape)} for m in models],
         "split": ecfg.split, "n_images": len(split.labels), "config": config_to_dict(cfg),
-        "versions": versions(), "results": rows, "comparison": comparison, "suite": parts,
-        "timings_s": timings})
+        "versions": versions(), "parts": list(plan), "results": outcome.rows, "comparison": outcome.comparison,
+        "suite": outcome.suite, "timings_s": {k: v["total"] for k, v in outcome.timings.items()},
+        "timings": outcome.timings})
     print(f"\nTables written to {out_dir}")
     if ecfg.generate_plots:
         from robust_vision.viz import redraw
@@ -413,6 +234,13 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--style", choices=["publication", "default"], help="figure style")
     parser.add_argument("--format", help="figure formats, e.g. png,pdf")
     parser.add_argument("--no-plots", action="store_true", help="write tables only")
+    parser.add_argument("--parts", metavar="LIST",
+                        help="comma list of grid, corruptions, attacks, certify, calibration to run (default: "
+                             "the parts asked for by --suite / --attacks / --certify / --calibration; with none "
+                             "of them, the grid, calibration and the parts the config enables)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--no-compile-cache", dest="no_compile_cache", action="store_true",
+                        help="do not use the persistent compilation cache (ROBUST_VISION_CACHE_DIR=off)")
     g = parser.add_argument_group("corruption benchmark")
     g.add_argument("--suite", metavar="NAME", help="imagenet-c (15 corruptions, mCE), imagenet-c-all (+4 held-out) or none")
     g.add_argument("--severities", nargs="+", type=int, metavar="S", help="ImageNet-C severities, e.g. 1 2 3 4 5")

@@ -199,6 +199,9 @@ class TrainingConfig:
     checkpoint_dir: str = _f("./runs/default", help="run directory: config.yaml, metrics.csv, checkpoints/, plots/")
     log_dir: Optional[str] = _f(None, help="accepted for seed configs; logs are written to checkpoint_dir")
     progress_bar: bool = _f(True, help="show a progress bar during each epoch")
+    compile_cache_dir: Optional[str] = _f(None, help="JAX persistent compilation cache (null = "
+                                                     "~/.cache/robust-vision/jax; off = disabled; the "
+                                                     "ROBUST_VISION_CACHE_DIR environment variable wins)")
 
 
 @dataclass

@@ -50,6 +50,21 @@ def _attack_fn(attack: str | Callable) -> tuple[Callable, str]:
     return get_attack(attack), attack
 
 
+# Hyper-parameters that are traced (passed as arrays) rather than baked into the program,
+# so one compiled program serves every value: the budget eps (always traced), the step
+# size and the number of restarts. Everything else (steps, norm, loss, unroll) is static:
+# it changes the program's structure.
+TRACED_HYPER = ("step_size", "restarts")
+
+
+def _split_hyper(hyper: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    """(static hyper-parameters as a hashable, order-independent tuple, traced ones as arrays)."""
+    static = {k: v for k, v in hyper.items() if k not in TRACED_HYPER or v is None}
+    traced = {k: jnp.asarray(v, jnp.int32 if k == "restarts" else jnp.float32)
+              for k, v in hyper.items() if k in TRACED_HYPER and v is not None}
+    return _static_items(static), traced
+
+
 def _static_items(hyper: dict[str, Any]) -> tuple:
     """Hyper-parameters as a hashable, order-independent tuple (they are static under jit)."""
     items = tuple(sorted(hyper.items()))
@@ -60,25 +75,27 @@ def _static_items(hyper: dict[str, Any]) -> tuple:
     return items
 
 
-def _attack_batch_impl(xb, yb, kb, eps, *, attack_fn, logits_fn, hyper):
-    x_adv = attack_fn(logits_fn, xb, yb, kb, eps, **dict(hyper))
+def _attack_batch_impl(xb, yb, kb, eps, traced, *, attack_fn, logits_fn, hyper):
+    x_adv = attack_fn(logits_fn, xb, yb, kb, eps, **dict(hyper), **traced)
     m = per_example_metrics(logits_fn(x_adv), yb)
     return m["correct"], m["margin"]
 
 
-def _attack_only_impl(xb, yb, kb, eps, *, attack_fn, logits_fn, hyper):
-    return attack_fn(logits_fn, xb, yb, kb, eps, **dict(hyper))
+def _attack_only_impl(xb, yb, kb, eps, traced, *, attack_fn, logits_fn, hyper):
+    return attack_fn(logits_fn, xb, yb, kb, eps, **dict(hyper), **traced)
 
 
-# Jitted functions, one per (kind, attack, model function, hyper-parameters), reused across
-# calls, batches and eps (eps is traced), so repeated evaluations of one model (sanity checks,
-# eps sweeps) compile once. Bounded LRU: a dropped entry frees its executables and the model
-# parameters its logits_fn closes over (long sweeps over checkpoints must not accumulate them).
+# Jitted functions, one per (kind, attack, model function, static hyper-parameters), reused
+# across calls, batches, eps, step sizes and restarts (all traced), so repeated evaluations of
+# one model (sanity checks, eps sweeps) compile once. Bounded LRU: a dropped entry frees its
+# executables and the model parameters its logits_fn closes over (long sweeps over
+# checkpoints must not accumulate them).
 _JIT_CACHE: "collections.OrderedDict[tuple, Callable]" = collections.OrderedDict()
 _JIT_CACHE_SIZE = 8
 
 
 def _jitted(kind: str, attack_fn: Callable, logits_fn: LogitsFn, hyper: tuple) -> Callable:
+    """``fn(x, y, key, eps, traced_hyper_dict)``, jitted."""
     key = (kind, attack_fn, logits_fn, hyper)
     if key in _JIT_CACHE:
         _JIT_CACHE.move_to_end(key)
@@ -112,14 +129,15 @@ def per_example_robustness(logits_fn: LogitsFn, images: Any, labels: Any, key: j
         images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], np.float32)])
         labels = np.concatenate([labels, np.zeros((pad,), np.int32)])
 
-    run = _jitted("metrics", attack_fn, logits_fn, _static_items(hyper))
+    static, traced = _split_hyper(hyper)
+    run = _jitted("metrics", attack_fn, logits_fn, static)
     out = []
     for eps in eps_list:
         correct, margin = [], []
         for i in range(n_batches):
             sl = slice(i * batch_size, (i + 1) * batch_size)
             c, m = run(jnp.asarray(images[sl]), jnp.asarray(labels[sl]), jax.random.fold_in(key, i),
-                       jnp.float32(eps))
+                       jnp.float32(eps), traced)
             correct.append(np.asarray(c))
             margin.append(np.asarray(m))
         # Drop the padding: the real examples count exactly once.
@@ -137,7 +155,8 @@ def robust_accuracy(logits_fn: LogitsFn, images: Any, labels: Any, key: jax.Arra
       key: PRNG key; attack: registry name (``ATTACKS``) or an attack function.
       eps_list: budgets (meaning depends on the attack: Linf / L2 radius, pixel fraction).
       batch_size: fixed batch size (one compilation for all batches and all eps).
-      **hyper: static hyper-parameters passed to the attack (steps=..., norm=...).
+      **hyper: hyper-parameters passed to the attack (steps=..., norm=...); ``step_size`` and
+        ``restarts`` are traced (``TRACED_HYPER``), the others static.
     Returns: one dict per eps with ``attack``, ``eps``, ``accuracy`` (correct / N),
       ``margin`` (mean logit margin at x_adv), ``snr`` / ``snr_median`` (from the margins,
       see ``metrics.snr_summary``) and ``n`` (= N).
@@ -221,8 +240,9 @@ def sanity_checks(logits_fn: LogitsFn, images: Any, labels: Any, key: jax.Array,
                             ("apgd_ce", {"steps": 5, "norm": norm})):
             if name == "fgsm" and norm != "linf":
                 continue
-            attack_fn = _jitted("attack", get_attack(name), logits_fn, _static_items(hyper))
-            x0 = attack_fn(xb, yb, k_eps0, jnp.float32(0.0))
+            static, traced = _split_hyper(hyper)
+            attack_fn = _jitted("attack", get_attack(name), logits_fn, static)
+            x0 = attack_fn(xb, yb, k_eps0, jnp.float32(0.0), traced)
             if not np.array_equal(np.asarray(x0), np.asarray(xb)):
                 fail("eps0_unchanged", f"{name} with eps=0 changed the input (max change "
                      f"{float(jnp.max(jnp.abs(x0 - xb))):.3g}).")

@@ -56,7 +56,8 @@ def _pgd_single(logits_fn, loss_fn, x, y, key, eps, norm, steps, step_size, use_
 
 def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps: float | jax.Array,
         *, norm: str = "linf", steps: int = 10, step_size: float | jax.Array | None = None,
-        random_start: bool = True, restarts: int = 1, loss: str = "ce", unroll: int | bool = 1) -> jax.Array:
+        random_start: bool = True, restarts: int | jax.Array = 1, loss: str = "ce",
+        unroll: int | bool = 1) -> jax.Array:
     """Projected Gradient Descent (Madry et al. 2018) under an Linf or L2 budget.
 
     Each step: x_adv <- Proj_{B(x, eps) ∩ [0,1]}(x_adv + step_size * d), d = sign(g) (Linf) or
@@ -69,22 +70,22 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps: fl
       norm: "linf" or "l2". steps: ascent steps (>= 0).
       step_size: default 2.5 * eps / steps (Madry et al.), so the iterates can cross the ball.
       random_start: start from a uniform point of the ball instead of x.
-      restarts: independent runs; per example we keep the first run that misclassifies,
-        otherwise the run with the highest loss.
+      restarts: independent runs (a Python int or a traced int32); per example we keep the
+        first run that misclassifies, otherwise the run with the highest loss.
       loss: "ce" or "margin".
-      unroll: ``lax.fori_loop`` unrolling of the steps (True = fully). On the XLA CPU backend
-        a convolutional model ran 1.4-2x slower inside a rolled loop than unrolled (see
-        benchmarks/attack_cost.py); unrolling costs compile time proportional to ``steps``.
+      unroll: ``lax.fori_loop`` unrolling of the steps (True = fully; default 1 = rolled).
+        Unrolling costs compile time proportional to ``steps`` (APGD-100 unrolled compiled
+        for minutes on CPU); see benchmarks/compile_time.py for the run-time trade-off.
     Returns: (B, H, W, C) float32 in [0, 1] inside the eps-ball.
     """
     check_inputs(x, y, eps, name="pgd")
     check_norm(norm, "pgd")
-    if steps < 0 or restarts < 1:
+    if steps < 0 or (isinstance(restarts, int) and restarts < 1):
         raise ValueError(f"pgd: need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}.")
     loss_fn = get_attack_loss(loss)
     if step_size is None:
         step_size = 2.5 * eps / max(steps, 1)
-    if restarts == 1:
+    if isinstance(restarts, int) and restarts == 1:  # a traced restarts takes the loop (one program)
         return _pgd_single(logits_fn, loss_fn, x, y, key, eps, norm, steps, step_size, random_start, unroll)
 
     def restart(r, carry):

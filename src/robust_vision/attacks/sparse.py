@@ -51,7 +51,7 @@ def sparse_pixel(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array
     if isinstance(eps, (int, float)) and eps > 1:
         raise ValueError(f"sparse_pixel: eps is the fraction of pixels to change, in [0, 1]; got {eps} "
                          "(for k% pass eps = k / 100).")
-    if steps < 0 or restarts < 1:
+    if steps < 0 or (isinstance(restarts, int) and restarts < 1):
         raise ValueError(f"sparse_pixel: need steps >= 0 and restarts >= 1, got {steps}, {restarts}.")
     loss_fn = get_attack_loss(loss)
     b, h, w, _ = x.shape

@@ -331,7 +331,7 @@ def attack_suite(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *,
                  steps: int | None = None, batch_size: int = 256,
                  sparse_fractions: Sequence[float] = (0.0, 0.005, 0.01, 0.02, 0.05),
                  noise_radii: Sequence[float] = (0.0, 0.5, 1.0, 2.0), sanity: bool = True,
-                 sanity_examples: int = 256, unroll: bool | None = None) -> tuple[list[dict], list[dict]]:
+                 sanity_examples: int = 256, unroll: bool = False) -> tuple[list[dict], list[dict]]:
     """Robust accuracy of ``logits_fn`` under each attack, for each budget, over the whole set.
 
     Args:
@@ -346,25 +346,18 @@ def attack_suite(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *,
       sanity: run ``sanity_checks`` at the largest eps on the first ``sanity_examples``
         examples when a gradient attack (fgsm / pgd / apgd) is requested (its PGD uses
         min(steps, 20) steps, 10 by default).
-      unroll: unroll the pgd / apgd iterations (``lax.fori_loop(unroll=True)``). None = on
-        the CPU backend only: there a rolled loop of forward-backward passes ran 4-7x slower
-        than straight-line code (PGD-10 4.6 s vs 1.1 s, APGD-100 84 s vs 13 s on the
-        quickstart test split), while unrolling costs compile time proportional to the
-        steps (~1.5 s for PGD-10, ~2 min for APGD-100) once for every budget.
+      unroll: unroll the pgd / apgd iterations (``lax.fori_loop(unroll=True)``); default off.
+        Unrolled, the compile time grows with the steps (APGD-100 compiled for minutes on CPU,
+        the cause of issue 11's 8-minute first run) while the rolled loop compiles one body;
+        benchmarks/compile_time.py measures both.
     Returns: (rows of attack_results.csv: ``attack`` is the name above, ``pgd_l2`` /
       ``apgd_l2`` for the L2 threat model, ``norm`` the budget's unit (linf, l2,
       l0_fraction), ``steps`` the iterations used; rows of attack_sanity.csv: one per check
       with ``passed`` and the warning message of a failed check).
     """
-    from robust_vision.attacks import (
-        AttackSanityWarning,
-        robust_accuracy,
-        sanity_checks,
-    )
+    from robust_vision.attacks import robust_accuracy
 
     check_attacks(attacks, norm)
-    if unroll is None:
-        unroll = jax.default_backend() == "cpu"
     rows: list[dict] = []
     for name in attacks:
         budgets, budget_norm, hyper = _attack_plan(name, eps=eps, norm=norm, steps=steps,
@@ -379,9 +372,24 @@ def attack_suite(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *,
             label = f"{name}_l2" if name in ("pgd", "apgd") and norm == "l2" else name
             rows.append({"model": model_name, **r, "attack": label, "norm": budget_norm,
                          "steps": hyper.get("steps", _default_steps(ATTACK_NAMES[name]))})
+    sanity_rows = attack_sanity(logits_fn, images, labels, model_name=model_name, attacks=attacks, eps=eps,
+                                key=key, norm=norm, steps=steps, batch_size=batch_size,
+                                sanity_examples=sanity_examples) if sanity else []
+    return rows, sanity_rows
+
+
+def attack_sanity(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *, model_name: str,
+                  attacks: Sequence[str], eps: Sequence[float], key: jax.Array, norm: str = "linf",
+                  steps: int | None = None, batch_size: int = 256, sanity_examples: int = 256) -> list[dict]:
+    """Rows of attack_sanity.csv: ``sanity_checks`` at the largest eps on the first
+    ``sanity_examples`` examples when a gradient attack (fgsm / pgd / apgd) is in ``attacks``
+    (its PGD uses min(steps, 20) steps, 10 by default); [] otherwise. ``key`` is the part key
+    (the checks use fold_in(key, crc32("sanity")), as ``attack_suite``)."""
+    from robust_vision.attacks import AttackSanityWarning, sanity_checks
+
     sanity_rows: list[dict] = []
     eps_check = max(eps, default=0.0)
-    if sanity and eps_check > 0 and any(a in GRADIENT_ATTACKS for a in attacks):
+    if eps_check > 0 and any(a in GRADIENT_ATTACKS for a in attacks):
         k = min(sanity_examples, len(labels))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", AttackSanityWarning)
@@ -395,7 +403,7 @@ def attack_suite(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *,
                     messages.setdefault(check, text)
         sanity_rows = [{"model": model_name, "check": c, "passed": bool(ok), "eps": float(eps_check), "n": k,
                         "message": messages.get(c, "")} for c, ok in passed.items()]
-    return rows, sanity_rows
+    return sanity_rows
 
 
 # --------------------------------------------------------------------------- certification

@@ -1,0 +1,375 @@
+"""The evaluation runner of ``robust-vision-eval``: executes a plan of parts on loaded models.
+
+Parts (``PARTS``), in the order they run:
+
+* ``grid``: the noise grid (``robustness.evaluate_robustness``), robustness_results.csv;
+* ``corruptions``: the ImageNet-C style suite with CE / mCE (``suite.corruption_suite``);
+* ``attacks``: robust accuracy vs budget and sanity checks (``suite.attack_suite``);
+* ``certify``: randomized-smoothing certification (``suite.certification``);
+* ``calibration``: reliability, temperature, conformal, selective (``suite.calibration_tables``).
+
+:func:`plan_parts` decides which parts run: the ones asked for, and nothing else; the plain
+command (nothing asked) keeps the historical default (grid + calibration + whatever the
+config enables). :func:`run_plan` runs them and records, per part, wall seconds split into
+compile seconds (JAX tracing, lowering and XLA compilation, or the persistent-cache read)
+and compute seconds (the rest), printed at the end and stored in results.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from robust_vision.compile_cache import timed
+
+PARTS = ("grid", "corruptions", "attacks", "certify", "calibration")
+# results.json / table names of the suite parts (the grid has its own tables).
+SUITE_KEYS = {"corruptions": "corruptions", "attacks": "attacks", "certify": "certification",
+              "calibration": "calibration"}
+
+
+def parse_parts(text: str | Sequence[str] | None) -> list[str] | None:
+    """``"grid,attacks"`` (or a list of such strings) -> ["grid", "attacks"] in ``PARTS`` order;
+    None -> None. An unknown name raises ValueError listing the valid ones."""
+    if text is None:
+        return None
+    values = [text] if isinstance(text, str) else list(text)
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown evaluation part {unknown[0]!r} in --parts; valid parts: {', '.join(PARTS)}")
+    if not names:
+        raise ValueError(f"--parts is empty; name at least one of: {', '.join(PARTS)}")
+    return [p for p in PARTS if p in names]
+
+
+def plan_parts(ecfg, *, parts: Sequence[str] | None = None, asked: Sequence[str] = ()) -> list[str]:
+    """The parts to run, in ``PARTS`` order.
+
+    Args:
+      ecfg: the EvaluationConfig (its suite / attacks / certify / calibration switches).
+      parts: an explicit list (``--parts``): exactly these run. A suite part named here must
+        be configured (e.g. ``attacks`` needs a non-empty attack list).
+      asked: suite parts requested on the command line (``--suite``, ``--attacks``,
+        ``--certify``, ``--calibration``): when any is given, only those run, plus ``parts``.
+    Without either, the plain command's default: the grid, calibration when
+    ``ecfg.calibration``, and the suite parts the config enables.
+    """
+    enabled = {"grid": True, "corruptions": ecfg.suite != "none", "attacks": bool(ecfg.attacks),
+               "certify": bool(ecfg.certify), "calibration": bool(ecfg.calibration)}
+    if parts is None and not asked:
+        return [p for p in PARTS if enabled[p]]
+    chosen = set(parts or ()) | set(asked)
+    missing = {"corruptions": "--suite imagenet-c", "attacks": "--attacks fgsm,pgd"}
+    for p in chosen:
+        if p in missing and not enabled[p]:
+            raise ValueError(f"part {p!r} needs its settings: add {missing[p]} (or set it in the config)")
+    return [p for p in PARTS if p in chosen]
+
+
+@dataclass
+class EvalContext:
+    """Everything the parts need: the config, the models, the data and where to write.
+
+    ``noise_types`` / ``levels`` are the grid's conditions (calibration uses the same);
+    ``where`` names the data in error messages."""
+
+    cfg: Any
+    models: list
+    dataset: Any
+    split: Any
+    noise_types: list[str]
+    levels: list[float]
+    where: str
+    out_dir: Path
+    log: Callable[[str], None] = print
+    quiet: bool = False
+    logits_fns: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # One logits function per model, reused by every part (jitted functions are cached on it).
+        if not self.logits_fns:
+            self.logits_fns = {m.name: m.logits_fn() for m in self.models}
+
+
+def check_model_data(model, dataset, where: str) -> None:
+    """The model's input shape and class count match the dataset (one-line ValueError otherwise)."""
+    from robust_vision.evaluation.loading import check_input_shape
+
+    check_input_shape(model, dataset.image_shape, where)
+    if model.num_classes != dataset.num_classes:
+        raise ValueError(f"{model.name} predicts {model.num_classes} classes but the dataset has "
+                         f"{dataset.num_classes}; evaluate on the dataset the model was trained on")
+
+
+def _progress(ctx: EvalContext, total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, disable=ctx.quiet, dynamic_ncols=True)
+
+
+# --------------------------------------------------------------------------- parts
+
+
+def grid_part(ctx: EvalContext) -> dict:
+    """The noise grid of every model: {"results": rows, "confidences": {...}}."""
+    from robust_vision.evaluation.robustness import evaluate_robustness
+
+    ecfg = ctx.cfg.evaluation
+    rows, confidences = [], {}
+    with _progress(ctx, len(ctx.models), "noise grid") as bar:
+        for m in ctx.models:
+            res = evaluate_robustness(m.forward, m.variables, ctx.split.images, ctx.split.labels, model_name=m.name,
+                                      noise_types=ctx.noise_types, levels=ctx.levels, n_draws=ecfg.n_draws,
+                                      batch_size=ecfg.batch_size, seed=ecfg.seed, ece_bins=ecfg.ece_bins)
+            rows += res.rows
+            confidences.update(res.confidences)
+            bar.update(1)
+    return {"results": rows, "confidences": confidences}
+
+
+def corruption_part(ctx: EvalContext) -> dict:
+    """Corruption benchmark of every model (and of the reference model, for CE / mCE)."""
+    from robust_vision.evaluation import suite
+    from robust_vision.evaluation.loading import load_trained_model
+
+    ecfg, split = ctx.cfg.evaluation, ctx.split
+    corruptions = suite.resolve_suite(ecfg.suite)
+    scale = suite.resolve_scale(ecfg.corruption_scale, ctx.dataset.image_shape)
+    key = suite.part_key(ecfg.seed, "corruptions")
+    kw = dict(corruptions=corruptions, severities=list(ecfg.severities), scale=scale, key=key,
+              batch_size=ecfg.batch_size)
+    reference = None
+    rows, summary, aggregates = [], [], []
+    with _progress(ctx, len(ctx.models) + bool(ecfg.reference_checkpoint), "corruptions") as bar:
+        if ecfg.reference_checkpoint:
+            ref_model = load_trained_model(ecfg.reference_checkpoint, None)
+            if ref_model.name in {m.name for m in ctx.models}:
+                ref_model.name = f"{ref_model.name} (reference)"
+            check_model_data(ref_model, ctx.dataset, ctx.where)
+            reference = suite.corruption_errors(ref_model.logits_fn(), split.images, split.labels,
+                                                model_name=ref_model.name, **kw)
+            bar.update(1)
+        for m in ctx.models:
+            errors, m_summary, agg = suite.corruption_suite(ctx.logits_fns[m.name], split.images, split.labels,
+                                                            model_name=m.name, reference=reference, **kw)
+            rows += errors.rows()
+            summary += m_summary
+            aggregates.append(agg)
+            bar.update(1)
+    if reference is not None:  # the reference's own rows (CE = 1 by definition) for the figures
+        ref_summary, ref_agg = suite.corruption_summary(reference, reference)
+        rows += reference.rows()
+        summary += ref_summary
+        aggregates.append(ref_agg)
+    return {"suite": ecfg.suite, "scale": scale, "severities": list(ecfg.severities),
+            "reference": reference.model if reference else None,
+            "reference_checkpoint": ecfg.reference_checkpoint, "results": rows, "summary": summary,
+            "aggregate": aggregates}
+
+
+def attack_part(ctx: EvalContext) -> dict:
+    from robust_vision.evaluation import suite
+
+    ecfg, split = ctx.cfg.evaluation, ctx.split
+    total = len(split.labels)
+    n = total if ecfg.attack_max_examples is None else min(ecfg.attack_max_examples, total)
+    images, labels = split.images[:n], split.labels[:n]
+    rows, sanity = [], []
+    with _progress(ctx, len(ctx.models) * len(ecfg.attacks), "attacks") as bar:
+        for m in ctx.models:
+            for attack in ecfg.attacks:
+                # One attack at a time (same keys as all at once: they depend on the attack's
+                # name only); sanity checks once per model, after its last attack.
+                r, s = suite.attack_suite(ctx.logits_fns[m.name], images, labels, model_name=m.name,
+                                          attacks=[attack], eps=ecfg.attack_eps,
+                                          key=suite.part_key(ecfg.seed, "attacks"), norm=ecfg.attack_norm,
+                                          steps=ecfg.attack_steps, batch_size=ecfg.batch_size,
+                                          sparse_fractions=ecfg.attack_sparse_fractions,
+                                          noise_radii=ecfg.attack_noise_radii, sanity=False)
+                rows += r
+                bar.set_postfix_str(f"{m.name}: {attack}")
+                bar.update(1)
+            sanity += suite.attack_sanity(ctx.logits_fns[m.name], images, labels, model_name=m.name,
+                                          attacks=ecfg.attacks, eps=ecfg.attack_eps,
+                                          key=suite.part_key(ecfg.seed, "attacks"), norm=ecfg.attack_norm,
+                                          steps=ecfg.attack_steps, batch_size=ecfg.batch_size)
+    return {"attacks": list(ecfg.attacks), "norm": ecfg.attack_norm, "steps": ecfg.attack_steps, "n_examples": n,
+            "results": rows, "sanity_checks": sanity}
+
+
+def certify_part(ctx: EvalContext) -> dict:
+    from robust_vision.evaluation import suite
+
+    ecfg, split = ctx.cfg.evaluation, ctx.split
+    n = min(ecfg.certify_max_examples, len(split.labels))
+    rows, examples = [], []
+    with _progress(ctx, len(ctx.models), "certification") as bar:
+        for m in ctx.models:
+            r, e = suite.certification(ctx.logits_fns[m.name], split.images[:n], split.labels[:n], model_name=m.name,
+                                       sigmas=ecfg.certify_sigma, key=suite.part_key(ecfg.seed, "certify"),
+                                       n0=ecfg.certify_n0, n=ecfg.certify_n, alpha=ecfg.certify_alpha,
+                                       batch_size=ecfg.batch_size)
+            rows += r
+            examples += e
+            bar.update(1)
+    return {"sigma": list(ecfg.certify_sigma), "n0": ecfg.certify_n0, "n": ecfg.certify_n,
+            "alpha": ecfg.certify_alpha, "n_examples": n, "examples": f"the first {n} of the {ecfg.split} split",
+            "results": rows, "per_example": examples}
+
+
+def calibration_part(ctx: EvalContext) -> tuple[dict, dict]:
+    """(merged tables of every model, per-model results for the printed summary)."""
+    from robust_vision.evaluation import suite
+
+    ecfg, split = ctx.cfg.evaluation, ctx.split
+    cal = ctx.dataset.split("val") if ecfg.split != "val" else None
+    note = None
+    if cal is None:
+        note = "evaluation split is val: no separate calibration split, temperature and conformal sets skipped"
+    elif len(cal.labels) == 0:
+        cal, note = None, "empty validation split: temperature and conformal sets skipped"
+    per_model = {}
+    with _progress(ctx, len(ctx.models), "calibration") as bar:
+        for m in ctx.models:
+            per_model[m.name] = suite.calibration_tables(
+                ctx.logits_fns[m.name], None if cal is None else cal.images, None if cal is None else cal.labels,
+                split.images, split.labels, model_name=m.name, noise_types=ctx.noise_types, levels=ctx.levels,
+                seed=ecfg.seed, key=suite.part_key(ecfg.seed, "calibration"), alphas=ecfg.conformal_alpha,
+                n_bins=ecfg.ece_bins, batch_size=ecfg.batch_size)
+            bar.update(1)
+    merged = {k: [r for res in per_model.values() for r in res[k]]
+              for k in ("reliability", "calibration", "conformal", "selective")}
+    merged["temperature"] = {name: res["temperature"] for name, res in per_model.items()}
+    merged["calibration_split"] = None if cal is None else "val"
+    merged["n_calibration"] = 0 if cal is None else len(cal.labels)
+    merged["note"] = note
+    return merged, per_model
+
+
+def write_suite_tables(out_dir: Path, parts: dict) -> list:
+    """The CSV tables of the suite parts present in ``parts`` (keys as in results.json)."""
+    from robust_vision.evaluation import suite
+    from robust_vision.evaluation.report import write_csv
+    from robust_vision.viz.suite import (
+        ATTACK_RESULTS_CSV,
+        CERTIFIED_CSV,
+        CONFORMAL_CSV,
+        CORRUPTION_RESULTS_CSV,
+        CORRUPTION_SUMMARY_CSV,
+        RELIABILITY_CSV,
+        SELECTIVE_CSV,
+    )
+
+    tables = {
+        "corruptions": [(CORRUPTION_RESULTS_CSV, "results", suite.CORRUPTION_COLUMNS),
+                        (CORRUPTION_SUMMARY_CSV, "summary", suite.CORRUPTION_SUMMARY_COLUMNS),
+                        ("corruption_mce.csv", "aggregate", suite.CORRUPTION_MCE_COLUMNS)],
+        "attacks": [(ATTACK_RESULTS_CSV, "results", suite.ATTACK_COLUMNS),
+                    ("attack_sanity.csv", "sanity_checks", suite.SANITY_COLUMNS)],
+        "certification": [(CERTIFIED_CSV, "results", suite.CERTIFIED_COLUMNS),
+                          ("certified_examples.csv", "per_example", suite.CERTIFIED_EXAMPLE_COLUMNS)],
+        "calibration": [(RELIABILITY_CSV, "reliability", suite.RELIABILITY_COLUMNS),
+                        ("calibration_summary.csv", "calibration", suite.CALIBRATION_COLUMNS),
+                        (CONFORMAL_CSV, "conformal", suite.CONFORMAL_COLUMNS),
+                        (SELECTIVE_CSV, "selective", suite.SELECTIVE_COLUMNS)],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for part, specs in tables.items():
+        if part not in parts:
+            continue
+        for filename, key, columns in specs:
+            if parts[part][key]:
+                written.append(write_csv(out_dir / filename, parts[part][key], columns))
+    return written
+
+
+def format_timings(timings: dict[str, dict]) -> str:
+    """One line per part: total, compile and compute seconds."""
+    lines = ["TIMINGS (s)            total   compile   compute"]
+    for name, t in timings.items():
+        lines.append(f"  {name:<18} {t['total']:8.1f}  {t['compile']:8.1f}  {t['compute']:8.1f}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class EvalOutcome:
+    """What ran: grid rows / confidences (empty without the grid), the suite parts (results.json
+    keys), per-model calibration results, the baseline comparison and per-part timings."""
+
+    rows: list = field(default_factory=list)
+    confidences: dict = field(default_factory=dict)
+    suite: dict = field(default_factory=dict)
+    calibration_per_model: dict = field(default_factory=dict)
+    comparison: dict | None = None
+    timings: dict = field(default_factory=dict)
+
+
+def run_plan(ctx: EvalContext, plan: Sequence[str]) -> EvalOutcome:
+    """Run the parts of ``plan`` (names in ``PARTS``) in ``PARTS`` order, print each part's
+    summary as it completes, write every table to ``ctx.out_dir`` and return the outcome."""
+    from robust_vision.evaluation import suite
+    from robust_vision.evaluation.report import (
+        comparison_at,
+        format_comparison,
+        format_summary,
+        write_robustness_tables,
+    )
+
+    unknown = [p for p in plan if p not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown evaluation part {unknown[0]!r}; valid parts: {', '.join(PARTS)}")
+    ecfg, log = ctx.cfg.evaluation, ctx.log
+    for m in ctx.models:
+        check_model_data(m, ctx.dataset, ctx.where)
+    out = EvalOutcome()
+    if ecfg.reference_checkpoint and "corruptions" not in plan:
+        log("note: --reference is used by the corruption suite only (--suite imagenet-c); ignored")
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    for part in PARTS:
+        if part not in plan:
+            continue
+        if part == "grid":
+            with timed(out.timings, "grid"):
+                grid = grid_part(ctx)
+            out.rows, out.confidences = grid["results"], grid["confidences"]
+            write_robustness_tables(ctx.out_dir, out.rows, out.confidences)
+            log(format_summary(out.rows))
+            if len(ctx.models) > 1:
+                out.comparison = comparison_at(out.rows, ctx.models[0].name, ctx.models[1].name)
+                log("")
+                log(format_comparison(out.comparison))
+        elif part == "corruptions":
+            with timed(out.timings, "corruptions"):
+                out.suite["corruptions"] = corruption_part(ctx)
+            log("")
+            log(suite.format_corruption_summary(out.suite["corruptions"]["aggregate"],
+                                                out.suite["corruptions"]["summary"]))
+        elif part == "attacks":
+            with timed(out.timings, "attacks"):
+                out.suite["attacks"] = attack_part(ctx)
+            log("")
+            log(suite.format_attack_summary(out.suite["attacks"]["results"], out.suite["attacks"]["sanity_checks"]))
+        elif part == "certify":
+            with timed(out.timings, "certification"):
+                out.suite["certification"] = certify_part(ctx)
+            log("")
+            log(suite.format_certification_summary(out.suite["certification"]["results"]))
+            log(f"  ({out.suite['certification']['examples']})")
+        elif part == "calibration":
+            with timed(out.timings, "calibration"):
+                merged, out.calibration_per_model = calibration_part(ctx)
+            out.suite["calibration"] = merged
+            log("")
+            log(suite.format_calibration_summary(out.calibration_per_model, ecfg.conformal_alpha))
+            if merged["note"]:
+                log(f"  note: {merged['note']}")
+    write_suite_tables(ctx.out_dir, out.suite)
+    log("")
+    log(format_timings(out.timings))
+    return out
