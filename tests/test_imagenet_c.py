@@ -217,8 +217,9 @@ def _reference(corrupt, name: str, severity: int) -> np.ndarray:
 # "mac": relative difference of the mean absolute change from the clean image, per severity;
 # "mac_abs": absolute difference of that mean change; "mac_all": relative, pooled over severities.
 ORACLE_TOLERANCE: dict[str, tuple[str, float]] = {
-    "gaussian_noise": ("mac", 0.10), "shot_noise": ("mac", 0.10), "impulse_noise": ("mac", 0.10),
-    "speckle_noise": ("mac", 0.10),
+    "gaussian_noise": ("mac", 0.10),
+    # shot, impulse and speckle noise: 3% over 64 draws in test_noise_agrees_to_3_percent.
+    # spatter: test_spatter_agrees_with_imagecorruptions (several draws, relative tolerance).
     "defocus_blur": ("pixel", 0.1), "gaussian_blur": ("pixel", 0.1), "zoom_blur": ("pixel", 0.5),
     "contrast": ("pixel", 0.1), "brightness": ("pixel", 0.1), "saturate": ("pixel", 0.2),
     "jpeg_compression": ("pixel", 0.0),
@@ -229,14 +230,15 @@ ORACLE_TOLERANCE: dict[str, tuple[str, float]] = {
     # Parallel gather instead of the sequential swap chain: ~20% less change (documented).
     "glass_blur": ("mac", 0.30),
     "snow": ("mac", 0.15), "fog": ("mac", 0.15),
-    # Few, random drops: small absolute changes (0.01 - 0.07).
-    "spatter": ("mac_abs", 0.015),
     # Procedural texture; the reference's random photo per image dominates the spread.
     "frost": ("mac_all", 0.25),
 }
 
 
-@pytest.mark.parametrize("name", IMAGENET_C + HELD_OUT)
+_SEPARATE_ORACLE_TESTS = ("shot_noise", "impulse_noise", "speckle_noise", "spatter")
+
+
+@pytest.mark.parametrize("name", [n for n in IMAGENET_C + HELD_OUT if n not in _SEPARATE_ORACLE_TESTS])
 def test_agrees_with_imagecorruptions(oracle, name):
     clean = U8.astype(np.float32) / 255.0
     ours_all, ref_all = [], []
@@ -264,3 +266,53 @@ def test_agrees_with_imagecorruptions(oracle, name):
     if ORACLE_TOLERANCE.get(name, ("", 0))[0] == "mac_all":
         tol = ORACLE_TOLERANCE[name][1]
         assert abs(np.mean(ours_all) / np.mean(ref_all) - 1) <= tol, (ours_all, ref_all)
+
+
+def _uint8_like_oracle(ours: np.ndarray) -> np.ndarray:
+    """Ours truncated to uint8 levels as the oracle's ``np.uint8(...)`` does (1e-3: float slack)."""
+    return np.floor(np.asarray(ours) * 255.0 + 1e-3) / 255.0
+
+
+def _mean_change_over_draws(oracle, name: str, severity: int, draws: int) -> tuple[float, float]:
+    """(ours, oracle) mean |corrupted - clean| over ``draws`` independent draws of the 4 images."""
+    clean = U8.astype(np.float32) / 255.0
+    ours, ref = [], []
+    for draw in range(draws):  # same shape every time: one compilation per corruption
+        key = jax.random.fold_in(jax.random.key(severity), draw)
+        ours.append(np.abs(_uint8_like_oracle(apply_corruption(name, key, X, severity)) - clean).mean())
+        np.random.seed(1000 * severity + draw)
+        out = np.stack([oracle(img, corruption_name=name, severity=severity) for img in U8]).astype(np.float32) / 255.0
+        ref.append(np.abs(out - clean).mean())
+    return float(np.mean(ours)), float(np.mean(ref))
+
+
+# 16 draws x 4 images x 64 x 64 x 3 = 786k values per severity. The noisiest statistic is
+# impulse noise at severity 1 (3% of values replaced): per value |change| has sd ~0.094
+# around a mean of 0.015, so the mean over 786k values has a relative sd of ~0.7%, and the
+# ratio of two independent estimates ~1%. 3% is then > 3 sd for the worst case (shot and
+# speckle, which change every value, have sd < 0.3%), yet well below the errors it guards
+# against: a 5% wrong noise scale, photon count or replacement rate moves the change by ~5%.
+NOISE_DRAWS, NOISE_TOLERANCE = 16, 0.03
+
+
+@pytest.mark.parametrize("name", ["shot_noise", "impulse_noise", "speckle_noise"])
+def test_noise_agrees_to_3_percent(oracle, name):
+    for severity in range(1, 6):
+        ours, ref = _mean_change_over_draws(oracle, name, severity, NOISE_DRAWS)
+        assert abs(ours / ref - 1) <= NOISE_TOLERANCE, f"{name} s{severity}: change {ours:.5f} vs oracle {ref:.5f}"
+
+
+# Spatter's change is small (0.008 at ImageNet severity 1) and random (drop positions), so
+# it is compared relatively, over 8 draws of the 4 images. Water drops (severities 1-3)
+# are shaded by a chessboard-distance stand-in for the reference's Canny/L2 pipeline
+# (docs/CORRUPTIONS.md), measured 10-18% weaker; mud (4, 5) 7-8% stronger. 30% of the
+# change (0.0023 at severity 1) is far below the change itself, so a spatter that did
+# nothing, or doubled its drops, fails.
+SPATTER_DRAWS, SPATTER_TOLERANCE = 8, 0.30
+
+
+def test_spatter_agrees_with_imagecorruptions(oracle):
+    for severity in range(1, 6):
+        ours, ref = _mean_change_over_draws(oracle, "spatter", severity, SPATTER_DRAWS)
+        assert abs(ours / ref - 1) <= SPATTER_TOLERANCE, f"spatter s{severity}: change {ours:.5f} vs oracle {ref:.5f}"
+        assert abs(ours - ref) < ref  # the tolerance is smaller than the change it checks
