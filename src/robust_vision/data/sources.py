@@ -40,6 +40,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -119,6 +120,50 @@ class ArraySource(RecordSource):
         return images[..., None] if images.ndim == 3 else images
 
 
+class NpyRowSource(RecordSource):
+    """Rows of a uint8 ``.npy`` file (N, H, W, C) read with ``os.pread`` when indexed.
+
+    Unlike a memory map, the rows read do not stay mapped into the process, so the resident
+    memory stays flat however large the file (the OS page cache still speeds up re-reads)."""
+
+    def __init__(self, path: Path, labels: np.ndarray, info: SourceInfo):
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
+            self.offset = f.tell()
+        if dtype != np.uint8 or fortran or len(shape) != 4 or shape[0] != len(labels):
+            raise DatasetError(f"prepared: '{path}' holds {dtype} {shape} for {len(labels)} labels; expected uint8 "
+                               "(N, H, W, C) with one label per image (mismatched label file?)")
+        self.path = str(path)
+        self.shape = tuple(int(d) for d in shape)
+        self.row_bytes = int(np.prod(self.shape[1:]))
+        self.labels = np.asarray(labels, np.int32)
+        self.info = info
+        self._fd: Optional[int] = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_fd"] = None  # reopened in each worker process
+        return state
+
+    def _row(self, index: int) -> bytes:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        return os.pread(self._fd, self.row_bytes, self.offset + index * self.row_bytes)
+
+    def _read(self, index: int) -> np.ndarray:
+        return np.frombuffer(self._row(index), np.uint8).reshape(self.shape[1:])
+
+    def read_batch(self, indices: np.ndarray) -> np.ndarray:
+        out = np.empty((len(indices), *self.shape[1:]), np.uint8)
+        flat = out.reshape(len(indices), -1)
+        for k, i in enumerate(indices):
+            flat[k] = np.frombuffer(self._row(int(i)), np.uint8)
+        return out
+
+
 class FileSource(RecordSource):
     """Image files (PNG / JPEG / BMP) in a directory or a .zip, decoded when indexed.
 
@@ -176,7 +221,7 @@ def array_backed(source: RecordSource) -> bool:
     """Whether the records live in one array (rows of equal shape that can be read in one go)."""
     while isinstance(source, SubsetSource):
         source = source.base
-    return isinstance(source, ArraySource)
+    return isinstance(source, (ArraySource, NpyRowSource))
 
 
 def read_batch(source: RecordSource, indices: np.ndarray) -> np.ndarray:
@@ -473,10 +518,10 @@ def _prepared(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
     for split, entry in meta["splits"].items():
         if split not in wanted:
             continue
-        x = np.load(root / split / "images.npy", mmap_mode="r")
         y = np.load(root / split / "labels.npy")
-        out[split] = ArraySource(x, y, _info(names, x.shape[1:], f"prepared '{root}/{split}' "
-                                                                 f"({entry.get('from', '?')}): {len(y)} images"))
+        src = NpyRowSource(root / split / "images.npy", y, _info(names, None, ""))
+        out[split] = NpyRowSource(root / split / "images.npy", y, _info(
+            names, src.shape[1:], f"prepared '{root}/{split}' ({entry.get('from', '?')}): {len(y)} images"))
     return out
 
 
