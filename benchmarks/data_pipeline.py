@@ -5,7 +5,7 @@
 
 1. Peak RSS of one epoch of ``pipeline.train_batches`` over prepared uint8 shards (memory
    mapped) of ``--small`` and ``--large`` synthetic 32x32x3 images, each measured in a fresh
-   subprocess (``resource.getrusage`` max RSS), and the ratio large / small. Flat memory means
+   subprocess (VmHWM, the peak resident set), and the ratio large / small. Flat memory means
    a ratio near 1 although the data grows ``large / small`` times.
 2. Images/s of: the pipeline over a JPEG zip (decode in ``--workers`` processes), the pipeline
    over prepared shards, and a reference loop decoding the same JPEG files with PIL in a
@@ -51,8 +51,6 @@ def write_prepared(root: Path, n: int, chunk: int = 10000) -> Path:
 
 def _rss_child(root: str, batch_size: int) -> None:
     """(subprocess) one epoch over the prepared shards; prints peak RSS in MiB and images seen."""
-    import resource
-
     from robust_vision.config import DataConfig
     from robust_vision.data.pipeline import train_batches
     from robust_vision.data.sources import open_splits
@@ -62,7 +60,18 @@ def _rss_child(root: str, batch_size: int) -> None:
     for batch in train_batches(src, batch_size, seed=0, epoch=1, shard_index=0, shard_count=1, threads=2):
         seen += int(batch.mask.sum())
         checksum += int(batch.images[0, 0, 0, 0])
-    print(json.dumps({"rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seen": seen}))
+    print(json.dumps({"rss_mib": _peak_rss_mib(), "seen": seen}))
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident memory of this process image: VmHWM, which execve resets (ru_maxrss does
+    not: a child would report its parent's peak at fork time)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def peak_rss(root: Path, batch_size: int) -> dict:
