@@ -493,7 +493,8 @@ def test_unknown_name_lists_valid_names():
         load_dataset(cfg(dataset_name="imagenet"))
     msg = str(info.value)
     assert "'imagenet'" in msg and all(name in msg for name in DATASETS)
-    assert set(DATASETS) == {"digits", "cifar10", "mnist", "image_folder", "npz"}
+    assert set(DATASETS) == {"digits", "cifar10", "mnist", "image_folder", "npz", "cifar100", "tiny_imagenet",
+                             "prepared"}
 
 
 def test_split_accessor_and_bad_settings():

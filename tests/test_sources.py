@@ -93,6 +93,7 @@ def test_flat_image_folder_holds_out_and_says_so(tmp_path):
     # the same partition as the eager loader
     eager = load_dataset(cfg)
     np.testing.assert_array_equal(np.sort(eager.test.labels), np.sort(splits["test"].labels))
+    assert "test = 3 of 12 pooled images held out" in eager.notes  # printed by the trainer, never silent
 
 
 def test_corrupt_image_and_unmatched_layout(tmp_path):

@@ -171,6 +171,11 @@ def _eval(args: argparse.Namespace) -> int:
     from robust_vision.evaluation.loading import load_trained_model
     from robust_vision.evaluation.report import versions, write_json
 
+    data_split = getattr(args, "split", None)
+    if data_split == "all":  # --split all exists only for --data (no config key holds it)
+        if not getattr(args, "data", None):
+            raise ValueError("--split all: needs --data SOURCE (a config's dataset has train / val / test splits)")
+        args.split = None
     cfg, explicit_config = _eval_config(args)
     enable_compile_cache("off" if args.no_compile_cache else cfg.training.compile_cache_dir)
     ecfg = cfg.evaluation
@@ -185,7 +190,14 @@ def _eval(args: argparse.Namespace) -> int:
         if baseline.name == model.name:
             baseline.name = f"{baseline.name} (baseline)"
         models.append(baseline)
-    dataset = load_dataset(cfg.data)
+    if getattr(args, "data", None):  # --data: the whole given source as the checkpoint's input (docs/DATA.md)
+        from robust_vision.data.sources import eval_dataset, load_eval_source
+
+        source = load_eval_source(args.data, args.dataset, data_split or ecfg.split, model.input_shape,
+                                  model.num_classes)
+        dataset = eval_dataset(source, ecfg.split, name=args.data)
+    else:
+        dataset = load_dataset(cfg.data)
     split = dataset.split(ecfg.split)
     levels = list(ecfg.noise_levels)
     noise_types = list(ecfg.noise_types)
@@ -224,7 +236,11 @@ def eval_main(argv: list[str] | None = None) -> int:
     _add_config_args(parser, required=False)
     parser.add_argument("--output", help="output directory (default: evaluation.output_dir)")
     parser.add_argument("--baseline", help="a second run directory to compare against")
-    parser.add_argument("--split", choices=["train", "val", "test"], help="split to evaluate (default: test)")
+    parser.add_argument("--split", choices=["train", "val", "test", "all"],
+                        help="split to evaluate (default: test; all = every image of --data)")
+    parser.add_argument("--data", metavar="SOURCE", help="evaluate this dataset (dir, .zip, .npz) instead of the "
+                        "config's, converted to the checkpoint's input shape (docs/DATA.md)")
+    parser.add_argument("--dataset", metavar="NAME", help="layout of --data (default: detected)")
     parser.add_argument("--noise-types", dest="noise_types", nargs="+", help="e.g. gaussian salt_pepper fog occlusion")
     parser.add_argument("--levels", nargs="+", type=float, help="severities in [0, 1], e.g. 0 0.1 0.3 0.5")
     parser.add_argument("--n-draws", dest="n_draws", type=int, help="noise draws per image")

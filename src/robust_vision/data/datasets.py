@@ -652,15 +652,20 @@ def _finish(name: str, src: _Source, cfg: "DataConfig") -> Dataset:
         num_classes = len(keep)
 
     seed = cfg.split_seed
+    made = []  # every hold-out is reported in Dataset.notes (printed by the trainer), never silent
     if "pool" in parts:
         pool = parts.pop("pool")
         rest, test = _partition(pool[1], math.ceil(cfg.test_fraction * len(pool[1])), seed)
         parts["test"], parts["train"] = _take(pool, test), _take(pool, rest)
+        made.append(f"test = {len(test)} of {len(pool[1])} pooled images held out (data.test_fraction="
+                    f"{cfg.test_fraction:g}, split_seed={seed})")
         del pool
     if "val" not in parts:
         train = parts["train"]
         rest, val = _partition(train[1], math.ceil(cfg.val_fraction * len(train[1])), seed)
         parts["val"], parts["train"] = _take(train, val), _take(train, rest)
+        made.append(f"val = {len(val)} of {len(train[1])} training images held out (data.val_fraction="
+                    f"{cfg.val_fraction:g}, split_seed={seed})")
     cap = cfg.max_train_examples
     if cap is not None and cap < len(parts["train"][1]):
         train = parts["train"]
@@ -679,7 +684,8 @@ def _finish(name: str, src: _Source, cfg: "DataConfig") -> Dataset:
         raise DatasetError(f"{name}: no training examples left in '{src.where}' (after data.classes / splitting); "
                            "check data.classes and the fractions")
     return Dataset(name=name, train=splits["train"], val=splits["val"], test=splits["test"],
-                   num_classes=num_classes, class_names=tuple(class_names), notes=src.notes)
+                   num_classes=num_classes, class_names=tuple(class_names),
+                   notes="; ".join(n for n in [src.notes or f"{name}: {src.where}", *made] if n))
 
 
 def _registered(name: str, reader: Callable[["DataConfig"], _Source]) -> Callable[["DataConfig"], Dataset]:

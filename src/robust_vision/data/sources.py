@@ -40,6 +40,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -119,6 +120,50 @@ class ArraySource(RecordSource):
         return images[..., None] if images.ndim == 3 else images
 
 
+class NpyRowSource(RecordSource):
+    """Rows of a uint8 ``.npy`` file (N, H, W, C) read with ``os.pread`` when indexed.
+
+    Unlike a memory map, the rows read do not stay mapped into the process, so the resident
+    memory stays flat however large the file (the OS page cache still speeds up re-reads)."""
+
+    def __init__(self, path: Path, labels: np.ndarray, info: SourceInfo):
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
+            self.offset = f.tell()
+        if dtype != np.uint8 or fortran or len(shape) != 4 or shape[0] != len(labels):
+            raise DatasetError(f"prepared: '{path}' holds {dtype} {shape} for {len(labels)} labels; expected uint8 "
+                               "(N, H, W, C) with one label per image (mismatched label file?)")
+        self.path = str(path)
+        self.shape = tuple(int(d) for d in shape)
+        self.row_bytes = int(np.prod(self.shape[1:]))
+        self.labels = np.asarray(labels, np.int32)
+        self.info = info
+        self._fd: Optional[int] = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_fd"] = None  # reopened in each worker process
+        return state
+
+    def _row(self, index: int) -> bytes:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        return os.pread(self._fd, self.row_bytes, self.offset + index * self.row_bytes)
+
+    def _read(self, index: int) -> np.ndarray:
+        return np.frombuffer(self._row(index), np.uint8).reshape(self.shape[1:])
+
+    def read_batch(self, indices: np.ndarray) -> np.ndarray:
+        out = np.empty((len(indices), *self.shape[1:]), np.uint8)
+        flat = out.reshape(len(indices), -1)
+        for k, i in enumerate(indices):
+            flat[k] = np.frombuffer(self._row(int(i)), np.uint8)
+        return out
+
+
 class FileSource(RecordSource):
     """Image files (PNG / JPEG / BMP) in a directory or a .zip, decoded when indexed.
 
@@ -176,7 +221,7 @@ def array_backed(source: RecordSource) -> bool:
     """Whether the records live in one array (rows of equal shape that can be read in one go)."""
     while isinstance(source, SubsetSource):
         source = source.base
-    return isinstance(source, ArraySource)
+    return isinstance(source, (ArraySource, NpyRowSource))
 
 
 def read_batch(source: RecordSource, indices: np.ndarray) -> np.ndarray:
@@ -473,10 +518,10 @@ def _prepared(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
     for split, entry in meta["splits"].items():
         if split not in wanted:
             continue
-        x = np.load(root / split / "images.npy", mmap_mode="r")
         y = np.load(root / split / "labels.npy")
-        out[split] = ArraySource(x, y, _info(names, x.shape[1:], f"prepared '{root}/{split}' "
-                                                                 f"({entry.get('from', '?')}): {len(y)} images"))
+        src = NpyRowSource(root / split / "images.npy", y, _info(names, None, ""))
+        out[split] = NpyRowSource(root / split / "images.npy", y, _info(
+            names, src.shape[1:], f"prepared '{root}/{split}' ({entry.get('from', '?')}): {len(y)} images"))
     return out
 
 
@@ -643,3 +688,100 @@ def corruption_sources(path: str, suite: str) -> Iterator[tuple[str, int, Record
         return
     raise DatasetError(f"--suite: unknown published suite {suite!r}; expected cifar10-c, cifar100-c, imagenet-c or "
                        "tiny-imagenet-c")
+
+
+# --------------------------------------------------------------------------- evaluation sources
+
+
+class ConcatSource(RecordSource):
+    """Several sources with the same classes, one after the other (``--split all``)."""
+
+    def __init__(self, parts: Sequence[RecordSource], info: SourceInfo):
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+        self.labels = np.concatenate([p.labels for p in self.parts]).astype(np.int32) if self.parts else \
+            np.zeros(0, np.int32)
+        self.info = info
+
+    def _read(self, index: int) -> np.ndarray:
+        k = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.parts[k]._read(index - int(self.offsets[k]))
+
+
+class ConvertedSource(RecordSource):
+    """Another source's records resized / channel-converted to ``image_shape`` (H, W, C) when read."""
+
+    def __init__(self, base: RecordSource, image_shape: tuple[int, int, int]):
+        self.base = base
+        self.labels = base.labels
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.info = replace(base.info, image_shape=self.image_shape)
+
+    def _read(self, index: int) -> np.ndarray:
+        from robust_vision.data.pipeline import preprocess
+
+        h, w, c = self.image_shape
+        return preprocess(self.base._read(index), (h, w), c)
+
+
+def load_eval_source(path: str, dataset_name: Optional[str], split: str, image_shape: Sequence[int],
+                     num_classes: Optional[int] = None, *, log=print) -> RecordSource:
+    """The whole ``split`` ('train' | 'val' | 'test' | 'all') of the source at ``path``, independent
+    of any training config, converted to a checkpoint's input ``image_shape`` (H, W, C).
+
+    The layout is detected when ``dataset_name`` is None. Only the files of ``split`` are read;
+    no hold-out is made (a layout without that fixed split is an error naming the splits it has;
+    ``all`` takes every image of the source). Images are resized and gray <-> RGB converted as
+    the training data of the checkpoint was; a class count different from ``num_classes`` or a
+    channel count other than 1 / 3 cannot be converted and is a DatasetError. Prints one line
+    saying where the split came from and its size."""
+    from robust_vision.config import DataConfig
+
+    name = dataset_name or detect_layout(path)
+    if name not in LAYOUTS:
+        raise DatasetError(f"--dataset: unknown layout {name!r}; valid names: {', '.join(sorted(LAYOUTS))}")
+    if split not in (*SPLIT_NAMES, "all"):
+        raise DatasetError(f"--split: got {split!r}; expected train, val, test or all")
+    parts = LAYOUTS[name](path, set(SPLIT_NAMES) if split == "all" else {split}, False)
+    if split == "all":
+        ordered = [parts[k] for k in ("pool", "train", "val", "test") if k in parts]
+        src: RecordSource = ConcatSource(ordered, replace(ordered[0].info, description=" + ".join(
+            p.info.description for p in ordered)))
+    elif split in parts:
+        src = parts[split]
+    elif set(parts) == {"pool"}:
+        raise DatasetError(f"--split {split}: the {name} source '{path}' has no fixed splits (one pool of "
+                           f"{len(parts['pool'])} images); use --split all to evaluate every image, or train/test folders")
+    else:
+        raise _missing_split(name, split, Path(path), sorted(parts))
+    h, w, c = (int(s) for s in image_shape)
+    if c not in (1, 3):
+        raise DatasetError(f"the checkpoint expects {c} channels; only 1 (gray) or 3 (RGB) can be converted to")
+    if num_classes is not None and src.info.num_classes != num_classes:
+        raise DatasetError(f"'{path}' has {src.info.num_classes} classes but the checkpoint predicts {num_classes}; "
+                           "evaluate on data with the classes the model was trained on (same class folders)")
+    if len(src) == 0:
+        raise DatasetError(f"'{path}' {split} split has no images")
+    log(f"Evaluation data ({split}): {len(src)} images <- {src.info.description}; converted to {h}x{w}x{c}")
+    return ConvertedSource(src, (h, w, c))
+
+
+def eval_dataset(source: RecordSource, slot: str = "test", name: str = "data"):
+    """A :class:`~robust_vision.data.datasets.Dataset` holding ``source`` decoded as float32 [0, 1]
+    in split ``slot`` (the others empty), for evaluators that take in-memory splits. Memory is the
+    whole split; streaming evaluators should use ``pipeline.eval_batches(source, ...)`` instead."""
+    from robust_vision.data.datasets import Dataset, Split
+    from robust_vision.data.pipeline import eval_batches
+
+    h, w, c = source.info.image_shape  # type: ignore[misc]
+    images = np.empty((len(source), h, w, c), np.float32)
+    pos = 0
+    for batch in eval_batches(source, 256, shard_index=0, shard_count=1, threads=2):
+        n = int(batch.mask.sum())
+        images[pos:pos + n] = batch.images[:n].astype(np.float32) / (255.0 if batch.images.dtype == np.uint8 else 1.0)
+        pos += n
+    empty = Split(np.zeros((0, h, w, c), np.float32), np.zeros(0, np.int32))
+    splits = {k: empty for k in SPLIT_NAMES}
+    splits[slot] = Split(images, source.labels.astype(np.int32))
+    return Dataset(name=name, num_classes=source.info.num_classes, class_names=source.info.class_names,
+                   notes=source.info.description, **splits)

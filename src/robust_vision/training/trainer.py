@@ -201,6 +201,8 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
 
     log(f"Dataset {dataset.name}: {n_train} train / {len(dataset.val.labels)} val / {len(dataset.test.labels)} test, "
         f"images {dataset.image_shape}, {dataset.num_classes} classes")
+    if dataset.notes:
+        log(f"  splits: {dataset.notes}")
     log(f"Model {cfg.model.name}: {n_params:,} parameters; {mesh.devices.size} device(s) "
         f"({jax.devices()[0].platform}); {steps_per_epoch} steps/epoch")
 
