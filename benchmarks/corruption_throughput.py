@@ -1,7 +1,7 @@
 """Throughput of the ImageNet-C corruptions: ours (jitted, batched) vs ``imagecorruptions``.
 
     python benchmarks/corruption_throughput.py [--sizes 32 224] [--batch 16] [--severity 3]
-        [--ref-images 8] [--repeats 3] [--names shot_noise pixelate ...] [--seed-noises]
+        [--ref-images 4] [--repeats 3] [--names shot_noise pixelate ...] [--seed-noises]
 
 For each image size and corruption (ImageNet table, the reference's only one): images/s of
 ours on a batch of ``--batch`` images (best of ``--repeats`` timed calls with
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.resources as importlib_resources
+import importlib.util
+import os
 import sys
 import time
 import types
@@ -35,7 +36,9 @@ def _load_reference():
         importlib.import_module("pkg_resources")
     except ImportError:
         stub = types.ModuleType("pkg_resources")
-        stub.resource_filename = lambda package, path: str(importlib_resources.files(package).joinpath(path))
+        # pkg_resources accepts a module name (imagecorruptions.corruptions): resolve its folder.
+        stub.resource_filename = lambda module, path: os.path.join(
+            os.path.dirname(importlib.util.find_spec(module).origin), path)
         sys.modules["pkg_resources"] = stub
     try:
         package = importlib.import_module("imagecorruptions")
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 224],
                         help="image sides in pixels (>= 32 for the reference)")
     parser.add_argument("--batch", type=int, default=16, help="images per batch for ours")
-    parser.add_argument("--ref-images", type=int, default=8, help="images timed for the reference (<= batch)")
+    parser.add_argument("--ref-images", type=int, default=4, help="images timed for the reference (<= batch)")
     parser.add_argument("--severity", type=int, default=3)
     parser.add_argument("--scale", choices=["imagenet", "cifar"], default="imagenet")
     parser.add_argument("--repeats", type=int, default=3)
