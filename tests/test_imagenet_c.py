@@ -8,8 +8,9 @@ patched here, on the oracle's module only (see ``oracle``), never globally.
 from __future__ import annotations
 
 import importlib
-import importlib.resources as importlib_resources
+import importlib.util
 import io
+import os
 import sys
 import types
 
@@ -177,7 +178,10 @@ def oracle():
             importlib.import_module("pkg_resources")
         except ImportError:
             stub = types.ModuleType("pkg_resources")
-            stub.resource_filename = lambda package, path: str(importlib_resources.files(package).joinpath(path))
+            # pkg_resources takes a module name (imagecorruptions.corruptions), not only a
+            # package: resolve the module's folder (importlib.resources.files rejects modules).
+            stub.resource_filename = lambda module, path: os.path.join(
+                os.path.dirname(importlib.util.find_spec(module).origin), path)
             mp.setitem(sys.modules, "pkg_resources", stub)
         try:
             importlib.import_module("scipy.ndimage.interpolation")
