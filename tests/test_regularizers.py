@@ -103,3 +103,33 @@ def test_spectral_penalty_argument_errors():
         spectral_penalty(h, start=5)
     with pytest.raises(ValueError, match="batch"):
         spectral_penalty(jnp.ones((3, 20)), start=4)
+
+
+def test_jacobian_conventions_differ_by_exactly_two():
+    A = jax.random.normal(jax.random.key(7), (6, 4))
+    x = jax.random.uniform(jax.random.key(8), (5, 6))
+    fn = lambda x: x @ A
+    target = float(jnp.sum(A ** 2))
+    for n_proj in (-1, 3):
+        full = jacobian_penalty(fn, x, jax.random.key(9), n_proj=n_proj, convention="frobenius_sq")
+        half = jacobian_penalty(fn, x, jax.random.key(9), n_proj=n_proj, convention="half_frobenius_sq")
+        assert float(full) == 2.0 * float(half)  # same key, same projections: exactly 2x (a power of 2)
+    np.testing.assert_allclose(float(jacobian_penalty(fn, x, jax.random.key(9), -1, "half_frobenius_sq")),
+                               0.5 * target, rtol=1e-5)
+    np.testing.assert_allclose(float(jacobian_penalty(fn, x, jax.random.key(9), -1)), target, rtol=1e-5)  # default
+    with pytest.raises(ValueError, match="half_frobenius_sq"):
+        jacobian_penalty(fn, x, jax.random.key(9), convention="half")
+
+
+def test_jacobian_convention_is_a_config_option():
+    from robust_vision.config import RegularizerConfig
+    from robust_vision.regularizers import JACOBIAN_CONVENTIONS
+
+    assert RegularizerConfig().jacobian_convention == "frobenius_sq"  # default: ||J||_F^2, unchanged
+    assert set(JACOBIAN_CONVENTIONS) == {"frobenius_sq", "half_frobenius_sq"}
+    from robust_vision.config import ConfigError, config_from_dict
+
+    cfg = config_from_dict({"training": {"regularizers": {"jacobian_convention": "half_frobenius_sq"}}})
+    assert cfg.training.regularizers.jacobian_convention == "half_frobenius_sq"
+    with pytest.raises(ConfigError, match="jacobian_convention"):
+        config_from_dict({"training": {"regularizers": {"jacobian_convention": "half"}}})

@@ -144,6 +144,8 @@ class RegularizerConfig:
 
     jacobian_weight: float = _f(0.0, min=0.0, help="weight of the Jacobian penalty ||d logits / d x||_F^2 (Hoffman et al. 2019)")
     jacobian_projections: int = _f(1, min=-1, help="random projections of the Jacobian estimate (-1 = exact)")
+    jacobian_convention: Literal["frobenius_sq", "half_frobenius_sq"] = _f(
+        "frobenius_sq", help="Jacobian penalty scale: frobenius_sq = ||J||_F^2 (default, unchanged meaning of existing weights); half_frobenius_sq = 1/2 ||J||_F^2 as the reference code (Hoffman et al. 2019), so the paper's weights carry over")
     spectral_weight: float = _f(0.0, min=0.0, help="weight of the spectral penalty (Nassar et al. 2020)")
     spectral_layer: str = _f("embedding", help="feature whose covariance spectrum is pushed toward 1/n^alpha")
     spectral_alpha: float = _f(1.0, min=0.0, min_exclusive=True, help="target power-law exponent")

@@ -14,16 +14,24 @@ either (the Jacobian-vector products themselves are ``jax.vjp``).
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["jacobian_penalty", "make_regularizer", "spectral_penalty"]
+__all__ = ["JACOBIAN_CONVENTIONS", "jacobian_penalty", "make_regularizer", "spectral_penalty"]
+
+# How the Jacobian penalty is scaled. "frobenius_sq": ||J||_F^2 (this project's default since
+# its first release, so existing weights and configs keep their meaning); "half_frobenius_sq":
+# 1/2 ||J||_F^2, the loss of the reference code (facebookresearch/jacobian_regularizer,
+# JacobianReg returns ||J||_F^2 / 2 with lambda_JR applied outside), so a weight taken from
+# Hoffman et al. means the same here.
+JACOBIAN_CONVENTIONS: dict[str, float] = {"frobenius_sq": 1.0, "half_frobenius_sq": 0.5}
 
 
 def jacobian_penalty(fn: Callable[[jax.Array], jax.Array], x: jax.Array, key: jax.Array,
-                     n_proj: int = 1) -> jax.Array:
+                     n_proj: int = 1,
+                     convention: Literal["frobenius_sq", "half_frobenius_sq"] = "frobenius_sq") -> jax.Array:
     """Estimate of ||J(x)||_F^2 = sum_{c,i} (d fn(x)_c / d x_i)^2, averaged over the batch.
 
     For every example a random unit vector v on the sphere of the C outputs gives
@@ -37,12 +45,16 @@ def jacobian_penalty(fn: Callable[[jax.Array], jax.Array], x: jax.Array, key: ja
       key: ``jax.random`` key of the projections.
       n_proj: number of random projections (> 0), or -1 for the exact value (C products
         with the orthonormal basis).
+      convention: ``"frobenius_sq"`` (default): the estimate of ||J||_F^2;
+        ``"half_frobenius_sq"``: half of it, the reference code's loss (see
+        ``JACOBIAN_CONVENTIONS``).
 
     Returns:
-      Scalar float32: the estimate of the mean over the batch of ||J||_F^2 (the reference
-      code's loss is half of this; fold the 1/2 into the regularisation weight).
-      Differentiable with respect to parameters closed over by ``fn``.
+      Scalar float32: the estimate of the mean over the batch of ||J||_F^2, times 1/2 under
+      ``"half_frobenius_sq"``. Differentiable with respect to parameters closed over by ``fn``.
     """
+    if convention not in JACOBIAN_CONVENTIONS:
+        raise ValueError(f"convention must be one of {', '.join(JACOBIAN_CONVENTIONS)}, got {convention!r}")
     if n_proj == 0 or n_proj < -1:
         raise ValueError(f"n_proj must be a positive number of projections or -1 (exact), got {n_proj}")
     y, vjp_fn = jax.vjp(fn, x)
@@ -57,6 +69,7 @@ def jacobian_penalty(fn: Callable[[jax.Array], jax.Array], x: jax.Array, key: ja
         vs = jax.random.normal(key, (n_proj, b, c), y.dtype)
         vs = vs / jnp.linalg.norm(vs, axis=-1, keepdims=True)
         scale = c / n_proj  # C ||v^T J||^2 is unbiased; average over projections
+    scale = scale * JACOBIAN_CONVENTIONS[convention]
     # One batched vjp per projection vector (vmap over projections, never over examples).
     (jv,) = jax.vmap(vjp_fn)(vs)  # (P, B, ...)
     return (scale * jnp.sum(jv.astype(jnp.float32) ** 2) / b).astype(jnp.float32)
@@ -145,7 +158,8 @@ def make_regularizer(rcfg) -> Optional[Callable]:
                 return merge_fresh(graph, state)(x)  # the copy's batch-norm update stays inside jax.vjp
 
             total = total + rcfg.jacobian_weight * jacobian_penalty(logits_of, images, key,
-                                                                     n_proj=rcfg.jacobian_projections)
+                                                                     n_proj=rcfg.jacobian_projections,
+                                                                     convention=rcfg.jacobian_convention)
         if rcfg.spectral_weight > 0:
             if rcfg.spectral_layer not in features:
                 raise ValueError(f"training.regularizers.spectral_layer: got {rcfg.spectral_layer!r}; this model's "
