@@ -46,12 +46,21 @@ def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> 
                         help="set a config key, e.g. --override training.margin_lambda=1.0 (repeatable)")
 
 
+def _add_distributed_args(parser: argparse.ArgumentParser) -> None:
+    from robust_vision.distributed import add_cli_args  # imports jax; only once a command is chosen
+
+    add_cli_args(parser)
+
+
 # --------------------------------------------------------------------------- train
 
 
 def _train(args: argparse.Namespace) -> int:
+    from robust_vision import distributed
     from robust_vision.config import load_config
     from robust_vision.training.trainer import train
+
+    distributed.init_from_args(args)  # first: before anything touches a JAX device
 
     overrides = list(args.override)
     if args.run_dir:
@@ -60,7 +69,8 @@ def _train(args: argparse.Namespace) -> int:
         overrides.append("training.progress_bar=false")
     cfg = load_config(args.config, overrides)
     result = train(cfg, resume=args.resume)
-    print(f"Run directory: {result.run_dir}")
+    if distributed.is_main_process():
+        print(f"Run directory: {result.run_dir}")
     return 0
 
 
@@ -72,6 +82,7 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     parser.add_argument("--run-dir", help="run directory (same as --override training.checkpoint_dir=DIR)")
     parser.add_argument("--no-progress", action="store_true", help="no per-epoch progress bar")
+    _add_distributed_args(parser)
     return _run(_train, parser.parse_args(argv))
 
 
@@ -290,7 +301,10 @@ def _write_suite_tables(out_dir, parts: dict) -> list:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    import builtins
     from pathlib import Path
+
+    from robust_vision import distributed
 
     from robust_vision.config import config_to_dict
     from robust_vision.data.datasets import load_dataset
@@ -306,6 +320,9 @@ def _eval(args: argparse.Namespace) -> int:
     )
     from robust_vision.evaluation.robustness import evaluate_robustness
 
+    distributed.init_from_args(args)  # first: before anything touches a JAX device
+    main = distributed.is_main_process()  # only process 0 prints and writes tables and figures
+    print = distributed.main_only(builtins.print)  # noqa: A001
     cfg, explicit_config = _eval_config(args)
     ecfg = cfg.evaluation
     if ecfg.suite != "none":
@@ -338,7 +355,8 @@ def _eval(args: argparse.Namespace) -> int:
         rows += res.rows
         confidences.update(res.confidences)
     out_dir = Path(ecfg.output_dir)
-    write_robustness_tables(out_dir, rows, confidences)
+    if main:
+        write_robustness_tables(out_dir, rows, confidences)
     summary = format_summary(rows)
     print(summary)
     comparison = None
@@ -375,9 +393,12 @@ def _eval(args: argparse.Namespace) -> int:
         print(suite.format_calibration_summary(per_model, ecfg.conformal_alpha))
         if merged["note"]:
             print(f"  note: {merged['note']}")
-    _write_suite_tables(out_dir, parts)
+    if main:
+        _write_suite_tables(out_dir, parts)
     print("\nTimings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
 
+    if not main:
+        return 0
     write_json(out_dir / "results.json", {
         "models": [{"name": m.name, "run_dir": str(m.run_dir), "checkpoint": str(m.checkpoint_dir),
                     "epoch": m.meta.get("epoch"), "input_shape": list(m.input_shape)} for m in models],
@@ -442,6 +463,7 @@ def eval_main(argv: list[str] | None = None) -> int:
                    help="reliability, temperature, conformal and selective tables (default: on)")
     g.add_argument("--conformal-alpha", dest="conformal_alpha", nargs="+", type=float, metavar="A",
                    help="conformal miscoverage levels (default 0.1)")
+    _add_distributed_args(parser)
     return _run(_eval, parser.parse_args(argv))
 
 

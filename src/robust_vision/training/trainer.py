@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from robust_vision.config import Config, ConfigError, config_to_dict, save_config
 from robust_vision.data.datasets import Dataset, Split, load_dataset
 from robust_vision.data.pipeline import (batch_indices, check_batch_divisible, data_mesh, epoch_permutation,
-                                         num_batches, replicate, shard_batch)
+                                         local_rows, num_batches, replicate, shard_batch)
+from robust_vision.distributed import gather_batches, is_main_process, main_only
 from robust_vision.evaluation.batched import collect_per_example
 from robust_vision.evaluation.metrics import summarize
 from robust_vision.losses import make_loss
@@ -160,6 +161,8 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
 
         return train_local_rule(cfg, resume=resume, log=log)
     run_dir, has_checkpoints = check_run_request(cfg, resume)
+    main = is_main_process()  # only process 0 writes files and prints; checkpoints are collective
+    log = main_only(log)
 
     dataset = dataset_for(cfg)
     mesh = data_mesh()
@@ -187,6 +190,8 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
     store = CheckpointStore(run_dir, save_every=tcfg.save_every, best_mode=tcfg.best_mode)
     history: list[dict] = []
     start_epoch, best_value, best_epoch = 1, None, None
+    # On the mesh before a restore, so every process restores (collectively) into global arrays.
+    state = replicate(mesh, state)
     if resume and store.latest_epoch() is not None:
         state, meta = store.restore(state)
         start_epoch = int(meta["epoch"]) + 1
@@ -195,14 +200,14 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
         log(f"Resuming {run_dir} from epoch {meta['epoch']}")
     elif resume:
         log(f"--resume: no checkpoint in {run_dir}; starting from scratch")
-    save_config(cfg, run_dir / "config.yaml")
+    if main:
+        save_config(cfg, run_dir / "config.yaml")
 
     log(f"Dataset {dataset.name}: {n_train} train / {len(dataset.val.labels)} val / {len(dataset.test.labels)} test, "
         f"images {dataset.image_shape}, {dataset.num_classes} classes")
     log(f"Model {cfg.model.name}: {n_params:,} parameters; {mesh.devices.size} device(s) "
-        f"({jax.devices()[0].platform}); {steps_per_epoch} steps/epoch")
+        f"({jax.devices()[0].platform}, {jax.process_count()} process(es)); {steps_per_epoch} steps/epoch")
 
-    state = replicate(mesh, state)
     train_step = make_train_step(parts, tx, make_loss(tcfg), tcfg, extra_loss=make_regularizer(tcfg.regularizers),
                                  **adversarial_hooks(tcfg.adversarial))
     eval_step = make_eval_step(parts)
@@ -214,18 +219,18 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
         epoch_key = jax.random.fold_in(base_key, epoch)
         outputs, masks = [], []
         bar = tqdm(total=steps_per_epoch, desc=f"Epoch {epoch}/{tcfg.epochs}", leave=False,
-                   disable=not tcfg.progress_bar, unit="step")
+                   disable=not (tcfg.progress_bar and main), unit="step")
+        rows = local_rows(mesh, tcfg.batch_size)  # this process feeds its own rows of each global batch
         for i, batch in enumerate(batch_indices(n_train, tcfg.batch_size, order)):
-            x, y, m = shard_batch(mesh, dataset.train.images[batch.indices], dataset.train.labels[batch.indices],
-                                  batch.mask)
+            idx = batch.indices[rows]
+            x, y, m = shard_batch(mesh, dataset.train.images[idx], dataset.train.labels[idx], batch.mask[rows])
             state, per_ex = train_step(state, x, y, m, jax.random.fold_in(epoch_key, i))
             outputs.append(per_ex)
             masks.append(batch.mask)
             bar.update(1)
         bar.close()
         keep = np.concatenate(masks) > 0
-        fetched = jax.device_get(outputs)
-        train_pe = {k: np.concatenate([o[k] for o in fetched])[keep] for k in fetched[0]}
+        train_pe = {k: v[keep] for k, v in gather_batches(outputs).items()}
         train_summary = summarize(train_pe)
         if not math.isfinite(train_summary["loss"]):
             raise TrainingError(f"training diverged at epoch {epoch} (train loss = {train_summary['loss']}); the "
@@ -246,7 +251,8 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
                        val_snr=vs["snr"], val_snr_median=vs["snr_median"], val_ece=vs["ece"])
         row["epoch_time_s"] = time.perf_counter() - t0
         history.append(row)
-        write_history(run_dir / "metrics.csv", history)
+        if main:
+            write_history(run_dir / "metrics.csv", history)
 
         log(f"Epoch {epoch}/{tcfg.epochs}")
         log(f"  Train Loss: {row['train_loss']:.4f}  Train Acc: {row['train_accuracy']:.4f}  "
