@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import time
 from typing import Any, Callable
 
 import jax
@@ -95,8 +97,12 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     # CPU devices talk through gloo (TCP); GPUs and TPUs use their own collectives.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     where = coordinator or f"the coordinator of the {cluster} job"
+    remaining = timeout_s
+    if coordinator is not None:
+        remaining = rendezvous(coordinator, num_processes, process_id, timeout_s)
     try:
-        jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=int(timeout_s))
+        jax.distributed.initialize(coordinator, num_processes, process_id,
+                                   initialization_timeout=max(int(remaining), 5))
     except Exception as exc:  # XLA raises RuntimeError / XlaRuntimeError / ValueError variants
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise DistributedError(f"process {process_id if process_id is not None else '?'} could not join the process "
@@ -104,6 +110,76 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                                "--coordinator HOST:PORT (process 0 runs on HOST) and check that the port is reachable"
                                ) from None
     return True
+
+
+def rendezvous(coordinator: str, num_processes: int, process_id: int, timeout_s: float) -> float:
+    """Wait (at most ``timeout_s``) until all processes have reached ``coordinator``; returns the
+    seconds left.
+
+    Written by hand because JAX's own connect aborts the whole process (a C++ fatal error, no
+    Python exception) when a peer or the coordinator does not show up in time; this plain TCP
+    handshake on the coordinator's port, done before JAX binds it, turns that into a one-line
+    DistributedError naming the address (process 0 also names the missing process ids).
+    """
+    host, _, port = coordinator.rpartition(":")
+    host = host.strip("[]")
+    deadline = time.monotonic() + timeout_s
+    hint = ("start every process with the same --coordinator HOST:PORT and --num-processes, process 0 on HOST, "
+            "and check that the port is reachable")
+    if process_id == 0:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as server:
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                server.bind(("", int(port)))
+            except OSError as exc:
+                raise DistributedError(f"process 0 cannot listen on {coordinator} ({exc.strerror}); choose a free "
+                                       "--coordinator port") from None
+            server.listen(num_processes)
+            peers: dict[int, socket.socket] = {}
+            try:
+                while len(peers) < num_processes - 1:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        missing = sorted(set(range(1, num_processes)) - set(peers))
+                        raise DistributedError(f"process 0 at {coordinator}: process(es) {missing} did not join "
+                                               f"within {timeout_s:g} s; {hint}")
+                    server.settimeout(min(left, 1.0))
+                    try:
+                        conn, _ = server.accept()
+                    except TimeoutError:
+                        continue
+                    conn.settimeout(max(deadline - time.monotonic(), 0.1))
+                    try:
+                        peers[int(conn.recv(16).decode() or -1)] = conn
+                    except (OSError, ValueError):
+                        conn.close()
+                for conn in peers.values():
+                    conn.sendall(b"go")
+                for conn in peers.values():  # let the peers close first: no TIME_WAIT on the port
+                    conn.settimeout(max(deadline - time.monotonic(), 1.0))
+                    try:
+                        conn.recv(1)
+                    except OSError:
+                        pass
+            finally:
+                for conn in peers.values():
+                    conn.close()
+    else:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DistributedError(f"process {process_id} could not reach the coordinator {coordinator} within "
+                                       f"{timeout_s:g} s; {hint}")
+            try:
+                with socket.create_connection((host, int(port)), timeout=min(left, 2.0)) as conn:
+                    conn.sendall(str(process_id).encode())
+                    conn.settimeout(max(deadline - time.monotonic(), 0.1))
+                    if conn.recv(2) == b"go":
+                        break
+            except OSError:
+                pass
+            time.sleep(0.2)
+    return max(deadline - time.monotonic(), 0.0)
 
 
 def _check_flags(coordinator: str, num_processes: int, process_id: int) -> None:
