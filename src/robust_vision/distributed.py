@@ -22,7 +22,9 @@ import argparse
 import os
 import socket
 import time
-from typing import Any, Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
@@ -258,6 +260,23 @@ def gather_batches(outputs: list[dict[str, jax.Array]]) -> dict[str, np.ndarray]
 
     stacked = {k: jnp.concatenate([o[k].reshape(-1) for o in outputs]) for k in outputs[0]}
     return to_host(stacked)
+
+
+@contextmanager
+def file_lock(path: str | Path, *, blocking: bool = True) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if missing) between processes, also on
+    other machines when the file is on a shared filesystem that supports POSIX locks (NFSv4,
+    Lustre, GPFS). ``blocking=False`` raises BlockingIOError when another process holds it."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def barrier(name: str) -> None:
