@@ -227,3 +227,56 @@ def test_gather_batches_keeps_batch_order():
     out = gather_batches([{"a": jnp.arange(3.0)}, {"a": jnp.arange(3.0, 6.0)}])
     np.testing.assert_array_equal(out["a"], np.arange(6.0))
     assert gather_batches([]) == {}
+
+
+# --------------------------------------------------------------------------- distributed sweeps
+
+_SWEEP_WORKER = r"""
+import sys
+from robust_vision.experiments.cli import sweep_main
+sys.exit(sweep_main(sys.argv[1:]))
+"""
+
+
+def test_two_sweep_workers_share_one_study(tmp_path):
+    """Two robust-vision-sweep workers, one journal storage: 3 distinct trials, each trained once."""
+    optuna = pytest.importorskip("optuna")
+    out = tmp_path / "sweep"
+    args = ["--config", str(REPO_ROOT / "configs" / "research" / "lambda_sweep.yaml"), "--output", str(out),
+            "--storage", "journal", "--no-plots",
+            "--override", "sweep.parameters={training.margin_lambda: {low: 0.1, high: 10.0, log: true}}",
+            "--override", "sweep.method=optuna", "--override", "sweep.n_trials=3", "--override", "sweep.seed=5"]
+    for o in tiny_overrides(out / "unused", epochs=1) + ["training.ema_enabled=false", "data.max_train_examples=256"]:
+        args += ["--override", o]
+    log_paths = [tmp_path / f"worker{i}.txt" for i in range(2)]
+    workers = []
+    try:
+        for path in log_paths:
+            with path.open("w") as log_file:
+                workers.append(subprocess.Popen([sys.executable, "-c", _SWEEP_WORKER, *args], env=_env(1),
+                                                stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT))
+        for p in workers:
+            p.wait(timeout=TIMEOUT_S)
+    finally:
+        for p in workers:
+            p.kill()
+    logs = [p.read_text() for p in log_paths]
+    assert [p.returncode for p in workers] == [0, 0], "\n".join(log[-1500:] for log in logs)
+
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name="robust-vision-sweep",
+                              storage=JournalStorage(JournalFileBackend(str(out / "optuna.journal"))))
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3  # exactly n_trials, none lost, none extra
+    ids = [t.user_attrs["trial_id"] for t in trials]
+    assert len(set(ids)) == 3  # distinct trials
+    assert len({t.user_attrs["worker"] for t in trials}) >= 1
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert sorted(r["trial_id"] for r in rows) == sorted(ids) and all(r["status"] == "complete" for r in rows)
+    assert sorted(p.name for p in (out / "trials").iterdir()) == sorted(ids)  # each trained in its own directory
+    trained = sum(int(line.split(";")[1].split()[0]) for log in logs for line in log.splitlines()
+                  if "trained by this run" in line)
+    assert trained == 3  # each trial trained exactly once across the two workers
