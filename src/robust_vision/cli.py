@@ -48,12 +48,21 @@ def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> 
                         help="set a config key, e.g. --override training.margin_lambda=1.0 (repeatable)")
 
 
+def _add_distributed_args(parser: argparse.ArgumentParser) -> None:
+    from robust_vision.distributed import add_cli_args  # imports jax; only once a command is chosen
+
+    add_cli_args(parser)
+
+
 # --------------------------------------------------------------------------- train
 
 
 def _train(args: argparse.Namespace) -> int:
+    from robust_vision import distributed
     from robust_vision.config import load_config
     from robust_vision.training.trainer import train
+
+    distributed.init_from_args(args)  # first: before anything touches a JAX device
 
     overrides = list(args.override)
     if args.run_dir:
@@ -65,7 +74,8 @@ def _train(args: argparse.Namespace) -> int:
 
     enable_compile_cache("off" if args.no_compile_cache else cfg.training.compile_cache_dir)
     result = train(cfg, resume=args.resume)
-    print(f"Run directory: {result.run_dir}")
+    if distributed.is_main_process():
+        print(f"Run directory: {result.run_dir}")
     return 0
 
 
@@ -79,6 +89,7 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no per-epoch progress bar")
     parser.add_argument("--no-compile-cache", dest="no_compile_cache", action="store_true",
                         help="do not use the persistent compilation cache (ROBUST_VISION_CACHE_DIR=off)")
+    _add_distributed_args(parser)
     return _run(_train, parser.parse_args(argv))
 
 
@@ -162,8 +173,10 @@ def _asked_parts(args: argparse.Namespace) -> list[str]:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    import builtins
     from pathlib import Path
 
+    from robust_vision import distributed
     from robust_vision.compile_cache import enable_compile_cache
     from robust_vision.config import config_to_dict
     from robust_vision.data.datasets import load_dataset
@@ -176,6 +189,9 @@ def _eval(args: argparse.Namespace) -> int:
         if not getattr(args, "data", None):
             raise ValueError("--split all: needs --data SOURCE (a config's dataset has train / val / test splits)")
         args.split = None
+    distributed.init_from_args(args)  # first: before anything touches a JAX device
+    main = distributed.is_main_process()  # only process 0 prints and writes tables and figures
+    print = distributed.main_only(builtins.print)  # noqa: A001
     cfg, explicit_config = _eval_config(args)
     enable_compile_cache("off" if args.no_compile_cache else cfg.training.compile_cache_dir)
     ecfg = cfg.evaluation
@@ -208,8 +224,10 @@ def _eval(args: argparse.Namespace) -> int:
     out_dir = Path(ecfg.output_dir)
     ctx = runner.EvalContext(cfg=cfg, models=models, dataset=dataset, split=split, noise_types=noise_types,
                              levels=levels, where=f"{cfg.data.dataset_name} ({ecfg.split} split)", out_dir=out_dir,
-                             quiet=args.quiet)
+                             quiet=args.quiet, log=print)
     outcome = runner.run_plan(ctx, plan)
+    if not main:  # tables, results.json and figures come from process 0 alone
+        return 0
     write_json(out_dir / "results.json", {
         "models": [{"name": m.name, "run_dir": str(m.run_dir), "checkpoint": str(m.checkpoint_dir),
                     "epoch": m.meta.get("epoch"), "input_shape": list(m.input_shape)} for m in models],
@@ -286,6 +304,7 @@ def eval_main(argv: list[str] | None = None) -> int:
                    help="reliability, temperature, conformal and selective tables (default: on)")
     g.add_argument("--conformal-alpha", dest="conformal_alpha", nargs="+", type=float, metavar="A",
                    help="conformal miscoverage levels (default 0.1)")
+    _add_distributed_args(parser)
     return _run(_eval, parser.parse_args(argv))
 
 

@@ -50,19 +50,57 @@ def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
 
 
 def data_mesh() -> Mesh:
-    """A 1-D mesh over every device of the process group, axis ``"data"``."""
-    return Mesh(np.array(jax.devices()), ("data",))
+    """A 1-D mesh over every device of every process (``jax.distributed``), axis ``"data"``.
+
+    Devices are ordered by process, so each process's devices hold one contiguous block of
+    rows of every batch (``local_rows``)."""
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    return Mesh(np.array(devices), ("data",))
 
 
-def shard_batch(mesh: Mesh, *arrays: np.ndarray):
-    """Place arrays on the mesh split along their first (batch) axis."""
-    sharding = NamedSharding(mesh, PartitionSpec("data"))
-    return tuple(jax.device_put(a, sharding) for a in arrays)
+def local_rows(mesh: Mesh, global_size: int) -> slice:
+    """The rows of a batch axis of ``global_size`` (a multiple of the mesh size) that this
+    process feeds: one contiguous block, all rows on a single process."""
+    flat = list(mesh.devices.flat)
+    mine = [i for i, d in enumerate(flat) if d.process_index == jax.process_index()]
+    per_device = global_size // len(flat)
+    return slice(mine[0] * per_device, (mine[-1] + 1) * per_device)
+
+
+def shard_batch(mesh: Mesh, *arrays: np.ndarray, axis: int = 0):
+    """Global arrays split along ``axis`` (the batch axis) over the mesh, from this process's
+    rows (``local_rows``) of each array: on one process the whole array, on many its block.
+
+    Each process passes only the data of its own devices, which is what lets the same code run
+    on one host or many (``jax.make_array_from_process_local_data``)."""
+    spec = PartitionSpec(*([None] * axis), "data")
+    sharding = NamedSharding(mesh, spec)
+    if jax.process_count() == 1:
+        return tuple(jax.device_put(a, sharding) for a in arrays)
+    return tuple(jax.make_array_from_process_local_data(sharding, np.asarray(a)) for a in arrays)
+
+
+def shard_global_batch(mesh: Mesh, *arrays: np.ndarray, axis: int = 0):
+    """``shard_batch`` for host arrays that every process holds in full (an in-memory split):
+    each process passes its own rows along ``axis``."""
+    rows = local_rows(mesh, arrays[0].shape[axis]) if arrays else slice(None)
+    index = (slice(None),) * axis + (rows,)
+    return shard_batch(mesh, *(np.asarray(a)[index] for a in arrays), axis=axis)
 
 
 def replicate(mesh: Mesh, tree):
-    """Place a pytree on every device of the mesh (parameters, optimizer state)."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    """Place a pytree on every device of the mesh (parameters, optimizer state). On many
+    processes every one must pass the same values (same seed, same checkpoint)."""
+    sharding = NamedSharding(mesh, PartitionSpec())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def place(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.device_put(x, sharding)  # already global: reshard on device
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+    return jax.tree.map(place, tree)
 
 
 def check_batch_divisible(batch_size: int, mesh: Mesh, key: str) -> None:

@@ -8,7 +8,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from robust_vision.data.pipeline import batch_indices, data_mesh, shard_batch
+from robust_vision.data.pipeline import batch_indices, data_mesh, local_rows, shard_batch
+from robust_vision.distributed import gather_batches
 
 PerExampleFn = Callable[[jax.Array, jax.Array, jax.Array], dict[str, jax.Array]]
 
@@ -20,18 +21,20 @@ def collect_per_example(fn: PerExampleFn, images: np.ndarray, labels: np.ndarray
 
     Batches are padded to ``batch_size`` (one compilation) and the padding is dropped, so
     every example appears exactly once. Results are fetched once at the end, which lets the
-    device run ahead of the host.
+    device run ahead of the host. On many processes (``jax.distributed``) each one feeds its own
+    rows of every batch and the results are gathered, so every process returns all N values.
     """
     mesh = mesh or data_mesh()
     n_dev = mesh.devices.size
     batch_size = -(-batch_size // n_dev) * n_dev  # a multiple of the device count
+    rows = local_rows(mesh, batch_size)
     outputs, masks = [], []
     for i, batch in enumerate(batch_indices(len(labels), batch_size)):
-        x, y = shard_batch(mesh, images[batch.indices], labels[batch.indices])
+        idx = batch.indices[rows]
+        x, y = shard_batch(mesh, images[idx], labels[idx])
         outputs.append(fn(x, y, jax.numpy.asarray(i, jax.numpy.int32)))
         masks.append(batch.mask)
     if not outputs:
         return {}
     keep = np.concatenate(masks) > 0
-    fetched = jax.device_get(outputs)
-    return {name: np.concatenate([o[name] for o in fetched])[keep] for name in fetched[0]}
+    return {name: values[keep] for name, values in gather_batches(outputs).items()}

@@ -20,10 +20,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from robust_vision.corruptions import get_noise
-from robust_vision.data.pipeline import data_mesh
+from robust_vision.data.pipeline import data_mesh, replicate, shard_global_batch
+from robust_vision.distributed import to_host
 from robust_vision.evaluation.metrics import degradation_percent, per_example_metrics, summarize
 
 RESULT_COLUMNS = ["model", "noise_type", "level", "accuracy", "confidence", "margin", "snr", "snr_median", "ece",
@@ -60,9 +60,9 @@ def batch_split(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Batc
     pad = n_batches * batch_size - n
     idx = np.concatenate([np.arange(n), np.resize(np.arange(n), pad)]) if pad else np.arange(n)
     mask = (np.arange(n_batches * batch_size) < n).astype(np.float32).reshape(n_batches, batch_size)
-    sharding = NamedSharding(mesh, PartitionSpec(None, "data"))
-    x = jax.device_put(images[idx].reshape(n_batches, batch_size, *images.shape[1:]), sharding)
-    y = jax.device_put(labels[idx].reshape(n_batches, batch_size).astype(np.int32), sharding)
+    # Sharded along the batch axis; on many processes each one places its own rows of it.
+    x, y = shard_global_batch(mesh, images[idx].reshape(n_batches, batch_size, *images.shape[1:]),
+                              labels[idx].reshape(n_batches, batch_size).astype(np.int32), axis=1)
     return BatchedSplit(x, y, mask, n)
 
 
@@ -97,7 +97,7 @@ def evaluate_condition(forward: Forward, variables, split: BatchedSplit, noise_t
         key = condition_key(seed, noise_type or "clean", level, draw)
         out = _run_condition(forward, noise_fn, variables, split.images, split.labels, key, jnp.float32(level))
         outputs.append(out)
-    fetched = jax.device_get(outputs)
+    fetched = to_host(outputs)  # gathered across processes: every example exactly once
     keep = split.keep
     return {k: np.concatenate([o[k].reshape(-1)[keep] for o in fetched]) for k in fetched[0]}
 
@@ -119,6 +119,7 @@ def evaluate_robustness(forward: Forward, variables, images: np.ndarray, labels:
     for name in noise_types:
         get_noise(name)  # unknown names fail before any work, listing the valid ones
     split = batch_split(images, labels, batch_size)
+    variables = replicate(data_mesh(), variables)  # on the same mesh as the split (one or many processes)
     clean = evaluate_condition(forward, variables, split, None, 0.0, seed=seed, n_draws=1)
     clean_summary = summarize(clean, ece_bins)
     result = RobustnessResult(rows=[], confidences={f"{model_name}|clean|0": clean["confidence"].astype(np.float32)})

@@ -324,13 +324,17 @@ def run_plan(ctx: EvalContext, plan: Sequence[str]) -> EvalOutcome:
     unknown = [p for p in plan if p not in PARTS]
     if unknown:
         raise ValueError(f"unknown evaluation part {unknown[0]!r}; valid parts: {', '.join(PARTS)}")
+    from robust_vision.distributed import is_main_process
+
     ecfg, log = ctx.cfg.evaluation, ctx.log
+    write = is_main_process()  # every process computes; only process 0 writes tables
     for m in ctx.models:
         check_model_data(m, ctx.dataset, ctx.where)
     out = EvalOutcome()
     if ecfg.reference_checkpoint and "corruptions" not in plan:
         log("note: --reference is used by the corruption suite only (--suite imagenet-c); ignored")
-    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    if write:
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
     for part in PARTS:
         if part not in plan:
             continue
@@ -338,7 +342,8 @@ def run_plan(ctx: EvalContext, plan: Sequence[str]) -> EvalOutcome:
             with timed(out.timings, "grid"):
                 grid = grid_part(ctx)
             out.rows, out.confidences = grid["results"], grid["confidences"]
-            write_robustness_tables(ctx.out_dir, out.rows, out.confidences)
+            if write:
+                write_robustness_tables(ctx.out_dir, out.rows, out.confidences)
             log(format_summary(out.rows))
             if len(ctx.models) > 1:
                 out.comparison = comparison_at(out.rows, ctx.models[0].name, ctx.models[1].name)
@@ -369,7 +374,8 @@ def run_plan(ctx: EvalContext, plan: Sequence[str]) -> EvalOutcome:
             log(suite.format_calibration_summary(out.calibration_per_model, ecfg.conformal_alpha))
             if merged["note"]:
                 log(f"  note: {merged['note']}")
-    write_suite_tables(ctx.out_dir, out.suite)
+    if write:
+        write_suite_tables(ctx.out_dir, out.suite)
     log("")
     log(format_timings(out.timings))
     return out

@@ -24,7 +24,7 @@ def _sweep(args: argparse.Namespace) -> int:
     if out is None:  # the config's evaluation.output_dir names the sweep directory
         out = load_config(args.config, overrides).evaluation.output_dir
     result = run_sweep(args.config, out, overrides, max_trials=args.max_trials, retry_failed=args.retry_failed,
-                       verbose=args.verbose, plots=not args.no_plots, dry_run=args.dry_run)
+                       verbose=args.verbose, plots=not args.no_plots, dry_run=args.dry_run, storage=args.storage)
     if args.dry_run:
         return 0
     if not any(r.get("status") == "complete" for r in result.rows) and result.rows:
@@ -53,6 +53,9 @@ def build_sweep_parser() -> argparse.ArgumentParser:
                         help="validate the sweep and list its trials without training")
     parser.add_argument("--no-plots", dest="no_plots", action="store_true", help="do not draw the sweep figure")
     parser.add_argument("--verbose", action="store_true", help="show each trial's training log")
+    parser.add_argument("--storage", metavar="STORAGE",
+                        help="Optuna storage shared by several sweep workers: journal (DIR/optuna.journal), "
+                             "FILE.journal or an RDB URL (default: DIR/optuna.db); docs/DISTRIBUTED.md")
     return parser
 
 

@@ -2,12 +2,26 @@
 
 The study lives in ``DIR/optuna.db`` (SQLite) so an interrupted search continues; trials
 already complete in ``trials.csv`` are given back to the study instead of being retrained.
+
+Several workers (processes on one machine or many) can run one search together: start each
+with the same ``--output DIR`` on a shared filesystem and the same ``--storage`` (``journal``:
+``DIR/optuna.journal``, Optuna's JournalStorage with a file backend, which needs no server; or
+an RDB URL such as ``postgresql://host/db``). A lock file ``DIR/sweep.lock`` serializes the few
+moments that decide what to run (claiming the next trial against ``n_trials``, closing trials
+of dead workers, rewriting trials.csv), so every trial runs once, none is lost, and the study
+stops at exactly ``n_trials``. A worker holds ``DIR/workers/<id>.lock`` while it runs; a
+RUNNING trial whose worker lock is free belongs to a dead worker and is run again.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import socket
+import time
+import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 from robust_vision.experiments.sweep import (COMPLETE, Log, Range, SweepError, SweepSpec, TrialFactory, _Runner,
@@ -47,49 +61,124 @@ def _distributions(optuna, factory: TrialFactory, spec: SweepSpec) -> tuple[dict
     return dists, encoded
 
 
+def open_storage(optuna, out_dir: Path, storage: str | None):
+    """The study's storage: None -> ``DIR/optuna.db`` (SQLite, one machine); ``journal`` ->
+    ``DIR/optuna.journal`` (JournalStorage, file backend: shared filesystems, no server); a path
+    ending in ``.journal`` -> that journal file; anything with ``://`` -> an RDB URL."""
+    if storage is None:
+        return f"sqlite:///{(out_dir / 'optuna.db').resolve()}"
+    if "://" in storage:
+        return storage
+    if storage == "journal" or storage.endswith(".journal"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        path = out_dir / "optuna.journal" if storage == "journal" else Path(storage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    raise SweepError(f"--storage: got {storage!r}; expected journal, a FILE.journal path or an RDB URL such as "
+                     "sqlite:///DIR/optuna.db or postgresql://host/db")
+
+
+class _WorkerLease:
+    """This worker's liveness token: ``DIR/workers/<id>.lock``, locked while the worker runs
+    (the OS drops the lock when the process dies, also on a crash)."""
+
+    def __init__(self, out_dir: Path):
+        self.dir = out_dir / "workers"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        from robust_vision.distributed import file_lock
+
+        self._stack = ExitStack()
+        self._stack.enter_context(file_lock(self.dir / f"{self.id}.lock"))
+
+    def alive(self, worker_id: str | None) -> bool:
+        """Whether the worker ``worker_id`` still runs (False for trials from before workers had ids)."""
+        if not worker_id:
+            return False
+        if worker_id == self.id:
+            return True
+        from robust_vision.distributed import file_lock
+
+        path = self.dir / f"{worker_id}.lock"
+        if not path.exists():
+            return False
+        try:
+            with file_lock(path, blocking=False):
+                return False
+        except BlockingIOError:
+            return True
+
+    def close(self) -> None:
+        self._stack.close()
+        (self.dir / f"{self.id}.lock").unlink(missing_ok=True)
+
+
 def run_optuna(optuna, factory: TrialFactory, spec: SweepSpec, runner: _Runner, out_dir: Path,
-                max_trials: int | None, log: Log) -> list[dict]:
+               max_trials: int | None, log: Log, storage: str | None = None) -> list[dict]:
     from optuna.trial import TrialState
 
+    from robust_vision.distributed import file_lock
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = f"sqlite:///{(out_dir / 'optuna.db').resolve()}"
-    names = optuna.study.get_all_study_names(storage=url)
-    n_before = len(optuna.load_study(study_name=_STUDY, storage=url).trials) if _STUDY in names else 0
-    # Seeding with the number of earlier trials: a resumed study continues the sequence instead
-    # of proposing the first trials' parameters again.
-    sampler = optuna.samplers.TPESampler(seed=spec.seed + n_before)
-    study = optuna.create_study(study_name=_STUDY, storage=url, sampler=sampler, direction=spec.direction,
-                                load_if_exists=True)
-    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        # Left RUNNING by an interrupted run: close it and ask for the same parameters again,
-        # so the trial (same id, same run directory) is resumed from its checkpoint.
-        study.tell(stale.number, state=TrialState.FAIL)
-        study.enqueue_trial(stale.params)
-    dists, encoded = _distributions(optuna, factory, spec)
+    url = open_storage(optuna, out_dir, storage)
+    lock_path = out_dir / "sweep.lock"
+    lease = _WorkerLease(out_dir)
+    try:
+        with file_lock(lock_path):
+            study = optuna.create_study(study_name=_STUDY, storage=url, direction=spec.direction, load_if_exists=True)
+            for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if lease.alive(stale.user_attrs.get("worker")):
+                    continue  # another worker is training it
+                # Left RUNNING by an interrupted or dead worker: close it and ask for the same
+                # parameters again, so the trial (same id, same run directory) is resumed from its checkpoint.
+                study.tell(stale.number, state=TrialState.FAIL)
+                study.enqueue_trial(stale.params)
+        dists, encoded = _distributions(optuna, factory, spec)
 
-    def done() -> int:
-        return sum(t.state == TrialState.COMPLETE
-                   or (t.state == TrialState.FAIL and bool(t.user_attrs.get("sweep_failed")))
-                   for t in study.get_trials(deepcopy=False))
+        def finished(t) -> bool:
+            return t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and bool(t.user_attrs.get("sweep_failed")))
 
-    n_done = done()
-    while n_done < spec.n_trials:
-        if max_trials is not None and runner.trained >= max_trials:
-            log(f"stopping after {runner.trained} trained trial(s) (--max-trials {max_trials}); "
-                "run the same command again to continue")
-            break
-        ot = study.ask(dists)
-        params = {k: (json.loads(v) if encoded[k] else v) for k, v in ot.params.items()}
-        trial = factory.build(params)
-        ot.set_user_attr("trial_id", trial.trial_id)
-        row = runner(trial, n_done + 1, spec.n_trials)
-        value = to_float(row.get("objective"))
-        if row.get("status") == COMPLETE and math.isfinite(value):
-            study.tell(ot, value)
-        else:
-            ot.set_user_attr("sweep_failed", True)
-            study.tell(ot, state=TrialState.FAIL)
-        n_done += 1
+        while True:
+            if max_trials is not None and runner.trained >= max_trials:
+                log(f"stopping after {runner.trained} trained trial(s) (--max-trials {max_trials}); "
+                    "run the same command again to continue")
+                break
+            with file_lock(lock_path):
+                trials = study.get_trials(deepcopy=False)
+                n_done = sum(finished(t) for t in trials)
+                # Trials other workers are training count against n_trials too.
+                if n_done + sum(t.state == TrialState.RUNNING for t in trials) >= spec.n_trials:
+                    break
+                # Seeding with the number of trials asked so far: the sequence of proposals is the
+                # same with one worker or many, and a resumed study does not repeat its first trials.
+                study.sampler = optuna.samplers.TPESampler(seed=spec.seed + len(trials))
+                ot = study.ask(dists)
+                ot.set_user_attr("worker", lease.id)
+                params = {k: (json.loads(v) if encoded[k] else v) for k, v in ot.params.items()}
+                trial = factory.build(params)
+                ot.set_user_attr("trial_id", trial.trial_id)
+                twin = next((t for t in trials if t.state == TrialState.RUNNING
+                             and t.user_attrs.get("trial_id") == trial.trial_id), None)
+            if twin is not None:  # the same parameters are being trained by another worker: wait for its row
+                def twin_running() -> bool:
+                    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                    return any(t.number == twin.number for t in running)
+
+                while twin_running() and lease.alive(twin.user_attrs.get("worker")):
+                    time.sleep(2.0)
+            runner.table.refresh()
+            row = runner(trial, n_done + 1, spec.n_trials)
+            value = to_float(row.get("objective"))
+            if row.get("status") == COMPLETE and math.isfinite(value):
+                study.tell(ot, value)
+            else:
+                ot.set_user_attr("sweep_failed", True)
+                study.tell(ot, state=TrialState.FAIL)
+    finally:
+        lease.close()
+    runner.table.refresh()
     # Rows of every trial id the study has asked for, in the order first asked.
     ids = dict.fromkeys(t.user_attrs["trial_id"] for t in study.get_trials(deepcopy=False)
                         if "trial_id" in t.user_attrs)

@@ -573,8 +573,17 @@ class _Table:
         self.columns = trial_columns(param_keys, header)
 
     def put(self, row: dict) -> None:
-        self.rows[row["trial_id"]] = row
-        self._write_csv(self.path, self.rows.values(), self.columns)
+        from robust_vision.distributed import file_lock
+
+        # Other sweep workers may share this file: merge their rows under the sweep lock.
+        with file_lock(self.path.parent / "sweep.lock"):
+            self.refresh()
+            self.rows[row["trial_id"]] = row
+            self._write_csv(self.path, self.rows.values(), self.columns)
+
+    def refresh(self) -> None:
+        """Take in rows that other workers wrote to trials.csv since it was read."""
+        self.rows.update(read_trials(self.path)[0])  # the file is rewritten only under the lock: it is the latest
 
     def finished(self, trial_id: str, retry_failed: bool) -> bool:
         status = self.rows.get(trial_id, {}).get("status")
@@ -637,7 +646,8 @@ def validate_plan(factory: TrialFactory, spec: SweepSpec) -> list[Trial]:
 
 def run_sweep(config_path: str | Path, out_dir: str | Path, overrides: Sequence[str] = (), *,
               max_trials: int | None = None, retry_failed: bool = False, verbose: bool = False,
-              plots: bool = True, dry_run: bool = False, log: Log = print) -> SweepResult:
+              plots: bool = True, dry_run: bool = False, log: Log = print,
+              storage: str | None = None) -> SweepResult:
     """Run (or continue) the sweep of ``config_path`` into ``out_dir``; see the module docstring."""
     out_dir = Path(out_dir)
     base = load_config(config_path, list(overrides))
@@ -677,7 +687,7 @@ def run_sweep(config_path: str | Path, out_dir: str | Path, overrides: Sequence[
     else:
         from robust_vision.experiments.optuna_search import run_optuna
 
-        rows = run_optuna(optuna, factory, spec, runner, out_dir, max_trials, log)
+        rows = run_optuna(optuna, factory, spec, runner, out_dir, max_trials, log, storage=storage)
     elapsed = time.perf_counter() - t0
 
     best = best_row(rows, spec.direction)

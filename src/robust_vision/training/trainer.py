@@ -27,6 +27,7 @@ from robust_vision.data.batch import to_unit_float
 from robust_vision.data.pipeline import (check_batch_divisible, data_mesh, num_batches, replicate, shard_batch,
                                          train_batches)
 from robust_vision.data.sources import ArraySource, SourceInfo
+from robust_vision.distributed import gather_batches, is_main_process, main_only
 from robust_vision.evaluation.batched import collect_per_example
 from robust_vision.evaluation.metrics import summarize
 from robust_vision.losses import make_loss
@@ -162,6 +163,8 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
 
         return train_local_rule(cfg, resume=resume, log=log)
     run_dir, has_checkpoints = check_run_request(cfg, resume)
+    main = is_main_process()  # only process 0 writes files and prints; checkpoints are collective
+    log = main_only(log)
 
     dataset = dataset_for(cfg)
     mesh = data_mesh()
@@ -189,6 +192,8 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
     store = CheckpointStore(run_dir, save_every=tcfg.save_every, best_mode=tcfg.best_mode)
     history: list[dict] = []
     start_epoch, best_value, best_epoch = 1, None, None
+    # On the mesh before a restore, so every process restores (collectively) into global arrays.
+    state = replicate(mesh, state)
     if resume and store.latest_epoch() is not None:
         state, meta = store.restore(state)
         start_epoch = int(meta["epoch"]) + 1
@@ -197,16 +202,16 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
         log(f"Resuming {run_dir} from epoch {meta['epoch']}")
     elif resume:
         log(f"--resume: no checkpoint in {run_dir}; starting from scratch")
-    save_config(cfg, run_dir / "config.yaml")
+    if main:
+        save_config(cfg, run_dir / "config.yaml")
 
     log(f"Dataset {dataset.name}: {n_train} train / {len(dataset.val.labels)} val / {len(dataset.test.labels)} test, "
         f"images {dataset.image_shape}, {dataset.num_classes} classes")
     if dataset.notes:
         log(f"  splits: {dataset.notes}")
     log(f"Model {cfg.model.name}: {n_params:,} parameters; {mesh.devices.size} device(s) "
-        f"({jax.devices()[0].platform}); {steps_per_epoch} steps/epoch")
+        f"({jax.devices()[0].platform}, {jax.process_count()} process(es)); {steps_per_epoch} steps/epoch")
 
-    state = replicate(mesh, state)
     train_source = ArraySource(dataset.train.images, dataset.train.labels, SourceInfo(
         dataset.num_classes, dataset.class_names, dataset.image_shape, f"{dataset.name} train split"))
     train_step = make_train_step(parts, tx, make_loss(tcfg), tcfg, extra_loss=make_regularizer(tcfg.regularizers),
@@ -217,21 +222,21 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
     for epoch in range(start_epoch, tcfg.epochs + 1):
         t0 = time.perf_counter()
         epoch_key = jax.random.fold_in(base_key, epoch)
-        outputs, masks = [], []
+        outputs = []
         bar = tqdm(total=steps_per_epoch, desc=f"Epoch {epoch}/{tcfg.epochs}", leave=False,
-                   disable=not tcfg.progress_bar, unit="step")
+                   disable=not (tcfg.progress_bar and main), unit="step")
         # Batches stream from the input pipeline (the order is epoch_permutation(seed, epoch), as
-        # before); uint8 sources become float32 [0, 1] on device, float arrays pass unchanged.
+        # before); each process reads its own rows of every global batch, and shard_batch joins
+        # them into global arrays. uint8 sources become float32 [0, 1] on device.
         for i, batch in enumerate(train_batches(train_source, tcfg.batch_size, tcfg.seed, epoch)):
             x, y, m = shard_batch(mesh, batch.images, batch.labels, batch.mask)
             state, per_ex = train_step(state, to_unit_float(x), y, m, jax.random.fold_in(epoch_key, i))
-            outputs.append(per_ex)
-            masks.append(batch.mask)
+            outputs.append(dict(per_ex, mask=m))  # the global mask, gathered with the outputs
             bar.update(1)
         bar.close()
-        keep = np.concatenate(masks) > 0
-        fetched = jax.device_get(outputs)
-        train_pe = {k: np.concatenate([o[k] for o in fetched])[keep] for k in fetched[0]}
+        gathered = gather_batches(outputs)
+        keep = gathered.pop("mask") > 0
+        train_pe = {k: v[keep] for k, v in gathered.items()}
         train_summary = summarize(train_pe)
         if not math.isfinite(train_summary["loss"]):
             raise TrainingError(f"training diverged at epoch {epoch} (train loss = {train_summary['loss']}); the "
@@ -252,7 +257,8 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
                        val_snr=vs["snr"], val_snr_median=vs["snr_median"], val_ece=vs["ece"])
         row["epoch_time_s"] = time.perf_counter() - t0
         history.append(row)
-        write_history(run_dir / "metrics.csv", history)
+        if main:
+            write_history(run_dir / "metrics.csv", history)
 
         log(f"Epoch {epoch}/{tcfg.epochs}")
         log(f"  Train Loss: {row['train_loss']:.4f}  Train Acc: {row['train_accuracy']:.4f}  "
