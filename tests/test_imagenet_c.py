@@ -394,7 +394,8 @@ def test_elastic_field_agrees_with_imagecorruptions(oracle):
     side = SIZE
     unit = imagenet_c._elastic_unit("imagenet", side, side)
     # At 64 px sigma is 0.64 px: the field is nearly independent per pixel, so the mean
-    # change over 4 images x 8 draws (131k pixels x 3) has a relative sd of about 1%
+    # change over 4 images x 8 draws (131k pixels x 3) is stable: single draws spread by
+    # 0.4-0.8% (relative sd), ours vs the oracle measured within 0.5% at all severities;
     # 5% is several sd and far below the 18-31% steps between consecutive severities'
     # alphas, which a wrong displacement scale or sigma would show.
     for severity, alpha in enumerate(_REF_ELASTIC_ALPHA, start=1):
