@@ -273,7 +273,6 @@ def test_two_sweep_workers_share_one_study(tmp_path):
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3  # exactly n_trials, none lost, none extra
     ids = [t.user_attrs["trial_id"] for t in trials]
     assert len(set(ids)) == 3  # distinct trials
-    assert len({t.user_attrs["worker"] for t in trials}) >= 1
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert sorted(r["trial_id"] for r in rows) == sorted(ids) and all(r["status"] == "complete" for r in rows)
     assert sorted(p.name for p in (out / "trials").iterdir()) == sorted(ids)  # each trained in its own directory

@@ -226,9 +226,10 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-def main_only(log: Callable[[str], None]) -> Callable[[str], None]:
-    """``log`` on the main process, a no-op on the others (so a run prints each line once)."""
-    return log if is_main_process() else (lambda _msg: None)
+def main_only(log: Callable[..., None]) -> Callable[..., None]:
+    """``log`` (or ``print``) on the main process, a no-op on the others (so a run prints each
+    line once)."""
+    return log if is_main_process() else (lambda *_args, **_kwargs: None)
 
 
 def to_host(tree: Any) -> Any:

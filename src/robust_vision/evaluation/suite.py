@@ -43,6 +43,7 @@ from robust_vision.corruptions import (
     get_corruption,
     get_noise,
 )
+from robust_vision.distributed import to_host
 from robust_vision.evaluation.robustness import BatchedSplit, batch_split, condition_key
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -121,7 +122,7 @@ def condition_logits(logits_fn: LogitsFn, split: BatchedSplit, noise_type: str |
     (draw 0)."""
     noise_fn = None if noise_type is None or level == 0.0 else get_noise(noise_type)
     key = condition_key(seed, noise_type or "clean", level, 0)
-    out = np.asarray(_scan_logits(logits_fn, noise_fn, split.images, key, jnp.float32(level)))
+    out = to_host(_scan_logits(logits_fn, noise_fn, split.images, key, jnp.float32(level)))  # gathered across processes
     return out.reshape(-1, out.shape[-1])[split.keep]
 
 
@@ -198,7 +199,7 @@ def corruption_errors(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarra
     n = split.num_examples
 
     def error(outs: list[jax.Array]) -> float:
-        correct = np.concatenate([np.asarray(o) for o in jax.device_get(outs)])[keep]
+        correct = np.concatenate([np.asarray(o).reshape(-1) for o in to_host(outs)])[keep]
         return float((n - int(correct.sum())) / n)  # wrong / N: an exact multiple of 1/N
 
     return CorruptionErrors(model=model_name, clean_error=error(clean),
