@@ -2,6 +2,7 @@
 
     robust-vision-research run [--protocol pattern|classification|both] [--quick] [--seeds N]
                                [--config FILE] [--override KEY=VALUE ...] [--fresh] [--verbose]
+                               [--pattern-images DIR]
                                --output DIR
     robust-vision-research report --output DIR     (redraw figures, re-decide checklist / claims)
 
@@ -11,6 +12,7 @@ Bad input prints one line ``error: ...`` and exits with code 2 (as the other ent
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 __all__ = ["build_parser", "research_main"]
@@ -34,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fresh", action="store_true",
                      help="retrain run directories under OUTPUT/runs whose settings changed (removes them)")
     run.add_argument("--verbose", action="store_true", help="also print the per-epoch training logs")
+    run.add_argument("--pattern-images", default=None, metavar="DIR",
+                     help="pattern protocol on the images of DIR (e.g. the original KITTI depth-map PNGs): "
+                          "grayscale, resized to image_size, pattern.n_images at evenly spaced positions of the "
+                          "sorted file list")
     rep = sub.add_parser("report", help="redraw figures and re-decide checklist / claims from a run's tables")
     rep.add_argument("--output", required=True, help="the --output directory of a finished run")
     return parser
@@ -58,6 +64,8 @@ def _run_command(args: argparse.Namespace) -> int:
         overrides.append(f"seeds={args.seeds}")
     if args.protocol is not None:
         overrides.append("protocols=" + ("[pattern, classification]" if args.protocol == "both" else f"[{args.protocol}]"))
+    if args.pattern_images is not None:
+        overrides.append(f"pattern.images_dir={json.dumps(str(args.pattern_images))}")
     settings = load_study(args.config, quick=args.quick, overrides=overrides)
     outcome = run_study(settings, args.output, fresh=args.fresh, verbose=args.verbose,
                         command=["robust-vision-research", *sys.argv[1:]] if args.argv is None else
