@@ -92,3 +92,38 @@ def test_trainer_hooks_pick_augmix_or_adversarial():
     with pytest.raises(ConfigError, match="pick one"):
         _train_hooks(config_from_dict({"training": {"augmix": {"enabled": True},
                                                     "adversarial": {"method": "mart"}}}).training)
+
+
+def test_recipe_configs_and_settings(tmp_path):
+    from robust_vision.config import ConfigError
+    from robust_vision.research.recipes import RECIPES, load_recipe_settings, recipe_config
+
+    s = load_recipe_settings(None, quick=True, seeds=1)
+    assert s["training"]["epochs"] == 6 and s["seeds"] == 1 and len(s["recipes"]) == 10
+    cfgs = {r.key: recipe_config(s, r, 3, tmp_path / r.key) for r in RECIPES}
+    assert cfgs["mart"].training.adversarial.method == "mart" and cfgs["augmix"].training.augmix.enabled
+    assert cfgs["gauss_0.25"].training.noise_augment_std == 0.25 and cfgs["margin_10"].training.margin_lambda == 10
+    # only the recipe's keys differ: same model, data, seed, epochs everywhere
+    assert {c.training.seed for c in cfgs.values()} == {3} and len({str(c.model) for c in cfgs.values()}) == 1
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        load_recipe_settings(None, overrides=["recipes=[ce,nope]"])
+    with pytest.raises(ConfigError, match="pgd_eps"):
+        load_recipe_settings(None, overrides=["pgd_eps=[0.1]"])
+
+
+def test_rank_recipes_orders_by_score_with_intervals():
+    from robust_vision.research.recipes import rank_recipes
+
+    def row(key, seed, noise, cerr, pgd):
+        return {"recipe_key": key, "recipe": key.upper(), "seed": seed, "clean_accuracy": 0.9, "noise_accuracy": noise,
+                "corruption_error": cerr, "pgd_accuracy_small": pgd, "pgd_accuracy_large": pgd, "ece": 0.05,
+                "mean_snr": 3.0, "noise_accuracy_gaussian": noise, "train_time_s": 1.0}
+
+    rows = [row("a", 0, 0.5, 0.5, 0.0), row("a", 1, 0.6, 0.4, 0.1),
+            row("b", 0, 0.9, 0.1, 0.5), row("b", 1, 0.8, 0.2, 0.4)]
+    ranked = rank_recipes(rows)
+    assert [r["recipe_key"] for r in ranked] == ["b", "a"] and [r["rank"] for r in ranked] == [1, 2]
+    b = ranked[0]
+    assert b["score"] == pytest.approx(np.mean([(0.9 + 0.9 + 0.5) / 3, (0.8 + 0.8 + 0.4) / 3]))
+    assert b["noise_accuracy_lo"] >= 0.8 - 1e-12 and b["noise_accuracy_hi"] <= 0.9 + 1e-12
+    assert b["n_seeds"] == 2 and b["train_time_s"] == 2.0
