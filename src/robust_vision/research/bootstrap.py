@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["bootstrap_interval", "consistent_with", "paired_ratio"]
+__all__ = ["bootstrap_interval", "paired_ratio"]
 
 LEVEL = 0.90
 N_RESAMPLES = 2000
@@ -47,11 +47,3 @@ def bootstrap_interval(values: np.ndarray, statistic: Callable[..., np.ndarray] 
 def paired_ratio(x: np.ndarray, axis: int = 1) -> np.ndarray:
     """Ratio of means of two paired columns: x (..., n, 2) -> mean(x[..., 0]) / mean(x[..., 1])."""
     return np.mean(x[..., 0], axis=axis) / np.mean(x[..., 1], axis=axis)
-
-
-def consistent_with(claimed: float, low: float, high: float, *, rel_tolerance: float) -> bool:
-    """True when [low, high] overlaps [claimed * (1 - tol), claimed * (1 + tol)] (claimed > 0)."""
-    if not (np.isfinite(low) and np.isfinite(high)):
-        return False
-    lo_c, hi_c = sorted((claimed * (1 - rel_tolerance), claimed * (1 + rel_tolerance)))
-    return bool(high >= lo_c and low <= hi_c)
