@@ -188,7 +188,12 @@ def test_research_main_tiny_end_to_end(tmp_path, capsys):
     assert sorted(r["method_key"] for r in cls) == sorted(MASTER_ORDER)
     assert [int(r["rank"]) for r in cls] == list(range(1, 9))
     assert {r["method_key"] for r in master if r["protocol"] == "pattern"} == {
-        "hebbian_uncon", "hebbian_loose", "hebbian_physical", "hebbian_tight", "sgd_uncon"}
+        "hebbian_uncon", "hebbian_loose", "hebbian_physical", "hebbian_tight", "sgd_uncon", "mlp_mse", "mlp_margin_1",
+        "mlp_margin_10"}
+    original = read_rows(out / "original_protocol.csv")
+    assert [r["method_key"] for r in original] == ["mlp_mse", "mlp_margin_1", "mlp_margin_10"]
+    assert all(r["snr_log_ratio_lo"] is not None for r in original)
+    assert "original code" in (out / "claims.md").read_text()
     results = json.loads((out / "results.json").read_text())
     assert results["seeds"] == [0] and len(results["checklist"]) == 6
     assert "[x]" in (out / "checklist.md").read_text() or "[ ]" in (out / "checklist.md").read_text()

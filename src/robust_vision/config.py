@@ -126,16 +126,29 @@ class HebbianConfig:
 class AdversarialConfig:
     """Adversarial training. eps is in pixel units of images in [0, 1]."""
 
-    method: Literal["none", "pgd", "trades", "augment"] = _f(
-        "none", help="pgd: Madry PGD training; trades: TRADES; augment: add adversarial examples of a trained model to the training set")
+    method: Literal["none", "pgd", "trades", "mart", "augment"] = _f(
+        "none", help="pgd: Madry PGD training; trades: TRADES; mart: MART (Wang et al. 2020); augment: add adversarial examples of a trained model to the training set")
     eps: float = _f(0.1, min=0.0, min_exclusive=True, help="attack budget (Linf for pgd/trades; L2 for the noise attack of augment)")
     steps: int = _f(10, min=1, help="attack iterations per training batch (pgd / trades) or per example (augment)")
     step_size: Optional[float] = _f(None, min=0.0, min_exclusive=True, help="attack step; null = 2.5 * eps / steps")
     trades_beta: float = _f(6.0, min=0.0, help="trades: weight of the robustness (KL) term")
+    mart_beta: float = _f(6.0, min=0.0, help="mart: weight of the misclassification-aware KL term")
     augment_attack: Literal["noise_attack", "pgd", "fgsm", "sparse_pixel"] = _f(
         "noise_attack", help="augment: attack that makes the examples (noise_attack = the training-robust-networks seed's)")
     augment_source: Optional[str] = _f(None, help="augment: run directory of the model to attack (null = training.init_from)")
     augment_max_examples: Optional[int] = _f(None, min=1, help="augment: at most this many adversarial examples (null = all successful)")
+
+
+@dataclass
+class AugMixConfig:
+    """AugMix with the Jensen-Shannon consistency loss (Hendrycks et al. 2020); robust_vision.training.augmix."""
+
+    enabled: bool = _f(False, help="train on CE(clean) + js_weight * JS(clean, two AugMix views)")
+    js_weight: float = _f(12.0, min=0.0, help="weight of the Jensen-Shannon consistency term (paper: 12)")
+    width: int = _f(3, min=1, help="augmentation chains mixed per view")
+    depth: int = _f(3, min=1, help="operations per chain: drawn uniformly from 1..depth")
+    severity: float = _f(3.0, min=0.0, max=10.0, help="operation strength, 0..10 (paper: 3)")
+    alpha: float = _f(1.0, min=0.0, min_exclusive=True, help="Dirichlet / Beta mixing parameter")
 
 
 @dataclass
@@ -186,6 +199,8 @@ class TrainingConfig:
     noise_augment_clip: bool = _f(True, help="clip noisy training images to [0, 1]; false = the unclipped isotropic noise of randomized smoothing")
     adversarial: AdversarialConfig = field(default_factory=lambda: AdversarialConfig(),
                                            metadata={"help": "adversarial training (pgd / trades) or augmentation"})
+    augmix: AugMixConfig = field(default_factory=lambda: AugMixConfig(),
+                                 metadata={"help": "AugMix + Jensen-Shannon consistency (not with adversarial training)"})
     regularizers: RegularizerConfig = field(default_factory=lambda: RegularizerConfig(),
                                             metadata={"help": "Jacobian and spectral penalties added to the loss"})
     init_from: Optional[str] = _f(None, help="fine-tune: initialise from this run directory or checkpoint (its evaluation weights)")

@@ -83,3 +83,25 @@ def trades_loss(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array,
     check_inputs(x, y, eps, name="trades_loss")
     x_adv = trades_examples(logits_fn, x, key, eps, steps, step_size, unroll)
     return trades_objective(logits_fn(x), logits_fn(x_adv), y, beta)
+
+
+def mart_objective(logits_clean: jax.Array, logits_adv: jax.Array, y: jax.Array, beta: float) -> jax.Array:
+    """MART loss (Wang et al. 2020), per example, shape (B,), in nats:
+
+        BCE(p(x_adv), y) + beta * KL(p(x) || p(x_adv)) * (1 - p_y(x)),
+        BCE(p, y) = -log p_y - log(1 - max_{k != y} p_k),
+
+    with x_adv from :func:`madry_pgd_examples` (PGD on cross-entropy). The boosted CE's second
+    term pushes down the strongest wrong class; the KL term is weighted up on the examples the
+    model gets wrong or barely right. Small constants keep the logs finite (1e-12, and
+    1.0001 - p as in the paper's code). Differentiable in both logits."""
+    log_p_adv = jax.nn.log_softmax(logits_adv.astype(jnp.float32), axis=-1)
+    log_p_clean = jax.nn.log_softmax(logits_clean.astype(jnp.float32), axis=-1)
+    p_adv = jnp.exp(log_p_adv)
+    k = p_adv.shape[-1]
+    is_true = jax.nn.one_hot(y, k, dtype=bool)
+    strongest_wrong = jnp.max(jnp.where(is_true, -jnp.inf, p_adv), axis=-1)
+    bce = ce_loss(logits_adv, y) - jnp.log(1.0001 - strongest_wrong + 1e-12)
+    p_true_clean = jnp.take_along_axis(jnp.exp(log_p_clean), y[:, None], axis=-1)[:, 0]
+    kl = _kl(log_p_clean, jnp.log(p_adv + 1e-12))
+    return bce + beta * kl * (1.0000001 - p_true_clean)

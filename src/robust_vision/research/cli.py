@@ -2,6 +2,7 @@
 
     robust-vision-research run [--protocol pattern|classification|both] [--quick] [--seeds N]
                                [--config FILE] [--override KEY=VALUE ...] [--fresh] [--verbose]
+                               [--pattern-images DIR] [--experiment study|recipes] [--quiet]
                                --output DIR
     robust-vision-research report --output DIR     (redraw figures, re-decide checklist / claims)
 
@@ -11,6 +12,7 @@ Bad input prints one line ``error: ...`` and exits with code 2 (as the other ent
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 __all__ = ["build_parser", "research_main"]
@@ -34,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fresh", action="store_true",
                      help="retrain run directories under OUTPUT/runs whose settings changed (removes them)")
     run.add_argument("--verbose", action="store_true", help="also print the per-epoch training logs")
+    run.add_argument("--experiment", choices=["study", "recipes"], default="study",
+                     help="study: the seed's decomposition study (default); recipes: train the same model with "
+                          "each training recipe and rank them (research/recipes.py)")
+    run.add_argument("--quiet", action="store_true", help="recipes: no progress bar or per-run lines")
+    run.add_argument("--pattern-images", default=None, metavar="DIR",
+                     help="pattern protocol on the images of DIR (e.g. the original KITTI depth-map PNGs): "
+                          "grayscale, resized to image_size, pattern.n_images at evenly spaced positions of the "
+                          "sorted file list")
     rep = sub.add_parser("report", help="redraw figures and re-decide checklist / claims from a run's tables")
     rep.add_argument("--output", required=True, help="the --output directory of a finished run")
     return parser
@@ -52,12 +62,24 @@ def _run_command(args: argparse.Namespace) -> int:
     from robust_vision.research.study import run_study
 
     overrides = list(args.override)
+    argv = sys.argv[1:] if args.argv is None else args.argv
+    if args.experiment == "recipes":
+        from robust_vision.research.recipes import load_recipe_settings, run_recipes
+
+        if args.seeds is not None and args.seeds < 1:
+            raise ConfigError(f"--seeds: got {args.seeds}; expected a positive number of seeds")
+        settings = load_recipe_settings(args.config, quick=args.quick, overrides=overrides, seeds=args.seeds)
+        ranked = run_recipes(settings, args.output, quiet=args.quiet,
+                             command=" ".join(["robust-vision-research", *argv]))
+        return 0 if ranked else 1
     if args.seeds is not None:
         if args.seeds < 1:
             raise ConfigError(f"--seeds: got {args.seeds}; expected a positive number of seeds")
         overrides.append(f"seeds={args.seeds}")
     if args.protocol is not None:
         overrides.append("protocols=" + ("[pattern, classification]" if args.protocol == "both" else f"[{args.protocol}]"))
+    if args.pattern_images is not None:
+        overrides.append(f"pattern.images_dir={json.dumps(str(args.pattern_images))}")
     settings = load_study(args.config, quick=args.quick, overrides=overrides)
     outcome = run_study(settings, args.output, fresh=args.fresh, verbose=args.verbose,
                         command=["robust-vision-research", *sys.argv[1:]] if args.argv is None else

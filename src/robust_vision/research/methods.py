@@ -34,6 +34,11 @@ class Method:
     loss_type: Optional[str] = None
     margin_lambda: float = 0.0
 
+    @property
+    def in_pattern_master(self) -> bool:
+        """Rows of the pattern protocol's master table: the seed's methods and the original MLPs."""
+        return self.in_master or self.family == "mlp"
+
 
 _BOTH = ("pattern", "classification")
 _CLS = ("classification",)
@@ -63,6 +68,18 @@ METHODS: tuple[Method, ...] = (
     Method("linear_margin_10", "Linear Margin-10", "linear", "SGD (backprop, Adam)", "None", "Margin (lambda=10)",
            "Linear (pixels)", _CLS, in_master=False, loss_type="margin", margin_lambda=10.0),
 )
+_MLP = "Per-image MLP 4096-128-2 (original code)"
+_PAT = ("pattern",)
+# The seed's original loss experiment (research/original.py): per-image MLPs trained by plain
+# gradient descent on MSE + lambda * margin. Pattern protocol only, beside the crossbars.
+METHODS += (
+    Method("mlp_mse", "Orig. MLP MSE (lambda=0)", "mlp", "GD (backprop)", "None", "MSE", _MLP, _PAT, in_master=False,
+           loss_type="mse_margin", margin_lambda=0.0),
+    Method("mlp_margin_1", "Orig. MLP Margin-1", "mlp", "GD (backprop)", "None", "MSE + Margin (lambda=1)", _MLP,
+           _PAT, in_master=False, loss_type="mse_margin", margin_lambda=1.0),
+    Method("mlp_margin_10", "Orig. MLP Margin-10", "mlp", "GD (backprop)", "None", "MSE + Margin (lambda=10)", _MLP,
+           _PAT, in_master=False, loss_type="mse_margin", margin_lambda=10.0),
+)
 MASTER_ORDER: tuple[str, ...] = tuple(m.key for m in METHODS if m.in_master)
 
 
@@ -75,7 +92,8 @@ def method_by_key(key: str) -> Method:
 
 def methods_for(protocol: str, *, linear_baselines: bool = True) -> list[Method]:
     """Methods run by ``protocol``, in master-table order (extras last)."""
-    return [m for m in METHODS if protocol in m.protocols and (m.in_master or linear_baselines)]
+    return [m for m in METHODS if protocol in m.protocols
+            and (m.in_master or m.family == "mlp" or linear_baselines)]
 
 
 @dataclass(frozen=True)

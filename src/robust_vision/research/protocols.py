@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import yaml
 
@@ -46,7 +47,7 @@ from robust_vision.research.settings import StudySettings
 from robust_vision.training.hebbian import crossbar_scores, pattern_protocol, train_crossbar
 
 __all__ = ["ROW_COLUMNS", "RunRecord", "StudyError", "backprop_config", "classification_data", "crossbar_forward",
-           "pattern_images", "run_classification_method", "run_pattern_method"]
+           "evenly_spaced", "folder_images", "pattern_images", "run_original_mlp", "run_classification_method", "run_pattern_method"]
 
 ROW_COLUMNS = ["protocol", "method_key", "method", "seed", "noise_type", "level", "accuracy", "snr", "snr_median",
                "mean_log_snr", "degradation", "n", "n_nonfinite"]
@@ -95,22 +96,99 @@ def _digit_pool(image_size: int) -> np.ndarray:
     return load_dataset(data).train.images
 
 
+def evenly_spaced(n_files: int, n: int) -> np.ndarray:
+    """Positions of ``n`` items evenly spaced over a sorted list of ``n_files``: floor(i * n_files / n).
+
+    (The original code took its images at evenly spaced positions of the sorted file list.)"""
+    if n > n_files:
+        raise ValueError(f"pattern.n_images: got {n}; only {n_files} images are available")
+    return (np.arange(n) * n_files) // n
+
+
+def folder_images(directory: str | Path, n: int, image_size: int) -> np.ndarray:
+    """``n`` images of a folder (any depth, sorted by path) at evenly spaced positions, grayscale,
+    resized to ``image_size``^2, (n, S, S, 1) float32 in [0, 1] (uint8 / 255; 16-bit / 65535).
+
+    Decoding and resizing reuse the image_folder reader of ``robust_vision.data.datasets``."""
+    from robust_vision.data.datasets import DatasetError, _convert_images, _decode_images, _list_image_files
+
+    root = Path(directory)
+    if not root.is_dir():
+        raise DatasetError(f"--pattern-images: '{root}' is not a directory; pass a folder of PNG/JPEG images")
+    files, _ = _list_image_files(root)
+    if not files:
+        raise DatasetError(f"--pattern-images: no .png/.jpg/.jpeg/.bmp files found under '{root}'")
+    chosen = [files[i] for i in evenly_spaced(len(files), n)]
+    size = [image_size, image_size]
+    decoded = _decode_images(chosen, size, str(root))
+    return _convert_images(decoded, 1, size, str(root))
+
+
 def pattern_images(settings: StudySettings, seed: int) -> np.ndarray:
-    """The seed's N pattern images: a seeded draw (without replacement) from all ten digits.
+    """The seed's N pattern images: a seeded draw (without replacement) from all ten digits, or,
+    with ``pattern.images_dir``, the folder's images at evenly spaced positions (the same for
+    every seed, as the original).
 
     Returns (n_images, S, S, 1) float32 in [0, 1]."""
-    pool = _digit_pool(settings.image_size)
     n = settings.pattern.n_images
+    if settings.pattern.images_dir is not None:
+        return folder_images(settings.pattern.images_dir, n, settings.image_size)
+    pool = _digit_pool(settings.image_size)
     if n > len(pool):
         raise ValueError(f"pattern.n_images: got {n}; the digits train split has {len(pool)} images")
     idx = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.key(seed), 0x1A6E), len(pool)))[:n]
     return pool[np.sort(idx)]
 
 
+def run_original_mlp(settings: StudySettings, method: Method, seed: int, images: np.ndarray) -> RunRecord:
+    """The original loss experiment (:mod:`robust_vision.research.original`) for ``method``'s lambda.
+
+    Rows on the study's noise grid (``n_noisy`` draws per image and condition) use the
+    evaluator's SNR with the outputs read as logits (exp of the mean out0 - out1), so they sit
+    in the master table beside the crossbars. ``extra`` holds the original protocol's own
+    numbers (Gaussian 0.1 .. 0.7, one draw per image, ratio out0 / (out1 + 1e-9)) per image."""
+    from robust_vision.research import original as orig
+    from robust_vision.training.hebbian import _condition_key
+
+    p = settings.pattern
+    x = jnp.asarray(images, jnp.float32)
+    init_key, noise_key = jax.random.split(jax.random.key(seed))
+    t0 = time.perf_counter()
+    params = jax.block_until_ready(orig.train_original_mlps(init_key, x.reshape(x.shape[0], -1),
+                                                            method.margin_lambda, p.mlp_learning_rate,
+                                                            hidden=p.mlp_hidden, iterations=p.mlp_iterations))
+    t1 = time.perf_counter()
+    rows = []
+    for name in settings.noise_types:
+        for i, level in enumerate(settings.levels):
+            out = np.asarray(orig.evaluate_original(params, x, _condition_key(noise_key, name, i), jnp.float32(level),
+                                                    noise_type=name, n_draws=p.n_noisy), np.float64)
+            margin = out[..., 0] - out[..., 1]
+            finite = np.isfinite(margin)
+            rows.append({"protocol": "pattern", "method_key": method.key, "method": method.name, "seed": seed,
+                         "noise_type": name, "level": float(level), "accuracy": float((margin > 0).mean()),
+                         "snr": float(np.exp(margin[finite].mean())) if finite.any() else float("nan"),
+                         "snr_median": float(np.exp(np.median(margin[finite]))) if finite.any() else float("nan"),
+                         "mean_log_snr": float(margin[finite].mean()) if finite.any() else float("nan"),
+                         "n": int(margin.size), "n_nonfinite": int((~finite).sum())})
+    # The original's own evaluation: its levels, one Gaussian draw per image, its ratio.
+    orig_key = jax.random.fold_in(noise_key, 0x0816)
+    outs = np.stack([np.asarray(orig.evaluate_original(params, x, jax.random.fold_in(orig_key, i), jnp.float32(lvl),
+                                                       noise_type="gaussian", n_draws=1), np.float64)[:, 0]
+                     for i, lvl in enumerate(orig.ORIGINAL_LEVELS)], axis=1)  # (N, 7, 2)
+    extra = {"original_outputs": outs}
+    nonfinite = not all(np.isfinite(np.asarray(w)).all() for w in params)
+    return RunRecord("pattern", method, seed, _with_degradation(rows), diverged=nonfinite, train_time_s=t1 - t0,
+                     eval_time_s=time.perf_counter() - t1, extra=extra,
+                     note="non-finite weights" if nonfinite else "")
+
+
 def run_pattern_method(settings: StudySettings, method: Method, seed: int, images: np.ndarray) -> RunRecord:
     """Train N single-image crossbars with ``method``'s rule and clip; evaluate the noise grid.
 
     Every method of a seed uses the same key: the same initial weights and noise draws."""
+    if method.family == "mlp":
+        return run_original_mlp(settings, method, seed, images)
     p = settings.pattern
     clip = None if method.clip is None else tuple(settings.clip_ranges[method.clip])
     eta = p.hebbian_eta if method.rule == "hebbian" else p.sgd_eta

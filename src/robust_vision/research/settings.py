@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -44,6 +44,13 @@ class PatternSettings:
     iterations: int = config_field(30, min=1, help="updates on the single image (target [1, 0])")
     hebbian_eta: float = config_field(0.2, min=0.0, min_exclusive=True, help="Hebbian learning rate")
     sgd_eta: float = config_field(0.01, min=0.0, min_exclusive=True, help="SGD-MSE learning rate")
+    images_dir: Optional[str] = config_field(
+        None, help="folder of images (e.g. the original KITTI depth-map PNGs) instead of the bundled digits: "
+                   "grayscale, resized to image_size, n_images taken at evenly spaced positions of the sorted list")
+    mlp_iterations: int = config_field(60, min=1, help="original protocol: gradient-descent steps per image MLP")
+    mlp_learning_rate: float = config_field(0.001, min=0.0, min_exclusive=True,
+                                            help="original protocol: plain gradient-descent step size")
+    mlp_hidden: int = config_field(128, min=1, help="original protocol: hidden ReLU units (no biases)")
 
 
 @dataclass

@@ -53,13 +53,19 @@ def _context(settings: StudySettings, sizes: dict) -> dict:
                      f"{c.control_digit} (control), {s}x{s} grayscale, {sizes.get('train', '?')} train / "
                      f"{sizes.get('test', '?')} test images x {c.n_draws} noise draws")
     if "pattern" in settings.protocols:
-        parts.append(f"pattern = {settings.pattern.n_images} digit images ({s}x{s}), one crossbar each, "
+        source = (f"images of {settings.pattern.images_dir} (evenly spaced, grayscale)" if settings.pattern.images_dir
+                  else "digit images")
+        parts.append(f"pattern = {settings.pattern.n_images} {source} ({s}x{s}), one crossbar (or original MLP) each, "
                      f"{settings.pattern.iterations} updates with target [1, 0], {settings.pattern.n_noisy} noisy "
                      "copies per condition")
     seeds = list(range(settings.seeds))
     return {"task": "; ".join(parts), "noise_types": list(settings.noise_types), "levels": list(settings.levels),
             "n_seeds": len(seeds), "seeds_text": "seeds " + ", ".join(map(str, seeds)),
-            "bound": settings.divergence_bound}
+            "bound": settings.divergence_bound,
+            "pattern_images": (f"{settings.pattern.n_images} images of {settings.pattern.images_dir} at evenly spaced "
+                               f"positions of the sorted file list, grayscale, {s}x{s}, /255"
+                               if settings.pattern.images_dir else
+                               f"{settings.pattern.n_images} bundled digit images per seed, {s}x{s} grayscale")}
 
 
 def _describe(rec: RunRecord) -> str:
@@ -121,6 +127,10 @@ def write_tables(records: Sequence[RunRecord], out_dir: Path, ctx: dict) -> list
     written += tables.write_table(out_dir, "weight_stats", weights, tables.WEIGHT_COLUMNS,
                                   render.render_weights(weights, ctx))
     written.append(write_csv(out_dir / "curves.csv", tables.curve_rows(records), tables.CURVE_COLUMNS))
+    original = tables.original_rows(records)
+    if original:
+        written += tables.write_table(out_dir, "original_protocol", original, tables.ORIGINAL_COLUMNS,
+                                      render.render_original(original, ctx))
     return written
 
 
@@ -152,7 +162,13 @@ def decide(out_dir: Path, protocols: Sequence[str]) -> tuple[list[verdicts.Check
     factors = tables.read_rows(out_dir / "factor_importance.csv")
     expected = figs.expected_figures(out_dir / "figures", protocols, FORMATS)
     checklist = verdicts.validation_checklist(master, acc50, expected)
-    return checklist, verdicts.compare_claims(master, acc50, arch, factors, checklist)
+    original = _original_table(out_dir)
+    return checklist, verdicts.compare_claims(master, acc50, arch, factors, checklist, original)
+
+
+def _original_table(out_dir: Path) -> list[dict]:
+    path = out_dir / "original_protocol.csv"
+    return tables.read_rows(path) if path.is_file() else []
 
 
 def run_study(settings: StudySettings, out_dir: str | Path, *, fresh: bool = False, verbose: bool = False,
@@ -192,7 +208,8 @@ def finish(out_dir: Path, protocols: Sequence[str], ctx: dict, log: Callable[[st
     figures = draw_figures(out_dir, protocols, log)
     checklist, claims = decide(out_dir, protocols)
     (out_dir / "checklist.md").write_text(verdicts.render_checklist(checklist, ctx) + "\n")
-    (out_dir / "claims.md").write_text(verdicts.render_claims(claims, ctx) + "\n")
+    warnings = verdicts.ill_conditioned_warnings(_original_table(out_dir))
+    (out_dir / "claims.md").write_text(verdicts.render_claims(claims, ctx, warnings) + "\n")
     return figures, checklist, claims
 
 

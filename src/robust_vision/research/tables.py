@@ -181,7 +181,9 @@ def master_rows(summaries: Sequence[dict]) -> list[dict]:
     """The seed's master table per protocol: master methods ranked by noisy-grid SNR, diverged last."""
     out = []
     for protocol in _protocols(summaries):
-        rows = [dict(s) for s in summaries if s["protocol"] == protocol and s["method_key"] in MASTER_ORDER]
+        rows = [dict(s) for s in summaries if s["protocol"] == protocol
+                and (s["method_key"] in MASTER_ORDER
+                     or (protocol == "pattern" and method_by_key(s["method_key"]).in_pattern_master))]
         rows.sort(key=_rank_key)
         best = as_float(rows[0]["snr_noisy"]) if rows else float("nan")
         for i, r in enumerate(rows, 1):
@@ -366,3 +368,61 @@ def read_rows(path: str | Path) -> list[dict]:
         raise FileNotFoundError(f"table {str(path)!r} not found; run `robust-vision-research run --output DIR` first")
     with path.open(newline="") as f:
         return [{k: _cell(v or "") for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+# --------------------------------------------------------------------------- original protocol
+
+ORIGINAL_COLUMNS = ["method_key", "method", "lambda", "n_units", "n_seeds", "snr_original", "snr_original_lo",
+                    "snr_original_hi", "snr_log_ratio", "snr_log_ratio_lo", "snr_log_ratio_hi", "accuracy",
+                    "accuracy_lo", "accuracy_hi", "frac_ill_conditioned", "frac_ill_conditioned_lo",
+                    "frac_ill_conditioned_hi", "ratio_original_to_mse", "ratio_original_to_mse_lo",
+                    "ratio_original_to_mse_hi", "ratio_log_to_mse", "ratio_log_to_mse_lo", "ratio_log_to_mse_hi",
+                    "ill_conditioned"]
+ILL_FRACTION = 0.05  # above this fraction of near-zero / negative control outputs the ratio is flagged
+
+
+def _exp_mean(x: np.ndarray, axis: int = 1) -> np.ndarray:
+    return np.exp(np.mean(x, axis=axis))
+
+
+def original_rows(records: Sequence[RunRecord], *, seed: int = 0) -> list[dict]:
+    """The original loss experiment (per-image MLPs), one row per lambda, pooled over seeds.
+
+    Resampling unit: one image of one seed (its 7 Gaussian levels, one draw each). Every number
+    has a bootstrap 90% interval (``_lo`` / ``_hi``, :func:`bootstrap.bootstrap_interval` with
+    ``seed``): the original SNR = arithmetic mean of out0 / (out1 + 1e-9); the log-ratio SNR =
+    exp(mean(out0 - out1)); the ratios to lambda = 0 are paired (same images, same noise)."""
+    from robust_vision.research.bootstrap import bootstrap_interval, paired_ratio
+    from robust_vision.research.original import ill_conditioned, original_snr
+
+    by_key: dict[str, list[RunRecord]] = {}
+    for rec in records:
+        if rec.method.family == "mlp" and "original_outputs" in rec.extra:
+            by_key.setdefault(rec.method.key, []).append(rec)
+    units = {}
+    for key, recs in by_key.items():
+        recs = sorted(recs, key=lambda r: r.seed)
+        outs = np.concatenate([np.asarray(r.extra["original_outputs"], np.float64) for r in recs])  # (U, L, 2)
+        units[key] = {"ratio": original_snr(outs).mean(axis=1), "margin": (outs[..., 0] - outs[..., 1]).mean(axis=1),
+                      "correct": (outs[..., 0] > outs[..., 1]).mean(axis=1),
+                      "ill": ill_conditioned(outs).mean(axis=1), "seeds": [r.seed for r in recs]}
+    base = next((k for k, recs in by_key.items() if recs[0].method.margin_lambda == 0.0), None)
+    out = []
+    for key in sorted(units, key=_order):
+        u, m = units[key], method_by_key(key)
+        row: dict[str, Any] = {"method_key": key, "method": m.name, "lambda": m.margin_lambda,
+                               "n_units": len(u["ratio"]), "n_seeds": len(u["seeds"])}
+        for col, vals, stat in (("snr_original", u["ratio"], np.mean), ("snr_log_ratio", u["margin"], _exp_mean),
+                                ("accuracy", u["correct"], np.mean), ("frac_ill_conditioned", u["ill"], np.mean)):
+            row[col], row[f"{col}_lo"], row[f"{col}_hi"] = bootstrap_interval(vals, stat, seed=seed)
+        b = units.get(base)
+        if b is not None and u["seeds"] == b["seeds"]:
+            row["ratio_original_to_mse"], row["ratio_original_to_mse_lo"], row["ratio_original_to_mse_hi"] = \
+                bootstrap_interval(np.stack([u["ratio"], b["ratio"]], -1), paired_ratio, seed=seed)
+            row["ratio_log_to_mse"], row["ratio_log_to_mse_lo"], row["ratio_log_to_mse_hi"] = \
+                bootstrap_interval(u["margin"] - b["margin"], _exp_mean, seed=seed)
+        lo, hi = as_float(row["snr_original_lo"]), as_float(row["snr_original_hi"])
+        row["ill_conditioned"] = bool(as_float(row["frac_ill_conditioned"]) > ILL_FRACTION
+                                      or not (lo > 0 or hi < 0) or as_float(row["snr_original"]) <= 0)
+        out.append({c: row.get(c) for c in ORIGINAL_COLUMNS})
+    return out

@@ -29,7 +29,7 @@ import numpy as np
 
 from robust_vision.research.tables import as_float, fmt_num, fmt_ratio, markdown_table
 
-__all__ = ["CheckItem", "Claim", "PERCENT_TOLERANCE", "RATIO_TOLERANCE", "compare_claims", "render_checklist",
+__all__ = ["ill_conditioned_warnings", "original_claims", "CheckItem", "Claim", "PERCENT_TOLERANCE", "RATIO_TOLERANCE", "compare_claims", "render_checklist",
            "render_claims", "validation_checklist"]
 
 RATIO_TOLERANCE = 3.0
@@ -161,8 +161,46 @@ def _percent_claim(claim: str, paper: str, claimed: float, protocol: str, num: O
     return Claim(claim, paper, protocol, f"{change:+.1f}%", "reproduced" if ok else "not reproduced", note, change)
 
 
+def _interval_ratio_claim(claim: str, paper: str, claimed: float, protocol: str, row: Optional[dict],
+                          prefix: str, what: str) -> Claim:
+    """Reproduced when the bootstrap 90% interval of the ratio overlaps [claim / 3, claim * 3]."""
+    if row is None or row.get(prefix) is None:
+        return Claim(claim, paper, protocol, "not measured (method not run)", "not measured", what)
+    point, lo, hi = (as_float(row.get(prefix)), as_float(row.get(f"{prefix}_lo")), as_float(row.get(f"{prefix}_hi")))
+    measured = f"{fmt_num(point)}x [90% CI {fmt_num(lo)}, {fmt_num(hi)}]"
+    ok = (math.isfinite(lo) and math.isfinite(hi) and hi >= claimed / RATIO_TOLERANCE
+          and lo <= claimed * RATIO_TOLERANCE)
+    return Claim(claim, paper, protocol, measured, "reproduced" if ok else "not reproduced", what, point)
+
+
+def original_claims(original: Sequence[dict]) -> list[Claim]:
+    """The "375x" claim under the protocol that produced it (per-image MLPs, research/original.py)."""
+    row = next((r for r in original if r.get("method_key") == "mlp_margin_10"), None)
+    proto = "pattern (original code: per-image MLP, MSE + lambda * margin)"
+    return [_interval_ratio_claim("Loss function: margin (lambda=10) vs lambda=0, original SNR", "375x higher SNR",
+                                  375.0, proto, row, "ratio_original_to_mse",
+                                  "arithmetic mean of out0 / (out1 + 1e-9), as the original; paired over images"),
+            _interval_ratio_claim("Loss function: margin (lambda=10) vs lambda=0, log-ratio SNR", "375x higher SNR",
+                                  375.0, proto, row, "ratio_log_to_mse",
+                                  "exp(mean(out0 - out1)), the evaluator's SNR with outputs as logits")]
+
+
+def ill_conditioned_warnings(original: Sequence[dict]) -> list[str]:
+    """One warning line per original-protocol method whose ratio SNR is ill-conditioned."""
+    out = []
+    for r in original:
+        if r.get("ill_conditioned") in (True, "True"):
+            out.append(f"WARNING: {r['method']}: the original SNR out0 / (out1 + 1e-9) is ill-conditioned: "
+                       f"{100 * as_float(r['frac_ill_conditioned']):.0f}% of the control outputs are <= 0 or within "
+                       f"1e-6 of zero; its mean is {fmt_num(r['snr_original'])} with 90% interval "
+                       f"[{fmt_num(r['snr_original_lo'])}, {fmt_num(r['snr_original_hi'])}]. Read the log-ratio "
+                       "SNR instead.")
+    return out
+
+
 def compare_claims(master: Sequence[dict], acc50: Sequence[dict], architecture: Sequence[dict],
-                   factors: Sequence[dict], checklist: Sequence[CheckItem]) -> list[Claim]:
+                   factors: Sequence[dict], checklist: Sequence[CheckItem],
+                   original: Sequence[dict] = ()) -> list[Claim]:
     """Each headline claim of the seed next to the measured figure, with a verdict.
 
     Args:
@@ -199,6 +237,8 @@ def compare_claims(master: Sequence[dict], acc50: Sequence[dict], architecture: 
         item = checklist[i]
         verdict = {"PASS": "reproduced", "FAIL": "not reproduced"}.get(item.status, "not measured")
         claims.append(Claim(claim, paper, CLS, item.measured, verdict, item.criterion, item.value))
+    if original:
+        claims[1:1] = original_claims(original)
     return claims
 
 
@@ -239,11 +279,13 @@ def render_checklist(items: Sequence[CheckItem], ctx: dict) -> str:
     return "\n".join(lines)
 
 
-def render_claims(claims: Sequence[Claim], ctx: dict) -> str:
-    lines = ["# Compared with the paper's claims", "",
+def render_claims(claims: Sequence[Claim], ctx: dict, warnings: Sequence[str] = ()) -> str:
+    lines = ["# Compared with the paper's claims", "", *[f"**{w}**\n" for w in warnings],
              "Each claim of shared/seeds/robust-vision.txt next to what this run measured. Ratios use the mean "
              "(noisy-grid) SNR of master_results.csv. A ratio claim counts as reproduced within a factor of "
-             f"{RATIO_TOLERANCE:g} of the claim, a percentage claim within {PERCENT_TOLERANCE:g} points.", ""]
+             f"{RATIO_TOLERANCE:g} of the claim, a percentage claim within {PERCENT_TOLERANCE:g} points; where a "
+             "90% bootstrap interval is given, the interval must overlap that tolerance band. The Protocol column "
+             "says under which protocol each claim was tested.", ""]
     lines.append(markdown_table(["Claim", "Paper", "Protocol", "Measured", "Verdict", "Note"],
                                 [[c.claim, c.paper, c.protocol, c.measured, c.verdict, c.note] for c in claims]))
     n = sum(c.verdict == "reproduced" for c in claims)

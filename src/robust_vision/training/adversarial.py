@@ -4,6 +4,8 @@
   ``steps`` steps of ``step_size``) of the current model; the loss is computed on them.
 * ``trades`` (Zhang et al. 2019): loss = CE(f(x), y) + beta * KL(f(x) || f(x_adv)), x_adv
   maximising the KL term in the Linf ball.
+* ``mart`` (Wang et al. 2020): PGD examples as ``pgd``; loss = boosted CE on x_adv + beta *
+  KL(f(x) || f(x_adv)) * (1 - p_y(x)) (``attacks.training.mart_objective``).
 * ``augment`` (the training-robust-networks seed): before training, attack a *trained* model
   (``augment_source``, else ``init_from``) on the training images it classifies correctly,
   keep the successful adversarial examples with their true labels, and add them to the
@@ -40,6 +42,13 @@ def adversarial_hooks(acfg: AdversarialConfig) -> TrainHooks:
             return trades_examples(logits_fn, images, key, acfg.eps, steps=acfg.steps, step_size=acfg.step_size)
         return {"pair_transform": pair_transform,
                 "pair_loss": functools.partial(trades_objective, beta=acfg.trades_beta)}
+    if acfg.method == "mart":
+        from robust_vision.attacks.training import mart_objective
+
+        def mart_pair(logits_fn, images, labels, key):
+            return madry_pgd_examples(logits_fn, images, labels, key, acfg.eps, steps=acfg.steps,
+                                      step_size=acfg.step_size)
+        return {"pair_transform": mart_pair, "pair_loss": functools.partial(mart_objective, beta=acfg.mart_beta)}
     return {}
 
 

@@ -155,6 +155,16 @@ def _fmt_snr(value: float | None) -> str:
     return f"{value:.1f}" if value < 1e6 else f"{value:.3e}"
 
 
+def _train_hooks(tcfg) -> dict:
+    """Loss hooks of ``make_train_step``: AugMix (training.augmix) or adversarial training."""
+    from robust_vision.training.augmix import augmix_hooks
+
+    if tcfg.augmix.enabled and tcfg.adversarial.method in ("pgd", "trades", "mart"):
+        raise ConfigError(f"training.augmix.enabled with training.adversarial.method={tcfg.adversarial.method}: "
+                          "pick one of them (both replace the training loss)")
+    return augmix_hooks(tcfg.augmix) or adversarial_hooks(tcfg.adversarial)
+
+
 def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = print) -> TrainResult:
     """Train the model of ``cfg`` and write the run directory ``cfg.training.checkpoint_dir``."""
     tcfg = cfg.training
@@ -215,7 +225,7 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
     train_source = ArraySource(dataset.train.images, dataset.train.labels, SourceInfo(
         dataset.num_classes, dataset.class_names, dataset.image_shape, f"{dataset.name} train split"))
     train_step = make_train_step(parts, tx, make_loss(tcfg), tcfg, extra_loss=make_regularizer(tcfg.regularizers),
-                                 **adversarial_hooks(tcfg.adversarial))
+                                 **_train_hooks(tcfg))
     eval_step = make_eval_step(parts)
     base_key = jax.random.fold_in(jax.random.key(tcfg.seed), 0x5EED)
 

@@ -1,0 +1,325 @@
+"""``robust-vision-research run --experiment recipes``: what makes a model robust, measured.
+
+The same model (config ``model``) on the same data (config ``data``) is trained once per recipe
+and seed by :func:`robust_vision.training.trainer.train` (each recipe is a set of
+``training.*`` overrides, nothing else changes) and evaluated on the test split by the
+project's evaluators:
+
+* clean accuracy, accuracy under the seed's four noise types (mean over levels 0.1 .. 0.5),
+  clean ECE and the mean SNR over that noisy grid (geometric mean of the per-condition SNRs):
+  :func:`robust_vision.evaluation.robustness.evaluate_robustness`;
+* corruption error: mean top-1 error over the 15 ImageNet-C corruptions at the configured
+  severities, CIFAR-scale parameters: :func:`robust_vision.evaluation.suite.corruption_errors`;
+* PGD accuracy (Linf) at two eps: :func:`robust_vision.evaluation.suite.attack_suite`.
+
+Every number is the mean over seeds with a bootstrap 90% interval over seeds
+(:func:`robust_vision.research.bootstrap.bootstrap_interval`). Recipes are ranked by the mean of
+the noise accuracy, 1 - corruption error and the PGD accuracy at the larger eps (all in [0, 1]);
+the table shows each component, so any other ranking can be read off it.
+
+Outputs in OUT: recipes.{csv,md} (ranked table), recipes_per_seed.csv, recipes.json,
+figures/recipes.{png,pdf}, runs/recipes/seed<S>/<recipe>/ (run directories).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import yaml
+
+from robust_vision.config import ConfigError, config_from_dict
+
+__all__ = ["RECIPES", "Recipe", "RECIPE_COLUMNS", "load_recipe_settings", "rank_recipes", "recipe_config",
+           "run_recipes"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    key: str
+    name: str
+    training: dict  # training.* overrides of the base config
+
+
+RECIPES: tuple[Recipe, ...] = (
+    Recipe("ce", "Cross-entropy", {"loss_type": "cross_entropy"}),
+    Recipe("margin_1", "Margin lambda=1", {"loss_type": "margin", "margin_lambda": 1.0}),
+    Recipe("margin_10", "Margin lambda=10", {"loss_type": "margin", "margin_lambda": 10.0}),
+    Recipe("label_smoothing", "Label smoothing 0.1", {"loss_type": "label_smoothing", "label_smoothing": 0.1}),
+    Recipe("gauss_0.1", "Gaussian aug. sigma=0.1", {"noise_augment_std": 0.1}),
+    Recipe("gauss_0.25", "Gaussian aug. sigma=0.25", {"noise_augment_std": 0.25}),
+    Recipe("augmix", "AugMix + JS", {"augmix": {"enabled": True}}),
+    Recipe("pgd_at", "PGD-AT", {"adversarial": {"method": "pgd"}}),
+    Recipe("trades", "TRADES", {"adversarial": {"method": "trades"}}),
+    Recipe("mart", "MART", {"adversarial": {"method": "mart"}}),
+)
+
+DEFAULTS: dict[str, Any] = {
+    "seeds": 2,
+    "recipes": [r.key for r in RECIPES],
+    # 32x32: the CIFAR-scale ImageNet-C parameters assume CIFAR-sized images.
+    "data": {"dataset_name": "digits", "channels": 1, "image_size": [32, 32]},
+    "model": {"name": "cnn", "features": [16, 32], "dropout_rate": 0.1},
+    "training": {"epochs": 15, "batch_size": 64, "learning_rate": 0.001, "optimizer": "adam",
+                 "ema_enabled": False, "progress_bar": False,
+                 "adversarial": {"eps": 0.1, "steps": 5}},
+    "noise_types": ["gaussian", "salt_pepper", "fog", "occlusion"],
+    "levels": [0.1, 0.2, 0.3, 0.4, 0.5],
+    "corruption_severities": [1, 2, 3, 4, 5],
+    "pgd_eps": [0.05, 0.1],
+    "pgd_steps": 10,
+    "quick": {"training.epochs": 6, "corruption_severities": [3], "pgd_steps": 5},
+}
+
+RECIPE_COLUMNS = ["rank", "recipe_key", "recipe", "score", "score_lo", "score_hi"]
+_METRICS = ["clean_accuracy", "noise_accuracy", "corruption_error", "pgd_accuracy_small", "pgd_accuracy_large",
+            "ece", "mean_snr"]
+for _m in _METRICS:
+    RECIPE_COLUMNS += [_m, f"{_m}_lo", f"{_m}_hi"]
+RECIPE_COLUMNS += [f"noise_accuracy_{n}" for n in DEFAULTS["noise_types"]] + ["n_seeds", "train_time_s"]
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    node = raw
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def load_recipe_settings(path: str | Path | None = None, *, quick: bool = False,
+                         overrides: Sequence[str] = (), seeds: int | None = None) -> dict:
+    """Recipe settings: DEFAULTS, then the YAML file (any key of DEFAULTS; ``data`` / ``model`` /
+    ``training`` are config sections), then ``quick``, then ``KEY=VALUE`` overrides."""
+    from robust_vision.config import parse_override
+
+    raw = dict(DEFAULTS)
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"recipes file {str(p)!r} not found; pass an existing YAML file")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        unknown = sorted(set(loaded) - set(DEFAULTS))
+        if unknown:
+            raise ConfigError(f"recipes file: unknown key {unknown[0]!r}; valid keys: {', '.join(DEFAULTS)}")
+        raw = _merge(raw, loaded)
+    if quick:
+        for k, v in raw["quick"].items():
+            _set_dotted(raw, k, v)
+    for text in overrides:
+        k, v = parse_override(text)
+        if k.split(".")[0] not in DEFAULTS:
+            raise ConfigError(f"--override {k}: unknown key; valid keys: {', '.join(DEFAULTS)}")
+        _set_dotted(raw, k, v)
+    if seeds is not None:
+        raw["seeds"] = seeds
+    bad = [k for k in raw["recipes"] if k not in {r.key for r in RECIPES}]
+    if bad:
+        raise ConfigError(f"recipes: unknown recipe {bad[0]!r}; valid: {', '.join(r.key for r in RECIPES)}")
+    if len(raw["pgd_eps"]) != 2:
+        raise ConfigError(f"pgd_eps: got {raw['pgd_eps']!r}; expected two budgets, e.g. [0.05, 0.1]")
+    recipe_config(raw, RECIPES[0], 0, Path("."))  # validates data / model / training now
+    return raw
+
+
+def recipe_config(settings: dict, recipe: Recipe, seed: int, run_dir: Path):
+    """The trainer config of ``recipe`` with ``seed`` (base sections + the recipe's overrides)."""
+    training = _merge(_merge(settings["training"], recipe.training),
+                      {"seed": seed, "checkpoint_dir": str(run_dir), "save_every": settings["training"]["epochs"]})
+    return config_from_dict({"metadata": {"experiment": "recipes", "recipe": recipe.key, "seed": seed},
+                             "data": settings["data"], "model": settings["model"], "training": training})
+
+
+def _evaluate(settings: dict, model, images: np.ndarray, labels: np.ndarray, seed: int) -> dict:
+    from robust_vision.corruptions import IMAGENET_C
+    from robust_vision.evaluation.robustness import evaluate_robustness
+    from robust_vision.evaluation.suite import attack_suite, corruption_errors, part_key
+    from robust_vision.research.protocols import _shared_forward
+    from robust_vision.research.tables import geometric_mean
+
+    forward = _shared_forward(model.parts)
+    variables = model.variables
+
+    def logits_fn(x):
+        return forward(variables, x)
+
+    res = evaluate_robustness(forward, variables, images, labels, model_name="recipe",
+                              noise_types=list(settings["noise_types"]), levels=[0.0] + list(settings["levels"]),
+                              n_draws=1, batch_size=256, seed=seed)
+    clean = next(r for r in res.rows if r["level"] == 0.0)
+    noisy = [r for r in res.rows if r["level"] > 0.0]
+    out = {"clean_accuracy": clean["accuracy"], "ece": clean["ece"],
+           "noise_accuracy": float(np.mean([r["accuracy"] for r in noisy])),
+           "mean_snr": geometric_mean(r["snr"] for r in noisy)}
+    for n in settings["noise_types"]:
+        out[f"noise_accuracy_{n}"] = float(np.mean([r["accuracy"] for r in noisy if r["noise_type"] == n]))
+    ce = corruption_errors(logits_fn, images, labels, model_name="recipe", corruptions=list(IMAGENET_C),
+                           severities=list(settings["corruption_severities"]), scale="cifar",
+                           key=part_key(seed, "corruptions"), batch_size=256)
+    out["corruption_error"] = float(np.mean(list(ce.errors.values())))
+    rows, _ = attack_suite(logits_fn, images, labels, model_name="recipe", attacks=["pgd"],
+                           eps=list(settings["pgd_eps"]), key=part_key(seed, "attacks"),
+                           steps=int(settings["pgd_steps"]), sanity=False)
+    acc = {float(r["eps"]): r["accuracy"] for r in rows}
+    small, large = sorted(float(e) for e in settings["pgd_eps"])
+    out["pgd_accuracy_small"], out["pgd_accuracy_large"] = acc[small], acc[large]
+    return out
+
+
+def _score(m: dict) -> float:
+    return float(np.mean([m["noise_accuracy"], 1.0 - m["corruption_error"], m["pgd_accuracy_large"]]))
+
+
+def rank_recipes(per_seed: Sequence[dict], *, seed: int = 0) -> list[dict]:
+    """Aggregate per-seed rows (recipe_key, recipe, seed, metrics) into the ranked table:
+    mean over seeds and a bootstrap 90% interval over seeds for every metric and the score."""
+    from robust_vision.research.bootstrap import bootstrap_interval
+
+    out = []
+    for key in dict.fromkeys(r["recipe_key"] for r in per_seed):
+        rows = [r for r in per_seed if r["recipe_key"] == key]
+        row: dict[str, Any] = {"recipe_key": key, "recipe": rows[0]["recipe"], "n_seeds": len(rows),
+                               "train_time_s": float(np.sum([r.get("train_time_s", 0.0) for r in rows]))}
+        for m in _METRICS + ["score"]:
+            vals = np.asarray([r[m] if m != "score" else _score(r) for r in rows], np.float64)
+            row[m], row[f"{m}_lo"], row[f"{m}_hi"] = bootstrap_interval(vals, seed=seed)
+        for k in rows[0]:
+            if k.startswith("noise_accuracy_"):
+                row[k] = float(np.mean([r[k] for r in rows]))
+        out.append(row)
+    out.sort(key=lambda r: -r["score"] if math.isfinite(r["score"]) else math.inf)
+    for i, r in enumerate(out, 1):
+        r["rank"] = i
+    return out
+
+
+def render_recipes(rows: Sequence[dict], settings: dict, wall_s: float, command: str) -> str:
+    from robust_vision.research.render import fmt_ci
+    from robust_vision.research.tables import markdown_table
+
+    eps_s, eps_l = sorted(settings["pgd_eps"])
+    lines = ["# What makes a model robust: training recipes side by side", "",
+             f"Model {settings['model']}, data {settings['data']}, {settings['training']['epochs']} epochs, "
+             f"{settings['seeds']} seed(s). Noise accuracy: mean over {', '.join(settings['noise_types'])} at "
+             f"levels {', '.join(f'{v:g}' for v in settings['levels'])}. Corruption error: mean top-1 error over the "
+             f"15 ImageNet-C corruptions (CIFAR scale) at severities {settings['corruption_severities']}. PGD: Linf, "
+             f"{settings['pgd_steps']} steps. Mean SNR: geometric mean over the noise grid. Brackets: bootstrap 90% "
+             "interval over seeds (with 2 seeds, about the range of the two). Score (ranking) = mean of noise "
+             f"accuracy, 1 - corruption error and PGD accuracy at eps {eps_l:g}.", ""]
+    pct = dict(percent=True)
+    lines.append(markdown_table(
+        ["Rank", "Recipe", "Score", "Clean acc.", "Noise acc.", "Corruption error", f"PGD acc. eps {eps_s:g}",
+         f"PGD acc. eps {eps_l:g}", "ECE", "Mean SNR"],
+        [[r["rank"], r["recipe"], fmt_ci(r["score"], r["score_lo"], r["score_hi"]),
+          fmt_ci(r["clean_accuracy"], r["clean_accuracy_lo"], r["clean_accuracy_hi"], **pct),
+          fmt_ci(r["noise_accuracy"], r["noise_accuracy_lo"], r["noise_accuracy_hi"], **pct),
+          fmt_ci(r["corruption_error"], r["corruption_error_lo"], r["corruption_error_hi"], **pct),
+          fmt_ci(r["pgd_accuracy_small"], r["pgd_accuracy_small_lo"], r["pgd_accuracy_small_hi"], **pct),
+          fmt_ci(r["pgd_accuracy_large"], r["pgd_accuracy_large_lo"], r["pgd_accuracy_large_hi"], **pct),
+          fmt_ci(r["ece"], r["ece_lo"], r["ece_hi"]), fmt_ci(r["mean_snr"], r["mean_snr_lo"], r["mean_snr_hi"])]
+         for r in rows]))
+    lines += ["", f"Command: `{command}`; wall time {wall_s:.0f} s."]
+    return "\n".join(lines)
+
+
+def plot_recipes(rows: Sequence[dict], fig_dir: Path) -> list[Path]:
+    """One figure: per recipe, noise accuracy, 1 - corruption error and PGD accuracy (large eps)
+    with their intervals over seeds, in rank order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    names = [r["recipe"] for r in rows]
+    y = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.5))
+    series = [("noise_accuracy", "noise accuracy", 1, 0), ("corruption_error", "1 - corruption error", -1, 1),
+              ("pgd_accuracy_large", "PGD accuracy (large eps)", 1, 0)]
+    for i, (m, label, sign, off) in enumerate(series):
+        val = np.array([off + sign * r[m] for r in rows])
+        lo = np.array([off + sign * (r[f"{m}_lo"] if sign > 0 else r[f"{m}_hi"]) for r in rows])
+        hi = np.array([off + sign * (r[f"{m}_hi"] if sign > 0 else r[f"{m}_lo"]) for r in rows])
+        err = np.nan_to_num(np.stack([val - lo, hi - val]), nan=0.0).clip(min=0)
+        ax.errorbar(val, y + (i - 1) * 0.22, xerr=err, fmt="o", ms=4, capsize=2, label=label)
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("fraction (higher is better); bars: 90% bootstrap interval over seeds")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    paths = []
+    for fmt in ("png", "pdf"):
+        p = fig_dir / f"recipes.{fmt}"
+        fig.savefig(p, dpi=150)
+        paths.append(p)
+    plt.close(fig)
+    return paths
+
+
+def run_recipes(settings: dict, out_dir: str | Path, *, quiet: bool = False, log: Callable[[str], None] = print,
+                command: str = "robust-vision-research run --experiment recipes") -> list[dict]:
+    """Train and evaluate every recipe x seed; write the ranked table, the figure and the runs."""
+    from tqdm import tqdm
+
+    from robust_vision.data.datasets import load_dataset
+    from robust_vision.evaluation.loading import load_trained_model
+    from robust_vision.evaluation.report import versions, write_csv
+    from robust_vision.research.tables import write_table
+    from robust_vision.training.trainer import train
+
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recipes = [r for r in RECIPES if r.key in settings["recipes"]]
+    jobs = [(seed, r) for seed in range(int(settings["seeds"])) for r in recipes]
+    first = recipe_config(settings, recipes[0], 0, out_dir)
+    test = load_dataset(first.data).test
+    per_seed = []
+    bar = tqdm(jobs, desc="recipes", disable=quiet, unit="run")
+    for seed, recipe in bar:
+        bar.set_postfix_str(f"{recipe.key} seed {seed}")
+        run_dir = out_dir / "runs" / "recipes" / f"seed{seed}" / recipe.key
+        cfg = recipe_config(settings, recipe, seed, run_dir)
+        t0 = time.perf_counter()
+        if not (run_dir / "checkpoints" / "epochs" / str(cfg.training.epochs)).is_dir():
+            train(cfg, log=lambda s: None)
+        t1 = time.perf_counter()
+        model = load_trained_model(run_dir / "checkpoints" / "epochs", name=recipe.key)
+        metrics = _evaluate(settings, model, test.images, test.labels, seed)
+        per_seed.append({"recipe_key": recipe.key, "recipe": recipe.name, "seed": seed, **metrics,
+                         "train_time_s": t1 - t0, "eval_time_s": time.perf_counter() - t1})
+        if quiet:
+            continue
+        bar.write(f"  {recipe.name} seed {seed}: clean {metrics['clean_accuracy']:.3f}, noise "
+                  f"{metrics['noise_accuracy']:.3f}, corruption error {metrics['corruption_error']:.3f}, PGD "
+                  f"{metrics['pgd_accuracy_large']:.3f} ({t1 - t0:.0f} s train, {time.perf_counter() - t1:.0f} s eval)")
+    ranked = rank_recipes(per_seed)
+    wall = time.perf_counter() - t_start
+    seed_cols = list(per_seed[0].keys())
+    write_csv(out_dir / "recipes_per_seed.csv", per_seed, seed_cols)
+    columns = [c for c in RECIPE_COLUMNS if c in ranked[0] or c in ("rank",)]
+    write_table(out_dir, "recipes", ranked, columns, render_recipes(ranked, settings, wall, command))
+    try:
+        plot_recipes(ranked, out_dir / "figures")
+    except Exception as exc:  # noqa: BLE001 - the tables are already written
+        log(f"warning: figure recipes failed: {type(exc).__name__}: {exc}")
+    (out_dir / "recipes.json").write_text(json.dumps({"command": command, "settings": settings, "wall_time_s": wall,
+                                                      "versions": versions(), "per_seed": per_seed}, indent=1,
+                                                     default=str))
+    log((out_dir / "recipes.md").read_text())
+    log(f"Wrote the recipe table to {out_dir} in {wall:.1f} s")
+    return ranked
