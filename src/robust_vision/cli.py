@@ -19,24 +19,44 @@ def _quiet_tensorflow_logs() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _run(main: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+def _run(main: Callable[[argparse.Namespace], int | None], args: argparse.Namespace, *,
+         hard_exit_on_interrupt: bool = False) -> int:
+    """Run ``main(args)`` and map its errors to one line on stderr and an exit code: bad input 2,
+    a fault (divergence, disk full) 1, Ctrl-C 130.
+
+    ``hard_exit_on_interrupt`` (console scripts, not in-process callers): after Ctrl-C, once every
+    ``finally`` has closed its checkpoint managers, leave with ``os._exit(130)`` rather than a normal
+    interpreter shutdown, which can crash (SIGSEGV) while XLA's threads are still being torn down.
+    """
     from robust_vision.config import ConfigError
-    from robust_vision.training.checkpoint import CheckpointError
-    from robust_vision.training.trainer import TrainingError
+    from robust_vision.interrupts import sigint_guard
+    from robust_vision.training.checkpoint import CheckpointError, CheckpointWriteError
 
     try:
-        return int(main(args) or 0)
+        with sigint_guard():
+            return int(main(args) or 0)
     except (ConfigError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except TrainingError as exc:
+    except CheckpointWriteError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except _USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from robust_vision.training.trainer import TrainingError
+
+        if not isinstance(exc, TrainingError):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; the last completed checkpoint is kept", file=sys.stderr)
+        if hard_exit_on_interrupt:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
 
 
@@ -72,7 +92,7 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     parser.add_argument("--run-dir", help="run directory (same as --override training.checkpoint_dir=DIR)")
     parser.add_argument("--no-progress", action="store_true", help="no per-epoch progress bar")
-    return _run(_train, parser.parse_args(argv))
+    return _run(_train, parser.parse_args(argv), hard_exit_on_interrupt=argv is None)
 
 
 # --------------------------------------------------------------------------- eval
@@ -308,6 +328,9 @@ def _eval(args: argparse.Namespace) -> int:
 
     cfg, explicit_config = _eval_config(args)
     ecfg = cfg.evaluation
+    from robust_vision.preflight import check_output_dir
+
+    check_output_dir(ecfg.output_dir)  # an --output that is a file fails before the evaluation
     if ecfg.suite != "none":
         suite.resolve_suite(ecfg.suite)
     suite.check_attacks(ecfg.attacks, ecfg.attack_norm)  # bad attack settings fail before any work

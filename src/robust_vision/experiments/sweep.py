@@ -27,11 +27,14 @@ Layout of the output directory ``DIR``::
 Trial ids are derived from the trial's parameter values alone (``margin_lambda=10.0``), so a
 trial keeps its id and directory when grid values are added. A trial is finished when its
 row in trials.csv says ``complete``; a rerun never retrains it. A trial whose row is missing
-or says ``running`` (an interrupted run) is resumed from its last checkpoint.
+or says ``interrupted`` (Ctrl-C) or ``running`` (a killed run) is resumed from its last checkpoint.
+The base config file is read once at the start: editing it while the sweep runs does not
+change the trials of that run.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import itertools
@@ -46,7 +49,8 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from robust_vision.config import LEGACY_KEYS, Config, ConfigError, config_to_dict, load_config, parse_override
+from robust_vision.config import (LEGACY_KEYS, Config, ConfigError, apply_overrides, config_from_dict, config_to_dict,
+                                   load_config, parse_override, read_config_file)
 
 Log = Callable[[str], None]
 
@@ -272,6 +276,9 @@ class TrialFactory:
 
     def __init__(self, config_path: str | Path, overrides: Sequence[str], out_dir: Path, *, progress_bar: bool):
         self.config_path = config_path
+        # The base config is read once, here: every trial of this invocation is built from the same
+        # settings even if the file is edited while the sweep runs.
+        self._frozen_raw = read_config_file(config_path)
         self.overrides = list(overrides)
         self.out_dir = out_dir
         self.progress_bar = progress_bar
@@ -279,7 +286,8 @@ class TrialFactory:
     def config(self, params: dict[str, Any], extra: Sequence[str] = ()) -> Config:
         trial_overrides = [f"{k}={_yaml_value(v)}" for k, v in params.items()]
         try:
-            return load_config(self.config_path, [*self.overrides, *trial_overrides, *extra])
+            return config_from_dict(apply_overrides(copy.deepcopy(self._frozen_raw),
+                                                    [*self.overrides, *trial_overrides, *extra]))
         except ConfigError as exc:
             where = ", ".join(f"{k}={v!r}" for k, v in params.items())
             raise SweepError(f"sweep.parameters ({where}): {exc}") from None
@@ -308,7 +316,7 @@ def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
 TRIAL_COLUMNS_HEAD = ["trial_id", "status"]
 TRIAL_COLUMNS_TAIL = ["epochs", "best_epoch", *VAL_METRICS, *EVAL_METRICS, "objective", "wall_time_s",
                       "run_dir", "results_dir", "error"]
-COMPLETE, RUNNING, FAILED = "complete", "running", "failed"
+COMPLETE, RUNNING, FAILED, INTERRUPTED = "complete", "running", "failed", "interrupted"
 
 
 def read_trials(path: Path) -> tuple[dict[str, dict[str, str]], list[str]]:
@@ -598,7 +606,12 @@ class _Runner:
             return existing
         self.table.put({"trial_id": trial.trial_id, "status": RUNNING, **trial.params,
                         "run_dir": str(trial.run_dir), "results_dir": str(trial.results_dir)})
-        row = run_trial(trial, self.spec, log=self.log, train_log=self.train_log)
+        try:
+            row = run_trial(trial, self.spec, log=self.log, train_log=self.train_log)
+        except KeyboardInterrupt:
+            # Ctrl-C: the row says so (the next invocation resumes it from its last checkpoint).
+            self.table.put({**self.table.rows[trial.trial_id], "status": INTERRUPTED})
+            raise
         self.trained += 1
         self.table.put(row)
         self.log(progress_line(index, total, row, self.spec))

@@ -9,7 +9,6 @@ Agg/PDF/SVG canvases that ``savefig`` picks from the format. Styles are applied 
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from robust_vision.config import EvaluationConfig
+from robust_vision.preflight import read_csv_rows
 
 _DEFAULTS = EvaluationConfig()
 DEFAULT_STYLE: str = _DEFAULTS.plot_style
@@ -75,10 +75,12 @@ def read_table(path: str | Path, required: Iterable[str]) -> Table:
     path = Path(path)
     if not path.is_file():
         raise PlotError(f"table {str(path)!r} not found; pass the file written by training/evaluation")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        rows = [{(k or "").strip(): v for k, v in row.items()} for row in reader]
+    try:
+        raw_rows, header = read_csv_rows(path)
+    except ValueError as exc:
+        raise PlotError(str(exc)) from None
+    columns = [c.strip() for c in header]
+    rows = [{(k or "").strip(): v for k, v in row.items()} for row in raw_rows]
     missing = [c for c in required if c not in columns]
     if missing:
         raise PlotError(f"table {str(path)!r} lacks column(s) {', '.join(missing)}; "
