@@ -456,3 +456,42 @@ def test_decompression_bomb_in_a_zip_is_one_dataset_error(tmp_path, monkeypatch)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(DatasetError, match="cannot decode .*exceeds limit"):
         load_dataset(_folder_cfg(path))
+
+
+# --------------------------------------------------------------------------- fast failures (item 4)
+
+FAST_FAILURE_CASES = [  # (argv after train_main, message): answered before JAX is imported
+    (["--config", "configs/nope.yaml"], "not found"),
+    (["--config", "configs/baseline.yaml", "--override", "data.data_dir=/nonexistent"], "cifar-10-batches-py"),
+    (["--config", "configs/quickstart.yaml", "--override", "training.batch_size=1000000000"], "GiB"),
+    (["--config", "configs/quickstart.yaml", "--override", "training.epochs=-1"], "training.epochs"),
+]
+
+
+@pytest.mark.parametrize("argv, message", FAST_FAILURE_CASES, ids=[m for _, m in FAST_FAILURE_CASES])
+def test_user_error_costs_well_under_a_second_of_cpu(repo_root, tmp_path, argv, message):
+    import resource
+
+    code = ("import sys; from robust_vision.cli import train_main; rc = train_main(sys.argv[1:]); "
+            "print('jax imported' if 'jax' in sys.modules else 'no jax'); sys.exit(rc)")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run([sys.executable, "-c", code, *argv, "--run-dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, cwd=repo_root, timeout=120)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stdout.strip() == "no jax"
+    assert cpu < 1.0, f"{cpu:.2f} s of CPU"
+
+
+def test_missing_cifar10_says_which_files_to_put_where(tmp_path):
+    from robust_vision.preflight import check_data_source
+
+    with pytest.raises(ValueError, match=r"cifar-10-python.tar.gz.*DIR/cifar-10-batches-py/ holds data_batch_1..5 "
+                                         r"and test_batch.*configs/baseline_digits.yaml"):
+        check_data_source(load_config("configs/baseline.yaml", [f"data.data_dir={tmp_path}"]).data)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in ("data_batch_1", "test_batch"):
+        (folder / name).write_bytes(b"")
+    check_data_source(load_config("configs/baseline.yaml", [f"data.data_dir={tmp_path}"]).data)  # present: passes

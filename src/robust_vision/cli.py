@@ -19,6 +19,24 @@ def _quiet_tensorflow_logs() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _exit_code(exc: BaseException) -> int | None:
+    """2 for bad input, 1 for a fault, None for a bug (re-raised). Error classes are looked up in
+    modules already imported only: a failure before JAX was imported must not import it."""
+    def classes(module: str, *names: str) -> tuple[type, ...]:
+        mod = sys.modules.get(module)
+        return tuple(getattr(mod, n) for n in names) if mod is not None else ()
+
+    if isinstance(exc, classes("robust_vision.config", "ConfigError")
+                  + classes("robust_vision.training.checkpoint", "CheckpointError")):
+        return 2
+    if isinstance(exc, classes("robust_vision.training.checkpoint", "CheckpointWriteError")
+                  + classes("robust_vision.training.trainer", "TrainingError")):
+        return 1
+    if isinstance(exc, _USER_ERRORS):
+        return 2
+    return None
+
+
 def _run(main: Callable[[argparse.Namespace], int | None], args: argparse.Namespace, *,
          hard_exit_on_interrupt: bool = False) -> int:
     """Run ``main(args)`` and map its errors to one line on stderr and an exit code: bad input 2,
@@ -28,29 +46,17 @@ def _run(main: Callable[[argparse.Namespace], int | None], args: argparse.Namesp
     ``finally`` has closed its checkpoint managers, leave with ``os._exit(130)`` rather than a normal
     interpreter shutdown, which can crash (SIGSEGV) while XLA's threads are still being torn down.
     """
-    from robust_vision.config import ConfigError
     from robust_vision.interrupts import sigint_guard
-    from robust_vision.training.checkpoint import CheckpointError, CheckpointWriteError
 
     try:
         with sigint_guard():
             return int(main(args) or 0)
-    except (ConfigError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except CheckpointWriteError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except _USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        from robust_vision.training.trainer import TrainingError
-
-        if not isinstance(exc, TrainingError):
+    except Exception as exc:  # noqa: BLE001 - classified below; anything else propagates unchanged
+        code = _exit_code(exc)
+        if code is None:
             raise
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return code
     except KeyboardInterrupt:
         print("interrupted; the last completed checkpoint is kept", file=sys.stderr)
         if hard_exit_on_interrupt:
@@ -71,15 +77,19 @@ def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> 
 
 def _train(args: argparse.Namespace) -> int:
     from robust_vision.config import load_config
-    from robust_vision.training.trainer import train
+    from robust_vision.preflight import check_data_source, check_memory
 
     overrides = list(args.override)
     if args.run_dir:
         overrides.append(f"training.checkpoint_dir={args.run_dir}")
-    if args.no_progress:
+    if args.no_progress or args.quiet:
         overrides.append("training.progress_bar=false")
     cfg = load_config(args.config, overrides)
-    result = train(cfg, resume=args.resume)
+    check_data_source(cfg.data)  # a bad path or size costs a fraction of a second: JAX is not imported yet
+    check_memory(cfg)
+    from robust_vision.training.trainer import train
+
+    result = train(cfg, resume=args.resume, **({"log": lambda s: None} if args.quiet else {}))
     print(f"Run directory: {result.run_dir}")
     return 0
 
@@ -92,6 +102,7 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     parser.add_argument("--run-dir", help="run directory (same as --override training.checkpoint_dir=DIR)")
     parser.add_argument("--no-progress", action="store_true", help="no per-epoch progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch log (errors only)")
     return _run(_train, parser.parse_args(argv), hard_exit_on_interrupt=argv is None)
 
 

@@ -234,3 +234,25 @@ def check_output_dir(path: str | Path, key: str = "--output") -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise ValueError(f"{key}: {path} is not writable; pass a writable directory")
     return path
+
+
+# --------------------------------------------------------------------------- data sources
+
+CIFAR10_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
+CIFAR10_HELP = ("download the python version of CIFAR-10 (cifar-10-python.tar.gz, "
+                "https://www.cs.toronto.edu/~kriz/cifar.html), extract it so that "
+                "DIR/cifar-10-batches-py/ holds data_batch_1..5 and test_batch, and set data.data_dir: DIR "
+                "(or use configs/baseline_digits.yaml, which needs no download)")
+
+
+def check_data_source(data: "DataConfig") -> None:
+    """The dataset files a config names exist (checked before JAX is imported). A missing
+    CIFAR-10 says which archive to put where; other sources are checked by their readers."""
+    if data.dataset_name != "cifar10":
+        return
+    if data.data_dir is None:
+        raise ValueError(f"cifar10: data.data_dir is not set; {CIFAR10_HELP}")
+    root = Path(data.data_dir).expanduser()
+    folder = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
+    if not (folder / "data_batch_1").is_file() or not (folder / "test_batch").is_file():
+        raise ValueError(f"cifar10: no CIFAR-10 batches in {root}; {CIFAR10_HELP}")

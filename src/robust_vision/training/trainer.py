@@ -242,8 +242,9 @@ def _train_loop(cfg, resume, log, run_dir, store, dataset, mesh, model, parts, t
         log(f"--resume: no checkpoint in {run_dir}; starting from scratch")
     save_config(cfg, run_dir / "config.yaml")
 
-    log(f"Dataset {dataset.name}: {n_train} train / {len(dataset.val.labels)} val / {len(dataset.test.labels)} test, "
-        f"images {dataset.image_shape}, {dataset.num_classes} classes")
+    source = cfg.data.data_dir or ("bundled with scikit-learn" if cfg.data.dataset_name == "digits" else "-")
+    log(f"Dataset {dataset.name} from {source}: {n_train} train / {len(dataset.val.labels)} val / "
+        f"{len(dataset.test.labels)} test, images {dataset.image_shape}, {dataset.num_classes} classes")
     log(f"Model {cfg.model.name}: {n_params:,} parameters; {mesh.devices.size} device(s) "
         f"({jax.devices()[0].platform}); {steps_per_epoch} steps/epoch")
 
