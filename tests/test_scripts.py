@@ -57,6 +57,9 @@ def seed_dir(tmp_path_factory):
 def test_seed_train_eval_compare_plot_lines(seed_dir, capsys):
     run = Path("checkpoints/research/margin_lambda_1")
     assert (run / "metrics.csv").is_file()
+    # The seed: figures are generated automatically; training writes its curves and TensorBoard files.
+    assert (run / "plots" / "training_curves.png").is_file()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     # "Step 2: Evaluate All Models", with the seed's RUN/best spelling.
     rc = _script("scripts/eval_robustness.py", "--checkpoint", "./checkpoints/research/margin_lambda_1/best",
                  "--config", "configs/research/margin_ablation.yaml", "--output", "./results/research/eval_lambda_1",
@@ -113,3 +116,36 @@ def test_python_m_robust_vision_unknown_command(capsys):
 
     assert main(["trian"]) == 2
     assert "expected one of train, eval" in capsys.readouterr().err
+
+
+def test_tensorboard_files_hold_the_metrics_and_are_skipped_without_tensorboardx(tmp_path, monkeypatch):
+    import importlib.util
+
+    from robust_vision.training import run_outputs
+
+    history = [{"epoch": 1, "train_loss": 2.0, "val_accuracy": 0.5, "val_snr": float("nan")},
+               {"epoch": 2, "train_loss": 1.0, "val_accuracy": 0.75, "val_snr": 3.0}]
+    out = run_outputs.write_tensorboard(tmp_path, history)
+    scalars = _read_events(next(out.glob("events.out.tfevents.*")))
+    assert scalars["train/loss"] == [(1, 2.0), (2, 1.0)]
+    assert scalars["val/accuracy"] == [(1, 0.5), (2, 0.75)]
+    assert scalars["val/snr"] == [(2, 3.0)]  # nan is not a point
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboardX" else real(name, *a))
+    assert run_outputs.write_tensorboard(tmp_path / "other", history) is None
+
+
+def _read_events(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """Scalars of a TensorBoard event file (TFRecord framing: u64 length, u32 crc, data, u32 crc)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    data, pos, out = path.read_bytes(), 0, {}
+    while pos < len(data):
+        (n,) = struct.unpack("<Q", data[pos:pos + 8])
+        event = Event.FromString(data[pos + 12:pos + 12 + n])
+        pos += 12 + n + 4
+        for v in event.summary.value:
+            out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out

@@ -199,6 +199,7 @@ class TrainingConfig:
     checkpoint_dir: str = _f("./runs/default", help="run directory: config.yaml, metrics.csv, checkpoints/, plots/")
     log_dir: Optional[str] = _f(None, help="accepted for seed configs; logs are written to checkpoint_dir")
     progress_bar: bool = _f(True, help="show a progress bar during each epoch")
+    write_figures: bool = _f(True, help="draw the training curves (loss, accuracy, SNR per epoch) into the run's plots/ at the end")
 
 
 @dataclass

@@ -47,7 +47,7 @@ METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "train_margin", "trai
 # training.checkpoint_dir: the run being resumed is read from it, so a different spelling of the same
 # directory (relative vs absolute) names the same run.
 _RESUMABLE_CHANGES = {("training", "epochs"), ("training", "progress_bar"), ("training", "log_dir"),
-                      ("training", "checkpoint_dir")}
+                      ("training", "checkpoint_dir"), ("training", "write_figures")}
 
 # Divergence beyond NaN. The reference is the mean loss of the first training batch this process
 # sees, i.e. the loss of the starting weights (at initialisation a cross-entropy is ~log K), floored at
@@ -322,6 +322,11 @@ def _train_loop(cfg, resume, log, run_dir, store, dataset, mesh, model, parts, t
                 "class_names": list(dataset.class_names), "ema": tcfg.ema_enabled}
         store.save(epoch, state, meta, is_best=improved)
 
+    from robust_vision.training.run_outputs import write_run_outputs
+
+    ecfg = cfg.evaluation
+    write_run_outputs(run_dir, history, plots=tcfg.write_figures, style=ecfg.plot_style, dpi=ecfg.dpi,
+                      formats=list(ecfg.format), log=log)
     if best_epoch is not None:
         best_row = next((r for r in history if int(r["epoch"]) == best_epoch), {})
         log(f"Best checkpoint saved: epoch {best_epoch}, {tcfg.best_metric}={best_value:.4f}, "
