@@ -592,12 +592,31 @@ class _Table:
 class _Runner:
     """Runs or reuses trials and keeps trials.csv current."""
 
-    def __init__(self, table: _Table, spec: SweepSpec, *, retry_failed: bool, log: Log, train_log: Log):
+    def __init__(self, table: _Table, spec: SweepSpec, *, retry_failed: bool, log: Log, train_log: Log,
+                 progress: bool = False):
         self.table, self.spec, self.retry_failed = table, spec, retry_failed
         self.log, self.train_log = log, train_log
         self.trained = 0
+        self.progress = progress
+        self._bar = None
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def __call__(self, trial: Trial, index: int, total: int | None) -> dict:
+        if self.progress and self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=index - 1, desc="Sweep", unit="trial")
+        try:
+            return self._trial(trial, index, total)
+        finally:
+            if self._bar is not None:
+                self._bar.update(1)
+
+    def _trial(self, trial: Trial, index: int, total: int | None) -> dict:
         existing = self.table.rows.get(trial.trial_id)
         if self.table.finished(trial.trial_id, self.retry_failed):
             note = "finished earlier, not rerun" if existing["status"] == COMPLETE else \
@@ -650,7 +669,7 @@ def validate_plan(factory: TrialFactory, spec: SweepSpec) -> list[Trial]:
 
 def run_sweep(config_path: str | Path, out_dir: str | Path, overrides: Sequence[str] = (), *,
               max_trials: int | None = None, retry_failed: bool = False, verbose: bool = False,
-              plots: bool = True, dry_run: bool = False, log: Log = print) -> SweepResult:
+              plots: bool = True, dry_run: bool = False, progress: bool = True, log: Log = print) -> SweepResult:
     """Run (or continue) the sweep of ``config_path`` into ``out_dir``; see the module docstring."""
     out_dir = Path(out_dir)
     base = load_config(config_path, list(overrides))
@@ -663,7 +682,8 @@ def run_sweep(config_path: str | Path, out_dir: str | Path, overrides: Sequence[
                              "parameter")
     if max_trials is not None and max_trials < 0:
         raise SweepError(f"--max-trials: got {max_trials}; expected 0 or more")
-    factory = TrialFactory(config_path, overrides, out_dir, progress_bar=verbose and base.training.progress_bar)
+    # progress: a bar over the trials and each trial's epoch bars (--quiet turns both off).
+    factory = TrialFactory(config_path, overrides, out_dir, progress_bar=progress and base.training.progress_bar)
     plan = validate_plan(factory, spec)
     optuna = None
     if spec.method == "optuna":
@@ -680,17 +700,20 @@ def run_sweep(config_path: str | Path, out_dir: str | Path, overrides: Sequence[
     check_sweep_state(out_dir, base, spec)
     table = _Table(out_dir, spec.keys)
     train_log: Log = (lambda s: log(f"    {s}")) if verbose else (lambda s: None)
-    runner = _Runner(table, spec, retry_failed=retry_failed, log=log, train_log=train_log)
+    runner = _Runner(table, spec, retry_failed=retry_failed, log=log, train_log=train_log, progress=progress)
     t0 = time.perf_counter()
     what = f"{len(plan)} grid trial(s)" if spec.method == "grid" else f"{spec.n_trials} optuna trial(s)"
     log(f"Sweep over {', '.join(spec.keys)}: {what}; metric {spec.metric} ({spec.direction}) with noisy condition "
         f"{spec.noisy_condition}; output {out_dir}")
-    if spec.method == "grid":
-        rows = _run_grid(plan, runner, max_trials, log)
-    else:
-        from robust_vision.experiments.optuna_search import run_optuna
+    try:
+        if spec.method == "grid":
+            rows = _run_grid(plan, runner, max_trials, log)
+        else:
+            from robust_vision.experiments.optuna_search import run_optuna
 
-        rows = run_optuna(optuna, factory, spec, runner, out_dir, max_trials, log)
+            rows = run_optuna(optuna, factory, spec, runner, out_dir, max_trials, log)
+    finally:
+        runner.close()
     elapsed = time.perf_counter() - t0
 
     best = best_row(rows, spec.direction)

@@ -228,6 +228,26 @@ def level_colors(n: int) -> list[tuple[float, ...]]:
     return [cmap(x) for x in np.linspace(0.0, 0.82, max(n, 1))][:n]
 
 
+# Markers and dashes that tell neighbouring severity levels apart where their viridis colours
+# are close (and in greyscale print).
+_LEVEL_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_LEVEL_DASHES = ("-", "--", "-.", ":")
+
+
+def level_styles(n: int) -> list[dict[str, Any]]:
+    """n ordered line styles for severities: viridis colour + a distinct marker + a dash pattern
+    (keyword arguments of ``Axes.plot``)."""
+    return [{"color": c, "marker": _LEVEL_MARKERS[i % len(_LEVEL_MARKERS)],
+             "linestyle": _LEVEL_DASHES[i % len(_LEVEL_DASHES)]} for i, c in enumerate(level_colors(n))]
+
+
+def balanced_columns(n: int, ncols_max: int = 4) -> int:
+    """Columns for n panels that leave the fewest empty cells (ties: more columns)."""
+    if n <= ncols_max:
+        return max(n, 1)
+    return min(range(2, ncols_max + 1), key=lambda c: (math.ceil(n / c) * c - n, -c))
+
+
 def legend_handle(label: str, **kwargs: Any) -> Line2D:
     """A proxy line for a figure legend."""
     kwargs.setdefault("color", "0.2")
