@@ -223,6 +223,9 @@ def _train_backprop(cfg: Config, *, resume: bool, log: Callable[[str], None]) ->
     try:
         return _train_loop(cfg, resume, log, run_dir, store, dataset, mesh, model, parts, tx, schedule, state,
                            n_params, n_train, steps_per_epoch)
+    except KeyboardInterrupt:
+        jax.effects_barrier()  # let dispatched steps finish before the runtime is torn down
+        raise
     finally:
         store.close()  # also on Ctrl-C / errors: no Orbax thread outlives the run
 
@@ -262,20 +265,15 @@ def _train_loop(cfg, resume, log, run_dir, store, dataset, mesh, model, parts, t
         outputs, masks = [], []
         bar = tqdm(total=steps_per_epoch, desc=f"Epoch {epoch}/{tcfg.epochs}", leave=False,
                    disable=not tcfg.progress_bar, unit="step")
-        try:
-            for i, batch in enumerate(batch_indices(n_train, tcfg.batch_size, order)):
-                x, y, m = shard_batch(mesh, dataset.train.images[batch.indices], dataset.train.labels[batch.indices],
-                                      batch.mask)
-                state, per_ex = train_step(state, x, y, m, jax.random.fold_in(epoch_key, i))
-                outputs.append(per_ex)
-                masks.append(batch.mask)
-                bar.update(1)
-                check_interrupt()  # a Ctrl-C swallowed inside a JAX callback still stops the run
-        except KeyboardInterrupt:
-            jax.effects_barrier()  # let dispatched steps finish before the runtime is torn down
-            raise
-        finally:
-            bar.close()
+        for i, batch in enumerate(batch_indices(n_train, tcfg.batch_size, order)):
+            x, y, m = shard_batch(mesh, dataset.train.images[batch.indices], dataset.train.labels[batch.indices],
+                                  batch.mask)
+            state, per_ex = train_step(state, x, y, m, jax.random.fold_in(epoch_key, i))
+            outputs.append(per_ex)
+            masks.append(batch.mask)
+            bar.update(1)
+            check_interrupt()  # a Ctrl-C swallowed inside a JAX callback still stops the run
+        bar.close()
         keep = np.concatenate(masks) > 0
         fetched = jax.device_get(outputs)
         train_pe = {k: np.concatenate([o[k] for o in fetched])[keep] for k in fetched[0]}
