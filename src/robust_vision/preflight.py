@@ -121,7 +121,7 @@ def check_memory(cfg: "Config", *, available: Optional[int] = None) -> None:
     batch = cfg.training.batch_size
     need = batch * (image_bytes + _PER_EXAMPLE_OVERHEAD)
     if need > available:
-        hint = f" (the training split has about {n} images)" if n is not None else ""
+        hint = f" (the dataset has {n} images)" if n is not None else ""
         raise SizeError(f"training.batch_size: {batch} images of {hwc[0]}x{hwc[1]}x{hwc[2]} float32 need about "
                         f"{_gib(need)} per batch, {_gib(available)} is available; use a smaller "
                         f"training.batch_size{hint}")
@@ -255,4 +255,4 @@ def check_data_source(data: "DataConfig") -> None:
     root = Path(data.data_dir).expanduser()
     folder = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
     if not (folder / "data_batch_1").is_file() or not (folder / "test_batch").is_file():
-        raise ValueError(f"cifar10: no CIFAR-10 batches in {root}; {CIFAR10_HELP}")
+        raise ValueError(f"cifar10: no CIFAR-10 batches in {data.data_dir} (data.data_dir); {CIFAR10_HELP}")
