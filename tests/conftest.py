@@ -21,6 +21,7 @@ def tiny_overrides(run_dir: Path, epochs: int = 2) -> list[str]:
         "model.features=[8, 16]", "data.image_size=null", f"training.epochs={epochs}",
         "training.batch_size=128", "training.eval_batch_size=256", "training.progress_bar=false",
         f"training.checkpoint_dir={run_dir}", "training.save_every=1",
+        "training.write_figures=false",  # no end-of-training figures (tests/test_scripts.py draws them once)
     ]
 
 

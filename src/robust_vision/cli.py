@@ -19,26 +19,53 @@ def _quiet_tensorflow_logs() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _run(main: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
-    from robust_vision.compile_cache import enable_compile_cache
-    from robust_vision.config import ConfigError
-    from robust_vision.training.checkpoint import CheckpointError
-    from robust_vision.training.trainer import TrainingError
+def _exit_code(exc: BaseException) -> int | None:
+    """2 for bad input, 1 for a fault, None for a bug (re-raised). Error classes are looked up in
+    modules already imported only: a failure before JAX was imported must not import it."""
+    def classes(module: str, *names: str) -> tuple[type, ...]:
+        mod = sys.modules.get(module)
+        return tuple(getattr(mod, n) for n in names) if mod is not None else ()
+
+    if isinstance(exc, classes("robust_vision.config", "ConfigError")
+                  + classes("robust_vision.training.checkpoint", "CheckpointError")):
+        return 2
+    if isinstance(exc, classes("robust_vision.training.checkpoint", "CheckpointWriteError")
+                  + classes("robust_vision.training.trainer", "TrainingError")):
+        return 1
+    if isinstance(exc, _USER_ERRORS):
+        return 2
+    return None
+
+
+def _run(main: Callable[[argparse.Namespace], int | None], args: argparse.Namespace, *,
+         hard_exit_on_interrupt: bool = False) -> int:
+    """Run ``main(args)`` and map its errors to one line on stderr and an exit code: bad input 2,
+    a fault (divergence, disk full) 1, Ctrl-C 130.
+
+    ``hard_exit_on_interrupt`` (console scripts, not in-process callers): after Ctrl-C, once every
+    ``finally`` has closed its checkpoint managers, leave with ``os._exit(130)`` rather than a normal
+    interpreter shutdown, which can crash (SIGSEGV) while XLA's threads are still being torn down.
+    """
+    from robust_vision.compile_cache import enable_compile_cache_early
+    from robust_vision.interrupts import sigint_guard
 
     try:
-        enable_compile_cache()  # every entry point; train / eval re-point it from their config
-        return int(main(args) or 0)
-    except (ConfigError, CheckpointError) as exc:
+        with sigint_guard():
+            # Every entry point, without importing JAX; train / eval re-point it from their config.
+            enable_compile_cache_early()
+            return int(main(args) or 0)
+    except Exception as exc:  # noqa: BLE001 - classified below; anything else propagates unchanged
+        code = _exit_code(exc)
+        if code is None:
+            raise
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except _USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return code
     except KeyboardInterrupt:
         print("interrupted; the last completed checkpoint is kept", file=sys.stderr)
+        if hard_exit_on_interrupt:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
 
 
@@ -49,31 +76,40 @@ def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> 
 
 
 def _add_distributed_args(parser: argparse.ArgumentParser) -> None:
-    from robust_vision.distributed import add_cli_args  # imports jax; only once a command is chosen
-
-    add_cli_args(parser)
+    """The process-group flags of every command that runs on a mesh (read by
+    ``distributed.init_from_args``). Defined here, not in distributed.py, so building the parser
+    does not import JAX: a bad path must fail in a fraction of a second."""
+    g = parser.add_argument_group("many hosts (jax.distributed; docs/DISTRIBUTED.md)")
+    g.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="address of process 0 (default: JAX_COORDINATOR_ADDRESS, or auto-detected under SLURM)")
+    g.add_argument("--num-processes", dest="num_processes", type=int, metavar="N", help="number of processes")
+    g.add_argument("--process-id", dest="process_id", type=int, metavar="I", help="this process, 0 .. N-1")
+    g.add_argument("--coordinator-timeout", dest="coordinator_timeout", type=int, default=None, metavar="S",
+                   help="seconds to wait for every process to join (default 120)")
 
 
 # --------------------------------------------------------------------------- train
 
 
 def _train(args: argparse.Namespace) -> int:
-    from robust_vision import distributed
     from robust_vision.config import load_config
-    from robust_vision.training.trainer import train
-
-    distributed.init_from_args(args)  # first: before anything touches a JAX device
+    from robust_vision.preflight import check_data_source, check_memory
 
     overrides = list(args.override)
     if args.run_dir:
         overrides.append(f"training.checkpoint_dir={args.run_dir}")
-    if args.no_progress:
+    if args.no_progress or args.quiet:
         overrides.append("training.progress_bar=false")
     cfg = load_config(args.config, overrides)
+    check_data_source(cfg.data)  # a bad path or size costs a fraction of a second: JAX is not imported yet
+    check_memory(cfg)
+    from robust_vision import distributed
     from robust_vision.compile_cache import enable_compile_cache
+    from robust_vision.training.trainer import train
 
+    distributed.init_from_args(args)  # before anything touches a JAX device
     enable_compile_cache("off" if args.no_compile_cache else cfg.training.compile_cache_dir)
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, **({"log": lambda s: None} if args.quiet else {}))
     if distributed.is_main_process():
         print(f"Run directory: {result.run_dir}")
     return 0
@@ -89,8 +125,9 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no per-epoch progress bar")
     parser.add_argument("--no-compile-cache", dest="no_compile_cache", action="store_true",
                         help="do not use the persistent compilation cache (ROBUST_VISION_CACHE_DIR=off)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch log (errors only)")
     _add_distributed_args(parser)
-    return _run(_train, parser.parse_args(argv))
+    return _run(_train, parser.parse_args(argv), hard_exit_on_interrupt=argv is None)
 
 
 # --------------------------------------------------------------------------- eval
@@ -195,6 +232,9 @@ def _eval(args: argparse.Namespace) -> int:
     cfg, explicit_config = _eval_config(args)
     enable_compile_cache("off" if args.no_compile_cache else cfg.training.compile_cache_dir)
     ecfg = cfg.evaluation
+    from robust_vision.preflight import check_output_dir
+
+    check_output_dir(ecfg.output_dir)  # an --output that is a file fails before the evaluation
     if ecfg.suite != "none":
         suite.resolve_suite(ecfg.suite)
     suite.check_attacks(ecfg.attacks, ecfg.attack_norm)  # bad attack settings fail before any work

@@ -82,6 +82,31 @@ def enable_compile_cache(path: str | os.PathLike | None = None) -> Path | None:
     return cache_dir
 
 
+def enable_compile_cache_early(path: str | os.PathLike | None = None) -> Path | None:
+    """The same choice as :func:`enable_compile_cache`, made through JAX's environment variables
+    when JAX is not imported yet, so a command can turn the cache on first thing without paying
+    JAX's import (a bad path must still fail in a fraction of a second). JAX reads them when it is
+    imported; a later ``enable_compile_cache`` call (from a config key) still re-points it."""
+    import sys
+
+    if "jax" in sys.modules:
+        return enable_compile_cache(path)
+    cache_dir = resolve_cache_dir(path)
+    if cache_dir is not None:
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            cache_dir = None
+    if cache_dir is None:
+        os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+        return None
+    os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "true"
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    return cache_dir
+
+
 # --------------------------------------------------------------------------- compile-time meter
 
 _lock = threading.Lock()

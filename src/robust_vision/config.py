@@ -219,6 +219,7 @@ class TrainingConfig:
     compile_cache_dir: Optional[str] = _f(None, help="JAX persistent compilation cache (null = "
                                                      "~/.cache/robust-vision/jax; off = disabled; the "
                                                      "ROBUST_VISION_CACHE_DIR environment variable wins)")
+    write_figures: bool = _f(True, help="draw the training curves (loss, accuracy, SNR per epoch) into the run's plots/ at the end")
 
 
 @dataclass
@@ -512,27 +513,86 @@ def parse_override(text: str) -> tuple[str, Any]:
 def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
     """Apply ``a.b=c`` overrides to a raw (unvalidated) mapping, in order."""
     raw = _move_legacy_keys(raw or {})
+    sections = {f.name for f in dataclasses.fields(Config)} - {"metadata", "sweep"}
     for text in overrides or []:
         key, value = parse_override(text)
         key = LEGACY_KEYS.get(key, key)
+        if key in sections and not isinstance(value, dict):
+            raise ConfigError(f"--override {text!r}: '{key}' is a section, not a key; set one of its keys, "
+                              f"e.g. --override {key}.<key>=VALUE (see the README's configuration reference)")
         _set_dotted(raw, key, value)
+    return raw
+
+
+# Bound on what a config may expand to: YAML aliases share nodes, so a 1 KB file can stand for
+# billions of values ("billion laughs") that save_config / yaml.dump would then write out. Real
+# configs have a few hundred values; 100 000 leaves room for long metadata lists.
+MAX_CONFIG_NODES = 100_000
+MAX_CONFIG_BYTES = 10 * 2**20
+
+
+def _check_expansion(raw: Any, where: str, limit: int = MAX_CONFIG_NODES) -> None:
+    """Count the values of ``raw`` with every alias expanded, stopping at ``limit``; a value that
+    contains itself (a recursive alias) is an error too. Cost: O(min(expanded size, limit))."""
+    count = 0
+    stack: list[tuple[Any, tuple[int, ...]]] = [(raw, ())]
+    while stack:
+        node, ancestors = stack.pop()
+        count += 1
+        if count > limit:
+            raise ConfigError(f"{where}: expands to more than {limit:,} values (nested YAML aliases?); "
+                              "write the values out or remove the aliases")
+        if isinstance(node, (dict, list)):
+            if id(node) in ancestors:
+                raise ConfigError(f"{where}: a YAML alias refers to a value that contains it (recursive alias); "
+                                  "remove the recursion")
+            inner = (*ancestors, id(node))
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, inner) for child in children)
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Read and check one YAML config file: it exists, is UTF-8 text, valid YAML, a non-empty
+    mapping of sections, and bounded in what its aliases expand to. Errors name the file."""
+    path = Path(path)
+    name = str(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {name!r} not found; pass an existing YAML file, "
+                          "e.g. configs/quickstart.yaml")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {name!r} is {path.stat().st_size / 2**20:.0f} MiB; a config is a small "
+                          "YAML file (pass the right file)")
+    data = path.read_bytes()
+    if b"\x00" in data:
+        raise ConfigError(f"config file {name!r} is a binary file, not YAML text; pass a YAML config, "
+                          "e.g. configs/quickstart.yaml")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {name!r} is not UTF-8 text; pass a YAML config, "
+                          "e.g. configs/quickstart.yaml") from None
+    try:
+        raw = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"config file {name!r}: nesting too deep (recursive YAML alias?); "
+                          "remove the recursion") from None
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"config file {name!r} is not valid YAML{where}; fix the syntax") from None
+    if raw is None:
+        raise ConfigError(f"config file {name!r} is empty; a config needs at least one section "
+                          "(model, training, data, evaluation), e.g. copy configs/quickstart.yaml")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {name!r}: the top level is a {type(raw).__name__}; expected a mapping "
+                          "of sections (model, training, data, evaluation)")
+    _check_expansion(raw, f"config file {name!r}")
     return raw
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (or the defaults when ``path`` is None) and apply overrides."""
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} not found; pass an existing YAML file, "
-                              "e.g. configs/quickstart.yaml")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            line = getattr(getattr(exc, "problem_mark", None), "line", None)
-            where = f" at line {line + 1}" if line is not None else ""
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}; fix the syntax") from None
+    raw: dict = read_config_file(path) if path is not None else {}
     return config_from_dict(apply_overrides(raw, overrides))
 
 

@@ -195,19 +195,9 @@ def _check_flags(coordinator: str, num_processes: int, process_id: int) -> None:
                                f"(one distinct id per process)")
 
 
-def add_cli_args(parser: argparse.ArgumentParser) -> None:
-    """The process-group flags shared by every command that runs on a mesh."""
-    g = parser.add_argument_group("many hosts (jax.distributed; docs/DISTRIBUTED.md)")
-    g.add_argument("--coordinator", metavar="HOST:PORT",
-                   help="address of process 0 (default: JAX_COORDINATOR_ADDRESS, or auto-detected under SLURM)")
-    g.add_argument("--num-processes", dest="num_processes", type=int, metavar="N", help="number of processes")
-    g.add_argument("--process-id", dest="process_id", type=int, metavar="I", help="this process, 0 .. N-1")
-    g.add_argument("--coordinator-timeout", dest="coordinator_timeout", type=int, default=DEFAULT_TIMEOUT_S,
-                   metavar="S", help=f"seconds to wait for every process to join (default {DEFAULT_TIMEOUT_S})")
-
-
 def init_from_args(args: argparse.Namespace) -> bool:
-    """``initialize`` from the flags of ``add_cli_args``; call it first thing in a command."""
+    """``initialize`` from the process-group flags of the CLIs (``cli._add_distributed_args``);
+    call it before anything touches a JAX device."""
     return initialize(getattr(args, "coordinator", None), getattr(args, "num_processes", None),
                       getattr(args, "process_id", None),
                       timeout_s=getattr(args, "coordinator_timeout", None) or DEFAULT_TIMEOUT_S)

@@ -390,17 +390,33 @@ def _list_image_files(path: Path) -> tuple[list[tuple[tuple[str, ...], Callable[
             raise DatasetError(f"image_folder: '{path}' is a file but not a .zip archive; expected a directory "
                                "with one sub-folder per class, or a .zip of one")
         archive = zipfile.ZipFile(path)
+        folders = set()
         for info in archive.infolist():
-            parts = PurePosixPath(info.filename).parts
-            if info.is_dir() or not parts or parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
+            # An absolute member name ("/cat/1.png") is read as relative: "/" is not a class.
+            parts = PurePosixPath(info.filename.lstrip("/")).parts
+            if not parts or parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
                 continue
-            if parts[-1].lower().endswith(_IMAGE_SUFFIXES):
+            if info.is_dir():
+                folders.add(parts)
+            elif parts[-1].lower().endswith(_IMAGE_SUFFIXES):
                 entries.append((parts, functools.partial(lambda n: io.BytesIO(archive.read(n)), info.filename)))
     else:
+        folders = set()
         for file in sorted(path.rglob("*")):
             parts = file.relative_to(path).parts
-            if file.is_file() and file.suffix.lower() in _IMAGE_SUFFIXES and not any(p.startswith(".") for p in parts):
+            if any(p.startswith(".") for p in parts):
+                continue
+            if file.is_dir():
+                folders.add(parts)
+            elif file.is_file() and file.suffix.lower() in _IMAGE_SUFFIXES:
                 entries.append((parts, functools.partial(open, file, "rb")))
+    # A leaf folder without images would silently drop a class (and shift every later label).
+    holding = ({e[0][:k] for e in entries for k in range(1, len(e[0]))}
+               | {f[:k] for f in folders for k in range(1, len(f))})
+    empty = sorted(folders - holding)
+    if empty:
+        raise DatasetError(f"image_folder: class folder '{'/'.join(empty[0])}' in '{path}' holds no images; "
+                           "add its images or remove the folder")
     # Strip folders that wrap everything (an archive usually holds one top-level folder), as
     # long as what remains still has a class folder above each file.
     while entries and len({e[0][0] for e in entries}) == 1 and min(len(e[0]) for e in entries) >= 3:
@@ -424,7 +440,7 @@ def _decode_images(files: list[tuple[tuple[str, ...], Callable[[], Any]]], size:
                 else:
                     # Native channels: gray stays 1 channel, everything else (RGB, RGBA, palette) -> RGB.
                     decoded.append(np.asarray(im.convert("L" if im.mode in _GRAY_MODES else "RGB")))
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
             raise DatasetError(f"image_folder: cannot decode '{where}/{'/'.join(parts)}' ({exc}); "
                                "expected a PNG or JPEG image, remove or replace the file") from None
     if any(a.dtype != np.uint8 for a in decoded):  # some 16-bit images: everything as float in [0, 1]

@@ -10,7 +10,7 @@ from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
 
 from robust_vision.data.batch import to_unit_float
 from robust_vision.data.pipeline import eval_batches

@@ -103,7 +103,8 @@ def format_summary(rows: list[dict]) -> str:
                       f"  {'Level':<8} {'Accuracy':>9} {'Confidence':>11} {'Margin':>9} {'SNR':>10} {'Degradation':>12}",
                       f"  {rule}"]
             for r in (r for r in model_rows if r["noise_type"] == noise_type):
-                deg = "\u2014" if r["degradation"] is None else f"{-r['degradation']:+.1f}%"
+                # The CSV's sign: (acc_clean - acc_noisy) / acc_clean, positive = accuracy lost.
+                deg = "\u2014" if r["degradation"] is None else f"{r['degradation']:.1f}%"
                 lines.append(f"  {r['level']:<8.2f} {r['accuracy']:>9.4f} {r['confidence']:>11.4f} "
                              f"{r['margin']:>9.3f} {_fmt_snr(r['snr']):>10} {deg:>12}")
     return "\n".join(lines)
@@ -119,11 +120,28 @@ def comparison_at(rows: list[dict], model: str, baseline: str, noise_type: str =
         return None
     rel_acc = (ours["accuracy"] - base["accuracy"]) / base["accuracy"] * 100 if base["accuracy"] > 0 else float("nan")
     snr_ratio = ours["snr"] / base["snr"] if base["snr"] > 0 else float("inf")
+    n_ours = int(ours.get("n_images") or 0) * int(ours.get("n_draws") or 1)
+    n_base = int(base.get("n_images") or 0) * int(base.get("n_draws") or 1)
+    ci_ours, ci_base = accuracy_interval(ours["accuracy"], n_ours), accuracy_interval(base["accuracy"], n_base)
     return {"noise_type": noise_type, "level": level, "model": model, "baseline": baseline,
             "model_accuracy": ours["accuracy"], "model_snr": ours["snr"],
             "baseline_accuracy": base["accuracy"], "baseline_snr": base["snr"],
             "accuracy_points": (ours["accuracy"] - base["accuracy"]) * 100,
-            "accuracy_relative_percent": rel_acc, "snr_ratio": snr_ratio}
+            "accuracy_relative_percent": rel_acc, "snr_ratio": snr_ratio,
+            "model_accuracy_ci95": list(ci_ours), "baseline_accuracy_ci95": list(ci_base),
+            "within_noise": bool(ci_ours[0] <= ci_base[1] and ci_base[0] <= ci_ours[1])}
+
+
+def accuracy_interval(accuracy: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Two-sided Wilson score interval of an accuracy measured on ``n`` predictions
+    (scipy's ``BinomTestResult.proportion_ci(method="wilson")``); (0, 1) when n is 0."""
+    if n <= 0 or not math.isfinite(accuracy):
+        return (0.0, 1.0)
+    from scipy import stats
+
+    k = int(round(accuracy * n))
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return (float(ci.low), float(ci.high))
 
 
 def format_comparison(cmp: dict) -> str:
@@ -137,4 +155,13 @@ def format_comparison(cmp: dict) -> str:
         "",
         f"    Improvement: {cmp['accuracy_relative_percent']:+.1f}% accuracy (relative; "
         f"{cmp['accuracy_points']:+.1f} points), {cmp['snr_ratio']:.3g}x SNR",
+        *([] if "within_noise" not in cmp else [_noise_note(cmp)]),
     ])
+
+
+def _noise_note(cmp: dict) -> str:
+    (ml, mh), (bl, bh) = cmp["model_accuracy_ci95"], cmp["baseline_accuracy_ci95"]
+    if cmp["within_noise"]:
+        return (f"    Within noise: the 95% binomial intervals of the two accuracies overlap (model {ml:.3f}-{mh:.3f}, "
+                f"baseline {bl:.3f}-{bh:.3f}); this difference is not evidence of an improvement")
+    return f"    95% binomial intervals: model {ml:.3f}-{mh:.3f}, baseline {bl:.3f}-{bh:.3f} (no overlap)"

@@ -24,7 +24,8 @@ def _sweep(args: argparse.Namespace) -> int:
     if out is None:  # the config's evaluation.output_dir names the sweep directory
         out = load_config(args.config, overrides).evaluation.output_dir
     result = run_sweep(args.config, out, overrides, max_trials=args.max_trials, retry_failed=args.retry_failed,
-                       verbose=args.verbose, plots=not args.no_plots, dry_run=args.dry_run, storage=args.storage)
+                       verbose=args.verbose, plots=not args.no_plots, dry_run=args.dry_run, storage=args.storage,
+                       progress=not args.quiet)
     if args.dry_run:
         return 0
     if not any(r.get("status") == "complete" for r in result.rows) and result.rows:
@@ -56,13 +57,14 @@ def build_sweep_parser() -> argparse.ArgumentParser:
     parser.add_argument("--storage", metavar="STORAGE",
                         help="Optuna storage shared by several sweep workers: journal (DIR/optuna.journal), "
                              "FILE.journal or an RDB URL (default: DIR/optuna.db); docs/DISTRIBUTED.md")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (trials and epochs)")
     return parser
 
 
 def sweep_main(argv: list[str] | None = None) -> int:
     """robust-vision-sweep --config FILE --output DIR [--override K=V ...] [--max-trials N]"""
     _quiet_tensorflow_logs()
-    return _run(_sweep, build_sweep_parser().parse_args(argv))
+    return _run(_sweep, build_sweep_parser().parse_args(argv), hard_exit_on_interrupt=argv is None)
 
 
 def _compare(args: argparse.Namespace) -> int:

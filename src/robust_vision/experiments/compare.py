@@ -22,7 +22,6 @@ the robustness figures.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
@@ -127,9 +126,12 @@ def check_names(names: Sequence[str], n: int) -> list[str]:
 
 
 def _read_csv(path: Path) -> tuple[list[dict[str, str]], list[str]]:
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        return list(reader), list(reader.fieldnames or [])
+    from robust_vision.preflight import read_csv_rows
+
+    try:
+        return read_csv_rows(path)
+    except ValueError as exc:
+        raise CompareError(str(exc)) from None
 
 
 def _num(value: Any) -> float:

@@ -27,11 +27,14 @@ Layout of the output directory ``DIR``::
 Trial ids are derived from the trial's parameter values alone (``margin_lambda=10.0``), so a
 trial keeps its id and directory when grid values are added. A trial is finished when its
 row in trials.csv says ``complete``; a rerun never retrains it. A trial whose row is missing
-or says ``running`` (an interrupted run) is resumed from its last checkpoint.
+or says ``interrupted`` (Ctrl-C) or ``running`` (a killed run) is resumed from its last checkpoint.
+The base config file is read once at the start: editing it while the sweep runs does not
+change the trials of that run.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import itertools
@@ -46,7 +49,8 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from robust_vision.config import LEGACY_KEYS, Config, ConfigError, config_to_dict, load_config, parse_override
+from robust_vision.config import (LEGACY_KEYS, Config, ConfigError, apply_overrides, config_from_dict, config_to_dict,
+                                   load_config, parse_override, read_config_file)
 
 Log = Callable[[str], None]
 
@@ -272,6 +276,9 @@ class TrialFactory:
 
     def __init__(self, config_path: str | Path, overrides: Sequence[str], out_dir: Path, *, progress_bar: bool):
         self.config_path = config_path
+        # The base config is read once, here: every trial of this invocation is built from the same
+        # settings even if the file is edited while the sweep runs.
+        self._frozen_raw = read_config_file(config_path)
         self.overrides = list(overrides)
         self.out_dir = out_dir
         self.progress_bar = progress_bar
@@ -279,7 +286,8 @@ class TrialFactory:
     def config(self, params: dict[str, Any], extra: Sequence[str] = ()) -> Config:
         trial_overrides = [f"{k}={_yaml_value(v)}" for k, v in params.items()]
         try:
-            return load_config(self.config_path, [*self.overrides, *trial_overrides, *extra])
+            return config_from_dict(apply_overrides(copy.deepcopy(self._frozen_raw),
+                                                    [*self.overrides, *trial_overrides, *extra]))
         except ConfigError as exc:
             where = ", ".join(f"{k}={v!r}" for k, v in params.items())
             raise SweepError(f"sweep.parameters ({where}): {exc}") from None
@@ -308,7 +316,7 @@ def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
 TRIAL_COLUMNS_HEAD = ["trial_id", "status"]
 TRIAL_COLUMNS_TAIL = ["epochs", "best_epoch", *VAL_METRICS, *EVAL_METRICS, "objective", "wall_time_s",
                       "run_dir", "results_dir", "error"]
-COMPLETE, RUNNING, FAILED = "complete", "running", "failed"
+COMPLETE, RUNNING, FAILED, INTERRUPTED = "complete", "running", "failed", "interrupted"
 
 
 def read_trials(path: Path) -> tuple[dict[str, dict[str, str]], list[str]]:
@@ -593,12 +601,31 @@ class _Table:
 class _Runner:
     """Runs or reuses trials and keeps trials.csv current."""
 
-    def __init__(self, table: _Table, spec: SweepSpec, *, retry_failed: bool, log: Log, train_log: Log):
+    def __init__(self, table: _Table, spec: SweepSpec, *, retry_failed: bool, log: Log, train_log: Log,
+                 progress: bool = False):
         self.table, self.spec, self.retry_failed = table, spec, retry_failed
         self.log, self.train_log = log, train_log
         self.trained = 0
+        self.progress = progress
+        self._bar = None
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def __call__(self, trial: Trial, index: int, total: int | None) -> dict:
+        if self.progress and self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=index - 1, desc="Sweep", unit="trial")
+        try:
+            return self._trial(trial, index, total)
+        finally:
+            if self._bar is not None:
+                self._bar.update(1)
+
+    def _trial(self, trial: Trial, index: int, total: int | None) -> dict:
         existing = self.table.rows.get(trial.trial_id)
         if self.table.finished(trial.trial_id, self.retry_failed):
             note = "finished earlier, not rerun" if existing["status"] == COMPLETE else \
@@ -607,7 +634,12 @@ class _Runner:
             return existing
         self.table.put({"trial_id": trial.trial_id, "status": RUNNING, **trial.params,
                         "run_dir": str(trial.run_dir), "results_dir": str(trial.results_dir)})
-        row = run_trial(trial, self.spec, log=self.log, train_log=self.train_log)
+        try:
+            row = run_trial(trial, self.spec, log=self.log, train_log=self.train_log)
+        except KeyboardInterrupt:
+            # Ctrl-C: the row says so (the next invocation resumes it from its last checkpoint).
+            self.table.put({**self.table.rows[trial.trial_id], "status": INTERRUPTED})
+            raise
         self.trained += 1
         self.table.put(row)
         self.log(progress_line(index, total, row, self.spec))
@@ -646,7 +678,7 @@ def validate_plan(factory: TrialFactory, spec: SweepSpec) -> list[Trial]:
 
 def run_sweep(config_path: str | Path, out_dir: str | Path, overrides: Sequence[str] = (), *,
               max_trials: int | None = None, retry_failed: bool = False, verbose: bool = False,
-              plots: bool = True, dry_run: bool = False, log: Log = print,
+              plots: bool = True, dry_run: bool = False, progress: bool = True, log: Log = print,
               storage: str | None = None) -> SweepResult:
     """Run (or continue) the sweep of ``config_path`` into ``out_dir``; see the module docstring."""
     out_dir = Path(out_dir)
@@ -660,7 +692,8 @@ def run_sweep(config_path: str | Path, out_dir: str | Path, overrides: Sequence[
                              "parameter")
     if max_trials is not None and max_trials < 0:
         raise SweepError(f"--max-trials: got {max_trials}; expected 0 or more")
-    factory = TrialFactory(config_path, overrides, out_dir, progress_bar=verbose and base.training.progress_bar)
+    # progress: a bar over the trials and each trial's epoch bars (--quiet turns both off).
+    factory = TrialFactory(config_path, overrides, out_dir, progress_bar=progress and base.training.progress_bar)
     plan = validate_plan(factory, spec)
     optuna = None
     if spec.method == "optuna":
@@ -677,17 +710,20 @@ def run_sweep(config_path: str | Path, out_dir: str | Path, overrides: Sequence[
     check_sweep_state(out_dir, base, spec)
     table = _Table(out_dir, spec.keys)
     train_log: Log = (lambda s: log(f"    {s}")) if verbose else (lambda s: None)
-    runner = _Runner(table, spec, retry_failed=retry_failed, log=log, train_log=train_log)
+    runner = _Runner(table, spec, retry_failed=retry_failed, log=log, train_log=train_log, progress=progress)
     t0 = time.perf_counter()
     what = f"{len(plan)} grid trial(s)" if spec.method == "grid" else f"{spec.n_trials} optuna trial(s)"
     log(f"Sweep over {', '.join(spec.keys)}: {what}; metric {spec.metric} ({spec.direction}) with noisy condition "
         f"{spec.noisy_condition}; output {out_dir}")
-    if spec.method == "grid":
-        rows = _run_grid(plan, runner, max_trials, log)
-    else:
-        from robust_vision.experiments.optuna_search import run_optuna
+    try:
+        if spec.method == "grid":
+            rows = _run_grid(plan, runner, max_trials, log)
+        else:
+            from robust_vision.experiments.optuna_search import run_optuna
 
-        rows = run_optuna(optuna, factory, spec, runner, out_dir, max_trials, log, storage=storage)
+            rows = run_optuna(optuna, factory, spec, runner, out_dir, max_trials, log, storage=storage)
+    finally:
+        runner.close()
     elapsed = time.perf_counter() - t0
 
     best = best_row(rows, spec.direction)

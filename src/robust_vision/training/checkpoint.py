@@ -9,14 +9,22 @@ Each checkpoint holds the train state (``state``) and a JSON ``meta`` item (epoc
 best value so far, model description). Orbax writes into a temporary directory and renames
 it only when the write is complete, so a process killed mid-write leaves the previous
 checkpoint intact; leftover temporary directories are removed on the next start.
+
+Orbax keeps no checksums, so flipped bytes would load silently. After every save a manifest
+``<epoch>/checksums.json`` (SHA-256 and size of every file of the checkpoint) is written
+atomically; every restore verifies it first, and ``--resume`` falls back to the newest epoch
+checkpoint that verifies (:meth:`CheckpointStore.restore_latest_valid`). Checkpoints written
+before manifests existed have none and are restored unverified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -24,6 +32,58 @@ import orbax.checkpoint as ocp
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or does not match the model."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """Writing a checkpoint failed (disk full, permissions): a fault, not bad input (exit code 1)."""
+
+
+MANIFEST = "checksums.json"
+
+
+def _file_digests(checkpoint_dir: Path) -> dict[str, dict]:
+    """{relative path: {"sha256", "bytes"}} of every file of one checkpoint but the manifest."""
+    out = {}
+    for path in sorted(p for p in checkpoint_dir.rglob("*") if p.is_file() and p.name != MANIFEST):
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        out[path.relative_to(checkpoint_dir).as_posix()] = {"sha256": h.hexdigest(), "bytes": path.stat().st_size}
+    return out
+
+
+def write_manifest(checkpoint_dir: Path) -> Path:
+    """Write ``checksums.json`` for a finished checkpoint (temp file + rename: never half a manifest)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    target = checkpoint_dir / MANIFEST
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"algorithm": "sha256", "files": _file_digests(checkpoint_dir)}, indent=1))
+    os.replace(tmp, target)
+    return target
+
+
+def verify_checkpoint(checkpoint_dir: Path) -> str | None:
+    """None when ``checkpoint_dir`` matches its manifest (or has none, an older checkpoint), else a
+    short reason: the first missing, resized or changed file."""
+    checkpoint_dir = Path(checkpoint_dir)
+    path = checkpoint_dir / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        expected = json.loads(path.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"its manifest {MANIFEST} is unreadable"
+    actual = _file_digests(checkpoint_dir)
+    for name, want in expected.items():
+        got = actual.get(name)
+        if got is None:
+            return f"{name} is missing"
+        if got["bytes"] != want["bytes"]:
+            return f"{name} has {got['bytes']} bytes, {want['bytes']} were written"
+        if got["sha256"] != want["sha256"]:
+            return f"{name} does not match its checksum (the file was changed or damaged)"
+    return None
 
 
 def _manager(directory: Path, **options) -> ocp.CheckpointManager:
@@ -54,15 +114,54 @@ class CheckpointStore:
         resumed run replays this epoch and finds the best copy already there.
         """
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        if is_best and epoch not in self.best.all_steps():
-            self.best.save(epoch, args=args, force=True)
-            self.best.wait_until_finished()
-        if epoch not in self.epochs.all_steps():
-            self.epochs.save(epoch, args=args, force=True)
-            self.epochs.wait_until_finished()
+        try:
+            if is_best and epoch not in self.best.all_steps():
+                self.best.save(epoch, args=args, force=True)
+                self.best.wait_until_finished()
+                write_manifest(Path(self.best.directory) / str(epoch))
+            if epoch not in self.epochs.all_steps():
+                self.epochs.save(epoch, args=args, force=True)
+                self.epochs.wait_until_finished()
+                write_manifest(Path(self.epochs.directory) / str(epoch))
+        except Exception as exc:  # Orbax wraps OS errors in several types; report the cause in one line
+            from robust_vision.preflight import is_disk_full
+
+            kept = self.epochs.latest_step()
+            kept_s = f"the last complete checkpoint (epoch {kept}) is kept" if kept is not None else \
+                "no earlier checkpoint exists"
+            if is_disk_full(exc):
+                raise CheckpointWriteError(f"disk full while saving the epoch-{epoch} checkpoint in {self.root}; "
+                                           f"{kept_s}; free space and rerun with --resume") from None
+            if isinstance(exc, OSError):
+                raise CheckpointWriteError(f"cannot write the epoch-{epoch} checkpoint in {self.root} "
+                                           f"({exc.strerror or exc}); {kept_s}") from None
+            raise
 
     def latest_epoch(self) -> int | None:
         return self.epochs.latest_step()
+
+    def restore_latest_valid(self, abstract_state: Any, log: Callable[[str], None] = print) -> tuple[Any, dict]:
+        """Restore the newest epoch checkpoint whose files match their manifest; a newer one that
+        does not verify (or cannot be read) is skipped with a message naming it and why."""
+        steps = sorted(self.epochs.all_steps(), reverse=True)
+        if not steps:
+            raise CheckpointError(f"no checkpoint in {self.epochs.directory}")
+        reasons = []
+        for step in steps:
+            directory = Path(self.epochs.directory) / str(step)
+            try:
+                out = restore_checkpoint(directory, abstract_state)
+            except CheckpointError as exc:
+                if "cannot restore into this model" in str(exc):
+                    raise  # a config mismatch is not damage: older checkpoints would not fit either
+                reasons.append(f"epoch {step}: {exc}")
+                log(f"warning: checkpoint of epoch {step} is damaged ({exc}); trying an older one")
+                continue
+            if reasons:
+                log(f"Resuming from epoch {step}, the newest checkpoint that verifies")
+            return out
+        raise CheckpointError(f"no checkpoint in {self.epochs.directory} verifies ({'; '.join(reasons)}); "
+                              "start a new run in another training.checkpoint_dir")
 
     def restore(self, abstract_state: Any, *, epoch: int | None = None, best: bool = False) -> tuple[Any, dict]:
         """Restore (state, meta) into the structure of ``abstract_state``."""
@@ -93,16 +192,35 @@ def restore_checkpoint(checkpoint_dir: Path, abstract_state: Any) -> tuple[Any, 
     """Restore one checkpoint directory into ``abstract_state``'s structure (a pytree of arrays
     or ShapeDtypeStructs). A structure or shape mismatch raises CheckpointError."""
     checkpoint_dir = Path(checkpoint_dir).absolute()
+    damage = verify_checkpoint(checkpoint_dir)
+    if damage is not None:
+        raise CheckpointError(f"{checkpoint_dir}: corrupt checkpoint ({damage}); use another checkpoint "
+                              "(checkpoints/epochs/<epoch> of the same run)")
     meta = read_meta(checkpoint_dir)
+    if not (checkpoint_dir / "state").is_dir() or not any((checkpoint_dir / "state").iterdir()):
+        raise CheckpointError(f"{checkpoint_dir}: incomplete checkpoint (the state/ directory is missing or "
+                              "empty); use another checkpoint (checkpoints/epochs/<epoch> of the same run)")
     checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
     try:
         restored = checkpointer.restore(checkpoint_dir, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(_abstract(abstract_state))))
     except Exception as exc:  # Orbax raises a variety of types for mismatches and corruption
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, (FileNotFoundError, OSError, ValueError)) and _looks_damaged(str(exc)):
+            raise CheckpointError(f"{checkpoint_dir}: unreadable checkpoint ({first[:200]}); the files are "
+                                  "damaged or incomplete: use another checkpoint") from None
         raise CheckpointError(f"{checkpoint_dir}: cannot restore into this model ({first[:300]}); "
                               "check that the config's model and data.image_size match the run that wrote it") from None
     return restored["state"], meta
+
+
+def _looks_damaged(message: str) -> bool:
+    """Orbax / TensorStore wording of a missing or undecodable file (as opposed to a shape mismatch)."""
+    m = message.lower()
+    if "shape" in m or "structure" in m or "tree" in m:
+        return False
+    return any(w in m for w in ("not found", "no such file", "corrupt", "decod", "checksum", "unexpected end",
+                                "failed to read", "truncated", "invalid"))
 
 
 def is_better(value: float, best: float | None, mode: str) -> bool:

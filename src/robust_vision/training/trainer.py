@@ -30,6 +30,7 @@ from robust_vision.data.sources import ArraySource, SourceInfo
 from robust_vision.distributed import gather_batches, is_main_process, main_only
 from robust_vision.evaluation.batched import collect_per_example
 from robust_vision.evaluation.metrics import summarize
+from robust_vision.interrupts import check_interrupt
 from robust_vision.losses import make_loss
 from robust_vision.models import create_model
 from robust_vision.training.checkpoint import CheckpointStore, is_better
@@ -46,7 +47,27 @@ METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "train_margin", "trai
                   "learning_rate", "epoch_time_s"]
 
 # Config keys that may differ between a run and its resumption (they do not change the numbers).
-_RESUMABLE_CHANGES = {("training", "epochs"), ("training", "progress_bar"), ("training", "log_dir")}
+# training.checkpoint_dir: the run being resumed is read from it, so a different spelling of the same
+# directory (relative vs absolute) names the same run.
+_RESUMABLE_CHANGES = {("training", "epochs"), ("training", "progress_bar"), ("training", "log_dir"),
+                      ("training", "checkpoint_dir"), ("training", "write_figures")}
+
+# Divergence beyond NaN. The reference is the mean loss of the first training batch this process
+# sees, i.e. the loss of the starting weights (at initialisation a cross-entropy is ~log K), floored at
+# 1.0 so that a nearly perfect resumed or fine-tuned model is not held to its tiny loss. An epoch whose
+# mean train loss exceeds DIVERGENCE_FACTOR x that reference has left the basin it started in: a loss
+# four orders of magnitude above the untrained model's is not a slow start, and no recipe here (warm-up,
+# adversarial, margin, regularised) raises its loss by more than ~10x.
+DIVERGENCE_FACTOR = 1e4
+
+
+def diverged(train_loss: float, reference_loss: float | None) -> bool:
+    """Whether an epoch's mean train loss means divergence: non-finite, or greater than
+    DIVERGENCE_FACTOR x max(reference_loss, 1) (reference: the loss of the first batch)."""
+    if not math.isfinite(train_loss):
+        return True
+    reference = reference_loss if reference_loss is not None and math.isfinite(reference_loss) else 1.0
+    return train_loss > DIVERGENCE_FACTOR * max(reference, 1.0)
 
 
 class TrainingError(RuntimeError):
@@ -166,15 +187,31 @@ def _train_hooks(tcfg) -> dict:
 
 
 def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = print) -> TrainResult:
-    """Train the model of ``cfg`` and write the run directory ``cfg.training.checkpoint_dir``."""
-    tcfg = cfg.training
-    if tcfg.learning_rule != "backprop":
-        from robust_vision.training.crossbar_trainer import train_local_rule
+    """Train the model of ``cfg`` and write the run directory ``cfg.training.checkpoint_dir``.
 
-        return train_local_rule(cfg, resume=resume, log=log)
-    run_dir, has_checkpoints = check_run_request(cfg, resume)
-    main = is_main_process()  # only process 0 writes files and prints; checkpoints are collective
-    log = main_only(log)
+    Before anything is loaded: the run request is checked, the sizes are checked against the
+    machine's memory (``preflight.check_memory``) and the run directory is locked, so a second
+    training on the same directory stops at once with a one-line error.
+    """
+    from contextlib import nullcontext
+
+    from robust_vision.preflight import RunLock, check_memory
+
+    check_run_request(cfg, resume)
+    check_memory(cfg)
+    # One lock per run: process 0 holds it for the whole process group (the others share the run).
+    with RunLock(cfg.training.checkpoint_dir) if is_main_process() else nullcontext():
+        if cfg.training.learning_rule != "backprop":
+            from robust_vision.training.crossbar_trainer import train_local_rule
+
+            return train_local_rule(cfg, resume=resume, log=log)
+        return _train_backprop(cfg, resume=resume, log=log)
+
+
+def _train_backprop(cfg: Config, *, resume: bool, log: Callable[[str], None]) -> TrainResult:
+    tcfg = cfg.training
+    run_dir, has_checkpoints = check_run_request(cfg, resume)  # again, under the lock
+    log = main_only(log)  # only process 0 prints and writes files; checkpoints are collective
 
     dataset = dataset_for(cfg)
     mesh = data_mesh()
@@ -200,12 +237,26 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
     state = init_train_state(parts, tx, tcfg.ema_enabled)
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(parts.params))
     store = CheckpointStore(run_dir, save_every=tcfg.save_every, best_mode=tcfg.best_mode)
+    try:
+        return _train_loop(cfg, resume, log, run_dir, store, dataset, mesh, model, parts, tx, schedule, state,
+                           n_params, n_train, steps_per_epoch)
+    except KeyboardInterrupt:
+        jax.effects_barrier()  # let dispatched steps finish before the runtime is torn down
+        raise
+    finally:
+        store.close()  # also on Ctrl-C / errors: no Orbax thread outlives the run
+
+
+def _train_loop(cfg, resume, log, run_dir, store, dataset, mesh, model, parts, tx, schedule, state, n_params,
+                n_train, steps_per_epoch) -> TrainResult:
+    tcfg = cfg.training
+    main = is_main_process()
     history: list[dict] = []
     start_epoch, best_value, best_epoch = 1, None, None
     # On the mesh before a restore, so every process restores (collectively) into global arrays.
     state = replicate(mesh, state)
     if resume and store.latest_epoch() is not None:
-        state, meta = store.restore(state)
+        state, meta = store.restore_latest_valid(state, log)
         start_epoch = int(meta["epoch"]) + 1
         best_value, best_epoch = meta.get("best_value"), meta.get("best_epoch")
         history = read_history(run_dir / "metrics.csv", int(meta["epoch"]))
@@ -215,8 +266,9 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
     if main:
         save_config(cfg, run_dir / "config.yaml")
 
-    log(f"Dataset {dataset.name}: {n_train} train / {len(dataset.val.labels)} val / {len(dataset.test.labels)} test, "
-        f"images {dataset.image_shape}, {dataset.num_classes} classes")
+    source = cfg.data.data_dir or ("bundled with scikit-learn" if cfg.data.dataset_name == "digits" else "-")
+    log(f"Dataset {dataset.name} from {source}: {n_train} train / {len(dataset.val.labels)} val / "
+        f"{len(dataset.test.labels)} test, images {dataset.image_shape}, {dataset.num_classes} classes")
     if dataset.notes:
         log(f"  splits: {dataset.notes}")
     log(f"Model {cfg.model.name}: {n_params:,} parameters; {mesh.devices.size} device(s) "
@@ -228,6 +280,7 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
                                  **_train_hooks(tcfg))
     eval_step = make_eval_step(parts)
     base_key = jax.random.fold_in(jax.random.key(tcfg.seed), 0x5EED)
+    reference_loss = None  # see diverged()
 
     for epoch in range(start_epoch, tcfg.epochs + 1):
         t0 = time.perf_counter()
@@ -243,13 +296,19 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
             state, per_ex = train_step(state, to_unit_float(x), y, m, jax.random.fold_in(epoch_key, i))
             outputs.append(dict(per_ex, mask=m))  # the global mask, gathered with the outputs
             bar.update(1)
+            check_interrupt()  # a Ctrl-C swallowed inside a JAX callback still stops the run
         bar.close()
         gathered = gather_batches(outputs)
         keep = gathered.pop("mask") > 0
         train_pe = {k: v[keep] for k, v in gathered.items()}
         train_summary = summarize(train_pe)
-        if not math.isfinite(train_summary["loss"]):
-            raise TrainingError(f"training diverged at epoch {epoch} (train loss = {train_summary['loss']}); the "
+        if reference_loss is None:  # the loss of the starting weights (the first step's forward pass)
+            first = slice(0, tcfg.batch_size)  # gathered rows are in batch order
+            reference_loss = float(np.mean(gathered["loss"][first][keep[first]]))
+        if diverged(train_summary["loss"], reference_loss):
+            raise TrainingError(f"training diverged at epoch {epoch} (train loss = {train_summary['loss']:.4g}, "
+                                f"{train_summary['loss'] / max(reference_loss, 1.0):.2g}x the first batch's "
+                                f"{reference_loss:.4g}); the "
                                 f"last good checkpoint is kept in {run_dir / 'checkpoints'}; lower training.learning_rate "
                                 "(or training.margin_lambda) and start a new run")
 
@@ -287,7 +346,12 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
                 "class_names": list(dataset.class_names), "ema": tcfg.ema_enabled}
         store.save(epoch, state, meta, is_best=improved)
 
-    store.close()
+    from robust_vision.training.run_outputs import write_run_outputs
+
+    ecfg = cfg.evaluation
+    if main:
+        write_run_outputs(run_dir, history, plots=tcfg.write_figures, style=ecfg.plot_style, dpi=ecfg.dpi,
+                          formats=list(ecfg.format), log=log)
     if best_epoch is not None:
         best_row = next((r for r in history if int(r["epoch"]) == best_epoch), {})
         log(f"Best checkpoint saved: epoch {best_epoch}, {tcfg.best_metric}={best_value:.4f}, "

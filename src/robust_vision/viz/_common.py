@@ -9,7 +9,6 @@ Agg/PDF/SVG canvases that ``savefig`` picks from the format. Styles are applied 
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from robust_vision.config import EvaluationConfig
+from robust_vision.preflight import read_csv_rows
 
 _DEFAULTS = EvaluationConfig()
 DEFAULT_STYLE: str = _DEFAULTS.plot_style
@@ -75,10 +75,12 @@ def read_table(path: str | Path, required: Iterable[str]) -> Table:
     path = Path(path)
     if not path.is_file():
         raise PlotError(f"table {str(path)!r} not found; pass the file written by training/evaluation")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        rows = [{(k or "").strip(): v for k, v in row.items()} for row in reader]
+    try:
+        raw_rows, header = read_csv_rows(path)
+    except ValueError as exc:
+        raise PlotError(str(exc)) from None
+    columns = [c.strip() for c in header]
+    rows = [{(k or "").strip(): v for k, v in row.items()} for row in raw_rows]
     missing = [c for c in required if c not in columns]
     if missing:
         raise PlotError(f"table {str(path)!r} lacks column(s) {', '.join(missing)}; "
@@ -224,6 +226,26 @@ def level_colors(n: int) -> list[tuple[float, ...]]:
     """n ordered colours for severities (viridis, clipped before its faint yellow end)."""
     cmap = colormaps["viridis"]
     return [cmap(x) for x in np.linspace(0.0, 0.82, max(n, 1))][:n]
+
+
+# Markers and dashes that tell neighbouring severity levels apart where their viridis colours
+# are close (and in greyscale print).
+_LEVEL_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_LEVEL_DASHES = ("-", "--", "-.", ":")
+
+
+def level_styles(n: int) -> list[dict[str, Any]]:
+    """n ordered line styles for severities: viridis colour + a distinct marker + a dash pattern
+    (keyword arguments of ``Axes.plot``)."""
+    return [{"color": c, "marker": _LEVEL_MARKERS[i % len(_LEVEL_MARKERS)],
+             "linestyle": _LEVEL_DASHES[i % len(_LEVEL_DASHES)]} for i, c in enumerate(level_colors(n))]
+
+
+def balanced_columns(n: int, ncols_max: int = 4) -> int:
+    """Columns for n panels that leave the fewest empty cells (ties: more columns)."""
+    if n <= ncols_max:
+        return max(n, 1)
+    return min(range(2, ncols_max + 1), key=lambda c: (math.ceil(n / c) * c - n, -c))
 
 
 def legend_handle(label: str, **kwargs: Any) -> Line2D:

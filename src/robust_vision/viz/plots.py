@@ -32,6 +32,7 @@ from robust_vision.viz._common import (
     figure_legend,
     legend_handle,
     level_colors,
+    balanced_columns,
     noise_axis_label,
     noise_title,
     panel_grid,
@@ -264,8 +265,11 @@ def plot_confidence_histograms(confidences_npz: str | Path, out_dir: str | Path,
     line_styles = ("-", "--", ":")
 
     with style_context(style):
-        fig, axes = panel_grid(len(models) * len(noise_types), ncols_max=len(noise_types) if len(noise_types) <= 4 else 4,
-                               panel_size=(3.3, 2.5), sharey=False)
+        # Rows = models when the noise types fit in one row; otherwise the columns that leave the
+        # fewest empty panels.
+        n_panels = len(models) * len(noise_types)
+        ncols = len(noise_types) if len(noise_types) <= 4 else balanced_columns(n_panels)
+        fig, axes = panel_grid(n_panels, ncols_max=ncols, panel_size=(3.3, 2.5), sharey=False)
         for i, model in enumerate(models):
             for j, noise in enumerate(noise_types):
                 ax = axes[i * len(noise_types) + j]

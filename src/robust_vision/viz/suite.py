@@ -22,6 +22,7 @@ from robust_vision.viz._common import (
     figure_legend,
     legend_handle,
     level_colors,
+    level_styles,
     noise_axis_label,
     noise_title,
     panel_grid,
@@ -255,7 +256,8 @@ def plot_reliability(reliability_csv: str | Path, out_dir: str | Path, style: st
                 ax.set_title(noise_title(noise) if len(models) == 1 else f"{model}: {noise_title(noise)}")
                 ax.set_xlabel("Mean confidence in bin")
                 ax.set_ylabel("Accuracy in bin (fraction)")
-                ax.legend(loc="upper left", fontsize="small")
+                # Below the axes: inside, any corner can hold bins (under- or over-confident).
+                ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize="small", frameon=False)
         fig.suptitle("Reliability diagrams (marker area ∝ examples in bin)")
         return save_figure(fig, out_dir, "reliability", dpi, formats)
 
@@ -318,6 +320,10 @@ def plot_selective_accuracy(selective_csv: str | Path, out_dir: str | Path, styl
     formats = check_options(style, dpi, formats)
     table = read_table(selective_csv, ("model", "noise_type", "level", "coverage", "selective_accuracy"))
     models, noise_types = unique(table["model"]), unique(table["noise_type"])
+    # One style per level over all panels (colour, marker and dashes), explained by one legend
+    # below the panels, where it covers no curve.
+    all_levels = sorted(unique(float(v) for v in table["level"]))
+    style_of = dict(zip(all_levels, level_styles(len(all_levels))))
     with style_context(style):
         ncols = len(noise_types)
         fig, axes = panel_grid(len(models) * ncols, ncols_max=min(ncols, 4), panel_size=(3.2, 2.7))
@@ -325,15 +331,16 @@ def plot_selective_accuracy(selective_csv: str | Path, out_dir: str | Path, styl
             for j, noise in enumerate(noise_types):
                 ax = axes[i * ncols + j]
                 levels = sorted(unique(float(v) for v in table["level"][select(table, model=model, noise_type=noise)]))
-                for color, lv in zip(level_colors(len(levels)), levels):
+                for lv in levels:
                     mask = select(table, model=model, noise_type=noise, level=lv)
                     cov, acc = sorted_by(table, mask, "coverage", "selective_accuracy")
-                    ax.plot(cov, acc, color=color, label="clean" if lv == 0 else f"{lv:g}")
+                    ax.plot(cov, acc, markevery=max(1, len(cov) // 6), markersize=4, linewidth=1.3,
+                            **style_of[lv])
                 ax.set_xlim(0, 1.02)
                 ax.set_title(noise_title(noise) if len(models) == 1 else f"{model}: {noise_title(noise)}")
                 ax.set_xlabel("Coverage (fraction of inputs accepted)")
                 ax.set_ylabel("Selective accuracy (fraction)")
-                ax.legend(loc="lower left", fontsize="small", title="level", title_fontsize="small",
-                          ncols=2 if len(levels) > 4 else 1)
+        figure_legend(fig, [legend_handle("clean" if lv == 0 else f"level {lv:g}", markersize=4, **style_of[lv])
+                            for lv in all_levels], ncols_max=min(len(all_levels), 6))
         fig.suptitle("Selective prediction: accuracy vs coverage")
         return save_figure(fig, out_dir, "selective_accuracy", dpi, formats)

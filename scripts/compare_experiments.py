@@ -1,0 +1,13 @@
+#!/usr/bin/env python
+"""The seed document's `python scripts/compare_experiments.py ...`: the same as `robust-vision-compare ...` (same flags)."""
+
+import sys
+from pathlib import Path
+
+# Runs from a fresh clone too (before `pip install -e .`): the package is in ../src.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from robust_vision.experiments.cli import compare_main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(compare_main())

@@ -1,0 +1,258 @@
+"""Checks a run makes before it allocates or imports anything heavy.
+
+Nothing here imports JAX: a user error (a size that cannot fit, a run directory that another
+training holds) costs a fraction of a second, not the seconds of the JAX / Orbax imports.
+
+Memory rule (``check_memory``): the input pipeline holds every split as float32 NHWC in host
+memory (``data/datasets.py``) and builds each training batch as float32 (B, H, W, C) plus its
+index vector (``data/pipeline.py:batch_indices``). A request whose estimate of either exceeds
+the memory this machine has *available* (``/proc/meminfo`` MemAvailable, else physical memory)
+is refused with the estimate; the estimate is a lower bound (model activations come on top).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:  # pragma: no cover
+    from robust_vision.config import Config, DataConfig
+
+# Native (N images over all splits, H, W, C) of the registry's fixed-size sources.
+_KNOWN_SOURCES = {"digits": (1797, 8, 8, 1), "mnist": (70_000, 28, 28, 1), "cifar10": (60_000, 32, 32, 3)}
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+# Bytes per batch example besides the image: an int64 index, an int32 label, a float32 mask.
+_PER_EXAMPLE_OVERHEAD = 8 + 4 + 4
+
+
+class SizeError(ValueError):
+    """A requested size whose memory cannot fit on this machine (exit code 2)."""
+
+
+def available_memory_bytes() -> int:
+    """Memory this process may still allocate: MemAvailable of /proc/meminfo, else physical RAM."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 1 << 62
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB"
+
+
+def _count_images(path: Path) -> Optional[int]:
+    """Image files under an image_folder source (a directory or a .zip), without decoding any."""
+    try:
+        if path.is_dir():
+            return sum(1 for p in path.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+        if path.is_file() and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                return sum(1 for n in zf.namelist() if Path(n).suffix.lower() in _IMAGE_SUFFIXES)
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return None
+
+
+def _npz_shape(path: Path) -> Optional[tuple[int, ...]]:
+    """Sum of the image arrays' shapes in a .npz (read from the headers only)."""
+    import numpy as np
+
+    try:
+        with np.load(path, mmap_mode="r", allow_pickle=False) as z:
+            shapes = [z[k].shape for k in z.files if k.startswith("x") and z[k].ndim >= 3]
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None
+    if not shapes:
+        return None
+    n = sum(s[0] for s in shapes)
+    first = shapes[0]
+    return (n, first[1], first[2], first[3] if len(first) > 3 else 1)
+
+
+def dataset_shape(data: "DataConfig") -> tuple[Optional[int], Optional[tuple[int, int, int]]]:
+    """(number of images, (H, W, C) after resizing) of a data config, None where unknown."""
+    n, hwc = None, None
+    if data.dataset_name in _KNOWN_SOURCES:
+        n, h, w, c = _KNOWN_SOURCES[data.dataset_name]
+        hwc = (h, w, c)
+    elif data.data_dir:
+        path = Path(data.data_dir)
+        if data.dataset_name == "npz" and path.is_file():
+            shape = _npz_shape(path)
+            if shape is not None:
+                n, hwc = shape[0], shape[1:]
+        elif data.dataset_name == "image_folder":
+            n = _count_images(path)
+    if data.image_size is not None:
+        c = hwc[2] if hwc else 3
+        hwc = (data.image_size[0], data.image_size[1], c)
+    if hwc is not None and data.channels is not None:
+        hwc = (hwc[0], hwc[1], data.channels)
+    return n, hwc
+
+
+def check_memory(cfg: "Config", *, available: Optional[int] = None) -> None:
+    """Refuse a dataset or training batch whose float32 size exceeds the available memory.
+
+    Raises :class:`SizeError` with a one-line message that states the estimate and the key to change.
+    """
+    available = available_memory_bytes() if available is None else available
+    n, hwc = dataset_shape(cfg.data)
+    if hwc is None:
+        return
+    image_bytes = 4 * hwc[0] * hwc[1] * hwc[2]
+    if n is not None:
+        need = n * image_bytes  # max_train_examples applies after loading: the full set is held once
+        if need > available:
+            raise SizeError(f"data.image_size: {n} images of {hwc[0]}x{hwc[1]}x{hwc[2]} float32 need about "
+                            f"{_gib(need)} of memory, {_gib(available)} is available; use a smaller "
+                            "data.image_size (or fewer images)")
+    batch = cfg.training.batch_size
+    need = batch * (image_bytes + _PER_EXAMPLE_OVERHEAD)
+    if need > available:
+        hint = f" (the dataset has {n} images)" if n is not None else ""
+        raise SizeError(f"training.batch_size: {batch} images of {hwc[0]}x{hwc[1]}x{hwc[2]} float32 need about "
+                        f"{_gib(need)} per batch, {_gib(available)} is available; use a smaller "
+                        f"training.batch_size{hint}")
+
+
+# --------------------------------------------------------------------------- run-directory lock
+
+
+class RunLockedError(ValueError):
+    """Another process holds the run directory (exit code 2: choose another directory or wait)."""
+
+
+class RunLock:
+    """An exclusive ``fcntl`` lock on ``<run_dir>/.lock`` held for the life of a training.
+
+    The kernel drops the lock when the process exits, however it exits, so a crashed run never
+    leaves a stale lock. ``acquire`` fails at once (no waiting) when another process holds it.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / ".lock"
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                holder = self.path.read_text().strip() or "another process"
+                raise RunLockedError(f"{self.path.parent} is in use by another training ({holder}); wait for it "
+                                     "to finish or set training.checkpoint_dir to another directory") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        import fcntl
+
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is ENOSPC / EDQUOT."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+# --------------------------------------------------------------------------- user-supplied tables
+
+
+def read_csv_rows(path: str | Path) -> tuple[list[dict[str, str]], list[str]]:
+    """Rows and header of a CSV table a user passed (metrics.csv, robustness_results.csv, ...).
+
+    A binary or non-UTF-8 file, or one the csv module cannot parse, raises ValueError naming the
+    file (exit code 2), instead of a UnicodeDecodeError / csv.Error traceback.
+    """
+    import csv
+
+    path = Path(path)
+    data = path.read_bytes()
+    if b"\x00" in data:
+        raise ValueError(f"{path}: a binary file, not a CSV table; pass the table written by robust-vision "
+                         "(or regenerate it)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text, so not a CSV table written by robust-vision; "
+                         "regenerate it") from None
+    try:
+        reader = csv.DictReader(text.splitlines())
+        rows = list(reader)
+        return rows, list(reader.fieldnames or [])
+    except csv.Error as exc:
+        raise ValueError(f"{path}: not a valid CSV table ({exc}); regenerate it") from None
+
+
+def check_output_dir(path: str | Path, key: str = "--output") -> Path:
+    """Fail before any work when an output directory cannot be used: it is an existing file, or
+    it cannot be created / written. Creates the directory (so the check is real)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{key}: {path} is a file, not a directory; pass a directory for the outputs")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{key}: cannot create {path} ({exc.strerror or exc}); pass a writable directory") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{key}: {path} is not writable; pass a writable directory")
+    return path
+
+
+# --------------------------------------------------------------------------- data sources
+
+CIFAR10_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
+CIFAR10_HELP = ("download the python version of CIFAR-10 (cifar-10-python.tar.gz, "
+                "https://www.cs.toronto.edu/~kriz/cifar.html), extract it so that "
+                "DIR/cifar-10-batches-py/ holds data_batch_1..5 and test_batch, and set data.data_dir: DIR "
+                "(or use configs/baseline_digits.yaml, which needs no download)")
+
+
+def check_data_source(data: "DataConfig") -> None:
+    """The dataset files a config names exist (checked before JAX is imported). A missing
+    CIFAR-10 says which archive to put where; other sources are checked by their readers."""
+    if data.dataset_name != "cifar10":
+        return
+    if data.data_dir is None:
+        raise ValueError(f"cifar10: data.data_dir is not set; {CIFAR10_HELP}")
+    root = Path(data.data_dir).expanduser()
+    folder = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
+    if not (folder / "data_batch_1").is_file() or not (folder / "test_batch").is_file():
+        raise ValueError(f"cifar10: no CIFAR-10 batches in {data.data_dir} (data.data_dir); {CIFAR10_HELP}")
