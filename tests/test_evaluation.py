@@ -88,3 +88,26 @@ def test_eval_errors_are_one_line(trained_run, tmp_path, capsys, repo_root):
                       "--config", str(repo_root / "configs/quickstart.yaml"), "--override", "model.name=resnet18"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'cnn' model" in err[0]
+
+
+def test_compile_cache_dir_resolution_and_switch(tmp_path, monkeypatch):
+    import jax
+
+    from robust_vision.compile_cache import enable_compile_cache, resolve_cache_dir
+
+    monkeypatch.delenv("ROBUST_VISION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert resolve_cache_dir() == tmp_path / "xdg" / "robust-vision" / "jax"
+    assert resolve_cache_dir("off") is None and resolve_cache_dir(tmp_path / "c") == tmp_path / "c"
+    monkeypatch.setenv("ROBUST_VISION_CACHE_DIR", str(tmp_path / "env"))
+    assert resolve_cache_dir(tmp_path / "c") == tmp_path / "env"  # the environment wins
+    try:
+        assert enable_compile_cache() == tmp_path / "env" and (tmp_path / "env").is_dir()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "env")
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+        jax.jit(lambda v: v * 3.0 + 1.0)(jax.numpy.arange(7.0)).block_until_ready()
+        assert any((tmp_path / "env").iterdir())  # the program was written to the cache
+    finally:
+        monkeypatch.setenv("ROBUST_VISION_CACHE_DIR", "off")
+        assert enable_compile_cache() is None
+    assert not jax.config.jax_enable_compilation_cache
