@@ -135,13 +135,15 @@ def main() -> None:
     parser.add_argument("--child")
     parser.add_argument("--work")
     parser.add_argument("--keep", help="work directory to keep (default: a temporary one)")
+    parser.add_argument("--skip-train", action="store_true",
+                        help="reuse WORK/quickstart from an earlier --keep run (a new cache directory)")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(_child(args.child, Path(args.work))))
         return
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="rv_compile_"))
     work.mkdir(parents=True, exist_ok=True)
-    cache = work / "jax_cache"
+    cache = work / ("jax_cache_eval" if args.skip_train else "jax_cache")
     t_start = time.perf_counter()
     print(f"work directory {work}; cache {cache}")
     print(f"{'workload':<26}{'first compile s':>16}{'second compile s':>18}{'ratio':>8}")
@@ -150,6 +152,8 @@ def main() -> None:
              ("ImageNet-C suite (sev 3)", "suite", "suite"), ("attacks fgsm,pgd,apgd", "attacks", "attacks")]
     results = {}
     for label, first, second in pairs:
+        if first == "train1" and args.skip_train:
+            continue
         if first == "train1":
             a = _spawn("train1", work, cache)
             os.replace(work / "train1", work / "quickstart")

@@ -1,13 +1,16 @@
-"""Run a jitted per-example function over a whole split in fixed-size, sharded batches."""
+"""Run a jitted per-example function over a whole split in fixed-size, sharded batches; build
+``Batch``es from arrays and prefetch them to the device (the streaming evaluators' input)."""
 
 from __future__ import annotations
 
-from typing import Callable
+import collections
+from typing import Callable, Iterable, Iterator
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from robust_vision.data.batch import Batch
 from robust_vision.data.pipeline import batch_indices, data_mesh, shard_batch
 
 PerExampleFn = Callable[[jax.Array, jax.Array, jax.Array], dict[str, jax.Array]]
@@ -35,3 +38,34 @@ def collect_per_example(fn: PerExampleFn, images: np.ndarray, labels: np.ndarray
     keep = np.concatenate(masks) > 0
     fetched = jax.device_get(outputs)
     return {name: np.concatenate([o[name] for o in fetched])[keep] for name in fetched[0]}
+
+
+def array_batches(images: np.ndarray, labels: np.ndarray, batch_size: int,
+                  mesh: Mesh | None = None) -> Iterator[Batch]:
+    """Fixed-size ``Batch``es of in-memory arrays (``data.pipeline.batch_indices``: the last
+    batch padded by repetition, ``mask`` 0 on the padding). ``batch_size`` is capped at the
+    number of examples and rounded up to a multiple of the device count, as the grid does.
+    Images keep their dtype (uint8 or float32); nothing is uploaded here."""
+    n_dev = (mesh or data_mesh()).devices.size
+    n = len(labels)
+    batch_size = max(1, min(batch_size, n))
+    batch_size = -(-batch_size // n_dev) * n_dev
+    labels = np.asarray(labels)
+    for b in batch_indices(n, batch_size):
+        yield Batch(images[b.indices], labels[b.indices].astype(np.int32), b.mask)
+
+
+def prefetch_to_device(batches: Iterable[Batch], depth: int = 2, mesh: Mesh | None = None) -> Iterator[Batch]:
+    """Yield the batches with images and labels already on the device mesh (sharded along the
+    batch axis), keeping up to ``depth`` transfers in flight ahead of the consumer, so the
+    host-to-device copy of batch i+1 overlaps the computation of batch i. Device memory for
+    inputs is bounded by ``depth`` x one batch. ``mask`` stays a host array."""
+    mesh = mesh or data_mesh()
+    queue: collections.deque = collections.deque()
+    for batch in batches:
+        x, y = shard_batch(mesh, np.asarray(batch.images), np.asarray(batch.labels, np.int32))
+        queue.append(Batch(x, y, np.asarray(batch.mask, np.float32)))
+        if len(queue) > depth:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
