@@ -17,7 +17,8 @@ import optax
 import pytest
 
 from robust_vision.attacks import (
-    ATTACKS, AttackSanityWarning, apgd_checkpoints, fgsm, get_attack, madry_pgd_examples, pgd, robust_accuracy,
+    ATTACKS, AttackSanityWarning, apgd_checkpoints, fgsm, get_attack, madry_pgd_examples, per_example_robustness,
+    pgd, robust_accuracy,
     sanity_checks, sparse_pixel, trades_loss,
 )
 from robust_vision.evaluation.metrics import logit_margin
@@ -259,6 +260,27 @@ def test_robust_accuracy_counts_each_example_once(mlp_data):
         assert a["margin"] == pytest.approx(b["margin"], rel=1e-5)
     expected = float(jnp.mean(logit_margin(f(fgsm(f, x, y_bad, None, 0.02)), y_bad)))
     assert rows7[1]["margin"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_one_program_for_every_eps_step_size_and_restarts(mlp_data):
+    """eps, step_size and restarts are traced: one compilation serves all of them, and the
+    traced path gives the same examples as calling pgd directly with Python values."""
+    from robust_vision.attacks import evaluate
+
+    f, x, y = mlp_data
+    key = jax.random.key(3)
+    evaluate._JIT_CACHE.clear()
+    for step_size, restarts in ((0.01, 1), (0.02, 2), (0.005, 3)):
+        per_example_robustness(f, x, y, key, "pgd", [0.0, 0.03, 0.1], batch_size=16, steps=3,
+                               step_size=step_size, restarts=restarts)
+    (fn,) = evaluate._JIT_CACHE.values()
+    assert fn._cache_size() == 1
+    traced = per_example_robustness(f, x, y, key, "pgd", [0.05], batch_size=48, steps=4, step_size=0.02,
+                                    restarts=2)[0]
+    x_adv = pgd(f, x, y, jax.random.fold_in(key, 0), 0.05, steps=4, step_size=0.02, restarts=2)
+    direct = np.asarray(jnp.argmax(f(x_adv), -1) == y)
+    np.testing.assert_array_equal(traced["correct"], direct)
+    np.testing.assert_allclose(traced["margin"], np.asarray(logit_margin(f(x_adv), y)), atol=1e-5)
 
 
 # ---------------------------------------------------------------- sanity checks

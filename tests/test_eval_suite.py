@@ -135,7 +135,7 @@ def test_eval_cli_writes_every_suite_table_and_figure(trained, tmp_path, capsys)
     args = ["--checkpoint", str(run), "--output", str(out), "--noise-types", "gaussian", "--levels", "0", "0.3",
             "--suite", "imagenet-c", "--severities", "1", "--reference", str(run), "--attacks", "fgsm,pgd",
             "--eps", "0", "0.1", "--attack-steps", "3", "--certify", "--n", "100", "--n0", "10",
-            "--max-examples", "20", "--format", "png", "--dpi", "40"]
+            "--max-examples", "20", "--format", "png", "--dpi", "40", "--parts", "grid,calibration"]
     assert eval_main(args) == 0
     text = capsys.readouterr().out
     for header in ("CORRUPTION BENCHMARK", "ADVERSARIAL ROBUSTNESS", "CERTIFIED ROBUSTNESS", "CALIBRATION"):
@@ -157,6 +157,40 @@ def test_eval_cli_writes_every_suite_table_and_figure(trained, tmp_path, capsys)
     assert set(payload["suite"]) == {"corruptions", "attacks", "certification", "calibration"}
     assert payload["suite"]["certification"]["n_examples"] == 20
     assert all(math.isfinite(v) for v in payload["timings_s"].values())
+    assert set(payload["timings"]) == {"grid", "corruptions", "attacks", "certification", "calibration"}
+    for t in payload["timings"].values():
+        assert 0 <= t["compile"] <= t["total"] and t["compute"] == pytest.approx(t["total"] - t["compile"], abs=2e-3)
+
+
+def test_eval_cli_runs_only_the_parts_asked_for(trained, tmp_path, capsys):
+    out = tmp_path / "attacks_only"
+    # eps 0 only: no sanity checks, so the test stays cheap (the part selection is what it checks)
+    args = ["--checkpoint", str(trained[0]), "--output", str(out), "--attacks", "fgsm", "--eps", "0",
+            "--attack-max-examples", "16", "--no-plots", "--quiet"]
+    assert eval_main(args) == 0
+    text = capsys.readouterr().out
+    assert "ADVERSARIAL ROBUSTNESS" in text and "ROBUSTNESS EVALUATION RESULTS" not in text
+    assert "CALIBRATION" not in text and "TIMINGS" in text
+    assert not (out / "robustness_results.csv").exists() and (out / "attack_results.csv").is_file()
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["parts"] == ["attacks"] and set(payload["suite"]) == {"attacks"}
+    assert set(payload["timings"]) == {"attacks"} and payload["results"] == []
+
+
+def test_plan_parts_default_explicit_and_errors():
+    from robust_vision.evaluation.runner import parse_parts, plan_parts
+
+    ecfg = load_config(None, []).evaluation
+    assert plan_parts(ecfg) == ["grid", "calibration"]  # the plain command keeps today's default
+    ecfg.attacks = ["pgd"]
+    assert plan_parts(ecfg) == ["grid", "attacks", "calibration"]  # the config enables attacks
+    assert plan_parts(ecfg, asked=["attacks"]) == ["attacks"]
+    assert plan_parts(ecfg, parts=parse_parts("calibration,grid"), asked=["attacks"]) == [
+        "grid", "attacks", "calibration"]
+    with pytest.raises(ValueError, match="valid parts"):
+        parse_parts("grid,attack")
+    with pytest.raises(ValueError, match="--suite"):
+        plan_parts(ecfg, parts=["corruptions"])
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -164,6 +198,7 @@ def test_eval_cli_writes_every_suite_table_and_figure(trained, tmp_path, capsys)
     (["--suite", "imagenet-x"], "evaluation.suite"),
     (["--attacks", "fgsm", "--attack-norm", "l2"], "Linf"),
     (["--severities", "0"], "evaluation.severities"),
+    (["--parts", "grid,nope"], "valid parts"),
 ])
 def test_eval_cli_bad_suite_input_exits_2(trained, tmp_path, capsys, flags, message):
     code = eval_main(["--checkpoint", str(trained[0]), "--output", str(tmp_path / "o"), "--no-plots", *flags])

@@ -88,3 +88,68 @@ def test_eval_errors_are_one_line(trained_run, tmp_path, capsys, repo_root):
                       "--config", str(repo_root / "configs/quickstart.yaml"), "--override", "model.name=resnet18"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'cnn' model" in err[0]
+
+
+def test_compile_cache_dir_resolution_and_switch(tmp_path, monkeypatch):
+    import jax
+
+    from robust_vision.compile_cache import enable_compile_cache, resolve_cache_dir
+
+    monkeypatch.delenv("ROBUST_VISION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert resolve_cache_dir() == tmp_path / "xdg" / "robust-vision" / "jax"
+    assert resolve_cache_dir("off") is None and resolve_cache_dir(tmp_path / "c") == tmp_path / "c"
+    monkeypatch.setenv("ROBUST_VISION_CACHE_DIR", str(tmp_path / "env"))
+    assert resolve_cache_dir(tmp_path / "c") == tmp_path / "env"  # the environment wins
+    try:
+        assert enable_compile_cache() == tmp_path / "env" and (tmp_path / "env").is_dir()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "env")
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+        jax.jit(lambda v: v * 3.0 + 1.0)(jax.numpy.arange(7.0)).block_until_ready()
+        assert any((tmp_path / "env").iterdir())  # the program was written to the cache
+    finally:
+        monkeypatch.setenv("ROBUST_VISION_CACHE_DIR", "off")
+        assert enable_compile_cache() is None
+    assert not jax.config.jax_enable_compilation_cache
+
+
+def _linear_forward(variables, images):
+    return images.reshape(images.shape[0], -1) @ variables["w"] + variables["b"]
+
+
+def test_streaming_grid_equals_whole_split_scan_bit_for_bit():
+    """The streaming grid (batches prefetched to device, data read once for all conditions)
+    gives the per-example values of the whole-split scan (the path before streaming) for
+    float32 and uint8 input with a padded last batch: the same noisy images (same keys per
+    batch), decisions bit for bit, float metrics to float32 rounding (the per-batch program
+    is fused differently from the scan body, which moves the last bit of a softmax)."""
+    import jax
+
+    from robust_vision.data.batch import to_unit_float
+    from robust_vision.evaluation.batched import array_batches
+    from robust_vision.evaluation.robustness import batch_split, evaluate_condition, evaluate_conditions_stream
+
+    rng = np.random.default_rng(0)
+    n, k = 37, 5
+    images_u8 = rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8)
+    images = to_unit_float(images_u8)
+    labels = rng.integers(0, k, n).astype(np.int32)
+    variables = {"w": jax.numpy.asarray(rng.normal(size=(64, k)), jax.numpy.float32),
+                 "b": jax.numpy.zeros((k,), jax.numpy.float32)}
+    noise_types, levels = ["gaussian", "salt_pepper"], [0.0, 0.3]
+    split = batch_split(images, labels, 16)
+    for source in (images, images_u8):
+        stream = evaluate_conditions_stream(_linear_forward, variables, array_batches(source, labels, 16),
+                                            noise_types=noise_types, levels=levels, seed=3, n_draws=2)
+        old = {(None, 0.0): evaluate_condition(_linear_forward, variables, split, None, 0.0, seed=3, n_draws=1)}
+        for nt in noise_types:
+            old[(nt, 0.3)] = evaluate_condition(_linear_forward, variables, split, nt, 0.3, seed=3, n_draws=2)
+        assert set(stream) == set(old)
+        for cond, metrics in old.items():
+            for name, values in metrics.items():
+                assert values.shape == stream[cond][name].shape == ((n if cond[0] is None else 2 * n),)
+                if name == "correct":  # decisions: bit for bit
+                    np.testing.assert_array_equal(stream[cond][name], values, err_msg=f"{cond} {name}")
+                else:  # same ops in a different XLA program (no scan): float32 rounding only
+                    np.testing.assert_allclose(stream[cond][name], values, rtol=1e-5, atol=1e-5,
+                                               err_msg=f"{cond} {name}")

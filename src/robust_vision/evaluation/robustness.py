@@ -1,9 +1,11 @@
 """The robustness grid evaluator: noise type x severity x draws, whole-dataset reductions.
 
-The split is uploaded once as (n_batches, batch, H, W, C), sharded along the batch axis;
-each condition is one compiled ``lax.scan`` over the batches, so device memory is bounded by
-the batch size and the host does no per-batch work. The severity is a traced argument:
-one compilation per noise type serves every level.
+``evaluate_robustness`` streams fixed-size ``Batch``es (from arrays or the input pipeline)
+through the device with a prefetch of 2, reading the data once and evaluating every condition
+on each batch, so device memory is bounded by batch size x prefetch depth. The severity is a
+traced argument: one compilation per noise type serves every level. ``evaluate_condition``
+(the whole split uploaded as (n_batches, batch, H, W, C), one ``lax.scan`` per condition)
+gives the same numbers and is kept for callers that hold a ``BatchedSplit``.
 
 Noise draws are keyed by (seed, noise type, level, draw, batch), never by the position of
 a condition in the grid, so a condition gives the same numbers whatever else is evaluated
@@ -15,15 +17,17 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable
+from typing import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from robust_vision.corruptions import get_noise
+from robust_vision.data.batch import Batch, to_unit_float
 from robust_vision.data.pipeline import data_mesh, replicate, shard_global_batch
-from robust_vision.distributed import to_host
+from robust_vision.distributed import gather_batches, to_host
+from robust_vision.evaluation.batched import array_batches, prefetch_to_device
 from robust_vision.evaluation.metrics import degradation_percent, per_example_metrics, summarize
 
 RESULT_COLUMNS = ["model", "noise_type", "level", "accuracy", "confidence", "margin", "snr", "snr_median", "ece",
@@ -108,32 +112,96 @@ class RobustnessResult:
     confidences: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def evaluate_robustness(forward: Forward, variables, images: np.ndarray, labels: np.ndarray, *, model_name: str,
-                        noise_types: list[str], levels: list[float], n_draws: int = 1, batch_size: int = 512,
-                        seed: int = 0, ece_bins: int = 15) -> RobustnessResult:
+@partial(jax.jit, static_argnames=("forward", "noise_fn"))
+def _batch_condition(forward: Forward, noise_fn, variables, images: jax.Array, labels: jax.Array, key: jax.Array,
+                     level: jax.Array, index: jax.Array) -> dict[str, jax.Array]:
+    """Per-example metrics (B,) of one batch under one condition; batch ``index`` is corrupted
+    with fold_in(key, index), exactly as the whole-split scan (``_run_condition``) does."""
+    x = to_unit_float(images)
+    noisy = x if noise_fn is None else noise_fn(jax.random.fold_in(key, index), x, level)
+    m = per_example_metrics(forward(variables, noisy), labels)
+    return {k: m[k] for k in ("correct", "confidence", "margin", "loss")}
+
+
+def evaluate_conditions_stream(forward: Forward, variables, batches: Iterable[Batch], *, noise_types: list[str],
+                               levels: list[float], seed: int, n_draws: int, prefetch: int = 2
+                               ) -> dict[tuple[str | None, float], dict[str, np.ndarray]]:
+    """Per-example metrics of every condition from one pass over ``batches``.
+
+    ``batches``: fixed-size ``Batch``es (uint8 or float32 images, padding marked by ``mask``),
+    e.g. ``batched.array_batches`` or the input pipeline; they are prefetched to the device
+    ``prefetch`` deep, so input memory on device is bounded by prefetch x batch size. Every
+    batch is read once and evaluated under all conditions. Returns {(None, 0.0): clean,
+    (noise_type, level): metrics concatenated over draws, (N * n_draws,)}: the same values as
+    ``evaluate_condition`` on the whole split (same keys per batch index).
+    """
+    conditions: list[tuple[str | None, float, int]] = [(None, 0.0, 0)]
+    for noise_type in noise_types:
+        for level in levels:
+            level = float(level)
+            if level != 0.0:
+                conditions += [(noise_type, level, d) for d in range(n_draws) if (noise_type, level, d)
+                               not in conditions]
+    fns = {c: None if c[0] is None else get_noise(c[0]) for c in conditions}
+    keys = {c: condition_key(seed, c[0] or "clean", c[1], c[2]) for c in conditions}
+    outputs: dict[tuple, list] = {c: [] for c in conditions}
+    masks = []
+    for i, batch in enumerate(prefetch_to_device(batches, prefetch)):
+        index = jnp.int32(i)
+        for c in conditions:
+            outputs[c].append(_batch_condition(forward, fns[c], variables, batch.images, batch.labels, keys[c],
+                                               jnp.float32(c[1]), index))
+        masks.append(batch.mask)
+    if not masks:
+        raise ValueError("no batches to evaluate (empty split)")
+    # Gathered across processes (every example exactly once); the global masks come along.
+    keep = gather_batches([{"mask": m} for m in masks])["mask"] > 0
+    per_cond = {c: {k: v[keep] for k, v in gather_batches(outputs[c]).items()} for c in conditions}
+    result: dict[tuple[str | None, float], dict[str, np.ndarray]] = {(None, 0.0): per_cond[(None, 0.0, 0)]}
+    for noise_type, level, _ in conditions[1:]:
+        draws = [per_cond[(noise_type, level, d)] for d in range(n_draws)]
+        result[(noise_type, level)] = {k: np.concatenate([d[k] for d in draws]) for k in draws[0]}
+    return result
+
+
+def evaluate_robustness(forward: Forward, variables, images: np.ndarray | None, labels: np.ndarray | None, *,
+                        model_name: str, noise_types: list[str], levels: list[float], n_draws: int = 1,
+                        batch_size: int = 512, seed: int = 0, ece_bins: int = 15,
+                        batches: Callable[[], Iterable[Batch]] | None = None) -> RobustnessResult:
     """Evaluate every (noise type, level) condition; one tidy row per condition.
 
     ``forward`` must be a stable (hashable, reused) pure function so each noise type compiles
-    once; ``variables`` is its first argument. Level 0.0 is the clean split (evaluated once, repeated per noise type).
+    once; ``variables`` is its first argument. Level 0.0 is the clean split (evaluated once,
+    repeated per noise type). Input: arrays ``images`` (N, H, W, C) uint8 or float32 in [0, 1]
+    and ``labels`` (N,), cut into batches of ``batch_size``; or ``batches`` (images / labels
+    None), a stream of fixed-size ``Batch``es from the input pipeline. Either way the data is
+    streamed through the device with a prefetch of 2 batches, read once for all conditions.
     """
     for name in noise_types:
         get_noise(name)  # unknown names fail before any work, listing the valid ones
-    split = batch_split(images, labels, batch_size)
-    variables = replicate(data_mesh(), variables)  # on the same mesh as the split (one or many processes)
-    clean = evaluate_condition(forward, variables, split, None, 0.0, seed=seed, n_draws=1)
+    variables = replicate(data_mesh(), variables)  # on the mesh of the batches (one or many processes)
+    if batches is None:
+        if images is None or labels is None:
+            raise ValueError("evaluate_robustness: pass images and labels, or batches")
+        stream = array_batches(images, labels, batch_size)
+    else:
+        stream = batches()
+    per_cond = evaluate_conditions_stream(forward, variables, stream, noise_types=noise_types, levels=levels,
+                                          seed=seed, n_draws=n_draws)
+    clean = per_cond[(None, 0.0)]
+    n_images = len(clean["correct"])
     clean_summary = summarize(clean, ece_bins)
     result = RobustnessResult(rows=[], confidences={f"{model_name}|clean|0": clean["confidence"].astype(np.float32)})
     for noise_type in noise_types:
         for level in levels:
-            pe = clean if level == 0.0 else evaluate_condition(forward, variables, split, noise_type, level, seed=seed,
-                                                                n_draws=n_draws)
+            pe = clean if level == 0.0 else per_cond[(noise_type, float(level))]
             s = clean_summary if level == 0.0 else summarize(pe, ece_bins)
             result.rows.append({
                 "model": model_name, "noise_type": noise_type, "level": float(level),
                 "accuracy": s["accuracy"], "confidence": s["confidence"], "margin": s["margin"],
                 "snr": s["snr"], "snr_median": s["snr_median"], "ece": s["ece"], "loss": s["loss"],
                 "degradation": None if level == 0.0 else degradation_percent(clean_summary["accuracy"], s["accuracy"]),
-                "n_images": len(labels), "n_draws": 1 if level == 0.0 else n_draws,
+                "n_images": n_images, "n_draws": 1 if level == 0.0 else n_draws,
             })
             result.confidences[f"{model_name}|{noise_type}|{level:g}"] = pe["confidence"].astype(np.float32)
     return result

@@ -1,0 +1,175 @@
+"""Time to first result: compile seconds, first run vs second run with the persistent cache.
+
+For each workload (quickstart train, the noise grid, the ImageNet-C suite, the attacks) the
+same command runs twice, each time in a fresh subprocess that shares one new cache directory
+(``ROBUST_VISION_CACHE_DIR``). Compile seconds are JAX's own compile-phase events (tracing,
+lowering, XLA compile or cache read; robust_vision.compile_cache.COMPILE_EVENTS) summed in
+the child. Goal: first / second >= 5x.
+
+Then, in one process without the cache, each attack's compile seconds as a multiple of one
+train-step compile of the same model (goal <= 3x), and the run time of PGD-20 in units of
+one jitted forward+backward pass of the same batch (goal <= 1.1, rolled loop).
+
+Settings are small (quickstart 1 epoch, 2 noise levels, ImageNet-C severity 3, 64 attacked
+images) so the whole benchmark takes a few minutes on 2 cores.
+
+    python benchmarks/compile_time.py [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _child(workload: str, work: Path) -> dict:
+    """Run one workload in this process; return its compile and wall seconds."""
+    from robust_vision.compile_cache import compile_seconds, enable_compile_cache
+
+    enable_compile_cache()
+    compile_seconds()  # start the meter before anything compiles
+    t0 = time.perf_counter()
+    from robust_vision.cli import eval_main, train_main
+
+    run = work / "quickstart"
+    common = ["--checkpoint", str(run), "--no-plots", "--quiet"]
+    if workload.startswith("train"):
+        code = train_main(["--config", str(REPO / "configs/quickstart.yaml"), "--run-dir", str(work / workload),
+                           "--override", "training.epochs=1", "--no-progress"])
+    elif workload == "grid":
+        code = eval_main(common + ["--output", str(work / "o_grid"), "--parts", "grid", "--levels", "0", "0.3"])
+    elif workload == "suite":
+        code = eval_main(common + ["--output", str(work / "o_suite"), "--suite", "imagenet-c", "--severities", "3"])
+    elif workload == "attacks":
+        code = eval_main(common + ["--output", str(work / "o_att"), "--attacks", "fgsm,pgd,apgd", "--eps", "0.03",
+                                   "--attack-steps", "20", "--attack-max-examples", "64"])
+    else:
+        raise SystemExit(f"unknown workload {workload}")
+    if code:
+        raise SystemExit(code)
+    return {"compile_s": compile_seconds(), "wall_s": time.perf_counter() - t0}
+
+
+def _spawn(workload: str, work: Path, cache: Path) -> dict:
+    env = {**os.environ, "ROBUST_VISION_CACHE_DIR": str(cache),
+           "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, __file__, "--child", workload, "--work", str(work)], env=env,
+                         capture_output=True, text=True, check=False)
+    if out.returncode:
+        raise SystemExit(f"{workload} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _per_attack(work: Path) -> dict:
+    """Attack compile seconds / train-step compile seconds; PGD-20 in forward+backward units."""
+    os.environ["ROBUST_VISION_CACHE_DIR"] = "off"
+    import jax
+    import jax.numpy as jnp
+
+    from robust_vision.attacks import apgd_ce, fgsm, pgd
+    from robust_vision.attacks._common import ce_loss, loss_grad_logits
+    from robust_vision.compile_cache import enable_compile_cache
+    from robust_vision.data.datasets import load_dataset
+    from robust_vision.evaluation.loading import load_trained_model
+    from robust_vision.losses import make_loss
+    from robust_vision.training.steps import init_train_state, make_run_optimizer, make_train_step
+
+    enable_compile_cache()
+    model = load_trained_model(work / "quickstart")
+    cfg = model.config
+    split = load_dataset(cfg.data).split("test")
+    b = 64
+    x = jnp.asarray(split.images[:b], jnp.float32)
+    y = jnp.asarray(split.labels[:b], jnp.int32)
+    key = jax.random.key(0)
+    eps = jnp.float32(0.03)
+
+    tx, _ = make_run_optimizer(cfg.training, cfg.model, model.parts.params, 10)
+    state = init_train_state(model.parts, tx, cfg.training.ema_enabled)
+    step = make_train_step(model.parts, tx, make_loss(cfg.training), cfg.training)
+    mask = jnp.ones((b,), jnp.float32)
+
+    def compile_s(jitted, *args) -> float:
+        t0 = time.perf_counter()
+        jitted.lower(*args).compile()
+        return time.perf_counter() - t0
+
+    step_fn = step if hasattr(step, "lower") else jax.jit(step)
+    train_c = compile_s(step_fn, state, x, y, mask, key)
+    logits_fn = model.logits_fn()
+    attacks = {"fgsm": jax.jit(lambda x, y, k, e: fgsm(logits_fn, x, y, k, e)),
+               "pgd-20": jax.jit(lambda x, y, k, e: pgd(logits_fn, x, y, k, e, steps=20)),
+               "apgd-100": jax.jit(lambda x, y, k, e: apgd_ce(logits_fn, x, y, k, e, steps=100))}
+    rows = {name: compile_s(fn, x, y, key, eps) / train_c for name, fn in attacks.items()}
+
+    fb = jax.jit(lambda x, y: loss_grad_logits(logits_fn, ce_loss, x, y)[1])
+    pgd20 = attacks["pgd-20"]
+    jax.block_until_ready(fb(x, y))
+    jax.block_until_ready(pgd20(x, y, key, eps))
+
+    def best(fn, repeats=5):
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            ts.append(time.perf_counter() - t0)
+        return min(ts), statistics.median(ts)
+
+    fb_min, _ = best(lambda: fb(x, y), 9)
+    pgd_min, _ = best(lambda: pgd20(x, y, key, eps))
+    return {"train_step_compile_s": train_c, "compile_vs_train_step": rows,
+            "pgd20_fb_units": pgd_min / (20 * fb_min)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child")
+    parser.add_argument("--work")
+    parser.add_argument("--keep", help="work directory to keep (default: a temporary one)")
+    parser.add_argument("--skip-train", action="store_true",
+                        help="reuse WORK/quickstart from an earlier --keep run (a new cache directory)")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(_child(args.child, Path(args.work))))
+        return
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="rv_compile_"))
+    work.mkdir(parents=True, exist_ok=True)
+    cache = work / ("jax_cache_eval" if args.skip_train else "jax_cache")
+    t_start = time.perf_counter()
+    print(f"work directory {work}; cache {cache}")
+    print(f"{'workload':<26}{'first compile s':>16}{'second compile s':>18}{'ratio':>8}")
+    # The first train run also produces the checkpoint the evaluation workloads read.
+    pairs = [("quickstart train (1 epoch)", "train1", "train2"), ("noise grid", "grid", "grid"),
+             ("ImageNet-C suite (sev 3)", "suite", "suite"), ("attacks fgsm,pgd,apgd", "attacks", "attacks")]
+    results = {}
+    for label, first, second in pairs:
+        if first == "train1" and args.skip_train:
+            continue
+        if first == "train1":
+            a = _spawn("train1", work, cache)
+            os.replace(work / "train1", work / "quickstart")
+        else:
+            a = _spawn(first, work, cache)
+        b = _spawn(second, work, cache)
+        ratio = a["compile_s"] / max(b["compile_s"], 1e-9)
+        results[label] = {"first": a, "second": b, "ratio": ratio}
+        print(f"{label:<26}{a['compile_s']:>16.2f}{b['compile_s']:>18.2f}{ratio:>7.1f}x", flush=True)
+    per = _per_attack(work)
+    print(f"\none train-step compile: {per['train_step_compile_s']:.2f} s")
+    for name, r in per["compile_vs_train_step"].items():
+        print(f"  {name:<10} compile = {r:.2f} x train step (goal <= 3)")
+    print(f"PGD-20 run time = {per['pgd20_fb_units']:.2f} forward+backward units (goal <= 1.1, rolled loop)")
+    print(f"benchmark wall time {time.perf_counter() - t_start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
