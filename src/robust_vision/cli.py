@@ -130,6 +130,38 @@ def train_main(argv: list[str] | None = None) -> int:
     return _run(_train, parser.parse_args(argv), hard_exit_on_interrupt=argv is None)
 
 
+# --------------------------------------------------------------------------- import
+
+
+def _import(args: argparse.Namespace) -> int:
+    from robust_vision.models.import_weights import import_weights
+
+    run_dir = import_weights(args.source, args.model, args.output, config_path=args.config, overrides=args.override,
+                             image_size=args.image_size, channels=args.channels, num_classes=args.num_classes)
+    print(f"Imported {args.source} as {args.model} into {run_dir}; evaluate with "
+          f"robust-vision-eval --checkpoint {run_dir} --output DIR")
+    return 0
+
+
+def import_main(argv: list[str] | None = None) -> int:
+    """robust-vision-import --from model.safetensors --model wrn-28-10 --output RUN [--config FILE] ..."""
+    _quiet_tensorflow_logs()
+    from robust_vision.models.import_weights import IMPORTABLE
+
+    parser = argparse.ArgumentParser(prog="robust-vision-import",
+                                     description="Convert a PyTorch state_dict of a RobustBench architecture into a "
+                                                 "run directory robust-vision-eval reads (docs/MODELS.md).")
+    parser.add_argument("--from", dest="source", required=True, help="weights: .safetensors (or .pt with torch installed)")
+    parser.add_argument("--model", required=True, choices=IMPORTABLE, help="architecture of the weights")
+    parser.add_argument("--output", required=True, help="new run directory")
+    _add_config_args(parser, required=False)
+    parser.add_argument("--image-size", dest="image_size", type=int, default=32, help="input height = width (default 32)")
+    parser.add_argument("--channels", type=int, default=3, help="input channels (default 3)")
+    parser.add_argument("--num-classes", dest="num_classes", type=int,
+                        help="classes (default: rows of the file's classifier weight)")
+    return _run(_import, parser.parse_args(argv))
+
+
 # --------------------------------------------------------------------------- eval
 
 

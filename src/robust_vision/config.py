@@ -86,13 +86,15 @@ class KrotovConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = _f("cnn", help="model registry name: cnn, resnet18, linear, crossbar, lenet, cifarnet, perturb_resnet18, resnet18_matched, krotov (see `robust_vision.models.MODELS`)")
+    name: str = _f("cnn", help="model registry name: cnn, resnet18, linear, crossbar, lenet, cifarnet, perturb_resnet18, resnet18_matched, krotov, preact_resnet18, wrn-28-10, wrn-34-10, wrn-34-20, wrn-70-16 (see `robust_vision.models.MODELS`)")
     n_classes: Optional[int] = _f(None, min=2, help="number of classes; null = taken from the dataset (a mismatch is an error)")
     features: list[int] = _f(factory=lambda: [32, 64, 128], help="cnn: channels of each stage (one conv block + 2x downsampling per stage after the first)")
     dropout_rate: float = _f(0.1, min=0.0, max=0.99, help="dropout before the classifier (cnn) ")
     use_residual: bool = _f(True, help="cnn: residual (True) or plain (False) conv blocks")
     use_batch_norm: bool = _f(True, help="cnn: batch norm after each convolution")
-    width: int = _f(64, min=1, help="resnet18: channels of the first stage (doubles each stage)")
+    width: int = _f(64, min=1, help="resnet18, preact_resnet18: channels of the first stage (doubles each stage)")
+    normalize_mean: Optional[list[float]] = _f(None, help="preact_resnet18, wrn-*: per-channel mean subtracted from the [0, 1] input (RobustBench CIFAR-10: [0.4914, 0.4822, 0.4465]); null = no normalisation")
+    normalize_std: Optional[list[float]] = _f(None, help="preact_resnet18, wrn-*: per-channel std the input is divided by (RobustBench CIFAR-10: [0.2471, 0.2435, 0.2616]); set with normalize_mean")
     hidden_units: list[int] = _f(factory=list, help="linear: optional hidden layers (empty = a pure linear classifier)")
     perturb: PerturbConfig = field(default_factory=lambda: PerturbConfig(),
                                    metadata={"help": "lenet / cifarnet / perturb_resnet18 / resnet18_matched options"})

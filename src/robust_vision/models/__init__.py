@@ -18,6 +18,7 @@ from robust_vision.models.linear import LinearClassifier
 from robust_vision.models.local import KrotovClassifier
 from robust_vision.models.perturb import cifarnet, lenet, perturb_resnet18, resnet18_matched
 from robust_vision.models.resnet import ResNet18
+from robust_vision.models.robustbench import WIDE_RESNETS, PreActResNet18, wide_resnet
 
 
 def _cnn_options(cfg: ModelConfig) -> dict:
@@ -27,6 +28,14 @@ def _cnn_options(cfg: ModelConfig) -> dict:
 
 def _resnet_options(cfg: ModelConfig) -> dict:
     return dict(width=cfg.width, dropout_rate=cfg.dropout_rate)
+
+
+def _normalize_options(cfg: ModelConfig) -> dict:
+    return dict(normalize_mean=cfg.normalize_mean, normalize_std=cfg.normalize_std)
+
+
+def _preact_options(cfg: ModelConfig) -> dict:
+    return dict(width=cfg.width, **_normalize_options(cfg))
 
 
 def _linear_options(cfg: ModelConfig) -> dict:
@@ -67,6 +76,9 @@ MODELS: dict[str, tuple[Callable[..., nnx.Module], Callable[[ModelConfig], dict]
     "perturb_resnet18": (perturb_resnet18, _perturb_options),
     "resnet18_matched": (resnet18_matched, _matched_options),
     "krotov": (KrotovClassifier, _krotov_options),
+    # RobustBench model-zoo architectures (models/robustbench.py)
+    "preact_resnet18": (PreActResNet18, _preact_options),
+    **{name: (wide_resnet(depth, widen), _normalize_options) for name, (depth, widen) in WIDE_RESNETS.items()},
 }
 
 
