@@ -207,8 +207,32 @@ def _attack_part(ecfg, models, logits_fns, split) -> dict:
                                   sparse_fractions=ecfg.attack_sparse_fractions, noise_radii=ecfg.attack_noise_radii)
         rows += r
         sanity += s
+    autoattack = _autoattack_part(ecfg, models, logits_fns, images, labels, rows)
     return {"attacks": list(ecfg.attacks), "norm": ecfg.attack_norm, "steps": ecfg.attack_steps, "n_examples": n,
-            "results": rows, "sanity_checks": sanity}
+            "results": rows, "sanity_checks": sanity, **({"autoattack": autoattack} if autoattack else {})}
+
+
+def _autoattack_part(ecfg, models, logits_fns, images, labels, rows: list) -> dict:
+    """AutoAttack names of --attacks: per-stage results printed, rows appended to the attack table,
+    autoattack.json (RobustBench format; autoattack_<i>.json for further models) written."""
+    from pathlib import Path
+
+    from robust_vision.attacks.autoattack import autoattack_suite, write_autoattack_json
+    from robust_vision.evaluation import suite
+
+    out = {}
+    for name in [a for a in ecfg.attacks if a in suite.AUTOATTACK_NAMES]:
+        for i, m in enumerate(models):
+            r, results = autoattack_suite(logits_fns[m.name], images, labels, model_name=m.name, name=name,
+                                          eps=ecfg.attack_eps, norm=ecfg.attack_norm,
+                                          key=suite.part_key(ecfg.seed, "attacks"), batch_size=ecfg.batch_size,
+                                          steps=ecfg.attack_steps)
+            rows += r
+            out[f"{m.name}/{name}"] = results
+            if results:
+                stem = name.replace("-", "_") + (f"_{i}" if i else "")
+                write_autoattack_json(Path(ecfg.output_dir) / f"{stem}.json", results, model_name=m.name)
+    return out
 
 
 def _certify_part(ecfg, models, logits_fns, split) -> dict:
@@ -419,7 +443,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     g.add_argument("--corruption-scale", dest="corruption_scale", metavar="SCALE", help="parameter table: auto, imagenet or cifar")
     g.add_argument("--reference", metavar="RUN", help="run directory of the reference model for CE / mCE")
     g = parser.add_argument_group("adversarial attacks")
-    g.add_argument("--attacks", nargs="+", metavar="LIST", help="comma list of fgsm, pgd, apgd, sparse, noise (none = off)")
+    g.add_argument("--attacks", nargs="+", metavar="LIST", help="comma list of fgsm, pgd, apgd, sparse, noise, apgd-t, apgd-dlr, fab-t, square, autoattack, autoattack-rand (none = off)")
     g.add_argument("--eps", nargs="+", type=float, metavar="EPS", help="fgsm / pgd / apgd budgets in [0, 1] pixel units")
     g.add_argument("--attack-steps", dest="attack_steps", type=int, metavar="N", help="iterations of pgd / apgd / sparse / noise")
     g.add_argument("--attack-norm", dest="attack_norm", metavar="NORM", help="linf (default) or l2 (pgd / apgd)")

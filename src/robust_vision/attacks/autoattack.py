@@ -8,7 +8,8 @@ Versions (as the reference's ``version=``):
                 ``eot_samples`` draws, see ``eot_logits_fn``).
 
 Fixed shapes: between stages the still-robust points are gathered on the host into batches of
-one fixed size (the last one padded and masked), so every stage compiles once (eps traced) and
+one fixed size (the last one padded and masked; a power of two below ``batch_size`` when few points
+remain), so a stage compiles once per batch size (eps traced) and
 already-fooled points cost nothing. Each example is attacked with its own key,
 fold_in(stage key, example index) (the attack is vmapped over examples), so its result does not
 depend on which other points share its batch: the run is deterministic for a key, independent of
@@ -108,6 +109,11 @@ def _run_stage(fn, images, labels, idx, key, eps, batch_size, x_adv, robust) -> 
     """Attack the examples ``idx`` in fixed-size batches; update x_adv / robust in place; return
     how many were newly fooled."""
     new = 0
+    if len(idx) == 0:
+        return 0
+    # Few points left (the usual case after APGD-CE): a smaller power-of-two batch, so a handful
+    # of robust points does not pay for a full batch (at most log2(batch_size) extra compilations).
+    batch_size = min(batch_size, 1 << (len(idx) - 1).bit_length())
     for start in range(0, len(idx), batch_size):
         sel = idx[start:start + batch_size]
         pad = batch_size - len(sel)
@@ -153,7 +159,7 @@ def run_autoattack(logits_fn: LogitsFn, images: Any, labels: Any, eps: float, no
     batch_size = min(batch_size, n)
     fwd = jax.jit(lambda x: jnp.argmax(logits_fn(x), axis=-1))
     pred = np.concatenate([np.asarray(fwd(jnp.asarray(images[i:i + batch_size]))) for i in range(0, n, batch_size)])
-    correct = pred == labels
+    correct = pred == labels  # robust accuracy counts only points classified correctly when clean
     robust = correct.copy()
     x_adv = images.copy()
     rows = []
@@ -248,3 +254,61 @@ def format_autoattack(result: dict, model_name: str = "") -> str:
         warn.append("robust accuracy does not decrease with eps")
     lines += [f"  FLAG: {w}" for w in warn] or ["  flags: none"]
     return "\n".join(lines)
+
+
+AUTOATTACK_NAMES = {"autoattack": "standard", "autoattack-rand": "rand"}  # CLI name -> version
+
+
+def adversarial_margins(logits_fn: LogitsFn, x_adv: np.ndarray, labels: np.ndarray, batch_size: int) -> np.ndarray:
+    """Logit margin z_y - max_{j != y} z_j at the adversarial points, (N,)."""
+    from robust_vision.evaluation.metrics import logit_margin
+
+    fn = jax.jit(lambda x, y: logit_margin(logits_fn(x).astype(jnp.float32), y))
+    return np.concatenate([np.asarray(fn(jnp.asarray(x_adv[i:i + batch_size]), jnp.asarray(labels[i:i + batch_size])))
+                           for i in range(0, len(labels), batch_size)])
+
+
+def _clean_accuracy(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, batch_size: int) -> float:
+    fwd = jax.jit(lambda x: jnp.argmax(logits_fn(x), axis=-1))
+    pred = np.concatenate([np.asarray(fwd(jnp.asarray(images[i:i + batch_size])))
+                           for i in range(0, len(labels), batch_size)])
+    return float(np.mean(pred == labels))
+
+
+def autoattack_suite(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *, model_name: str, name: str,
+                     eps: Sequence[float], norm: str, key: jax.Array, batch_size: int = 256,
+                     steps: int | None = None, verbose: bool = True) -> tuple[list[dict], list[dict]]:
+    """AutoAttack at every budget of ``eps`` for the evaluation suite (robust-vision-eval).
+
+    Returns (rows in the attack_results.csv format: ``attack`` = name (``_l2`` appended for L2),
+    ``eps``, ``steps``, ``accuracy``, ``margin``, ``snr``, ``snr_median``, ``n``, ``norm``; eps = 0 is
+    the clean row, not attacked), and the ``run_autoattack`` results of the positive budgets.
+    ``steps`` sets APGD's and FAB's iterations (None = 100, the reference's)."""
+    from robust_vision.evaluation.metrics import snr_summary
+
+    version = AUTOATTACK_NAMES[name]
+    budget = {} if steps is None else {"steps": int(steps), "fab_steps": int(steps)}
+    label = f"{name}_l2" if norm == "l2" else name
+    rows, results = [], []
+    batch_size = min(batch_size, len(labels))
+    for e in eps:
+        if e > 0:
+            r = run_autoattack(logits_fn, images, labels, float(e), norm, jax.random.fold_in(key, _crc(name)),
+                               version, batch_size, return_adversarial=True, **budget)
+            x_adv = r.pop("x_adv")
+            r.pop("robust")
+            results.append(r)
+            if verbose:
+                print(format_autoattack(r, model_name))
+        else:
+            x_adv = images
+        margin = adversarial_margins(logits_fn, x_adv, labels, batch_size)
+        # eps = 0: the clean accuracy (the same argmax rule as run_autoattack's clean pass).
+        acc = results[-1]["robust_accuracy"] if e > 0 else _clean_accuracy(logits_fn, images, labels, batch_size)
+        rows.append({"model": model_name, "attack": label, "eps": float(e), "accuracy": acc,
+                     "margin": float(np.mean(margin, dtype=np.float64)), **snr_summary(margin), "n": int(len(labels)),
+                     "norm": norm, "steps": budget.get("steps", REFERENCE_BUDGET["apgd_steps"])})
+    if results:
+        for r in results:
+            r["flags"] = autoattack_flags(r, [o for o in results if o is not r])
+    return rows, results
