@@ -56,9 +56,11 @@ def project_onto_hyperplane_box(p: jax.Array, w: jax.Array, c: jax.Array, norm: 
         t_hi = jnp.ones_like(target)  # ||d||_inf <= 1 inside the unit box
     else:
         w_sq = jnp.sum(jnp.square(w2), axis=-1)
-        lam0 = target / jnp.maximum(w_sq, 1e-30)  # the unconstrained solution; the box only adds
+        # The unconstrained solution lam0 = |c| / ||w||^2; the box can only make lam larger. Capped
+        # so that a zero gradient gives d = 0 (never inf * 0 = NaN).
+        lam0 = jnp.where(w_sq > 0, target / jnp.maximum(w_sq, 1e-30), 0.0)
         def d_of(u):                               # lam = lam0 * 2^u, u in [0, 40]
-            return jnp.clip((lam0 * jnp.exp2(u))[:, None] * w2, lo, hi)
+            return jnp.clip(jnp.minimum(lam0 * jnp.exp2(u), 1e30)[:, None] * w2, lo, hi)
         t_lo = jnp.zeros_like(target)
         t_hi = jnp.full_like(target, 40.0)
 
