@@ -191,3 +191,25 @@ def test_registry_and_bad_input():
                        jax.random.key(0), version="plus")
     with pytest.raises(ValueError, match="norm"):
         square_trace(_mlp(0), jnp.zeros((2,) + SHAPE), jnp.zeros(2, jnp.int32), jax.random.key(0), 0.1, norm="l1")
+
+
+def test_l1_projection_and_apgd_l1_stay_in_the_l1_ball_and_box():
+    from robust_vision.attacks.apgd_l1 import apgd_l1, project_l1_box
+
+    x = jnp.full((2, 2, 2, 1), 0.5)
+    u = jnp.array([0.3, -0.2, 0.1, 0.0, 0.05, 0.05, 0.05, 0.05]).reshape(2, 2, 2, 1)
+    d = project_l1_box(x, u, 0.3)
+    # Row 0: soft-threshold at lam = 0.1 -> (0.2, -0.1, 0, 0), L1 = 0.3; row 1 is inside already.
+    np.testing.assert_allclose(np.asarray(d).reshape(2, -1), [[0.2, -0.1, 0.0, 0.0], [0.05] * 4], atol=1e-6)
+    # The box binds: x = 0.9 leaves 0.1 of room upwards.
+    d = project_l1_box(jnp.full((1, 1, 2, 1), 0.9), jnp.array([0.5, 0.0]).reshape(1, 1, 2, 1), 1.0)
+    np.testing.assert_allclose(np.asarray(d).ravel(), [0.1, 0.0], atol=1e-6)
+
+    model = _mlp(0)
+    x, y = _data(model, 16)
+    eps = 3.0
+    x_adv = jax.jit(lambda x, y: apgd_l1(model, x, y, jax.random.key(1), eps, steps=20))(x, y)
+    l1 = jnp.sum(jnp.abs(x_adv - x).reshape(16, -1), -1)
+    assert float(jnp.max(l1)) <= eps * (1 + 1e-4)
+    assert float(jnp.min(x_adv)) >= 0.0 and float(jnp.max(x_adv)) <= 1.0
+    assert float(jnp.mean(jnp.argmax(model(x_adv), -1) != y)) >= 0.5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from robust_vision.attacks.apgd_l1 import apgd_l1
 from robust_vision.attacks.apgd_t import apgd_dlr, apgd_t
 from robust_vision.attacks.fab import fab_t
 from robust_vision.attacks.gradient import apgd_ce, fgsm, pgd
@@ -19,6 +20,7 @@ ATTACKS: dict[str, AttackFn] = {
     "sparse_pixel": sparse_pixel,
     "noise_attack": noise_attack,
     "apgd_dlr": apgd_dlr,
+    "apgd_l1": apgd_l1,
     "apgd_t": apgd_t,
     "fab_t": fab_t,
     "square": square,
