@@ -143,7 +143,7 @@ SMALL = dict(steps=5, fab_steps=5, n_queries=100, n_targets=3, batch_size=16)
 def test_ensemble_not_weaker_than_any_stage_and_deterministic(tmp_path):
     model = _mlp(2)
     x, y = _data(model, 24, seed=7)
-    x, y = np.asarray(x), np.asarray(y)
+    x, y = np.array(x), np.array(y)
     y[:3] = (y[:3] + 1) % 10  # a few misclassified points: clean accuracy < 1
     r = run_autoattack(model, x, y, 0.06, "linf", jax.random.key(8), standalone=True, return_adversarial=True,
                        **SMALL)

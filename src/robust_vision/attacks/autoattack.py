@@ -216,7 +216,7 @@ def robustbench_record(results: Sequence[dict], *, model_name: str = "", dataset
     sweep = [r for r in results if r is not main]
     flags = autoattack_flags(main, sweep)
     return {
-        "name": model_name, "dataset": dataset, "threat_model": {"linf": "Linf", "l2": "L2"}[main["norm"]],
+        "name": model_name, **({"dataset": dataset} if dataset else {}), "threat_model": {"linf": "Linf", "l2": "L2"}[main["norm"]],
         "eps": main["eps"], "clean_acc": _pct(main["clean_accuracy"]), "autoattack_acc": _pct(main["robust_accuracy"]),
         "clean_accuracy": main["clean_accuracy"], "robust_accuracy": main["robust_accuracy"],
         "n_examples": main["n_examples"], "attack_version": main["version"], "norm": main["norm"],

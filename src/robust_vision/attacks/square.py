@@ -138,19 +138,20 @@ def _square_l2(logits_fn, x, y, key, eps, n_queries, p_init):
         raise ValueError(f"square (l2) needs images of at least 5 x 5 pixels, got {h} x {w}.")
     n_features = h * w * c
     k_init, k_loop = jax.random.split(key)
-    # Start: a grid of pseudo-Gaussian blocks of side h // 5 (static, at most 25 blocks).
+    # Start: a grid of pseudo-Gaussian blocks of side h // 5 with random signs per block and
+    # channel, each block transposed at random (built at once: one s0 x s0 pattern, tiled).
     s0 = h // 5
     sp = (h - s0 * 5) // 2
-    delta = jnp.zeros_like(x)
-    starts_h = [sp + k * s0 for k in range(h // s0) if sp + k * s0 + s0 <= h]
-    starts_w = [sp + k * s0 for k in range(w // s0) if sp + k * s0 + s0 <= w]
-    for a, vh0 in enumerate(starts_h):
-        for bb, vw0 in enumerate(starts_w):
-            kb = jax.random.fold_in(k_init, a * len(starts_w) + bb)
-            k_t, k_s = jax.random.split(kb)
-            transpose = jnp.broadcast_to(jax.random.bernoulli(k_t), (b,))
-            pat = _pseudo_gaussian(h, w, jnp.full((b,), vh0), jnp.full((b,), vw0), jnp.int32(s0), transpose)
-            delta = delta + pat * _signs(k_s, (b, 1, 1, c))
+    nh, nw = (h - sp) // s0, (w - sp) // s0
+    k_t, k_s = jax.random.split(k_init)
+    one = _pseudo_gaussian(s0, s0, jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.int32), jnp.int32(s0),
+                           jnp.zeros((1,), bool))[0, :, :, 0]                               # (s0, s0)
+    flip = jax.random.bernoulli(k_t, 0.5, (nh, nw))
+    blocks = jnp.where(flip[:, :, None, None], one.T[None, None], one[None, None])         # (nh, nw, s0, s0)
+    grid = blocks.transpose(0, 2, 1, 3).reshape(nh * s0, nw * s0)
+    signs = jnp.repeat(jnp.repeat(_signs(k_s, (b, nh, nw, c)), s0, axis=1), s0, axis=2)   # (B, nh*s0, nw*s0, C)
+    tiled = grid[None, :, :, None] * signs
+    delta = jnp.zeros_like(x).at[:, sp:sp + nh * s0, sp:sp + nw * s0, :].set(tiled)
     x_best = jnp.clip(x + _l2_normalize(delta) * eps, 0.0, 1.0)
     margin0 = _margin(logits_fn, x_best, y)
 
