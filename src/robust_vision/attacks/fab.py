@@ -77,7 +77,7 @@ def project_onto_hyperplane_box(p: jax.Array, w: jax.Array, c: jax.Array, norm: 
     return d_of(t_hi)
 
 
-def _fab_single_target(logits_fn, x, y, target, eps, norm, steps, eta, beta, alpha_max):
+def _fab_single_target(logits_fn, x, y, target, norm, steps, eta, beta, alpha_max):
     """FAB towards one target class per example; returns (closest adversarial point, its norm)
     with norm = +inf where none was found. x (B, H, W, C)."""
     b = x.shape[0]
@@ -136,7 +136,7 @@ def fab_t_minimal(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Arra
 
     def per_target(r, carry):
         best_x, best = carry
-        adv, dist = _fab_single_target(logits_fn, x, y, targets[r], None, norm, steps, eta, beta, alpha_max)
+        adv, dist = _fab_single_target(logits_fn, x, y, targets[r], norm, steps, eta, beta, alpha_max)
         closer = dist < best
         return bwhere(closer, adv, best_x), jnp.where(closer, dist, best)
 
