@@ -14,6 +14,17 @@ rolled ``lax.fori_loop`` (the default) and fully unrolled (``unroll=True``): on 
 backend the same convolutions run markedly slower inside a rolled while-loop.
 
     python benchmarks/attack_cost.py [--batch 128] [--steps 20] [--repeats 5]
+
+``--autoattack`` instead prints the cost of each AutoAttack attack (APGD-CE, APGD-DLR, APGD-T,
+FAB-T, Square) in forward+backward units: counted from the algorithm (a forward-only pass counted
+as measured, t(forward) / t(forward-backward)) and measured (t(attack) / t(one forward-backward
+pass), same batch, min over interleaved repeats), at a small budget (``--aa-steps`` APGD / FAB
+iterations, ``--aa-queries`` Square queries) and scaled linearly to the reference budget (APGD
+100 iterations, 9 targets, FAB 100 iterations, Square 5,000 queries). Then the full AutoAttack
+cost per example at the reference budget: the worst case (a point robust to every stage runs all
+of them) and the case of a point APGD-CE already breaks.
+
+    python benchmarks/attack_cost.py --autoattack [--batch 32] [--aa-steps 10] [--aa-queries 200]
 """
 
 from __future__ import annotations
@@ -63,7 +74,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--eps", type=float, default=8 / 255)
+    parser.add_argument("--autoattack", action="store_true", help="cost of the AutoAttack attacks instead")
+    parser.add_argument("--aa-steps", type=int, default=10)
+    parser.add_argument("--aa-queries", type=int, default=200)
+    parser.add_argument("--n-targets", type=int, default=9)
     args = parser.parse_args()
+    if args.autoattack:
+        return autoattack_costs(args)
 
     graphdef, state = nnx.split(SmallCNN(rngs=nnx.Rngs(0)))
     x = jax.random.uniform(jax.random.key(1), (args.batch, 32, 32, 3))
@@ -122,6 +139,68 @@ def main() -> None:
     for num, den in (("pgd", "calls"), ("pgd", "loop"), ("pgd_unrolled", "calls")):
         print(f"ratio {labels[num]} / {labels[den]}: {t[num][0] / t[den][0]:.3f} "
               f"(medians {t[num][1] / t[den][1]:.3f})")
+
+def autoattack_costs(args) -> None:
+    from robust_vision.attacks.apgd_t import apgd_dlr, apgd_t
+    from robust_vision.attacks.autoattack import REFERENCE_BUDGET
+    from robust_vision.attacks.fab import fab_t
+    from robust_vision.attacks.gradient import apgd_ce
+    from robust_vision.attacks.square import square
+
+    graphdef, state = nnx.split(SmallCNN(rngs=nnx.Rngs(0)))
+    model = nnx.merge(graphdef, state)
+    x = jax.random.uniform(jax.random.key(1), (args.batch, 32, 32, 3))
+    y = jnp.argmax(model(x), -1)  # labels = predictions: every point starts correctly classified
+    key = jax.random.key(3)
+    k, q, t = args.aa_steps, args.aa_queries, args.n_targets
+
+    def logits_fn(images):
+        return model(images)
+
+    fb = jax.jit(lambda x, y: jax.grad(lambda z: jnp.sum(optax.softmax_cross_entropy_with_integer_labels(
+        logits_fn(z), y)))(x))
+    fwd = jax.jit(logits_fn)
+    attacks = {
+        "apgd-ce": (jax.jit(lambda x, y: apgd_ce(logits_fn, x, y, key, args.eps, steps=k)), "fb", k + 1, 0),
+        "apgd-dlr": (jax.jit(lambda x, y: apgd_dlr(logits_fn, x, y, key, args.eps, steps=k)), "fb", k + 1, 0),
+        "apgd-t": (jax.jit(lambda x, y: apgd_t(logits_fn, x, y, key, args.eps, steps=k, n_targets=t)),
+                   "fb", t * (k + 1), t + 1),
+        "fab-t": (jax.jit(lambda x, y: fab_t(logits_fn, x, y, key, args.eps, steps=k, n_targets=t)),
+                  "fb", t * k, t * k + 1),
+        "square": (jax.jit(lambda x, y: square(logits_fn, x, y, key, args.eps, n_queries=q)), "f", 0, q + 1),
+    }
+    fns = {"fb": lambda: fb(x, y), "f": lambda: fwd(x)}
+    fns.update({name: (lambda f=f: f(x, y)) for name, (f, *_rest) in attacks.items()})
+    for fn in fns.values():  # compile
+        jax.block_until_ready(fn())
+    times = _interleaved_times(fns, args.repeats)
+    t_fb, t_f = times["fb"][0], times["f"][0]
+    f_unit = t_f / t_fb
+    ref = REFERENCE_BUDGET
+    scale = {"apgd-ce": (ref["apgd_steps"] + 1) / (k + 1), "apgd-dlr": (ref["apgd_steps"] + 1) / (k + 1),
+             "apgd-t": ref["n_targets"] * (ref["apgd_steps"] + 1) / (t * (k + 1)),
+             "fab-t": ref["n_targets"] * ref["fab_steps"] / (t * k), "square": ref["square_queries"] / (q + 1)}
+    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), SmallCNN 32x32x3, batch {args.batch}, "
+          f"{args.repeats} interleaved repeats (min); one forward-backward pass {1e3 * t_fb:.2f} ms, one forward "
+          f"{1e3 * t_f:.2f} ms = {f_unit:.2f} fb units")
+    print(f"budget measured: APGD/FAB {k} iterations, {t} targets, Square {q} queries; reference: APGD "
+          f"{ref['apgd_steps']}, FAB {ref['fab_steps']}, {ref['n_targets']} targets, Square {ref['square_queries']}")
+    print(f"{'attack':10s} {'fb':>6s} {'fwd':>6s} {'counted':>9s} {'measured':>9s} {'ratio':>6s} "
+          f"{'ref counted':>12s} {'ref measured':>13s}")
+    per_example_ref = {}
+    for name, (_, _, n_fb, n_f) in attacks.items():
+        counted = n_fb + n_f * f_unit
+        measured = times[name][0] / t_fb
+        per_example_ref[name] = (counted * scale[name], measured * scale[name])
+        print(f"{name:10s} {n_fb:6d} {n_f:6d} {counted:9.1f} {measured:9.1f} {measured / counted:6.2f} "
+              f"{counted * scale[name]:12.0f} {measured * scale[name]:13.0f}")
+    stages = ("apgd-ce", "apgd-t", "fab-t", "square")
+    worst = [sum(per_example_ref[s][i] for s in stages) for i in (0, 1)]
+    print(f"AutoAttack standard, reference budget, per example, in forward-backward passes of this model: "
+          f"worst case (robust to every stage) counted {worst[0]:.0f}, measured {worst[1]:.0f} "
+          f"(= {worst[1] * t_fb / args.batch * 1e3:.1f} ms per example here); a point APGD-CE breaks: "
+          f"{per_example_ref['apgd-ce'][0]:.0f} counted, at most (the loop runs all iterations)")
+
 
 if __name__ == "__main__":
     main()

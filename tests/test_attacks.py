@@ -86,9 +86,9 @@ def l2_per_example(a, b):
 
 
 def test_registry_lists_valid_names_on_unknown():
-    assert set(ATTACKS) == {"fgsm", "pgd", "apgd_ce", "sparse_pixel", "noise_attack"}
+    assert set(ATTACKS) == {"fgsm", "pgd", "apgd_ce", "sparse_pixel", "noise_attack", "apgd_dlr", "apgd_l1", "apgd_t", "fab_t", "square"}
     assert get_attack("pgd") is pgd
-    with pytest.raises(ValueError, match="valid attacks: apgd_ce, fgsm, noise_attack, pgd, sparse_pixel"):
+    with pytest.raises(ValueError, match="valid attacks: apgd_ce, apgd_dlr, apgd_l1, apgd_t, fab_t, fgsm, noise_attack, pgd, sparse_pixel, square"):
         get_attack("cw")
 
 

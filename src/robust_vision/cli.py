@@ -353,7 +353,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     g.add_argument("--corruption-scale", dest="corruption_scale", metavar="SCALE", help="parameter table: auto, imagenet or cifar")
     g.add_argument("--reference", metavar="RUN", help="run directory of the reference model for CE / mCE")
     g = parser.add_argument_group("adversarial attacks")
-    g.add_argument("--attacks", nargs="+", metavar="LIST", help="comma list of fgsm, pgd, apgd, sparse, noise (none = off)")
+    g.add_argument("--attacks", nargs="+", metavar="LIST", help="comma list of fgsm, pgd, apgd, sparse, noise, apgd-t, apgd-dlr, fab-t, square, autoattack, autoattack-rand (none = off)")
     g.add_argument("--eps", nargs="+", type=float, metavar="EPS", help="fgsm / pgd / apgd budgets in [0, 1] pixel units")
     g.add_argument("--attack-steps", dest="attack_steps", type=int, metavar="N", help="iterations of pgd / apgd / sparse / noise")
     g.add_argument("--attack-norm", dest="attack_norm", metavar="NORM", help="linf (default) or l2 (pgd / apgd)")

@@ -253,8 +253,10 @@ class EvaluationConfig:
         "auto", help="ImageNet-C parameter table; auto = cifar below 64 px on the shorter side, else imagenet")
     reference_checkpoint: Optional[str] = _f(
         None, help="run directory of the reference model for CE / mCE / relative mCE (null = errors only, no CE)")
-    attacks: list[Literal["fgsm", "pgd", "apgd", "sparse", "noise"]] = _f(
-        factory=list, help="adversarial attacks to run (fgsm, pgd, apgd, sparse, noise); empty = off")
+    attacks: list[Literal["fgsm", "pgd", "apgd", "sparse", "noise", "apgd-t", "apgd-dlr", "fab-t", "square",
+                          "autoattack", "autoattack-rand"]] = _f(
+        factory=list, help="adversarial attacks to run (fgsm, pgd, apgd, sparse, noise, apgd-t, apgd-dlr, fab-t, "
+                           "square, autoattack, autoattack-rand); empty = off")
     attack_eps: list[float] = _f(factory=lambda: [k / 255 for k in (0, 1, 2, 4, 8, 16, 32)], min=0.0,
                                  help="fgsm / pgd / apgd budgets in [0, 1] pixel units (Linf, or L2 radius with "
                                       "attack_norm: l2)")

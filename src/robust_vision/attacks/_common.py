@@ -65,7 +65,11 @@ ATTACK_LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 }
 
 
-def get_attack_loss(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+def get_attack_loss(name: str | Callable) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The per-example loss registered under ``name``; a callable ``loss(logits, y) -> (B,)`` is
+    returned as is (APGD-T passes a targeted DLR loss that closes over its target classes)."""
+    if callable(name):
+        return name
     try:
         return ATTACK_LOSSES[name]
     except KeyError:

@@ -195,8 +195,35 @@ def attack_part(ctx: EvalContext) -> dict:
                                           attacks=ecfg.attacks, eps=ecfg.attack_eps,
                                           key=suite.part_key(ecfg.seed, "attacks"), norm=ecfg.attack_norm,
                                           steps=ecfg.attack_steps, batch_size=ecfg.batch_size)
+    autoattack = autoattack_part(ctx, images, labels, rows)
     return {"attacks": list(ecfg.attacks), "norm": ecfg.attack_norm, "steps": ecfg.attack_steps, "n_examples": n,
-            "results": rows, "sanity_checks": sanity}
+            "results": rows, "sanity_checks": sanity, **({"autoattack": autoattack} if autoattack else {})}
+
+
+def autoattack_part(ctx: EvalContext, images, labels, rows: list) -> dict:
+    """The AutoAttack names of ``evaluation.attacks``: per-stage results (printed), rows appended to the attack table, and ``autoattack.json`` in the RobustBench
+    format (``autoattack_<i>.json`` for further models) written by process 0."""
+    from robust_vision.attacks.autoattack import autoattack_suite, format_autoattack, write_autoattack_json
+    from robust_vision.distributed import is_main_process
+    from robust_vision.evaluation import suite
+
+    ecfg = ctx.cfg.evaluation
+    out = {}
+    for name in [a for a in ecfg.attacks if a in suite.AUTOATTACK_NAMES]:
+        for i, m in enumerate(ctx.models):
+            r, results = autoattack_suite(ctx.logits_fns[m.name], images, labels, model_name=m.name, name=name,
+                                          eps=ecfg.attack_eps, norm=ecfg.attack_norm,
+                                          key=suite.part_key(ecfg.seed, "attacks"), batch_size=ecfg.batch_size,
+                                          steps=ecfg.attack_steps, verbose=False)
+            for result in results:  # robust accuracy after each stage, per budget
+                ctx.log(format_autoattack(result, m.name))
+            rows += r
+            out[f"{m.name}/{name}"] = results
+            if results and is_main_process():
+                stem = name.replace("-", "_") + (f"_{i}" if i else "")
+                ctx.out_dir.mkdir(parents=True, exist_ok=True)
+                write_autoattack_json(ctx.out_dir / f"{stem}.json", results, model_name=m.name)
+    return out
 
 
 def certify_part(ctx: EvalContext) -> dict:

@@ -52,8 +52,11 @@ SUITES: dict[str, list[str]] = {"imagenet-c": list(IMAGENET_C), "imagenet-c-all"
 
 # CLI / config attack names -> attack registry names (robust_vision.attacks.ATTACKS).
 ATTACK_NAMES: dict[str, str] = {"fgsm": "fgsm", "pgd": "pgd", "apgd": "apgd_ce", "sparse": "sparse_pixel",
-                                "noise": "noise_attack"}
-GRADIENT_ATTACKS = ("fgsm", "pgd", "apgd")
+                                "noise": "noise_attack", "apgd-t": "apgd_t", "apgd-dlr": "apgd_dlr", "fab-t": "fab_t",
+                                "square": "square"}
+# Ensembles run by attacks.autoattack.autoattack_suite (not through robust_accuracy).
+AUTOATTACK_NAMES = ("autoattack", "autoattack-rand")
+GRADIENT_ATTACKS = ("fgsm", "pgd", "apgd", "apgd-t", "apgd-dlr", "fab-t", "autoattack", "autoattack-rand")
 
 # Tables the figures read (robust_vision.viz.suite) hold text only in the model / corruption /
 # attack / method / noise_type columns; other text (scale, reference, norm) is in the JSON,
@@ -304,9 +307,9 @@ def _default_steps(registry_name: str) -> int:
 
 def check_attacks(attacks: Sequence[str], norm: str) -> None:
     """Fail fast (before any work) on an unknown attack name or an impossible combination."""
-    unknown = [a for a in attacks if a not in ATTACK_NAMES]
+    unknown = [a for a in attacks if a not in ATTACK_NAMES and a not in AUTOATTACK_NAMES]
     if unknown:
-        raise ValueError(f"unknown attack {unknown[0]!r}; valid attacks: {', '.join(ATTACK_NAMES)}")
+        raise ValueError(f"unknown attack {unknown[0]!r}; valid attacks: {', '.join([*ATTACK_NAMES, *AUTOATTACK_NAMES])}")
     if norm not in ("linf", "l2"):
         raise ValueError(f"attack norm must be linf or l2, got {norm!r}")
     if norm == "l2" and "fgsm" in attacks:
@@ -322,6 +325,10 @@ def _attack_plan(name: str, *, eps: Sequence[float], norm: str, steps: int | Non
         return list(eps), "linf", {}
     if name in ("pgd", "apgd"):
         return list(eps), norm, {"norm": norm, **with_steps, **({"unroll": True} if unroll else {})}
+    if name in ("apgd-t", "apgd-dlr", "fab-t"):
+        return list(eps), norm, {"norm": norm, **with_steps}
+    if name == "square":
+        return list(eps), norm, {"norm": norm}
     if name == "sparse":
         return list(sparse_fractions), "l0_fraction", with_steps
     return list(noise_radii), "l2", with_steps  # noise
@@ -361,6 +368,8 @@ def attack_suite(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *,
     check_attacks(attacks, norm)
     rows: list[dict] = []
     for name in attacks:
+        if name in AUTOATTACK_NAMES:
+            continue  # run by the attack part through attacks.autoattack.autoattack_suite
         budgets, budget_norm, hyper = _attack_plan(name, eps=eps, norm=norm, steps=steps,
                                                    sparse_fractions=sparse_fractions, noise_radii=noise_radii,
                                                    unroll=unroll)
@@ -370,7 +379,7 @@ def attack_suite(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *,
                                  ATTACK_NAMES[name], budgets, batch_size, **hyper)
         for r in result:
             # The norm is part of the name when it is not the attack's usual one (pgd_l2).
-            label = f"{name}_l2" if name in ("pgd", "apgd") and norm == "l2" else name
+            label = f"{name}_l2" if name in ("pgd", "apgd", "apgd-t", "apgd-dlr", "fab-t", "square") and norm == "l2" else name
             rows.append({"model": model_name, **r, "attack": label, "norm": budget_norm,
                          "steps": hyper.get("steps", _default_steps(ATTACK_NAMES[name]))})
     sanity_rows = attack_sanity(logits_fn, images, labels, model_name=model_name, attacks=attacks, eps=eps,

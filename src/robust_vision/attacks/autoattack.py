@@ -1,0 +1,314 @@
+"""AutoAttack (Croce & Hein 2020): an ensemble of parameter-free attacks run in sequence, each on
+the points every earlier attack failed on, keeping per example the first adversarial point found.
+
+Versions (as the reference's ``version=``):
+  ``standard``: APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5000 queries), Linf or L2;
+  ``rand``:     APGD-CE and APGD-DLR with expectation over transformation (EOT), for randomised
+                models (``random_logits_fn(x, key)``; the EOT surrogate averages the softmax of
+                ``eot_samples`` draws, see ``eot_logits_fn``).
+
+Fixed shapes: between stages the still-robust points are gathered on the host into batches of
+one fixed size (the last one padded and masked; a power of two below ``batch_size`` when few points
+remain), so a stage compiles once per batch size (eps traced) and
+already-fooled points cost nothing. Each example is attacked with its own key,
+fold_in(stage key, example index) (the attack is vmapped over examples), so its result does not
+depend on which other points share its batch: the run is deterministic for a key, independent of
+``batch_size``, and the ensemble is never weaker than any of its stages run alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from robust_vision.attacks._common import LogitsFn
+from robust_vision.attacks.apgd_t import apgd_dlr, apgd_t
+from robust_vision.attacks.evaluate import _check_dataset
+from robust_vision.attacks.fab import fab_t
+from robust_vision.attacks.gradient import apgd_ce
+from robust_vision.attacks.square import square
+
+VERSIONS = ("standard", "rand")
+GRADIENT_FREE = ("square",)
+# Stages weaker than APGD on a model with honest gradients: if they still find new points after
+# APGD-CE / APGD-T, the gradient attacks were misled (the reference's warning sign).
+WEAKER_STAGES = ("fab-t", "square")
+# Reference budgets (AutoAttack "standard"): what benchmarks/attack_cost.py compares against.
+REFERENCE_BUDGET = {"apgd_steps": 100, "fab_steps": 100, "square_queries": 5000, "n_targets": 9, "eot_samples": 20}
+
+
+def eot_logits_fn(random_logits_fn: Callable[[jax.Array, jax.Array], jax.Array], key: jax.Array,
+                  samples: int) -> LogitsFn:
+    """A deterministic surrogate of a randomised model: log of the mean softmax over ``samples``
+    fixed draws (keys fold_in(key, k)). Its input gradient is the gradient of the expected
+    probability, i.e. EOT with the same draws at every attack iteration (the reference draws new
+    ones each iteration)."""
+    def logits_fn(x):
+        logp = jnp.stack([jax.nn.log_softmax(random_logits_fn(x, jax.random.fold_in(key, k)).astype(jnp.float32))
+                          for k in range(samples)])
+        return jax.nn.logsumexp(logp, axis=0) - math.log(samples)
+    return logits_fn
+
+
+def stages(version: str, norm: str, *, steps: int = 100, n_targets: int = 9, fab_steps: int = 100,
+           n_queries: int = 5000) -> list[tuple[str, Callable, dict]]:
+    """(name, attack, static hyper-parameters) of each stage of ``version``, in order."""
+    if version not in VERSIONS:
+        raise ValueError(f"unknown AutoAttack version {version!r}; valid versions: {', '.join(VERSIONS)}.")
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"AutoAttack norm must be linf or l2, got {norm!r}.")
+    if version == "rand":
+        return [("apgd-ce", apgd_ce, {"norm": norm, "steps": steps}),
+                ("apgd-dlr", apgd_dlr, {"norm": norm, "steps": steps})]
+    return [("apgd-ce", apgd_ce, {"norm": norm, "steps": steps}),
+            ("apgd-t", apgd_t, {"norm": norm, "steps": steps, "n_targets": n_targets}),
+            ("fab-t", fab_t, {"norm": norm, "steps": fab_steps, "n_targets": n_targets}),
+            ("square", square, {"norm": norm, "n_queries": n_queries})]
+
+
+def _stage_impl(xb, yb, keys, eps, *, attack, hyper, logits_fn, norm):
+    """Attack each example with its own key (vmap over batch-1 attacks); return x_adv and whether
+    it is misclassified inside the ball."""
+    def one(xi, yi, ki):
+        return attack(logits_fn, xi[None], yi[None], ki, eps, **dict(hyper))[0]
+
+    x_adv = jax.vmap(one)(xb, yb, keys)
+    delta = (x_adv - xb).reshape(xb.shape[0], -1)
+    size = jnp.max(jnp.abs(delta), -1) if norm == "linf" else jnp.sqrt(jnp.sum(delta * delta, -1))
+    inside = size <= eps * (1.0 + 1e-5) + 1e-7  # float round-off of the projection
+    fooled = (jnp.argmax(logits_fn(x_adv), axis=-1) != yb) & inside
+    return x_adv, fooled
+
+
+_STAGE_CACHE: dict[tuple, Callable] = {}
+
+
+def _stage_fn(attack: Callable, hyper: dict, logits_fn: LogitsFn, norm: str) -> Callable:
+    key = (attack, tuple(sorted(hyper.items())), logits_fn, norm)
+    if key not in _STAGE_CACHE:
+        if len(_STAGE_CACHE) >= 16:  # bounded: entries hold the model's parameters
+            _STAGE_CACHE.pop(next(iter(_STAGE_CACHE)))
+        _STAGE_CACHE[key] = jax.jit(functools.partial(_stage_impl, attack=attack, hyper=tuple(sorted(hyper.items())),
+                                                      logits_fn=logits_fn, norm=norm))
+    return _STAGE_CACHE[key]
+
+
+def _crc(name: str) -> int:
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+def _run_stage(fn, images, labels, idx, key, eps, batch_size, x_adv, robust) -> int:
+    """Attack the examples ``idx`` in fixed-size batches; update x_adv / robust in place; return
+    how many were newly fooled."""
+    new = 0
+    if len(idx) == 0:
+        return 0
+    # Few points left (the usual case after APGD-CE): a smaller power-of-two batch, so a handful
+    # of robust points does not pay for a full batch (at most log2(batch_size) extra compilations).
+    batch_size = min(batch_size, 1 << (len(idx) - 1).bit_length())
+    for start in range(0, len(idx), batch_size):
+        sel = idx[start:start + batch_size]
+        pad = batch_size - len(sel)
+        sel_p = np.concatenate([sel, np.full(pad, sel[0])]) if pad else sel
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(sel_p, jnp.int32))
+        xa, fooled = fn(jnp.asarray(images[sel_p]), jnp.asarray(labels[sel_p]), keys, jnp.float32(eps))
+        xa, fooled = np.asarray(xa)[:len(sel)], np.asarray(fooled)[:len(sel)]
+        hit = sel[fooled]
+        x_adv[hit] = xa[fooled]
+        robust[hit] = False
+        new += int(fooled.sum())
+    return new
+
+
+def run_autoattack(logits_fn: LogitsFn, images: Any, labels: Any, eps: float, norm: str, key: jax.Array,
+                   version: str = "standard", batch_size: int = 256, *, steps: int = 100, n_targets: int = 9,
+                   fab_steps: int = 100, n_queries: int = 5000, random_logits_fn: Callable | None = None,
+                   eot_samples: int = 20, standalone: bool = False, return_adversarial: bool = False) -> dict:
+    """AutoAttack robust accuracy of ``logits_fn`` over a whole dataset at one budget.
+
+    Args:
+      logits_fn: images (B, H, W, C) in [0, 1] -> logits (B, K), deterministic, eval mode.
+      images: (N, H, W, C) float in [0, 1]; labels: (N,) int.
+      eps: budget in [0, 1] pixel units (Linf or L2 radius); norm: "linf" or "l2".
+      key: PRNG key; stage s uses fold_in(key, crc32(name)), example j fold_in(that, j).
+      version: "standard" or "rand" (EOT over ``random_logits_fn(x, key)`` when given).
+      batch_size: fixed batch size of every stage (one compilation per stage).
+      steps / n_targets / fab_steps / n_queries: the stages' budgets (reference defaults).
+      standalone: also run every stage alone on all clean-correct points (its own robust
+        accuracy, for the "ensemble <= every stage" comparison; costs one more pass per stage).
+      return_adversarial: include ``x_adv`` (N, H, W, C) and ``robust`` (N,) in the result.
+    Returns: dict with ``version, norm, eps, n_examples, clean_accuracy, robust_accuracy``,
+      ``stages`` (per stage: name, robust_accuracy after it, new_adversarial, and
+      standalone_robust_accuracy when asked) and ``flags`` (see ``autoattack_flags``).
+    """
+    images, labels = _check_dataset(images, labels, batch_size)
+    if not float(eps) >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}.")
+    plan = stages(version, norm, steps=steps, n_targets=n_targets, fab_steps=fab_steps, n_queries=n_queries)
+    if version == "rand" and random_logits_fn is not None:
+        logits_fn = eot_logits_fn(random_logits_fn, jax.random.fold_in(key, _crc("eot")), eot_samples)
+    n = images.shape[0]
+    batch_size = min(batch_size, n)
+    fwd = jax.jit(lambda x: jnp.argmax(logits_fn(x), axis=-1))
+    pred = np.concatenate([np.asarray(fwd(jnp.asarray(images[i:i + batch_size]))) for i in range(0, n, batch_size)])
+    correct = pred == labels  # robust accuracy counts only points classified correctly when clean
+    robust = correct.copy()
+    x_adv = images.copy()
+    rows = []
+    for name, attack, hyper in plan:
+        fn = _stage_fn(attack, hyper, logits_fn, norm)
+        stage_key = jax.random.fold_in(key, _crc(name))
+        new = _run_stage(fn, images, labels, np.nonzero(robust)[0], stage_key, eps, batch_size, x_adv, robust)
+        row = {"attack": name, "robust_accuracy": float(robust.mean()), "new_adversarial": new, **hyper}
+        if standalone:
+            alone = correct.copy()
+            _run_stage(fn, images, labels, np.nonzero(correct)[0], stage_key, eps, batch_size, images.copy(), alone)
+            row["standalone_robust_accuracy"] = float(alone.mean())
+        rows.append(row)
+    result = {"version": version, "norm": norm, "eps": float(eps), "n_examples": int(n),
+              "clean_accuracy": float(correct.mean()), "robust_accuracy": float(robust.mean()), "stages": rows}
+    result["flags"] = autoattack_flags(result)
+    if return_adversarial:
+        result["x_adv"], result["robust"] = x_adv, robust
+    return result
+
+
+def autoattack_flags(result: dict, sweep: Sequence[dict] = ()) -> dict[str, Any]:
+    """AutoAttack's warning signs (each True = suspicious, the robustness is likely overestimated):
+
+    ``later_stage_found_new``: a weaker stage (FAB-T, Square) found points APGD-CE and APGD-T
+      missed (gradient masking or a badly converged gradient attack);
+    ``gradient_free_beat_gradient``: Square found points every gradient attack missed;
+    ``not_decreasing_with_eps``: over ``sweep`` (results at several eps, plus clean accuracy at
+      eps 0) robust accuracy rises with eps by more than 1/N.
+    """
+    st = result["stages"]
+    later = [r["attack"] for r in st if r["attack"] in WEAKER_STAGES and r["new_adversarial"] > 0]
+    flags: dict[str, Any] = {
+        "later_stage_found_new": bool(later), "stages_finding_new": later,
+        "gradient_free_beat_gradient": any(r["attack"] in GRADIENT_FREE and r["new_adversarial"] > 0 for r in st),
+    }
+    points = sorted([(0.0, result["clean_accuracy"])] + [(r["eps"], r["robust_accuracy"]) for r in [result, *sweep]])
+    tol = 1.0 / max(result["n_examples"], 1)
+    flags["not_decreasing_with_eps"] = any(b[1] > a[1] + tol for a, b in zip(points, points[1:]))
+    return flags
+
+
+def _pct(v: float) -> str:
+    return f"{100.0 * v:.2f}"
+
+
+def robustbench_record(results: Sequence[dict], *, model_name: str = "", dataset: str = "") -> dict:
+    """The RobustBench-style record of one or more AutoAttack results (one per eps): their
+    ``clean_acc`` / ``autoattack_acc`` percent strings, ``threat_model`` (Linf / L2), ``eps``, plus
+    the numbers in [0, 1], the number of examples, the version and every stage."""
+    if not results:
+        raise ValueError("robustbench_record needs at least one AutoAttack result.")
+    main = max(results, key=lambda r: r["eps"])
+    sweep = [r for r in results if r is not main]
+    flags = autoattack_flags(main, sweep)
+    return {
+        "name": model_name, **({"dataset": dataset} if dataset else {}), "threat_model": {"linf": "Linf", "l2": "L2"}[main["norm"]],
+        "eps": main["eps"], "clean_acc": _pct(main["clean_accuracy"]), "autoattack_acc": _pct(main["robust_accuracy"]),
+        "clean_accuracy": main["clean_accuracy"], "robust_accuracy": main["robust_accuracy"],
+        "n_examples": main["n_examples"], "attack_version": main["version"], "norm": main["norm"],
+        "stages": main["stages"], "flags": flags,
+        "per_eps": [{k: r[k] for k in ("eps", "clean_accuracy", "robust_accuracy", "stages")} for r in results],
+    }
+
+
+def write_autoattack_json(path: str | Path, result: dict | Sequence[dict], **meta: Any) -> Path:
+    """Write ``robustbench_record`` of ``result`` (one result or a list, one per eps) to ``path``."""
+    results = [result] if isinstance(result, dict) else list(result)
+    clean = [{k: v for k, v in r.items() if k not in ("x_adv", "robust")} for r in results]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(robustbench_record(clean, **meta), indent=2) + "\n")
+    return path
+
+
+def format_autoattack(result: dict, model_name: str = "") -> str:
+    """Per-stage robust accuracy, the final one and the flags, for the terminal."""
+    head = f"AutoAttack ({result['version']}, {result['norm']}, eps={result['eps']:.4g}, n={result['n_examples']})"
+    lines = [f"{model_name}: {head}" if model_name else head, f"  clean accuracy          {result['clean_accuracy']:.4f}"]
+    for r in result["stages"]:
+        alone = f"  (alone {r['standalone_robust_accuracy']:.4f})" if "standalone_robust_accuracy" in r else ""
+        lines.append(f"  after {r['attack']:<16} {r['robust_accuracy']:.4f}  (+{r['new_adversarial']} adversarial){alone}")
+    lines.append(f"  robust accuracy         {result['robust_accuracy']:.4f}")
+    f = result["flags"]
+    warn = []
+    if f["later_stage_found_new"]:
+        warn.append(f"weaker later stages found new adversarial points ({', '.join(f['stages_finding_new'])}): "
+                    "possible gradient masking")
+    if f["gradient_free_beat_gradient"]:
+        warn.append("the gradient-free Square attack beat the gradient attacks: gradients are unreliable")
+    if f["not_decreasing_with_eps"]:
+        warn.append("robust accuracy does not decrease with eps")
+    lines += [f"  FLAG: {w}" for w in warn] or ["  flags: none"]
+    return "\n".join(lines)
+
+
+AUTOATTACK_NAMES = {"autoattack": "standard", "autoattack-rand": "rand"}  # CLI name -> version
+
+
+def adversarial_margins(logits_fn: LogitsFn, x_adv: np.ndarray, labels: np.ndarray, batch_size: int) -> np.ndarray:
+    """Logit margin z_y - max_{j != y} z_j at the adversarial points, (N,)."""
+    from robust_vision.evaluation.metrics import logit_margin
+
+    fn = jax.jit(lambda x, y: logit_margin(logits_fn(x).astype(jnp.float32), y))
+    return np.concatenate([np.asarray(fn(jnp.asarray(x_adv[i:i + batch_size]), jnp.asarray(labels[i:i + batch_size])))
+                           for i in range(0, len(labels), batch_size)])
+
+
+def _clean_accuracy(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, batch_size: int) -> float:
+    fwd = jax.jit(lambda x: jnp.argmax(logits_fn(x), axis=-1))
+    pred = np.concatenate([np.asarray(fwd(jnp.asarray(images[i:i + batch_size])))
+                           for i in range(0, len(labels), batch_size)])
+    return float(np.mean(pred == labels))
+
+
+def autoattack_suite(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *, model_name: str, name: str,
+                     eps: Sequence[float], norm: str, key: jax.Array, batch_size: int = 256,
+                     steps: int | None = None, verbose: bool = True) -> tuple[list[dict], list[dict]]:
+    """AutoAttack at every budget of ``eps`` for the evaluation suite (robust-vision-eval).
+
+    Returns (rows in the attack_results.csv format: ``attack`` = name (``_l2`` appended for L2),
+    ``eps``, ``steps``, ``accuracy``, ``margin``, ``snr``, ``snr_median``, ``n``, ``norm``; eps = 0 is
+    the clean row, not attacked), and the ``run_autoattack`` results of the positive budgets.
+    ``steps`` sets APGD's and FAB's iterations (None = 100, the reference's)."""
+    from robust_vision.evaluation.metrics import snr_summary
+
+    version = AUTOATTACK_NAMES[name]
+    budget = {} if steps is None else {"steps": int(steps), "fab_steps": int(steps)}
+    label = f"{name}_l2" if norm == "l2" else name
+    rows, results = [], []
+    batch_size = min(batch_size, len(labels))
+    for e in eps:
+        if e > 0:
+            r = run_autoattack(logits_fn, images, labels, float(e), norm, jax.random.fold_in(key, _crc(name)),
+                               version, batch_size, return_adversarial=True, **budget)
+            x_adv = r.pop("x_adv")
+            r.pop("robust")
+            results.append(r)
+            if verbose:
+                print(format_autoattack(r, model_name))
+        else:
+            x_adv = images
+        margin = adversarial_margins(logits_fn, x_adv, labels, batch_size)
+        # eps = 0: the clean accuracy (the same argmax rule as run_autoattack's clean pass).
+        acc = results[-1]["robust_accuracy"] if e > 0 else _clean_accuracy(logits_fn, images, labels, batch_size)
+        rows.append({"model": model_name, "attack": label, "eps": float(e), "accuracy": acc,
+                     "margin": float(np.mean(margin, dtype=np.float64)), **snr_summary(margin), "n": int(len(labels)),
+                     "norm": norm, "steps": budget.get("steps", REFERENCE_BUDGET["apgd_steps"])})
+    if results:
+        for r in results:
+            r["flags"] = autoattack_flags(r, [o for o in results if o is not r])
+    return rows, results

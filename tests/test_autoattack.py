@@ -1,0 +1,212 @@
+"""AutoAttack ensemble and its attacks (APGD-T, FAB-T, Square) on tiny models with known answers."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from robust_vision.attacks import get_attack
+from robust_vision.attacks.apgd_t import apgd_t, dlr_loss, dlr_targeted_loss
+from robust_vision.attacks.autoattack import run_autoattack, write_autoattack_json
+from robust_vision.attacks.fab import fab_t_minimal
+from robust_vision.attacks.gradient import apgd_ce
+from robust_vision.attacks.square import square_trace
+
+SHAPE = (8, 8, 1)
+
+
+def _mlp(seed: int, n_classes: int = 10, scale: float = 1.0):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    w1 = jax.random.normal(k1, (int(np.prod(SHAPE)), 32)) / 4.0
+    w2 = jax.random.normal(k2, (32, n_classes)) / 2.0
+
+    def logits_fn(x):
+        return scale * (jnp.tanh(x.reshape(x.shape[0], -1) @ w1 - 0.5) @ w2)
+    return logits_fn
+
+
+def _data(logits_fn, n: int, seed: int = 1):
+    x = jax.random.uniform(jax.random.key(seed), (n,) + SHAPE)
+    return x, jnp.argmax(logits_fn(x), -1).astype(jnp.int32)  # labels = clean predictions
+
+
+@jax.custom_vjp
+def _no_grad_identity(x):
+    return x
+
+
+def _fwd(x):
+    return x, None
+
+
+def _bwd(_, g):
+    # Any use of a gradient through this model fails loudly (at trace time, under jit).
+    raise AssertionError("a gradient of the model was requested")
+
+
+_no_grad_identity.defvjp(_fwd, _bwd)
+
+
+@jax.custom_vjp
+def _zero_grad_identity(x):
+    return x
+
+
+_zero_grad_identity.defvjp(lambda x: (x, None), lambda _, g: (jnp.zeros_like(g),))
+
+
+def test_dlr_losses_known_values_and_scale_invariance():
+    z = jnp.array([[3.0, 1.0, 0.0, -1.0], [0.0, 2.0, 1.0, -1.0]])
+    y = jnp.array([0, 0])
+    # Row 0 correct: -(3 - 1) / (3 - 0); row 1 wrong: -(0 - 2) / (2 - 0).
+    np.testing.assert_allclose(dlr_loss(z, y), [-2 / 3, 1.0], rtol=1e-6)
+    t = jnp.array([3, 1])
+    # -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)
+    np.testing.assert_allclose(dlr_targeted_loss(z, y, t), [-4 / 3.5, 2 / 2.5], rtol=1e-6)
+    np.testing.assert_allclose(dlr_loss(1e4 * z + 7.0, y), dlr_loss(z, y), rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fab_finds_analytic_distance_of_linear_classifier(norm):
+    d = int(np.prod(SHAPE))
+    w = jax.random.normal(jax.random.key(3), (d, 2)) * 0.3
+    b = jnp.array([0.4, 0.0])
+
+    def logits_fn(x):
+        return x.reshape(x.shape[0], -1) @ w + b
+
+    x = 0.4 + 0.2 * jax.random.uniform(jax.random.key(4), (6,) + SHAPE)
+    y = jnp.argmax(logits_fn(x), -1).astype(jnp.int32)
+    t = 1 - y
+    wd = (w[:, 1] - w[:, 0])[None] * jnp.where(t == 1, 1.0, -1.0)[:, None]  # w_t - w_y per example
+    gap = jnp.take_along_axis(logits_fn(x), y[:, None], 1)[:, 0] - jnp.take_along_axis(logits_fn(x), t[:, None], 1)[:, 0]
+    if norm == "linf":
+        dist = gap / jnp.sum(jnp.abs(wd), -1)
+        step = dist[:, None] * jnp.ones_like(wd)
+    else:
+        dist = gap / jnp.linalg.norm(wd, axis=-1)
+        step = jnp.abs(dist[:, None] * wd / jnp.linalg.norm(wd, axis=-1, keepdims=True))
+    assert float(jnp.max(step)) < 0.4  # the minimal perturbation stays inside [0, 1]: the formula is exact
+
+    x_adv, found = jax.jit(lambda x, y: fab_t_minimal(logits_fn, x, y, None, norm=norm, steps=30))(x, y)
+    np.testing.assert_array_less(np.asarray(dist) * (1 - 1e-4), np.asarray(found))  # never below the optimum
+    np.testing.assert_array_less(np.asarray(found), np.asarray(dist) * 1.01)       # and within 1% of it
+    assert bool(jnp.all(jnp.argmax(logits_fn(x_adv), -1) != y))
+    delta = (x_adv - x).reshape(x.shape[0], -1)
+    size = jnp.max(jnp.abs(delta), -1) if norm == "linf" else jnp.linalg.norm(delta, axis=-1)
+    np.testing.assert_allclose(size, found, rtol=1e-5)
+
+
+def test_apgd_t_beats_apgd_ce_on_a_model_that_masks_the_ce_gradient():
+    masked = _mlp(0, scale=1e4)  # softmax saturates: the CE gradient underflows to zero
+    x, y = _data(masked, 32)
+    eps = 0.15
+    key = jax.random.key(5)
+    x_ce = jax.jit(lambda x, y: apgd_ce(masked, x, y, key, eps, steps=20))(x, y)
+    x_t = jax.jit(lambda x, y: apgd_t(masked, x, y, key, eps, steps=20, n_targets=3))(x, y)
+    succ_ce = float(jnp.mean(jnp.argmax(masked(x_ce), -1) != y))
+    succ_t = float(jnp.mean(jnp.argmax(masked(x_t), -1) != y))
+    assert succ_t >= succ_ce
+    assert succ_t >= 0.5 and succ_t > succ_ce + 0.25, (succ_ce, succ_t)
+    assert float(jnp.max(jnp.abs(x_t - x))) <= eps + 1e-6
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.15), ("l2", 1.5)])
+def test_square_is_gradient_free_and_lowers_the_margin_monotonically(norm, eps):
+    base = _mlp(0)
+    model = lambda x: base(_no_grad_identity(x))  # noqa: E731  (any gradient raises)
+    x, y = _data(base, 16)
+    x_adv, history = jax.jit(lambda x, y: square_trace(model, x, y, jax.random.key(6), eps, norm=norm,
+                                                       n_queries=300))(x, y)
+    history = np.asarray(history)
+    assert history.shape == (300, 16)
+    assert np.all(np.diff(history, axis=0) <= 0.0)          # never accepts a worse point
+    assert np.all((history[-1] < history[0]) | (history[0] <= 0))  # improves every point not fooled at the start
+    success = np.mean(np.asarray(jnp.argmax(base(x_adv), -1) != y))
+    assert success >= 0.5, success
+    delta = (x_adv - x).reshape(16, -1)
+    size = jnp.max(jnp.abs(delta), -1) if norm == "linf" else jnp.linalg.norm(delta, axis=-1)
+    assert float(jnp.max(size)) <= eps * (1 + 1e-5)
+    assert float(jnp.min(x_adv)) >= 0.0 and float(jnp.max(x_adv)) <= 1.0
+    # Square at eps = 0 returns x exactly.
+    x0, _ = square_trace(model, x, y, jax.random.key(6), 0.0, norm=norm, n_queries=3)
+    np.testing.assert_array_equal(np.asarray(x0), np.asarray(x))
+
+
+SMALL = dict(steps=5, fab_steps=5, n_queries=100, n_targets=3, batch_size=16)
+
+
+def test_ensemble_not_weaker_than_any_stage_and_deterministic(tmp_path):
+    model = _mlp(2)
+    x, y = _data(model, 24, seed=7)
+    x, y = np.array(x), np.array(y)
+    y[:3] = (y[:3] + 1) % 10  # a few misclassified points: clean accuracy < 1
+    r = run_autoattack(model, x, y, 0.06, "linf", jax.random.key(8), standalone=True, return_adversarial=True,
+                       **SMALL)
+    accs = [s["robust_accuracy"] for s in r["stages"]]
+    assert [s["attack"] for s in r["stages"]] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert r["clean_accuracy"] == pytest.approx(21 / 24)
+    assert all(b <= a for a, b in zip(accs, accs[1:])) and r["robust_accuracy"] == accs[-1]
+    assert all(r["robust_accuracy"] <= s["standalone_robust_accuracy"] for s in r["stages"])
+    assert r["robust_accuracy"] < r["clean_accuracy"]
+    assert sum(s["new_adversarial"] for s in r["stages"]) == round((r["clean_accuracy"] - r["robust_accuracy"]) * 24)
+    # The kept points are adversarial and inside the ball; the robust ones are misclassified nowhere.
+    fooled = ~r["robust"] & (np.asarray(jnp.argmax(model(jnp.asarray(x)), -1)) == y)
+    assert np.all(np.asarray(jnp.argmax(model(jnp.asarray(r["x_adv"][fooled])), -1)) != y[fooled])
+    assert np.max(np.abs(r["x_adv"] - x)) <= 0.06 + 1e-6
+    # Same key -> the same result, bit for bit (the compiled stages are reused).
+    again = run_autoattack(model, x, y, 0.06, "linf", jax.random.key(8), return_adversarial=True, **SMALL)
+    np.testing.assert_array_equal(again["x_adv"], r["x_adv"])
+
+    path = write_autoattack_json(tmp_path / "autoattack.json", r, model_name="mlp")
+    rec = json.loads(path.read_text())
+    assert rec["threat_model"] == "Linf" and rec["eps"] == 0.06 and rec["n_examples"] == 24
+    assert rec["attack_version"] == "standard" and rec["autoattack_acc"] == f"{100 * r['robust_accuracy']:.2f}"
+    assert rec["clean_acc"] == f"{100 * 21 / 24:.2f}" and len(rec["stages"]) == 4
+
+
+def test_flags_gradient_free_attack_beats_gradients_on_a_zero_gradient_model():
+    base = _mlp(0)
+    model = lambda x: base(_zero_grad_identity(x))  # noqa: E731  (input gradient exactly zero)
+    x, y = _data(base, 16)
+    r = run_autoattack(model, np.asarray(x), np.asarray(y), 0.15, "linf", jax.random.key(9), **SMALL)
+    new = {s["attack"]: s["new_adversarial"] for s in r["stages"]}
+    assert new["square"] > 0
+    assert r["flags"]["gradient_free_beat_gradient"] and r["flags"]["later_stage_found_new"]
+    assert "square" in r["flags"]["stages_finding_new"]
+
+
+def test_registry_and_bad_input():
+    for name in ("apgd_t", "apgd_dlr", "fab_t", "square"):
+        assert callable(get_attack(name))
+    with pytest.raises(ValueError, match="version"):
+        run_autoattack(_mlp(0), np.zeros((2,) + SHAPE, np.float32), np.zeros(2, np.int32), 0.1, "linf",
+                       jax.random.key(0), version="plus")
+    with pytest.raises(ValueError, match="norm"):
+        square_trace(_mlp(0), jnp.zeros((2,) + SHAPE), jnp.zeros(2, jnp.int32), jax.random.key(0), 0.1, norm="l1")
+
+
+def test_l1_projection_and_apgd_l1_stay_in_the_l1_ball_and_box():
+    from robust_vision.attacks.apgd_l1 import apgd_l1, project_l1_box
+
+    x = jnp.full((2, 2, 2, 1), 0.5)
+    u = jnp.array([0.3, -0.2, 0.1, 0.0, 0.05, 0.05, 0.05, 0.05]).reshape(2, 2, 2, 1)
+    d = project_l1_box(x, u, 0.3)
+    # Row 0: soft-threshold at lam = 0.1 -> (0.2, -0.1, 0, 0), L1 = 0.3; row 1 is inside already.
+    np.testing.assert_allclose(np.asarray(d).reshape(2, -1), [[0.2, -0.1, 0.0, 0.0], [0.05] * 4], atol=1e-6)
+    # The box binds: x = 0.9 leaves 0.1 of room upwards.
+    d = project_l1_box(jnp.full((1, 1, 2, 1), 0.9), jnp.array([0.5, 0.0]).reshape(1, 1, 2, 1), 1.0)
+    np.testing.assert_allclose(np.asarray(d).ravel(), [0.1, 0.0], atol=1e-6)
+
+    model = _mlp(0)
+    x, y = _data(model, 16)
+    eps = 3.0
+    x_adv = jax.jit(lambda x, y: apgd_l1(model, x, y, jax.random.key(1), eps, steps=20))(x, y)
+    l1 = jnp.sum(jnp.abs(x_adv - x).reshape(16, -1), -1)
+    assert float(jnp.max(l1)) <= eps * (1 + 1e-4)
+    assert float(jnp.min(x_adv)) >= 0.0 and float(jnp.max(x_adv)) <= 1.0
+    assert float(jnp.mean(jnp.argmax(model(x_adv), -1) != y)) >= 0.5
