@@ -75,3 +75,33 @@ def test_published_cifar10_c_table(digits_run, tmp_path):
     assert len(same) == 1 and round(same.pop() * n, 9) % 1 == 0
     rows, aggregate = corruption_summary(errors)
     assert [r["corruption"] for r in rows] == ["contrast", "gaussian_noise"] and aggregate["mce"] is None
+
+
+def test_eval_cli_published_cifar10_c_writes_the_corruption_tables(digits_run, tmp_path, capsys):
+    """`robust-vision-eval --suite cifar10-c DIR` evaluates the published files only (no noise grid)
+    and writes the generated suite's tables: identical images at every severity give one error."""
+    import csv
+
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    n = 12
+    clean = np.rint(digits.images[:n, ..., None] * 255 / 16).astype(np.uint8)  # 8x8 gray, the run's input
+    folder = tmp_path / "CIFAR-10-C"
+    folder.mkdir()
+    np.save(folder / "labels.npy", np.tile(digits.target[:n], 5))
+    np.save(folder / "gaussian_noise.npy", np.concatenate([clean] * 5))
+    out = tmp_path / "out"
+    assert eval_main(["--checkpoint", str(digits_run), "--output", str(out), "--no-plots", "--quiet",
+                      "--suite", "cifar10-c", str(folder)]) == 0
+    assert not (out / "robustness_results.csv").exists()  # only the part asked for ran
+    with (out / "corruption_results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["corruption"], int(r["severity"])) for r in rows] == [("gaussian_noise", s) for s in range(1, 6)]
+    assert len({r["error"] for r in rows}) == 1 and all(int(r["n"]) == n for r in rows)
+    suite = json.loads((out / "results.json").read_text())["suite"]["corruptions"]
+    assert suite["suite"] == "cifar10-c" and suite["suite_data"] == str(folder)
+    # three words after --suite: one-line error, exit 2, nothing written
+    assert eval_main(["--checkpoint", str(digits_run), "--output", str(tmp_path / "o2"), "--suite", "a", "b",
+                      "c"]) == 2
+    assert "--suite" in capsys.readouterr().err and not (tmp_path / "o2").exists()

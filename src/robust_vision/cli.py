@@ -207,6 +207,13 @@ def _eval_config(args: argparse.Namespace):
             if isinstance(value, list):
                 value = "[" + ", ".join(str(v) for v in value) + "]"
             overrides.append(f"{key}={value}")
+    if args.suite is not None:  # --suite NAME [DIR]: DIR holds published corrupted files
+        if len(args.suite) > 2:
+            raise ValueError(f"--suite: got {' '.join(args.suite)}; expected NAME or NAME DIR "
+                             "(e.g. --suite imagenet-c, or --suite cifar10-c ./CIFAR-10-C)")
+        if len(args.suite) == 2:
+            overrides.append(f"evaluation.suite_data={json.dumps(args.suite[1])}")
+        args.suite = args.suite[0]
     for attr, key in suite_keys.items():
         value = getattr(args, attr)
         if value is not None:
@@ -267,8 +274,8 @@ def _eval(args: argparse.Namespace) -> int:
     from robust_vision.preflight import check_output_dir
 
     check_output_dir(ecfg.output_dir)  # an --output that is a file fails before the evaluation
-    if ecfg.suite != "none":
-        suite.resolve_suite(ecfg.suite)
+    if ecfg.suite != "none" and ecfg.suite_data is None:
+        suite.resolve_suite(ecfg.suite)  # a generated suite; published files are checked when opened
     suite.check_attacks(ecfg.attacks, ecfg.attack_norm)  # bad attack settings fail before any work
     plan = runner.plan_parts(ecfg, parts=runner.parse_parts(args.parts), asked=_asked_parts(args))
     model = load_trained_model(args.checkpoint, cfg if explicit_config else None)
@@ -348,7 +355,9 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile-cache", dest="no_compile_cache", action="store_true",
                         help="do not use the persistent compilation cache (ROBUST_VISION_CACHE_DIR=off)")
     g = parser.add_argument_group("corruption benchmark")
-    g.add_argument("--suite", metavar="NAME", help="imagenet-c (15 corruptions, mCE), imagenet-c-all (+4 held-out) or none")
+    g.add_argument("--suite", nargs="+", metavar="NAME [DIR]",
+                   help="imagenet-c (15 corruptions, mCE), imagenet-c-all (+4 held-out) or none; with DIR, the "
+                        "published files there: cifar10-c DIR, cifar100-c DIR, imagenet-c DIR, tiny-imagenet-c DIR")
     g.add_argument("--severities", nargs="+", type=int, metavar="S", help="ImageNet-C severities, e.g. 1 2 3 4 5")
     g.add_argument("--corruption-scale", dest="corruption_scale", metavar="SCALE", help="parameter table: auto, imagenet or cifar")
     g.add_argument("--reference", metavar="RUN", help="run directory of the reference model for CE / mCE")

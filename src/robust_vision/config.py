@@ -245,8 +245,13 @@ class EvaluationConfig:
     # Robustness suite (docs/EVALUATION.md). Corruptions, attacks and certification are off
     # by default (they cost minutes on large sets); calibration is one forward pass per noise
     # condition, so it is on.
-    suite: Literal["none", "imagenet-c", "imagenet-c-all"] = _f(
-        "none", help="corruption benchmark: imagenet-c (15 corruptions, mCE), imagenet-c-all (+4 held-out) or none")
+    suite: Literal["none", "imagenet-c", "imagenet-c-all", "cifar10-c", "cifar100-c", "tiny-imagenet-c"] = _f(
+        "none", help="corruption benchmark: imagenet-c (15 corruptions, mCE), imagenet-c-all (+4 held-out) or none; "
+                     "with suite_data, the layout of published files: cifar10-c, cifar100-c, imagenet-c, "
+                     "tiny-imagenet-c")
+    suite_data: Optional[str] = _f(
+        None, help="folder of published pre-corrupted files (CIFAR-10-C .npy files, an ImageNet-C tree; docs/DATA.md) "
+                   "to evaluate instead of generating the corruptions (null = generate them)")
     severities: list[int] = _f(factory=lambda: [1, 2, 3, 4, 5], min=1, max=5,
                                help="ImageNet-C severities to evaluate (integers 1..5; CE sums over them)")
     corruption_scale: Literal["auto", "imagenet", "cifar"] = _f(

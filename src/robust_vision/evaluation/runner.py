@@ -135,6 +135,8 @@ def corruption_part(ctx: EvalContext) -> dict:
     from robust_vision.evaluation.loading import load_trained_model
 
     ecfg, split = ctx.cfg.evaluation, ctx.split
+    if ecfg.suite_data is not None:
+        return published_corruption_part(ctx)
     corruptions = suite.resolve_suite(ecfg.suite)
     scale = suite.resolve_scale(ecfg.corruption_scale, ctx.dataset.image_shape)
     key = suite.part_key(ecfg.seed, "corruptions")
@@ -164,6 +166,62 @@ def corruption_part(ctx: EvalContext) -> dict:
         summary += ref_summary
         aggregates.append(ref_agg)
     return {"suite": ecfg.suite, "scale": scale, "severities": list(ecfg.severities),
+            "reference": reference.model if reference else None,
+            "reference_checkpoint": ecfg.reference_checkpoint, "results": rows, "summary": summary,
+            "aggregate": aggregates}
+
+
+def _clean_error(logits_fn, images, labels, batch_size: int) -> float:
+    """Top-1 error of ``logits_fn`` on the clean split (whole split, padding masked)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from robust_vision.evaluation.batched import collect_per_example
+
+    correct = jax.jit(lambda x, y, _i: {"correct": (jnp.argmax(logits_fn(x), -1) == y).astype(jnp.float32)})
+    return 1.0 - float(np.mean(collect_per_example(correct, images, labels, batch_size)["correct"]))
+
+
+def published_corruption_part(ctx: EvalContext) -> dict:
+    """The corruption part on published pre-corrupted files (``evaluation.suite_data``, layout
+    ``evaluation.suite``): the same per-corruption x severity rows, summary and CE / mCE as the
+    generated suite; the clean error is that of the evaluated split (``--data`` / the config's)."""
+    from dataclasses import replace as dc_replace
+
+    from robust_vision.data.published import published_corruption_errors
+    from robust_vision.evaluation import suite
+    from robust_vision.evaluation.loading import load_trained_model
+
+    ecfg, split = ctx.cfg.evaluation, ctx.split
+
+    def errors_of(model, logits_fn):
+        errors = published_corruption_errors(logits_fn, ecfg.suite_data, ecfg.suite, model.input_shape,
+                                             model.num_classes, model_name=model.name, batch_size=ecfg.batch_size)
+        return dc_replace(errors, clean_error=_clean_error(logits_fn, split.images, split.labels, ecfg.batch_size))
+
+    reference = None
+    if ecfg.reference_checkpoint:
+        ref_model = load_trained_model(ecfg.reference_checkpoint, None)
+        if ref_model.name in {m.name for m in ctx.models}:
+            ref_model.name = f"{ref_model.name} (reference)"
+        reference = errors_of(ref_model, ref_model.logits_fn())
+    rows, summary, aggregates = [], [], []
+    with _progress(ctx, len(ctx.models), "corruptions (published)") as bar:
+        for m in ctx.models:
+            errors = errors_of(m, ctx.logits_fns[m.name])
+            m_summary, agg = suite.corruption_summary(errors, reference)
+            rows += errors.rows()
+            summary += m_summary
+            aggregates.append(agg)
+            bar.update(1)
+    if reference is not None:
+        ref_summary, ref_agg = suite.corruption_summary(reference, reference)
+        rows += reference.rows()
+        summary += ref_summary
+        aggregates.append(ref_agg)
+    severities = sorted({r["severity"] for r in rows}) if rows else []
+    return {"suite": ecfg.suite, "suite_data": ecfg.suite_data, "scale": "published", "severities": severities,
             "reference": reference.model if reference else None,
             "reference_checkpoint": ecfg.reference_checkpoint, "results": rows, "summary": summary,
             "aggregate": aggregates}
