@@ -401,7 +401,10 @@ def test_output_that_is_a_file_fails_first(tmp_path, trained_run, capsys):
     assert "is a file, not a directory" in _one_error_line(capsys)
     assert time.process_time() - t0 < 10  # refused before the evaluation ran
     assert out.read_text() == "keep me"
-    assert check_output_dir(tmp_path / "new" / "dir").is_dir()
+    new = tmp_path / "new" / "dir"
+    assert check_output_dir(new) == new and not (tmp_path / "new").exists()  # checked, nothing created
+    with pytest.raises(ValueError, match="is a file"):
+        check_output_dir(out / "sub")  # under a file: cannot be created
 
 
 # --------------------------------------------------------------------------- image folders (data layer)

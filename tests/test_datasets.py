@@ -373,7 +373,7 @@ def test_mnist_idx_errors(tmp_path):
         load_dataset(cfg(dataset_name="mnist", data_dir=str(tmp_path / "empty")))
 
 
-@pytest.mark.skipif(not MNIST_TEST_DIR.is_dir(), reason=f"shared MNIST test files not at {MNIST_TEST_DIR}")
+@pytest.mark.skipif(not MNIST_TEST_DIR.is_dir(), reason="the shared MNIST test files (shared/data/mnist_test beside the checkout) are not present")
 def test_mnist_shared_test_files():
     ds = load_dataset(cfg(dataset_name="mnist", data_dir=str(MNIST_TEST_DIR)))
     check_invariants(ds)

@@ -240,16 +240,16 @@ def to_host(tree: Any) -> Any:
 
 
 def gather_batches(outputs: list[dict[str, jax.Array]]) -> dict[str, np.ndarray]:
-    """Per-batch outputs ``[{name: (B,) array}, ...]`` -> ``{name: (n_batches * B,) ndarray}`` in
+    """Per-batch outputs ``[{name: (B, ...) array}, ...]`` -> ``{name: (n_batches * B, ...) ndarray}`` in
     batch order, gathered across processes (one all-gather per name, not per batch)."""
     if not outputs:
         return {}
     if process_count() == 1:
         fetched = jax.device_get(outputs)
-        return {k: np.concatenate([np.asarray(o[k]).reshape(-1) for o in fetched]) for k in fetched[0]}
+        return {k: np.concatenate([np.asarray(o[k]) for o in fetched]) for k in fetched[0]}
     import jax.numpy as jnp
 
-    stacked = {k: jnp.concatenate([o[k].reshape(-1) for o in outputs]) for k in outputs[0]}
+    stacked = {k: jnp.concatenate([o[k] for o in outputs]) for k in outputs[0]}
     return to_host(stacked)
 
 

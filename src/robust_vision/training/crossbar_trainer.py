@@ -198,7 +198,7 @@ def train_local_rule(cfg: Config, *, resume: bool = False, log: Callable[[str], 
     W = init_crossbar(init_key, d, k)
 
     def state_of(W: jax.Array, step: int) -> dict:
-        model.W.value = W
+        model.W[...] = W
         parts = split_model(model)
         return {**init_train_state(parts, tx, False), "step": jnp.asarray(step, jnp.int32)}
 
@@ -209,7 +209,7 @@ def train_local_rule(cfg: Config, *, resume: bool = False, log: Callable[[str], 
     if resume and store.latest_epoch() is not None:
         state, meta = store.restore(state_of(W, 0))
         nnx.update(model, state["params"])
-        W = model.W.value
+        W = model.W[...]
         start_epoch = int(meta["epoch"]) + 1
         best_value, best_epoch = meta.get("best_value"), meta.get("best_epoch")
         diverged_epoch = meta.get("diverged_epoch")
