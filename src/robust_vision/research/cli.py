@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--experiment", choices=["study", "recipes"], default="study",
                      help="study: the seed's decomposition study (default); recipes: train the same model with "
                           "each training recipe and rank them (research/recipes.py)")
-    run.add_argument("--quiet", action="store_true", help="recipes: no progress bar or per-run lines")
+    run.add_argument("--quiet", action="store_true", help="no progress bars (recipes: no per-run lines either)")
     run.add_argument("--pattern-images", default=None, metavar="DIR",
                      help="pattern protocol on the images of DIR (e.g. the original KITTI depth-map PNGs): "
                           "grayscale, resized to image_size, pattern.n_images at evenly spaced positions of the "
@@ -81,7 +81,7 @@ def _run_command(args: argparse.Namespace) -> int:
     if args.pattern_images is not None:
         overrides.append(f"pattern.images_dir={json.dumps(str(args.pattern_images))}")
     settings = load_study(args.config, quick=args.quick, overrides=overrides)
-    outcome = run_study(settings, args.output, fresh=args.fresh, verbose=args.verbose,
+    outcome = run_study(settings, args.output, fresh=args.fresh, verbose=args.verbose, progress=not args.quiet,
                         command=["robust-vision-research", *sys.argv[1:]] if args.argv is None else
                         ["robust-vision-research", *args.argv])
     return 0 if outcome.records else 1

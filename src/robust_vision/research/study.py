@@ -80,27 +80,35 @@ def _describe(rec: RunRecord) -> str:
 
 
 def _run_protocols(settings: StudySettings, out_dir: Path, *, fresh: bool, log: Callable[[str], None],
-                   train_log: Callable[[str], None]) -> tuple[list[RunRecord], dict, dict]:
+                   train_log: Callable[[str], None], progress: bool = True) -> tuple[list[RunRecord], dict, dict]:
+    from tqdm.auto import tqdm
+
     records: list[RunRecord] = []
     timings: dict[str, float] = {}
     sizes: dict[str, int] = {}
     for protocol in settings.protocols:
         t0 = time.perf_counter()
+        methods = (methods_for("pattern") if protocol == "pattern" else
+                   methods_for("classification", linear_baselines=settings.classification.linear_baselines))
+        bar = tqdm(total=settings.seeds * len(methods), desc=f"{protocol} runs", unit="run", leave=False,
+                   disable=not progress)
         if protocol == "pattern":
             for seed in range(settings.seeds):
                 images = pattern_images(settings, seed)
-                for method in methods_for("pattern"):
+                for method in methods:
                     records.append(run_pattern_method(settings, method, seed, images))
                     log(_describe(records[-1]))
+                    bar.update(1)
         else:
             dataset = classification_data(settings)
             sizes = {"train": len(dataset.train), "val": len(dataset.val), "test": len(dataset.test)}
             for seed in range(settings.seeds):
-                for method in methods_for("classification",
-                                          linear_baselines=settings.classification.linear_baselines):
+                for method in methods:
                     records.append(run_classification_method(settings, method, seed, dataset, out_dir, fresh=fresh,
                                                              log=train_log))
                     log(_describe(records[-1]))
+                    bar.update(1)
+        bar.close()
         timings[protocol] = time.perf_counter() - t0
     return records, timings, sizes
 
@@ -172,7 +180,7 @@ def _original_table(out_dir: Path) -> list[dict]:
 
 
 def run_study(settings: StudySettings, out_dir: str | Path, *, fresh: bool = False, verbose: bool = False,
-              log: Callable[[str], None] = print, command: Sequence[str] = ()) -> StudyOutcome:
+              log: Callable[[str], None] = print, command: Sequence[str] = (), progress: bool = True) -> StudyOutcome:
     """Run every protocol of ``settings`` and write the study's outputs into ``out_dir``."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -180,7 +188,7 @@ def run_study(settings: StudySettings, out_dir: str | Path, *, fresh: bool = Fal
     log(f"robust-vision-research: protocols {', '.join(settings.protocols)}, {settings.seeds} seed(s), "
         f"{settings.image_size}x{settings.image_size} images -> {out_dir}")
     records, timings, sizes = _run_protocols(settings, out_dir, fresh=fresh, log=log,
-                                             train_log=log if verbose else (lambda s: None))
+                                             train_log=log if verbose else (lambda s: None), progress=progress)
     ctx = _context(settings, sizes)
     files = write_tables(records, out_dir, ctx)
     figures, checklist, claims = finish(out_dir, settings.protocols, ctx, log)
