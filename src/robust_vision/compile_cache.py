@@ -51,6 +51,18 @@ def resolve_cache_dir(path: str | os.PathLike | None = None) -> Path | None:
     return default_cache_dir()
 
 
+def _usable_cache_dir(path: str | os.PathLike | None) -> Path | None:
+    """``resolve_cache_dir(path)``, created; None when the cache is off or the directory cannot
+    be created (the cache is an optimisation, never a reason to fail a run)."""
+    cache_dir = resolve_cache_dir(path)
+    if cache_dir is not None:
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+    return cache_dir
+
+
 def enable_compile_cache(path: str | os.PathLike | None = None) -> Path | None:
     """Point JAX's persistent compilation cache at ``resolve_cache_dir(path)``; return it
     (None = disabled). Safe to call more than once; call before the first compilation.
@@ -58,12 +70,7 @@ def enable_compile_cache(path: str | os.PathLike | None = None) -> Path | None:
     optimisation, never a reason to fail a run)."""
     import jax
 
-    cache_dir = resolve_cache_dir(path)
-    if cache_dir is not None:
-        try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            cache_dir = None
+    cache_dir = _usable_cache_dir(path)
     current = jax.config.jax_compilation_cache_dir
     target = None if cache_dir is None else str(cache_dir)
     if current == target and jax.config.jax_enable_compilation_cache == (target is not None):
@@ -91,12 +98,7 @@ def enable_compile_cache_early(path: str | os.PathLike | None = None) -> Path | 
 
     if "jax" in sys.modules:
         return enable_compile_cache(path)
-    cache_dir = resolve_cache_dir(path)
-    if cache_dir is not None:
-        try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            cache_dir = None
+    cache_dir = _usable_cache_dir(path)
     if cache_dir is None:
         os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
         return None
