@@ -571,15 +571,12 @@ def read_config_file(path: str | Path) -> dict:
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise ConfigError(f"config file {name!r} is {path.stat().st_size / 2**20:.0f} MiB; a config is a small "
                           "YAML file (pass the right file)")
-    data = path.read_bytes()
-    if b"\x00" in data:
-        raise ConfigError(f"config file {name!r} is a binary file, not YAML text; pass a YAML config, "
-                          "e.g. configs/quickstart.yaml")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {name!r} is not UTF-8 text; pass a YAML config, "
-                          "e.g. configs/quickstart.yaml") from None
+    from robust_vision.preflight import decode_text  # no heavy imports: preflight runs before JAX
+
+    text = decode_text(path.read_bytes(), f"config file {name!r} is a binary file, not YAML text; pass a YAML "
+                       "config, e.g. configs/quickstart.yaml",
+                       f"config file {name!r} is not UTF-8 text; pass a YAML config, e.g. configs/quickstart.yaml",
+                       ConfigError)
     try:
         raw = yaml.safe_load(text)
     except RecursionError:

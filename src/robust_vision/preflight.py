@@ -195,6 +195,20 @@ def is_disk_full(exc: BaseException) -> bool:
 # --------------------------------------------------------------------------- user-supplied tables
 
 
+def decode_text(data: bytes, binary_message: str, encoding_message: str,
+                error: type[Exception] = ValueError) -> str:
+    """``data`` (the bytes of a file a user passed: a config, a CSV table) as UTF-8 text.
+
+    A NUL byte (a binary file) raises ``error(binary_message)``, undecodable bytes
+    ``error(encoding_message)``: each message names the file and the fix."""
+    if b"\x00" in data:
+        raise error(binary_message)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise error(encoding_message) from None
+
+
 def read_csv_rows(path: str | Path) -> tuple[list[dict[str, str]], list[str]]:
     """Rows and header of a CSV table a user passed (metrics.csv, robustness_results.csv, ...).
 
@@ -204,15 +218,9 @@ def read_csv_rows(path: str | Path) -> tuple[list[dict[str, str]], list[str]]:
     import csv
 
     path = Path(path)
-    data = path.read_bytes()
-    if b"\x00" in data:
-        raise ValueError(f"{path}: a binary file, not a CSV table; pass the table written by robust-vision "
-                         "(or regenerate it)")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not UTF-8 text, so not a CSV table written by robust-vision; "
-                         "regenerate it") from None
+    text = decode_text(path.read_bytes(), f"{path}: a binary file, not a CSV table; pass the table written by "
+                       "robust-vision (or regenerate it)",
+                       f"{path}: not UTF-8 text, so not a CSV table written by robust-vision; regenerate it")
     try:
         reader = csv.DictReader(text.splitlines())
         rows = list(reader)
