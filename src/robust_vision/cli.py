@@ -286,14 +286,14 @@ def _eval(args: argparse.Namespace) -> int:
             baseline.name = f"{baseline.name} (baseline)"
         models.append(baseline)
     if getattr(args, "data", None):  # --data: the whole given source as the checkpoint's input (docs/DATA.md)
-        from robust_vision.data.sources import eval_dataset, load_eval_source
+        from robust_vision.data.sources import load_eval_source
 
+        # Only the asked split is opened; it is streamed (read batch by batch), never decoded whole.
         source = load_eval_source(args.data, args.dataset, data_split or ecfg.split, model.input_shape,
                                   model.num_classes)
-        dataset = eval_dataset(source, ecfg.split, name=args.data)
+        val_source = None  # no calibration split: temperature and conformal sets are skipped
     else:
-        dataset = load_dataset(cfg.data)
-    split = dataset.split(ecfg.split)
+        source, val_source = runner.config_split_sources(load_dataset(cfg.data), ecfg.split)
     levels = list(ecfg.noise_levels)
     noise_types = list(ecfg.noise_types)
     if args.baseline and ("gaussian" not in noise_types or 0.5 not in levels):
@@ -301,7 +301,7 @@ def _eval(args: argparse.Namespace) -> int:
         noise_types = noise_types if "gaussian" in noise_types else [*noise_types, "gaussian"]
         levels = sorted({*levels, 0.5})
     out_dir = Path(ecfg.output_dir)
-    ctx = runner.EvalContext(cfg=cfg, models=models, dataset=dataset, split=split, noise_types=noise_types,
+    ctx = runner.EvalContext(cfg=cfg, models=models, source=source, val_source=val_source, noise_types=noise_types,
                              levels=levels, where=f"{cfg.data.dataset_name} ({ecfg.split} split)", out_dir=out_dir,
                              quiet=args.quiet, log=print)
     outcome = runner.run_plan(ctx, plan)
@@ -310,7 +310,7 @@ def _eval(args: argparse.Namespace) -> int:
     write_json(out_dir / "results.json", {
         "models": [{"name": m.name, "run_dir": str(m.run_dir), "checkpoint": str(m.checkpoint_dir),
                     "epoch": m.meta.get("epoch"), "input_shape": list(m.input_shape)} for m in models],
-        "split": ecfg.split, "n_images": len(split.labels), "config": config_to_dict(cfg),
+        "split": ecfg.split, "n_images": ctx.n_images, "config": config_to_dict(cfg),
         "versions": versions(), "parts": list(plan), "results": outcome.rows, "comparison": outcome.comparison,
         "suite": outcome.suite, "timings_s": {k: v["total"] for k, v in outcome.timings.items()},
         "timings": outcome.timings})

@@ -23,7 +23,7 @@ import json
 import math
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -105,9 +105,9 @@ def _crc(name: str) -> int:
     return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
-def _run_stage(fn, images, labels, idx, key, eps, batch_size, x_adv, robust) -> int:
+def _run_stage(fn, images, labels, idx, key, eps, batch_size, x_adv, robust, index_offset: int = 0) -> int:
     """Attack the examples ``idx`` in fixed-size batches; update x_adv / robust in place; return
-    how many were newly fooled."""
+    how many were newly fooled. Example i is keyed by its index in the whole set, i + index_offset."""
     new = 0
     if len(idx) == 0:
         return 0
@@ -118,7 +118,7 @@ def _run_stage(fn, images, labels, idx, key, eps, batch_size, x_adv, robust) -> 
         sel = idx[start:start + batch_size]
         pad = batch_size - len(sel)
         sel_p = np.concatenate([sel, np.full(pad, sel[0])]) if pad else sel
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(sel_p, jnp.int32))
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(sel_p + index_offset, jnp.int32))
         xa, fooled = fn(jnp.asarray(images[sel_p]), jnp.asarray(labels[sel_p]), keys, jnp.float32(eps))
         xa, fooled = np.asarray(xa)[:len(sel)], np.asarray(fooled)[:len(sel)]
         hit = sel[fooled]
@@ -131,7 +131,8 @@ def _run_stage(fn, images, labels, idx, key, eps, batch_size, x_adv, robust) -> 
 def run_autoattack(logits_fn: LogitsFn, images: Any, labels: Any, eps: float, norm: str, key: jax.Array,
                    version: str = "standard", batch_size: int = 256, *, steps: int = 100, n_targets: int = 9,
                    fab_steps: int = 100, n_queries: int = 5000, random_logits_fn: Callable | None = None,
-                   eot_samples: int = 20, standalone: bool = False, return_adversarial: bool = False) -> dict:
+                   eot_samples: int = 20, standalone: bool = False, return_adversarial: bool = False,
+                   index_offset: int = 0) -> dict:
     """AutoAttack robust accuracy of ``logits_fn`` over a whole dataset at one budget.
 
     Args:
@@ -145,6 +146,8 @@ def run_autoattack(logits_fn: LogitsFn, images: Any, labels: Any, eps: float, no
       standalone: also run every stage alone on all clean-correct points (its own robust
         accuracy, for the "ensemble <= every stage" comparison; costs one more pass per stage).
       return_adversarial: include ``x_adv`` (N, H, W, C) and ``robust`` (N,) in the result.
+      index_offset: the index of ``images[0]`` in the whole set (its examples' keys are
+        fold_in(stage key, index_offset + j)), so a set attacked in parts gives the same points.
     Returns: dict with ``version, norm, eps, n_examples, clean_accuracy, robust_accuracy``,
       ``stages`` (per stage: name, robust_accuracy after it, new_adversarial, and
       standalone_robust_accuracy when asked) and ``flags`` (see ``autoattack_flags``).
@@ -166,11 +169,13 @@ def run_autoattack(logits_fn: LogitsFn, images: Any, labels: Any, eps: float, no
     for name, attack, hyper in plan:
         fn = _stage_fn(attack, hyper, logits_fn, norm)
         stage_key = jax.random.fold_in(key, _crc(name))
-        new = _run_stage(fn, images, labels, np.nonzero(robust)[0], stage_key, eps, batch_size, x_adv, robust)
+        new = _run_stage(fn, images, labels, np.nonzero(robust)[0], stage_key, eps, batch_size, x_adv, robust,
+                         index_offset)
         row = {"attack": name, "robust_accuracy": float(robust.mean()), "new_adversarial": new, **hyper}
         if standalone:
             alone = correct.copy()
-            _run_stage(fn, images, labels, np.nonzero(correct)[0], stage_key, eps, batch_size, images.copy(), alone)
+            _run_stage(fn, images, labels, np.nonzero(correct)[0], stage_key, eps, batch_size, images.copy(), alone,
+                       index_offset)
             row["standalone_robust_accuracy"] = float(alone.mean())
         rows.append(row)
     result = {"version": version, "norm": norm, "eps": float(eps), "n_examples": int(n),
@@ -268,47 +273,101 @@ def adversarial_margins(logits_fn: LogitsFn, x_adv: np.ndarray, labels: np.ndarr
                            for i in range(0, len(labels), batch_size)])
 
 
-def _clean_accuracy(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, batch_size: int) -> float:
+def _clean_predictions(logits_fn: LogitsFn, images: np.ndarray, batch_size: int) -> np.ndarray:
     fwd = jax.jit(lambda x: jnp.argmax(logits_fn(x), axis=-1))
-    pred = np.concatenate([np.asarray(fwd(jnp.asarray(images[i:i + batch_size])))
-                           for i in range(0, len(labels), batch_size)])
-    return float(np.mean(pred == labels))
+    return np.concatenate([np.asarray(fwd(jnp.asarray(images[i:i + batch_size])))
+                           for i in range(0, len(images), batch_size)])
 
 
-def autoattack_suite(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *, model_name: str, name: str,
-                     eps: Sequence[float], norm: str, key: jax.Array, batch_size: int = 256,
-                     steps: int | None = None, verbose: bool = True) -> tuple[list[dict], list[dict]]:
-    """AutoAttack at every budget of ``eps`` for the evaluation suite (robust-vision-eval).
+def autoattack_suite_stream(logits_fn: LogitsFn, batches: Iterable[Any], *, model_name: str, name: str,
+                            eps: Sequence[float], norm: str, key: jax.Array, batch_size: int = 256,
+                            steps: int | None = None, verbose: bool = True) -> tuple[list[dict], list[dict]]:
+    """AutoAttack at every budget of ``eps`` for the evaluation suite (robust-vision-eval), from
+    one pass over ``batches`` (fixed-size masked ``Batch``es, images uint8 or float32 in [0, 1]).
 
+    Each batch is attacked on its own (``run_autoattack``: every stage only on the points of the
+    batch still robust) with its examples keyed by their index in the whole stream, so the points
+    found, the per-stage counts and the final robust accuracy equal those of one call on the
+    whole set. Every process attacks every row (the batch is gathered), as on arrays.
     Returns (rows in the attack_results.csv format: ``attack`` = name (``_l2`` appended for L2),
     ``eps``, ``steps``, ``accuracy``, ``margin``, ``snr``, ``snr_median``, ``n``, ``norm``; eps = 0 is
-    the clean row, not attacked), and the ``run_autoattack`` results of the positive budgets.
-    ``steps`` sets APGD's and FAB's iterations (None = 100, the reference's)."""
+    the clean row, not attacked), and the ``run_autoattack`` results of the positive budgets,
+    combined over the batches. ``steps`` sets APGD's and FAB's iterations (None = 100, the
+    reference's); ``batch_size`` is the stages' batch (at most the stream's)."""
+    from robust_vision.data.batch import to_unit_float
+    from robust_vision.distributed import gather_batches
+    from robust_vision.evaluation.batched import prefetch_to_device
     from robust_vision.evaluation.metrics import snr_summary
 
     version = AUTOATTACK_NAMES[name]
     budget = {} if steps is None else {"steps": int(steps), "fab_steps": int(steps)}
     label = f"{name}_l2" if norm == "l2" else name
-    rows, results = [], []
-    batch_size = min(batch_size, len(labels))
-    for e in eps:
-        if e > 0:
-            r = run_autoattack(logits_fn, images, labels, float(e), norm, jax.random.fold_in(key, _crc(name)),
-                               version, batch_size, return_adversarial=True, **budget)
-            x_adv = r.pop("x_adv")
+    positive = [float(e) for e in eps if e > 0]
+    margins: dict[float, list] = {float(e): [] for e in eps}
+    clean_correct, n, offset = [], 0, 0
+    parts: dict[float, list[dict]] = {e: [] for e in positive}  # per batch run_autoattack results
+    for batch in prefetch_to_device(batches, 2):
+        got = gather_batches([{"x": batch.images, "y": batch.labels, "m": batch.mask}])
+        keep = got["m"] > 0
+        images, labels = to_unit_float(got["x"][keep]), got["y"][keep]
+        bs = min(batch_size, len(labels))
+        if 0.0 in margins:
+            margins[0.0].append(adversarial_margins(logits_fn, images, labels, bs))
+            clean_correct.append(_clean_predictions(logits_fn, images, bs) == labels)
+        for e in positive:
+            r = run_autoattack(logits_fn, images, labels, e, norm, jax.random.fold_in(key, _crc(name)), version, bs,
+                               return_adversarial=True, index_offset=offset, **budget)
+            margins[e].append(adversarial_margins(logits_fn, r.pop("x_adv"), labels, bs))
             r.pop("robust")
-            results.append(r)
-            if verbose:
-                print(format_autoattack(r, model_name))
-        else:
-            x_adv = images
-        margin = adversarial_margins(logits_fn, x_adv, labels, batch_size)
+            parts[e].append(r)
+        n += len(labels)
+        offset += len(got["m"])  # the stream's index of the next batch's first row
+    if n == 0:
+        raise ValueError("empty dataset: images has no examples.")
+    results = [_combine_autoattack(parts[e], n) for e in positive]
+    for r in results:
+        if verbose:
+            print(format_autoattack(r, model_name))
+    by_eps = dict(zip(positive, results))
+    rows = []
+    for e in eps:
+        margin = np.concatenate(margins[float(e)])
         # eps = 0: the clean accuracy (the same argmax rule as run_autoattack's clean pass).
-        acc = results[-1]["robust_accuracy"] if e > 0 else _clean_accuracy(logits_fn, images, labels, batch_size)
+        acc = by_eps[float(e)]["robust_accuracy"] if e > 0 else float(np.mean(np.concatenate(clean_correct)))
         rows.append({"model": model_name, "attack": label, "eps": float(e), "accuracy": acc,
-                     "margin": float(np.mean(margin, dtype=np.float64)), **snr_summary(margin), "n": int(len(labels)),
+                     "margin": float(np.mean(margin, dtype=np.float64)), **snr_summary(margin), "n": int(n),
                      "norm": norm, "steps": budget.get("steps", REFERENCE_BUDGET["apgd_steps"])})
-    if results:
-        for r in results:
-            r["flags"] = autoattack_flags(r, [o for o in results if o is not r])
+    for r in results:
+        r["flags"] = autoattack_flags(r, [o for o in results if o is not r])
     return rows, results
+
+
+def _combine_autoattack(parts: list[dict], n: int) -> dict:
+    """One ``run_autoattack`` result from those of the batches of a set of ``n`` examples (counts
+    summed; accuracies = count / n, as on the whole set)."""
+    first = parts[0]
+    sizes = [p["n_examples"] for p in parts]
+    clean = sum(int(round(p["clean_accuracy"] * m)) for p, m in zip(parts, sizes))
+    stages_out, robust = [], clean
+    for s, row in enumerate(first["stages"]):
+        new = sum(p["stages"][s]["new_adversarial"] for p in parts)
+        robust -= new
+        stages_out.append({**row, "robust_accuracy": robust / n, "new_adversarial": new})
+    result = {"version": first["version"], "norm": first["norm"], "eps": first["eps"], "n_examples": int(n),
+              "clean_accuracy": clean / n, "robust_accuracy": robust / n, "stages": stages_out}
+    result["flags"] = autoattack_flags(result)
+    return result
+
+
+def autoattack_suite(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *, model_name: str, name: str,
+                     eps: Sequence[float], norm: str, key: jax.Array, batch_size: int = 256,
+                     steps: int | None = None, verbose: bool = True) -> tuple[list[dict], list[dict]]:
+    """:func:`autoattack_suite_stream` over in-memory arrays (images (N, H, W, C) float in [0, 1],
+    labels (N,) int) cut into batches of ``batch_size`` (the same results as one run on the whole
+    set: each example is keyed by its index)."""
+    from robust_vision.evaluation.batched import array_batches
+
+    images, labels = _check_dataset(images, labels, batch_size)
+    return autoattack_suite_stream(logits_fn, array_batches(images, labels, batch_size),
+                                   model_name=model_name, name=name, eps=eps, norm=norm, key=key,
+                                   batch_size=batch_size, steps=steps, verbose=verbose)

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import collections
 import functools
-import math
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -108,41 +107,63 @@ def _jitted(kind: str, attack_fn: Callable, logits_fn: LogitsFn, hyper: tuple) -
     return fn
 
 
-def per_example_robustness(logits_fn: LogitsFn, images: Any, labels: Any, key: jax.Array,
-                           attack: str | Callable, eps_list: Sequence[float], batch_size: int = 256,
-                           **hyper: Any) -> list[dict[str, np.ndarray]]:
-    """Per-example ``correct`` (bool) and ``margin`` (logit margin at x_adv), (N,) each, for every eps.
+def _checked_stream(batches: Iterable[Any]) -> Iterator[Any]:
+    """The batches of a stream, each checked on the host as ``_check_dataset`` checks arrays."""
+    from robust_vision.data.batch import Batch
+
+    for batch in batches:
+        images = np.asarray(batch.images)
+        if images.dtype != np.uint8:
+            _check_dataset(images, batch.labels, 1)  # float batches must be in [0, 1]
+        elif images.ndim != 4:
+            raise ValueError(f"images must be NHWC (N, H, W, C), got shape {images.shape}.")
+        yield Batch(images, batch.labels, batch.mask)
+
+
+def per_example_robustness_stream(logits_fn: LogitsFn, batches: Iterable[Any], key: jax.Array,
+                                  attack: str | Callable, eps_list: Sequence[float], *, prefetch: int = 2,
+                                  **hyper: Any) -> list[dict[str, np.ndarray]]:
+    """Per-example ``correct`` (bool) and ``margin`` (logit margin at x_adv), (N,) each, for every
+    eps, from one pass over ``batches`` (fixed-size masked ``Batch``es, images uint8 or float32 in
+    [0, 1], prefetched to the device ``prefetch`` deep; padding dropped).
 
     Batch i is attacked with key fold_in(key, i) for every eps (common random numbers, so
     differences between eps are not noise). See ``robust_accuracy``.
     """
-    images, labels = _check_dataset(images, labels, batch_size)
+    from robust_vision.data.batch import to_unit_float
+    from robust_vision.evaluation.batched import stream_per_example
+
     attack_fn, _ = _attack_fn(attack)
     for eps in eps_list:
         if not float(eps) >= 0:
             raise ValueError(f"eps must be >= 0, got {eps}.")
-    n = images.shape[0]
-    batch_size = min(batch_size, n)  # a set smaller than one batch needs no padding
-    n_batches = math.ceil(n / batch_size)
-    pad = n_batches * batch_size - n
-    if pad:
-        images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], np.float32)])
-        labels = np.concatenate([labels, np.zeros((pad,), np.int32)])
-
     static, traced = _split_hyper(hyper)
     run = _jitted("metrics", attack_fn, logits_fn, static)
-    out = []
-    for eps in eps_list:
-        correct, margin = [], []
-        for i in range(n_batches):
-            sl = slice(i * batch_size, (i + 1) * batch_size)
-            c, m = run(jnp.asarray(images[sl]), jnp.asarray(labels[sl]), jax.random.fold_in(key, i),
-                       jnp.float32(eps), traced)
-            correct.append(np.asarray(c))
-            margin.append(np.asarray(m))
-        # Drop the padding: the real examples count exactly once.
-        out.append({"correct": np.concatenate(correct)[:n], "margin": np.concatenate(margin)[:n]})
-    return out
+
+    def attack_batch(x, y, i):
+        x, k = to_unit_float(x), jax.random.fold_in(key, i)
+        out = {}
+        for j, eps in enumerate(eps_list):
+            out[f"correct{j}"], out[f"margin{j}"] = run(x, y, k, jnp.float32(eps), traced)
+        return out
+
+    per = stream_per_example(attack_batch, _checked_stream(batches), prefetch=prefetch)
+    if not per:
+        raise ValueError("empty dataset: images has no examples.")
+    return [{"correct": per[f"correct{j}"], "margin": per[f"margin{j}"]} for j in range(len(eps_list))]
+
+
+def per_example_robustness(logits_fn: LogitsFn, images: Any, labels: Any, key: jax.Array,
+                           attack: str | Callable, eps_list: Sequence[float], batch_size: int = 256,
+                           **hyper: Any) -> list[dict[str, np.ndarray]]:
+    """:func:`per_example_robustness_stream` over in-memory arrays: images (N, H, W, C) float in
+    [0, 1], labels (N,) int, in batches of ``batch_size`` (capped at N; the last padded, the
+    padding dropped). See ``robust_accuracy``."""
+    from robust_vision.evaluation.batched import array_batches
+
+    images, labels = _check_dataset(images, labels, batch_size)
+    return per_example_robustness_stream(logits_fn, array_batches(images, labels, batch_size), key, attack,
+                                         eps_list, **hyper)
 
 
 def robust_accuracy(logits_fn: LogitsFn, images: Any, labels: Any, key: jax.Array, attack: str | Callable,
@@ -161,8 +182,21 @@ def robust_accuracy(logits_fn: LogitsFn, images: Any, labels: Any, key: jax.Arra
       ``margin`` (mean logit margin at x_adv), ``snr`` / ``snr_median`` (from the margins,
       see ``metrics.snr_summary``) and ``n`` (= N).
     """
-    _, name = _attack_fn(attack)
     per_eps = per_example_robustness(logits_fn, images, labels, key, attack, eps_list, batch_size, **hyper)
+    return _accuracy_rows(attack, eps_list, per_eps)
+
+
+def robust_accuracy_stream(logits_fn: LogitsFn, batches: Iterable[Any], key: jax.Array, attack: str | Callable,
+                           eps_list: Sequence[float], **hyper: Any) -> list[dict[str, Any]]:
+    """``robust_accuracy`` from one pass over a stream of fixed-size masked ``Batch``es
+    (``per_example_robustness_stream``); the same rows."""
+    per_eps = per_example_robustness_stream(logits_fn, batches, key, attack, eps_list, **hyper)
+    return _accuracy_rows(attack, eps_list, per_eps)
+
+
+def _accuracy_rows(attack: str | Callable, eps_list: Sequence[float], per_eps: list[dict[str, np.ndarray]]
+                   ) -> list[dict[str, Any]]:
+    _, name = _attack_fn(attack)
     rows = []
     for eps, r in zip(eps_list, per_eps):
         n = int(r["correct"].size)

@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
+from robust_vision.distributed import to_host
+
 LogitsFn = Callable[[jax.Array], jax.Array]
 
 ABSTAIN = -1
@@ -113,7 +115,7 @@ def predict(logits_fn: LogitsFn, x: jax.Array, key: jax.Array, sigma: float, n: 
     ``alpha`` (so a non-abstained answer differs from g(x) with probability <= alpha).
     """
     _check(x, sigma, n, batch_size, "predict")
-    counts = np.asarray(_sample_counts_jit(logits_fn, x, key, sigma, n, batch_size))
+    counts = to_host(_sample_counts_jit(logits_fn, x, key, sigma, n, batch_size))
     order = np.argsort(-counts, axis=1, kind="stable")
     top, second = order[:, 0], order[:, 1]
     n_top = np.take_along_axis(counts, top[:, None], 1)[:, 0]
@@ -138,9 +140,9 @@ def certify(logits_fn: LogitsFn, x: jax.Array, key: jax.Array, sigma: float, n0:
     if n0 < 1:
         raise ValueError(f"certify: n0 must be >= 1, got {n0}.")
     k_select, k_estimate = jax.random.split(key)
-    counts0 = np.asarray(_sample_counts_jit(logits_fn, x, k_select, sigma, n0, batch_size))
+    counts0 = to_host(_sample_counts_jit(logits_fn, x, k_select, sigma, n0, batch_size))
     c_a = np.argmax(counts0, axis=1)
-    counts = np.asarray(_sample_counts_jit(logits_fn, x, k_estimate, sigma, n, batch_size))
+    counts = to_host(_sample_counts_jit(logits_fn, x, k_estimate, sigma, n, batch_size))
     n_a = np.take_along_axis(counts, c_a[:, None], 1)[:, 0]
     p_lower = clopper_pearson_lower(n_a, n, alpha)
     certified = p_lower >= 0.5

@@ -72,17 +72,20 @@ def plan_parts(ecfg, *, parts: Sequence[str] | None = None, asked: Sequence[str]
 class EvalContext:
     """Everything the parts need: the config, the models, the data and where to write.
 
-    ``noise_types`` / ``levels`` are the grid's conditions (calibration uses the same);
-    ``where`` names the data in error messages."""
+    ``source`` is the evaluated split as a record source (``data.sources``): every part streams
+    it in fixed-size batches (:meth:`batches`), so no part holds the split's images.
+    ``val_source`` opens the calibration (validation) split; it is called only when the
+    calibration part runs (None: there is none). ``noise_types`` / ``levels`` are the grid's
+    conditions (calibration uses the same); ``where`` names the data in error messages."""
 
     cfg: Any
     models: list
-    dataset: Any
-    split: Any
+    source: Any
     noise_types: list[str]
     levels: list[float]
     where: str
     out_dir: Path
+    val_source: Callable[[], Any] | None = None
     log: Callable[[str], None] = print
     quiet: bool = False
     logits_fns: dict = field(default_factory=dict)
@@ -92,13 +95,41 @@ class EvalContext:
         if not self.logits_fns:
             self.logits_fns = {m.name: m.logits_fn() for m in self.models}
 
+    @property
+    def n_images(self) -> int:
+        return len(self.source)
+
+    def batches(self, n: int | None = None, source: Any = None):
+        """A fresh pass over the first ``n`` examples (all: None) of ``source`` (default the
+        evaluated split), in batches of ``evaluation.batch_size`` (``batched.source_batches``)."""
+        from robust_vision.evaluation.batched import source_batches
+
+        return source_batches(self.source if source is None else source, self.cfg.evaluation.batch_size, n)
+
+
+def config_split_sources(dataset, split: str) -> tuple[Any, Callable[[], Any]]:
+    """The evaluated split of a loaded :class:`~robust_vision.data.datasets.Dataset` as a record
+    source, and a function returning its validation split as one (for calibration). In-memory
+    arrays (``data.sources.ArraySource``), read batch by batch like any other source."""
+    from robust_vision.data.sources import ArraySource, SourceInfo
+
+    def as_source(name: str) -> ArraySource:
+        part = dataset.split(name)
+        info = SourceInfo(num_classes=dataset.num_classes, class_names=tuple(dataset.class_names),
+                          image_shape=tuple(part.images.shape[1:]), description=f"{dataset.name} {name} split")
+        return ArraySource(part.images, part.labels, info)
+
+    return as_source(split), lambda: as_source("val")
+
 
 def check_model_data(model, dataset, where: str) -> None:
-    """The model's input shape and class count match the dataset (one-line ValueError otherwise)."""
+    """The model's input shape and class count match the data (a Dataset, or a record source's
+    ``info``) (one-line ValueError otherwise)."""
     from robust_vision.evaluation.loading import check_input_shape
 
-    check_input_shape(model, dataset.image_shape, where)
-    if model.num_classes != dataset.num_classes:
+    info = getattr(dataset, "info", dataset)
+    check_input_shape(model, info.image_shape, where)
+    if model.num_classes != info.num_classes:
         raise ValueError(f"{model.name} predicts {model.num_classes} classes but the dataset has "
                          f"{dataset.num_classes}; evaluate on the dataset the model was trained on")
 
@@ -120,9 +151,10 @@ def grid_part(ctx: EvalContext) -> dict:
     rows, confidences = [], {}
     with _progress(ctx, len(ctx.models), "noise grid") as bar:
         for m in ctx.models:
-            res = evaluate_robustness(m.forward, m.variables, ctx.split.images, ctx.split.labels, model_name=m.name,
+            res = evaluate_robustness(m.forward, m.variables, None, None, model_name=m.name,
                                       noise_types=ctx.noise_types, levels=ctx.levels, n_draws=ecfg.n_draws,
-                                      batch_size=ecfg.batch_size, seed=ecfg.seed, ece_bins=ecfg.ece_bins)
+                                      batch_size=ecfg.batch_size, seed=ecfg.seed, ece_bins=ecfg.ece_bins,
+                                      batches=ctx.batches)
             rows += res.rows
             confidences.update(res.confidences)
             bar.update(1)
@@ -134,14 +166,13 @@ def corruption_part(ctx: EvalContext) -> dict:
     from robust_vision.evaluation import suite
     from robust_vision.evaluation.loading import load_trained_model
 
-    ecfg, split = ctx.cfg.evaluation, ctx.split
+    ecfg = ctx.cfg.evaluation
     if ecfg.suite_data is not None:
         return published_corruption_part(ctx)
     corruptions = suite.resolve_suite(ecfg.suite)
-    scale = suite.resolve_scale(ecfg.corruption_scale, ctx.dataset.image_shape)
+    scale = suite.resolve_scale(ecfg.corruption_scale, ctx.source.info.image_shape)
     key = suite.part_key(ecfg.seed, "corruptions")
-    kw = dict(corruptions=corruptions, severities=list(ecfg.severities), scale=scale, key=key,
-              batch_size=ecfg.batch_size)
+    kw = dict(corruptions=corruptions, severities=list(ecfg.severities), scale=scale, key=key)
     reference = None
     rows, summary, aggregates = [], [], []
     with _progress(ctx, len(ctx.models) + bool(ecfg.reference_checkpoint), "corruptions") as bar:
@@ -149,13 +180,13 @@ def corruption_part(ctx: EvalContext) -> dict:
             ref_model = load_trained_model(ecfg.reference_checkpoint, None)
             if ref_model.name in {m.name for m in ctx.models}:
                 ref_model.name = f"{ref_model.name} (reference)"
-            check_model_data(ref_model, ctx.dataset, ctx.where)
-            reference = suite.corruption_errors(ref_model.logits_fn(), split.images, split.labels,
-                                                model_name=ref_model.name, **kw)
+            check_model_data(ref_model, ctx.source, ctx.where)
+            reference = suite.corruption_errors_stream(ref_model.logits_fn(), ctx.batches(),
+                                                       model_name=ref_model.name, **kw)
             bar.update(1)
         for m in ctx.models:
-            errors, m_summary, agg = suite.corruption_suite(ctx.logits_fns[m.name], split.images, split.labels,
-                                                            model_name=m.name, reference=reference, **kw)
+            errors = suite.corruption_errors_stream(ctx.logits_fns[m.name], ctx.batches(), model_name=m.name, **kw)
+            m_summary, agg = suite.corruption_summary(errors, reference)
             rows += errors.rows()
             summary += m_summary
             aggregates.append(agg)
@@ -171,34 +202,26 @@ def corruption_part(ctx: EvalContext) -> dict:
             "aggregate": aggregates}
 
 
-def _clean_error(logits_fn, images, labels, batch_size: int) -> float:
-    """Top-1 error of ``logits_fn`` on the clean split (whole split, padding masked)."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from robust_vision.evaluation.batched import collect_per_example
-
-    correct = jax.jit(lambda x, y, _i: {"correct": (jnp.argmax(logits_fn(x), -1) == y).astype(jnp.float32)})
-    return 1.0 - float(np.mean(collect_per_example(correct, images, labels, batch_size)["correct"]))
-
-
 def published_corruption_part(ctx: EvalContext) -> dict:
     """The corruption part on published pre-corrupted files (``evaluation.suite_data``, layout
     ``evaluation.suite``): the same per-corruption x severity rows, summary and CE / mCE as the
     generated suite; the clean error is that of the evaluated split (``--data`` / the config's)."""
     from dataclasses import replace as dc_replace
 
+    import jax
+
     from robust_vision.data.published import published_corruption_errors
     from robust_vision.evaluation import suite
     from robust_vision.evaluation.loading import load_trained_model
 
-    ecfg, split = ctx.cfg.evaluation, ctx.split
+    ecfg = ctx.cfg.evaluation
 
     def errors_of(model, logits_fn):
         errors = published_corruption_errors(logits_fn, ecfg.suite_data, ecfg.suite, model.input_shape,
                                              model.num_classes, model_name=model.name, batch_size=ecfg.batch_size)
-        return dc_replace(errors, clean_error=_clean_error(logits_fn, split.images, split.labels, ecfg.batch_size))
+        clean = suite.corruption_errors_stream(logits_fn, ctx.batches(), model_name=model.name, corruptions=[],
+                                               severities=[], scale=ecfg.suite, key=jax.random.key(0))
+        return dc_replace(errors, clean_error=clean.clean_error)  # streamed: wrong / N of the evaluated split
 
     reference = None
     if ecfg.reference_checkpoint:
@@ -228,40 +251,48 @@ def published_corruption_part(ctx: EvalContext) -> dict:
 
 
 def attack_part(ctx: EvalContext) -> dict:
+    """Robust accuracy vs budget, sanity checks and AutoAttack on the first
+    ``evaluation.attack_max_examples`` examples, each attack one streamed pass over them."""
     from robust_vision.evaluation import suite
 
-    ecfg, split = ctx.cfg.evaluation, ctx.split
-    total = len(split.labels)
+    ecfg = ctx.cfg.evaluation
+    total = ctx.n_images
     n = total if ecfg.attack_max_examples is None else min(ecfg.attack_max_examples, total)
-    images, labels = split.images[:n], split.labels[:n]
+
+    def batches():
+        return ctx.batches(n)
+
+    key = suite.part_key(ecfg.seed, "attacks")
     rows, sanity = [], []
     with _progress(ctx, len(ctx.models) * len(ecfg.attacks), "attacks") as bar:
         for m in ctx.models:
             for attack in ecfg.attacks:
                 # One attack at a time (same keys as all at once: they depend on the attack's
                 # name only); sanity checks once per model, after its last attack.
-                r, s = suite.attack_suite(ctx.logits_fns[m.name], images, labels, model_name=m.name,
-                                          attacks=[attack], eps=ecfg.attack_eps,
-                                          key=suite.part_key(ecfg.seed, "attacks"), norm=ecfg.attack_norm,
-                                          steps=ecfg.attack_steps, batch_size=ecfg.batch_size,
-                                          sparse_fractions=ecfg.attack_sparse_fractions,
-                                          noise_radii=ecfg.attack_noise_radii, sanity=False)
+                r, s = suite.attack_suite_stream(ctx.logits_fns[m.name], batches, model_name=m.name,
+                                                 attacks=[attack], eps=ecfg.attack_eps, key=key,
+                                                 norm=ecfg.attack_norm, steps=ecfg.attack_steps,
+                                                 batch_size=ecfg.batch_size,
+                                                 sparse_fractions=ecfg.attack_sparse_fractions,
+                                                 noise_radii=ecfg.attack_noise_radii, sanity=False)
                 rows += r
                 bar.set_postfix_str(f"{m.name}: {attack}")
                 bar.update(1)
-            sanity += suite.attack_sanity(ctx.logits_fns[m.name], images, labels, model_name=m.name,
-                                          attacks=ecfg.attacks, eps=ecfg.attack_eps,
-                                          key=suite.part_key(ecfg.seed, "attacks"), norm=ecfg.attack_norm,
-                                          steps=ecfg.attack_steps, batch_size=ecfg.batch_size)
-    autoattack = autoattack_part(ctx, images, labels, rows)
+            sanity += suite.attack_sanity_stream(ctx.logits_fns[m.name], batches(), model_name=m.name,
+                                                 attacks=ecfg.attacks, eps=ecfg.attack_eps, key=key,
+                                                 norm=ecfg.attack_norm, steps=ecfg.attack_steps,
+                                                 batch_size=ecfg.batch_size)
+    autoattack = autoattack_part(ctx, batches, rows)
     return {"attacks": list(ecfg.attacks), "norm": ecfg.attack_norm, "steps": ecfg.attack_steps, "n_examples": n,
             "results": rows, "sanity_checks": sanity, **({"autoattack": autoattack} if autoattack else {})}
 
 
-def autoattack_part(ctx: EvalContext, images, labels, rows: list) -> dict:
-    """The AutoAttack names of ``evaluation.attacks``: per-stage results (printed), rows appended to the attack table, and ``autoattack.json`` in the RobustBench
-    format (``autoattack_<i>.json`` for further models) written by process 0."""
-    from robust_vision.attacks.autoattack import autoattack_suite, format_autoattack, write_autoattack_json
+def autoattack_part(ctx: EvalContext, batches: Callable, rows: list) -> dict:
+    """The AutoAttack names of ``evaluation.attacks`` on the examples of ``batches()`` (a fresh
+    pass per call): per-stage results (printed), rows appended to the attack table, and
+    ``autoattack.json`` in the RobustBench format (``autoattack_<i>.json`` for further models)
+    written by process 0."""
+    from robust_vision.attacks.autoattack import autoattack_suite_stream, format_autoattack, write_autoattack_json
     from robust_vision.distributed import is_main_process
     from robust_vision.evaluation import suite
 
@@ -269,10 +300,10 @@ def autoattack_part(ctx: EvalContext, images, labels, rows: list) -> dict:
     out = {}
     for name in [a for a in ecfg.attacks if a in suite.AUTOATTACK_NAMES]:
         for i, m in enumerate(ctx.models):
-            r, results = autoattack_suite(ctx.logits_fns[m.name], images, labels, model_name=m.name, name=name,
-                                          eps=ecfg.attack_eps, norm=ecfg.attack_norm,
-                                          key=suite.part_key(ecfg.seed, "attacks"), batch_size=ecfg.batch_size,
-                                          steps=ecfg.attack_steps, verbose=False)
+            r, results = autoattack_suite_stream(ctx.logits_fns[m.name], batches(), model_name=m.name, name=name,
+                                                 eps=ecfg.attack_eps, norm=ecfg.attack_norm,
+                                                 key=suite.part_key(ecfg.seed, "attacks"), batch_size=ecfg.batch_size,
+                                                 steps=ecfg.attack_steps, verbose=False)
             for result in results:  # robust accuracy after each stage, per budget
                 ctx.log(format_autoattack(result, m.name))
             rows += r
@@ -287,12 +318,12 @@ def autoattack_part(ctx: EvalContext, images, labels, rows: list) -> dict:
 def certify_part(ctx: EvalContext) -> dict:
     from robust_vision.evaluation import suite
 
-    ecfg, split = ctx.cfg.evaluation, ctx.split
-    n = min(ecfg.certify_max_examples, len(split.labels))
+    ecfg = ctx.cfg.evaluation
+    n = min(ecfg.certify_max_examples, ctx.n_images)
     rows, examples = [], []
     with _progress(ctx, len(ctx.models), "certification") as bar:
         for m in ctx.models:
-            r, e = suite.certification(ctx.logits_fns[m.name], split.images[:n], split.labels[:n], model_name=m.name,
+            r, e = suite.certification_stream(ctx.logits_fns[m.name], ctx.batches(n), model_name=m.name,
                                        sigmas=ecfg.certify_sigma, key=suite.part_key(ecfg.seed, "certify"),
                                        n0=ecfg.certify_n0, n=ecfg.certify_n, alpha=ecfg.certify_alpha,
                                        batch_size=ecfg.batch_size)
@@ -308,27 +339,27 @@ def calibration_part(ctx: EvalContext) -> tuple[dict, dict]:
     """(merged tables of every model, per-model results for the printed summary)."""
     from robust_vision.evaluation import suite
 
-    ecfg, split = ctx.cfg.evaluation, ctx.split
-    cal = ctx.dataset.split("val") if ecfg.split != "val" else None
+    ecfg = ctx.cfg.evaluation
+    # The validation split is opened here only: a run without calibration never reads it.
+    cal = ctx.val_source() if ecfg.split != "val" and ctx.val_source is not None else None
     note = None
-    if cal is None:
+    if ecfg.split == "val":
         note = "evaluation split is val: no separate calibration split, temperature and conformal sets skipped"
-    elif len(cal.labels) == 0:
+    elif cal is None or len(cal) == 0:
         cal, note = None, "empty validation split: temperature and conformal sets skipped"
     per_model = {}
     with _progress(ctx, len(ctx.models), "calibration") as bar:
         for m in ctx.models:
-            per_model[m.name] = suite.calibration_tables(
-                ctx.logits_fns[m.name], None if cal is None else cal.images, None if cal is None else cal.labels,
-                split.images, split.labels, model_name=m.name, noise_types=ctx.noise_types, levels=ctx.levels,
-                seed=ecfg.seed, key=suite.part_key(ecfg.seed, "calibration"), alphas=ecfg.conformal_alpha,
-                n_bins=ecfg.ece_bins, batch_size=ecfg.batch_size)
+            per_model[m.name] = suite.calibration_tables_stream(
+                ctx.logits_fns[m.name], None if cal is None else ctx.batches(source=cal), ctx.batches(),
+                model_name=m.name, noise_types=ctx.noise_types, levels=ctx.levels, seed=ecfg.seed,
+                key=suite.part_key(ecfg.seed, "calibration"), alphas=ecfg.conformal_alpha, n_bins=ecfg.ece_bins)
             bar.update(1)
     merged = {k: [r for res in per_model.values() for r in res[k]]
               for k in ("reliability", "calibration", "conformal", "selective")}
     merged["temperature"] = {name: res["temperature"] for name, res in per_model.items()}
     merged["calibration_split"] = None if cal is None else "val"
-    merged["n_calibration"] = 0 if cal is None else len(cal.labels)
+    merged["n_calibration"] = 0 if cal is None else len(cal)
     merged["note"] = note
     return merged, per_model
 
@@ -414,7 +445,7 @@ def run_plan(ctx: EvalContext, plan: Sequence[str]) -> EvalOutcome:
     ecfg, log = ctx.cfg.evaluation, ctx.log
     write = is_main_process()  # every process computes; only process 0 writes tables
     for m in ctx.models:
-        check_model_data(m, ctx.dataset, ctx.where)
+        check_model_data(m, ctx.source, ctx.where)
     out = EvalOutcome()
     if ecfg.reference_checkpoint and "corruptions" not in plan:
         log("note: --reference is used by the corruption suite only (--suite imagenet-c); ignored")

@@ -29,7 +29,7 @@ import math
 import warnings
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,8 +43,9 @@ from robust_vision.corruptions import (
     get_corruption,
     get_noise,
 )
-from robust_vision.distributed import to_host
-from robust_vision.evaluation.robustness import BatchedSplit, batch_split, condition_key
+from robust_vision.data.batch import Batch, to_unit_float
+from robust_vision.evaluation.batched import array_batches, stream_per_example, take_examples
+from robust_vision.evaluation.robustness import condition_key
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -103,30 +104,37 @@ def _correct(logits_fn: LogitsFn, images: jax.Array, labels: jax.Array) -> jax.A
 
 
 @functools.partial(jax.jit, static_argnames=("logits_fn", "noise_fn"))
-def _scan_logits(logits_fn: LogitsFn, noise_fn, images: jax.Array, key: jax.Array, level: jax.Array) -> jax.Array:
-    """Logits (n_batches, B, K) of a batched split under one noise condition, one compiled scan.
-
-    Batch i is corrupted with fold_in(key, i), exactly as the robustness grid does, so the
-    images match robustness_results.csv condition by condition.
-    """
-    def body(carry, inputs):
-        x, i = inputs
-        noisy = x if noise_fn is None else noise_fn(jax.random.fold_in(key, i), x, level)
-        return carry, logits_fn(noisy).astype(jnp.float32)
-
-    _, out = jax.lax.scan(body, None, (images, jnp.arange(images.shape[0])))
-    return out
+def _batch_logits(logits_fn: LogitsFn, noise_fn, images: jax.Array, key: jax.Array, level: jax.Array,
+                  index: jax.Array) -> jax.Array:
+    """Logits (B, K) float32 of one batch under one seed-noise condition (``noise_fn`` None =
+    clean); batch ``index`` is corrupted with fold_in(key, index), exactly as the robustness grid
+    does, so the images match robustness_results.csv condition by condition."""
+    x = to_unit_float(images)
+    noisy = x if noise_fn is None else noise_fn(jax.random.fold_in(key, index), x, level)
+    return logits_fn(noisy).astype(jnp.float32)
 
 
-def condition_logits(logits_fn: LogitsFn, split: BatchedSplit, noise_type: str | None, level: float,
-                     seed: int) -> np.ndarray:
-    """Logits (N, K) of every real example of ``split`` under one seed-noise condition
-    (``noise_type`` None or ``level`` 0 = clean), with the robustness grid's noise keys
-    (draw 0)."""
-    noise_fn = None if noise_type is None or level == 0.0 else get_noise(noise_type)
-    key = condition_key(seed, noise_type or "clean", level, 0)
-    out = to_host(_scan_logits(logits_fn, noise_fn, split.images, key, jnp.float32(level)))  # gathered across processes
-    return out.reshape(-1, out.shape[-1])[split.keep]
+def conditions_logits_stream(logits_fn: LogitsFn, batches: Iterable[Batch],
+                             conditions: Sequence[tuple[str | None, float]], seed: int, prefetch: int = 2
+                             ) -> tuple[dict[tuple[str | None, float], np.ndarray], np.ndarray]:
+    """Logits (N, K) of every real example under each seed-noise condition (noise_type, level)
+    (``noise_type`` None or ``level`` 0 = clean), with the robustness grid's noise keys (draw 0),
+    from one pass over ``batches``; and the labels (N,). Only the logits are kept (N x K per
+    condition), never the images."""
+    conditions = list(dict.fromkeys((None, 0.0) if t is None or lv == 0.0 else (t, float(lv))
+                                    for t, lv in conditions))
+    fns = {c: None if c[0] is None else get_noise(c[0]) for c in conditions}
+    keys = {c: condition_key(seed, c[0] or "clean", c[1], 0) for c in conditions}
+
+    def logits(x, y, i):
+        out = {str(j): _batch_logits(logits_fn, fns[c], x, keys[c], jnp.float32(c[1]), i)
+               for j, c in enumerate(conditions)}
+        return {**out, "labels": y}
+
+    per = stream_per_example(logits, batches, prefetch=prefetch)
+    if not per:  # an empty split: no batches
+        return {c: np.zeros((0, 0), np.float32) for c in conditions}, np.zeros(0, np.int32)
+    return {c: per[str(j)] for j, c in enumerate(conditions)}, per["labels"]
 
 
 # --------------------------------------------------------------------------- corruption benchmark
@@ -168,46 +176,63 @@ def resolve_scale(scale: str, image_shape: Sequence[int]) -> str:
     return scale
 
 
-def corruption_errors(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *, model_name: str,
-                      corruptions: Sequence[str], severities: Sequence[int], scale: str, key: jax.Array,
-                      batch_size: int = 512) -> CorruptionErrors:
-    """Top-1 error of ``logits_fn`` on every corruption x severity, over the whole split.
-
-    Args:
-      images: (N, H, W, C) float32 in [0, 1]; labels: (N,) int.
-      corruptions: names in ``CORRUPTIONS``; severities: ints in 1..5; scale: "imagenet" / "cifar".
-      key: the part key; batch b of (corruption c, severity s) uses
-        fold_in(fold_in(fold_in(key, crc32(c)), s), b), so every model sees the same images.
-      batch_size: images per batch (the last batch is padded; padding never counts).
-    Returns: :class:`CorruptionErrors` (errors in [0, 1], error = 1 - correct / N).
-    """
-    fns = {c: get_corruption(c) for c in corruptions}  # unknown names fail before any work
+def _check_severities(severities: Sequence[int]) -> list[int]:
     for s in severities:
         if isinstance(s, bool) or int(s) != s or not 1 <= int(s) <= 5:
             raise ValueError(f"severities must be integers in 1..5, got {s!r}")
-    severities = [int(s) for s in severities]
-    split = batch_split(np.asarray(images, np.float32), np.asarray(labels), batch_size)
-    n_batches = split.images.shape[0]
-    batches = [(split.images[b], split.labels[b]) for b in range(n_batches)]
-    # Dispatch everything, fetch once at the end: the device runs ahead of the host.
-    clean = [_correct(logits_fn, x, y) for x, y in batches]
-    pending: dict[tuple[str, int], list[jax.Array]] = {}
-    for c, fn in fns.items():
-        ck = jax.random.fold_in(key, _crc(c))
-        for s in severities:
-            sk = jax.random.fold_in(ck, s)
-            pending[(c, s)] = [_correct(logits_fn, fn(jax.random.fold_in(sk, b), x, s, scale), y)
-                               for b, (x, y) in enumerate(batches)]
-    keep = split.keep
-    n = split.num_examples
+    return [int(s) for s in severities]
 
-    def error(outs: list[jax.Array]) -> float:
-        correct = np.concatenate([np.asarray(o).reshape(-1) for o in to_host(outs)])[keep]
-        return float((n - int(correct.sum())) / n)  # wrong / N: an exact multiple of 1/N
 
-    return CorruptionErrors(model=model_name, clean_error=error(clean),
-                            errors={k: error(v) for k, v in pending.items()}, n=n, scale=scale,
+def corruption_errors_stream(logits_fn: LogitsFn, batches: Iterable[Batch], *, model_name: str,
+                             corruptions: Sequence[str], severities: Sequence[int], scale: str, key: jax.Array,
+                             prefetch: int = 2) -> CorruptionErrors:
+    """Top-1 error of ``logits_fn`` on every corruption x severity, from one pass over ``batches``.
+
+    Args:
+      batches: fixed-size masked ``Batch``es of the split (``batched.array_batches`` or
+        ``data.pipeline.eval_batches``; images uint8 or float32 in [0, 1]), prefetched to the
+        device ``prefetch`` deep: device memory for inputs is bounded by prefetch x one batch.
+        Each batch is read once and evaluated clean and under every condition.
+      corruptions: names in ``CORRUPTIONS`` (may be empty: the clean error only); severities:
+        ints in 1..5; scale: "imagenet" / "cifar".
+      key: the part key; batch b of (corruption c, severity s) uses
+        fold_in(fold_in(fold_in(key, crc32(c)), s), b), so every model sees the same images.
+    Returns: :class:`CorruptionErrors` (errors in [0, 1], error = wrong / N; padding never counts).
+    """
+    fns = {c: get_corruption(c) for c in corruptions}  # unknown names fail before any work
+    severities = _check_severities(severities)
+    keys = {(c, s): jax.random.fold_in(jax.random.fold_in(key, _crc(c)), s) for c in fns for s in severities}
+
+    def correct(x, y, b):
+        x = to_unit_float(x)
+        out = {"clean": _correct(logits_fn, x, y)}
+        for (c, s), sk in keys.items():  # same calls as one condition at a time: the same bits
+            out[f"{c}|{s}"] = _correct(logits_fn, fns[c](jax.random.fold_in(sk, b), x, s, scale), y)
+        return out
+
+    per_example = stream_per_example(correct, batches, prefetch=prefetch)
+    if not per_example:
+        raise ValueError("corruption suite: no examples (empty split)")
+    n = int(per_example["clean"].size)
+
+    def error(values: np.ndarray) -> float:
+        return float((n - int(values.sum())) / n)  # wrong / N: an exact multiple of 1/N
+
+    return CorruptionErrors(model=model_name, clean_error=error(per_example["clean"]),
+                            errors={(c, s): error(per_example[f"{c}|{s}"]) for c, s in keys}, n=n, scale=scale,
                             corruptions=list(fns), severities=severities)
+
+
+def corruption_errors(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *, model_name: str,
+                      corruptions: Sequence[str], severities: Sequence[int], scale: str, key: jax.Array,
+                      batch_size: int = 512) -> CorruptionErrors:
+    """:func:`corruption_errors_stream` over in-memory arrays: images (N, H, W, C) float32 in
+    [0, 1], labels (N,) int, cut into batches of ``batch_size`` (the last padded; padding never
+    counts)."""
+    _check_severities(severities)
+    return corruption_errors_stream(logits_fn, array_batches(np.asarray(images, np.float32), labels, batch_size),
+                                    model_name=model_name, corruptions=corruptions, severities=severities,
+                                    scale=scale, key=key)
 
 
 def _ratio(num: float, den: float) -> float:
@@ -334,13 +359,50 @@ def _attack_plan(name: str, *, eps: Sequence[float], norm: str, steps: int | Non
     return list(noise_radii), "l2", with_steps  # noise
 
 
+def attack_suite_stream(logits_fn: LogitsFn, batches: Callable[[], Iterable[Batch]], *, model_name: str,
+                        attacks: Sequence[str], eps: Sequence[float], key: jax.Array, norm: str = "linf",
+                        steps: int | None = None, batch_size: int = 256,
+                        sparse_fractions: Sequence[float] = (0.0, 0.005, 0.01, 0.02, 0.05),
+                        noise_radii: Sequence[float] = (0.0, 0.5, 1.0, 2.0), sanity: bool = True,
+                        sanity_examples: int = 256, unroll: bool = False) -> tuple[list[dict], list[dict]]:
+    """:func:`attack_suite` on a stream: ``batches()`` returns a fresh pass of fixed-size masked
+    ``Batch``es of the examples to attack (images uint8 or float32 in [0, 1]); each attack reads
+    one pass (prefetched to the device, so device memory for inputs is bounded by prefetch x one
+    batch) and the sanity checks read only the first ``sanity_examples``. ``batch_size`` is the
+    sanity checks' batch (the stream's batches are already cut). Same rows as ``attack_suite``."""
+    from robust_vision.attacks.evaluate import robust_accuracy_stream
+
+    check_attacks(attacks, norm)
+    rows: list[dict] = []
+    for name in attacks:
+        if name in AUTOATTACK_NAMES:
+            continue  # run by the attack part through attacks.autoattack.autoattack_suite
+        budgets, budget_norm, hyper = _attack_plan(name, eps=eps, norm=norm, steps=steps,
+                                                   sparse_fractions=sparse_fractions, noise_radii=noise_radii,
+                                                   unroll=unroll)
+        if not budgets:
+            continue
+        result = robust_accuracy_stream(logits_fn, batches(), jax.random.fold_in(key, _crc(name)),
+                                        ATTACK_NAMES[name], budgets, **hyper)
+        for r in result:
+            # The norm is part of the name when it is not the attack's usual one (pgd_l2).
+            label = f"{name}_l2" if name in ("pgd", "apgd", "apgd-t", "apgd-dlr", "fab-t", "square") and norm == "l2" else name
+            rows.append({"model": model_name, **r, "attack": label, "norm": budget_norm,
+                         "steps": hyper.get("steps", _default_steps(ATTACK_NAMES[name]))})
+    sanity_rows = attack_sanity_stream(logits_fn, batches(), model_name=model_name, attacks=attacks, eps=eps,
+                                       key=key, norm=norm, steps=steps, batch_size=batch_size,
+                                       sanity_examples=sanity_examples) if sanity else []
+    return rows, sanity_rows
+
+
 def attack_suite(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *, model_name: str,
                  attacks: Sequence[str], eps: Sequence[float], key: jax.Array, norm: str = "linf",
                  steps: int | None = None, batch_size: int = 256,
                  sparse_fractions: Sequence[float] = (0.0, 0.005, 0.01, 0.02, 0.05),
                  noise_radii: Sequence[float] = (0.0, 0.5, 1.0, 2.0), sanity: bool = True,
                  sanity_examples: int = 256, unroll: bool = False) -> tuple[list[dict], list[dict]]:
-    """Robust accuracy of ``logits_fn`` under each attack, for each budget, over the whole set.
+    """Robust accuracy of ``logits_fn`` under each attack, for each budget, over the whole set
+    (:func:`attack_suite_stream` over the arrays cut into batches of ``batch_size``).
 
     Args:
       images: (N, H, W, C) float32 in [0, 1]; labels: (N,) int.
@@ -363,47 +425,30 @@ def attack_suite(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *,
       l0_fraction), ``steps`` the iterations used; rows of attack_sanity.csv: one per check
       with ``passed`` and the warning message of a failed check).
     """
-    from robust_vision.attacks import robust_accuracy
-
-    check_attacks(attacks, norm)
-    rows: list[dict] = []
-    for name in attacks:
-        if name in AUTOATTACK_NAMES:
-            continue  # run by the attack part through attacks.autoattack.autoattack_suite
-        budgets, budget_norm, hyper = _attack_plan(name, eps=eps, norm=norm, steps=steps,
-                                                   sparse_fractions=sparse_fractions, noise_radii=noise_radii,
-                                                   unroll=unroll)
-        if not budgets:
-            continue
-        result = robust_accuracy(logits_fn, images, labels, jax.random.fold_in(key, _crc(name)),
-                                 ATTACK_NAMES[name], budgets, batch_size, **hyper)
-        for r in result:
-            # The norm is part of the name when it is not the attack's usual one (pgd_l2).
-            label = f"{name}_l2" if name in ("pgd", "apgd", "apgd-t", "apgd-dlr", "fab-t", "square") and norm == "l2" else name
-            rows.append({"model": model_name, **r, "attack": label, "norm": budget_norm,
-                         "steps": hyper.get("steps", _default_steps(ATTACK_NAMES[name]))})
-    sanity_rows = attack_sanity(logits_fn, images, labels, model_name=model_name, attacks=attacks, eps=eps,
-                                key=key, norm=norm, steps=steps, batch_size=batch_size,
-                                sanity_examples=sanity_examples) if sanity else []
-    return rows, sanity_rows
+    images, labels = np.asarray(images, np.float32), np.asarray(labels)
+    return attack_suite_stream(logits_fn, lambda: array_batches(images, labels, batch_size), model_name=model_name,
+                               attacks=attacks, eps=eps, key=key, norm=norm, steps=steps, batch_size=batch_size,
+                               sparse_fractions=sparse_fractions, noise_radii=noise_radii, sanity=sanity,
+                               sanity_examples=sanity_examples, unroll=unroll)
 
 
-def attack_sanity(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *, model_name: str,
-                  attacks: Sequence[str], eps: Sequence[float], key: jax.Array, norm: str = "linf",
-                  steps: int | None = None, batch_size: int = 256, sanity_examples: int = 256) -> list[dict]:
+def attack_sanity_stream(logits_fn: LogitsFn, batches: Iterable[Batch], *, model_name: str,
+                         attacks: Sequence[str], eps: Sequence[float], key: jax.Array, norm: str = "linf",
+                         steps: int | None = None, batch_size: int = 256, sanity_examples: int = 256) -> list[dict]:
     """Rows of attack_sanity.csv: ``sanity_checks`` at the largest eps on the first
-    ``sanity_examples`` examples when a gradient attack (fgsm / pgd / apgd) is in ``attacks``
-    (its PGD uses min(steps, 20) steps, 10 by default); [] otherwise. ``key`` is the part key
-    (the checks use fold_in(key, crc32("sanity")), as ``attack_suite``)."""
+    ``sanity_examples`` examples of ``batches`` (only those are read) when a gradient attack
+    (fgsm / pgd / apgd) is in ``attacks`` (its PGD uses min(steps, 20) steps, 10 by default);
+    [] otherwise. ``key`` is the part key (the checks use fold_in(key, crc32("sanity")))."""
     from robust_vision.attacks import AttackSanityWarning, sanity_checks
 
     sanity_rows: list[dict] = []
     eps_check = max(eps, default=0.0)
     if eps_check > 0 and any(a in GRADIENT_ATTACKS for a in attacks):
-        k = min(sanity_examples, len(labels))
+        images, labels = take_examples(batches, sanity_examples)
+        images, k = to_unit_float(images), len(labels)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", AttackSanityWarning)
-            passed = sanity_checks(logits_fn, images[:k], labels[:k], jax.random.fold_in(key, _crc("sanity")),
+            passed = sanity_checks(logits_fn, images, labels, jax.random.fold_in(key, _crc("sanity")),
                                    eps_check, norm=norm, pgd_steps=min(steps or 10, 20), batch_size=min(batch_size, k))
         messages = {}
         for w in caught:
@@ -414,6 +459,17 @@ def attack_sanity(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *
         sanity_rows = [{"model": model_name, "check": c, "passed": bool(ok), "eps": float(eps_check), "n": k,
                         "message": messages.get(c, "")} for c, ok in passed.items()]
     return sanity_rows
+
+
+def attack_sanity(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *, model_name: str,
+                  attacks: Sequence[str], eps: Sequence[float], key: jax.Array, norm: str = "linf",
+                  steps: int | None = None, batch_size: int = 256, sanity_examples: int = 256) -> list[dict]:
+    """:func:`attack_sanity_stream` on in-memory arrays (images (N, H, W, C) float32 in [0, 1])."""
+    k = min(sanity_examples, len(labels))
+    return attack_sanity_stream(logits_fn, array_batches(np.asarray(images, np.float32)[:k], np.asarray(labels)[:k],
+                                                         batch_size),
+                                model_name=model_name, attacks=attacks, eps=eps, key=key, norm=norm, steps=steps,
+                                batch_size=batch_size, sanity_examples=sanity_examples)
 
 
 # --------------------------------------------------------------------------- certification
@@ -429,54 +485,72 @@ def radii_grid(sigmas: Sequence[float], n: int, alpha: float, step: float = 0.05
     return [round(k * step, 6) for k in range(count)]
 
 
-def certification(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *, model_name: str,
-                  sigmas: Sequence[float], key: jax.Array, n0: int = 100, n: int = 10_000, alpha: float = 0.001,
-                  batch_size: int = 512, radii: Sequence[float] | None = None
-                  ) -> tuple[list[dict], list[dict]]:
-    """Certified L2 accuracy of the Gaussian-smoothed ``logits_fn`` (CERTIFY of Cohen et al.).
+def certification_stream(logits_fn: LogitsFn, batches: Iterable[Batch], *, model_name: str,
+                         sigmas: Sequence[float], key: jax.Array, n0: int = 100, n: int = 10_000,
+                         alpha: float = 0.001, batch_size: int = 512, radii: Sequence[float] | None = None,
+                         prefetch: int = 2) -> tuple[list[dict], list[dict]]:
+    """Certified L2 accuracy of the Gaussian-smoothed ``logits_fn`` (CERTIFY of Cohen et al.),
+    from one pass over ``batches``.
 
     Args:
-      images: (N, H, W, C) float32 in [0, 1] (pass the subset to certify; it costs
-        n0 + n forward passes per image); labels: (N,) int.
+      batches: fixed-size masked ``Batch``es of the examples to certify (each costs n0 + n
+        forward passes: pass a stream of the first few hundred), images uint8 or float32 in
+        [0, 1]; prefetched to the device ``prefetch`` deep. Batch j is one chunk of images
+        certified together (padding dropped).
       sigmas: smoothing noise std (pixel units), one certification each.
       key: the part key; sigma uses fold_in(key, round(1e6 sigma)), chunk j of it fold_in(., j).
       n0, n, alpha: selection draws, estimation draws, failure probability.
-      batch_size: noisy images per forward pass (chunks of up to ``batch_size`` images are
-        certified together; the last chunk is padded and the padding dropped).
+      batch_size: noisy images per forward pass (``certify.sample_counts``).
       radii: radius grid of the curve (default :func:`radii_grid`).
     Returns: (rows of certified_accuracy.csv: one per sigma x radius with the certified
       accuracy (pred == label and radius >= r) and the abstain fraction; per-example rows:
       index, label, prediction (-1 = abstain), radius).
     """
+    from robust_vision.distributed import gather_batches
+    from robust_vision.evaluation.batched import prefetch_to_device
     from robust_vision.evaluation.certify import certified_accuracy_curve, certify
 
-    images = np.asarray(images, np.float32)
-    labels = np.asarray(labels)
-    total = len(labels)
-    if total == 0:
-        raise ValueError("certification: no examples")
     grid = list(radii) if radii is not None else radii_grid(sigmas, n, alpha)
-    chunk = max(1, min(total, batch_size))
-    n_chunks = -(-total // chunk)
-    pad = n_chunks * chunk - total
-    x_all = np.concatenate([images, images[:pad]]) if pad else images  # one compilation for every chunk
+    sigma_keys = [jax.random.fold_in(key, int(round(float(sigma) * 1_000_000))) for sigma in sigmas]
+    labels, preds, rads = [], [[] for _ in sigmas], [[] for _ in sigmas]
+    for j, batch in enumerate(prefetch_to_device(batches, prefetch)):
+        x = to_unit_float(batch.images)
+        got = gather_batches([{"y": batch.labels, "m": batch.mask}])  # every process certifies every row
+        keep = got["m"] > 0
+        labels.append(got["y"][keep])
+        for s, (sigma, sk) in enumerate(zip(sigmas, sigma_keys)):
+            p, r = certify(logits_fn, x, jax.random.fold_in(sk, j), float(sigma), n0=n0, n=n, alpha=alpha,
+                           batch_size=batch_size)
+            preds[s].append(p[keep])
+            rads[s].append(r[keep])
+    if not labels or not sum(len(y) for y in labels):
+        raise ValueError("certification: no examples")
+    labels = np.concatenate(labels)
+    total = len(labels)
     curve_rows, example_rows = [], []
-    for sigma in sigmas:
-        sk = jax.random.fold_in(key, int(round(float(sigma) * 1_000_000)))
-        preds, rads = [], []
-        for j in range(n_chunks):
-            p, r = certify(logits_fn, jnp.asarray(x_all[j * chunk:(j + 1) * chunk]), jax.random.fold_in(sk, j),
-                           float(sigma), n0=n0, n=n, alpha=alpha, batch_size=batch_size)
-            preds.append(p)
-            rads.append(r)
-        pred = np.concatenate(preds)[:total]
-        rad = np.concatenate(rads)[:total]
+    for s, sigma in enumerate(sigmas):
+        pred, rad = np.concatenate(preds[s]), np.concatenate(rads[s])
         for row in certified_accuracy_curve(pred, rad, labels, grid):
             curve_rows.append({"model": model_name, "sigma": float(sigma), **row, "n0": n0, "n_samples": n,
                                "alpha": alpha})
         example_rows += [{"model": model_name, "sigma": float(sigma), "index": i, "label": int(labels[i]),
                           "prediction": int(pred[i]), "radius": float(rad[i])} for i in range(total)]
     return curve_rows, example_rows
+
+
+def certification(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *, model_name: str,
+                  sigmas: Sequence[float], key: jax.Array, n0: int = 100, n: int = 10_000, alpha: float = 0.001,
+                  batch_size: int = 512, radii: Sequence[float] | None = None
+                  ) -> tuple[list[dict], list[dict]]:
+    """:func:`certification_stream` over in-memory arrays: images (N, H, W, C) float32 in
+    [0, 1] (pass the subset to certify), labels (N,) int, certified in chunks of up to
+    ``batch_size`` images (the last chunk padded, the padding dropped); ``batch_size`` is also
+    the number of noisy images per forward pass."""
+    if len(labels) == 0:
+        raise ValueError("certification: no examples")
+    return certification_stream(logits_fn, array_batches(np.asarray(images, np.float32), labels, batch_size),
+                                model_name=model_name, sigmas=sigmas, key=key, n0=n0, n=n, alpha=alpha,
+                                batch_size=batch_size, radii=radii)
 
 
 # --------------------------------------------------------------------------- calibration
@@ -490,15 +564,18 @@ def _softmax_stats(logits: np.ndarray, labels: np.ndarray, temperature: float = 
             "nll": -log_p[np.arange(labels.size), labels]}
 
 
-def calibration_tables(logits_fn: LogitsFn, cal_images: np.ndarray | None, cal_labels: np.ndarray | None,
-                       images: np.ndarray, labels: np.ndarray, *, model_name: str, noise_types: Sequence[str],
-                       levels: Sequence[float], seed: int, key: jax.Array, alphas: Sequence[float] = (0.1,),
-                       methods: Sequence[str] = ("lac", "aps"), n_bins: int = 15,
-                       coverages: Sequence[float] = SELECTIVE_COVERAGES, batch_size: int = 512) -> dict[str, Any]:
+def calibration_tables_stream(logits_fn: LogitsFn, cal_batches: Iterable[Batch] | None, batches: Iterable[Batch],
+                              *, model_name: str, noise_types: Sequence[str], levels: Sequence[float], seed: int,
+                              key: jax.Array, alphas: Sequence[float] = (0.1,),
+                              methods: Sequence[str] = ("lac", "aps"), n_bins: int = 15,
+                              coverages: Sequence[float] = SELECTIVE_COVERAGES) -> dict[str, Any]:
     """Calibration and abstention under every noise condition (noise type x level).
 
+    ``batches`` / ``cal_batches``: fixed-size masked ``Batch``es of the evaluated split and of
+    the calibration split (the validation split; None or empty skips the parts that need it),
+    each read once (prefetched to the device): only the logits (N x K per condition) are kept.
     The test images of a condition are those of the robustness grid (same keys, draw 0).
-    With a calibration split (``cal_images``, the validation split; None skips these parts):
+    With a calibration split:
 
     * temperature T fitted on the clean calibration logits (NLL, ``fit_temperature``);
       ECE and NLL before / after per condition;
@@ -526,16 +603,15 @@ def calibration_tables(logits_fn: LogitsFn, cal_images: np.ndarray | None, cal_l
 
     for name in noise_types:
         get_noise(name)
-    labels = np.asarray(labels).astype(np.int64)
-    split = batch_split(np.asarray(images, np.float32), labels, batch_size)
-    have_cal = cal_images is not None and cal_labels is not None and len(cal_labels) > 0
+    conditions = [(None, 0.0)] + [(t, float(lv)) for t in noise_types for lv in levels if float(lv) != 0.0]
     temperature, thresholds = None, {}
     n_cal = 0
-    if have_cal:
-        cal_labels = np.asarray(cal_labels).astype(np.int64)
+    cal = conditions_logits_stream(logits_fn, cal_batches, [(None, 0.0)], seed) if cal_batches is not None else None
+    if cal is not None and len(cal[1]) == 0:
+        cal = None
+    if cal is not None:
+        cal_logits, cal_labels = cal[0][(None, 0.0)], cal[1].astype(np.int64)
         n_cal = len(cal_labels)
-        cal_split = batch_split(np.asarray(cal_images, np.float32), cal_labels, batch_size)
-        cal_logits = condition_logits(logits_fn, cal_split, None, 0.0, seed)
         temperature = fit_temperature(cal_logits, cal_labels)
         cal_probs = _softmax_stats(cal_logits, cal_labels)["probs"]
         for method in methods:
@@ -544,13 +620,17 @@ def calibration_tables(logits_fn: LogitsFn, cal_images: np.ndarray | None, cal_l
                 k = jax.random.fold_in(key, _crc(f"{method}|calibration")) if method == "aps" else None
                 thresholds[(method, alpha)] = conformal_threshold(cal_probs, cal_labels, alpha, method, k)
 
+    per_condition, labels = conditions_logits_stream(logits_fn, batches, conditions, seed)
+    if len(labels) == 0:
+        raise ValueError("calibration: no examples (empty split)")
+    labels = labels.astype(np.int64)
+
     out: dict[str, Any] = {"reliability": [], "calibration": [], "conformal": [], "selective": [],
                            "temperature": temperature, "n_calibration": n_cal}
-    clean_logits = condition_logits(logits_fn, split, None, 0.0, seed)
     for noise_type in noise_types:
         for level in levels:
             level = float(level)
-            logits = clean_logits if level == 0.0 else condition_logits(logits_fn, split, noise_type, level, seed)
+            logits = per_condition[(None, 0.0) if level == 0.0 else (noise_type, level)]
             st = _softmax_stats(logits, labels)
             base = {"model": model_name, "noise_type": noise_type, "level": level}
             bins = reliability_bins(st["confidence"], st["correct"], n_bins)
@@ -581,6 +661,22 @@ def calibration_tables(logits_fn: LogitsFn, cal_images: np.ndarray | None, cal_l
             for r in selective_accuracy_curve(score, st["correct"], coverages):
                 out["selective"].append({**base, **r})
     return out
+
+
+def calibration_tables(logits_fn: LogitsFn, cal_images: np.ndarray | None, cal_labels: np.ndarray | None,
+                       images: np.ndarray, labels: np.ndarray, *, model_name: str, noise_types: Sequence[str],
+                       levels: Sequence[float], seed: int, key: jax.Array, alphas: Sequence[float] = (0.1,),
+                       methods: Sequence[str] = ("lac", "aps"), n_bins: int = 15,
+                       coverages: Sequence[float] = SELECTIVE_COVERAGES, batch_size: int = 512) -> dict[str, Any]:
+    """:func:`calibration_tables_stream` over in-memory arrays: the evaluated split ``images``
+    (N, H, W, C) float32 in [0, 1] / ``labels`` (N,) and the calibration split ``cal_images`` /
+    ``cal_labels`` (None or empty: temperature and conformal sets skipped), in batches of
+    ``batch_size``."""
+    have_cal = cal_images is not None and cal_labels is not None and len(cal_labels) > 0
+    cal = array_batches(np.asarray(cal_images, np.float32), cal_labels, batch_size) if have_cal else None
+    return calibration_tables_stream(logits_fn, cal, array_batches(np.asarray(images, np.float32), labels, batch_size),
+                                     model_name=model_name, noise_types=noise_types, levels=levels, seed=seed,
+                                     key=key, alphas=alphas, methods=methods, n_bins=n_bins, coverages=coverages)
 
 
 # --------------------------------------------------------------------------- printed summaries
