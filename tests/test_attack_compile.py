@@ -8,7 +8,6 @@ step count could be traced (commit 65292e7 of src/robust_vision/attacks), key 11
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import jax
