@@ -1,17 +1,22 @@
 """Cost of a PGD attack relative to plain forward-backward passes of the same model.
 
-PGD-k costs k forward-backward passes (plus projections, which are elementwise); the
-ratio  t(PGD-k) / t(k + 1 forward-backward passes)  should therefore be close to 1 (the
-"+1" is the customary clean pass an evaluation adds). A ratio well above 1 means overhead
-in the attack loop (recompilation, host round-trips, non-fused projections).
+Unit: one forward+backward (fb) unit = the time of ONE call of a jitted function returning the
+input gradient of the loss on the same batch (min over interleaved repeats). PGD-k with a random
+start makes exactly k forward-backward passes (no clean pass), so
 
-Model: a small CNN in Flax NNX (3 conv layers on 32x32x3, global pooling, linear head),
-batch 128 by default. Both sides are jitted and warmed up; the variants are timed
-round-robin ``--repeats`` times and we report the min (and the median). The reference is
-measured two ways: k + 1 calls of a jitted forward-backward function, and one jitted ``fori_loop`` of k + 1 dependent passes (no
-per-call dispatch), so dispatch overhead is visible. PGD is timed with its steps in a
-rolled ``lax.fori_loop`` (the default) and fully unrolled (``unroll=True``): on the XLA CPU
-backend the same convolutions run markedly slower inside a rolled while-loop.
+    cost(PGD-k) = t(PGD-k) / (k * t(one jitted forward-backward call))   [fb units]
+
+should be close to 1: above 1 is overhead of the attack loop (loop control, projections, the
+random start), below 1 means one program did better than k separate calls (no dispatch).
+benchmarks/compile_time.py reports the same unit.
+
+Variants, all jitted and warmed up, timed round-robin ``--repeats`` times (min, and median):
+k dependent forward-backward passes inside one rolled ``fori_loop`` (no attack: the rolled-loop
+baseline of this backend); PGD-k with the step count static and the loop rolled (``unroll=1``);
+with the step count traced (one program for every k), rolled and partially unrolled
+(``unroll=2, 4``: an outer loop over chunks of unrolled steps, ``attacks._common.loop``); and
+fully unrolled (static k, ``unroll=True``). Model: a small CNN in Flax NNX (3 conv layers on
+32x32x3, global pooling, linear head), batch 128 by default.
 
     python benchmarks/attack_cost.py [--batch 128] [--steps 20] [--repeats 5]
 
@@ -86,7 +91,7 @@ def main() -> None:
     x = jax.random.uniform(jax.random.key(1), (args.batch, 32, 32, 3))
     y = jax.random.randint(jax.random.key(2), (args.batch,), 0, 10)
     key = jax.random.key(3)
-    n_passes = args.steps + 1
+    k = args.steps
 
     def logits_fn_of(state):
         model = nnx.merge(graphdef, state)
@@ -101,44 +106,42 @@ def main() -> None:
     @jax.jit
     def fb_loop(state, x, y):
         # Dependent passes (each input depends on the last gradient) so XLA cannot merge them.
-        return jax.lax.fori_loop(0, n_passes, lambda i, z: z + 1e-6 * jnp.sign(input_grad(state, z, y)), x)
+        return jax.lax.fori_loop(0, k, lambda i, z: z + 1e-6 * jnp.sign(input_grad(state, z, y)), x)
 
-    @functools.partial(jax.jit, static_argnames=("steps", "unroll"))
-    def attack(state, x, y, key, eps, steps, unroll):
+    def run(state, x, y, key, eps, steps, unroll):
         return pgd(logits_fn_of(state), x, y, key, eps, norm="linf", steps=steps, unroll=unroll)
 
-    # Warm up (compile) everything.
-    jax.block_until_ready(fb(state, x, y))
-    jax.block_until_ready(fb_loop(state, x, y))
-    for unroll in (1, True):
-        jax.block_until_ready(attack(state, x, y, key, args.eps, args.steps, unroll))
-
-    def calls():
-        out = None
-        for _ in range(n_passes):
-            out = fb(state, x, y)
-        return out
-
-    t = _interleaved_times({
-        "calls": calls,
+    attack = jax.jit(run, static_argnames=("unroll",))  # steps an int32 array: traced
+    static_attack = jax.jit(functools.partial(run, steps=k), static_argnames=("unroll",))
+    traced_k = jnp.int32(k)
+    eps = jnp.float32(args.eps)
+    fns = {
+        "fb": lambda: fb(state, x, y),
         "loop": lambda: fb_loop(state, x, y),
-        "pgd": lambda: attack(state, x, y, key, args.eps, args.steps, 1),
-        "pgd_unrolled": lambda: attack(state, x, y, key, args.eps, args.steps, True),
-    }, args.repeats)
-
+        "static": lambda: static_attack(state, x, y, key, eps, unroll=1),
+        "traced": lambda: attack(state, x, y, key, eps, traced_k, 1),
+        "traced_u2": lambda: attack(state, x, y, key, eps, traced_k, 2),
+        "traced_u4": lambda: attack(state, x, y, key, eps, traced_k, 4),
+        "unrolled": lambda: static_attack(state, x, y, key, eps, unroll=True),
+    }
+    for fn in fns.values():  # compile
+        jax.block_until_ready(fn())
+    t = _interleaved_times(fns, args.repeats)
+    labels = {"fb": "one jitted forward-backward call (the unit)",
+              "loop": f"{k} forward-backward passes, one rolled fori_loop",
+              "static": f"PGD-{k}, static steps, rolled (unroll=1)",
+              "traced": f"PGD-{k}, traced steps, rolled (default)",
+              "traced_u2": f"PGD-{k}, traced steps, unroll=2",
+              "traced_u4": f"PGD-{k}, traced steps, unroll=4",
+              "unrolled": f"PGD-{k}, static steps, unroll=True"}
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), batch {args.batch}, 32x32x3, "
-          f"{args.repeats} interleaved repeats, min (median) ms")
-    labels = {"calls": f"{n_passes} forward-backward calls",
-              "loop": f"{n_passes} forward-backward passes, one fori_loop",
-              "pgd": f"PGD-{args.steps} (Linf, random start, rolled loop)",
-              "pgd_unrolled": f"PGD-{args.steps}, unroll=True"}
-    print(f"{'one forward-backward pass':48s} {1e3 * t['calls'][0] / n_passes:9.1f} "
-          f"({1e3 * t['calls'][1] / n_passes:.1f})")
+          f"{args.repeats} interleaved repeats; ms min (median); fb units = t / ({k} x t(one call))")
+    t_fb = t["fb"][0]
     for name, label in labels.items():
-        print(f"{label:48s} {1e3 * t[name][0]:9.1f} ({1e3 * t[name][1]:.1f})")
-    for num, den in (("pgd", "calls"), ("pgd", "loop"), ("pgd_unrolled", "calls")):
-        print(f"ratio {labels[num]} / {labels[den]}: {t[num][0] / t[den][0]:.3f} "
-              f"(medians {t[num][1] / t[den][1]:.3f})")
+        passes = 1 if name == "fb" else k
+        print(f"{label:52s} {1e3 * t[name][0]:9.1f} ({1e3 * t[name][1]:7.1f})   "
+              f"{t[name][0] / (passes * t_fb):5.3f} fb units (medians {t[name][1] / (passes * t['fb'][1]):.3f})")
+
 
 def autoattack_costs(args) -> None:
     from robust_vision.attacks.apgd_t import apgd_dlr, apgd_t
