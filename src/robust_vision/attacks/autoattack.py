@@ -9,7 +9,7 @@ Versions (as the reference's ``version=``):
 
 Fixed shapes: between stages the still-robust points are gathered on the host into batches of
 one fixed size (the last one padded and masked; a power of two below ``batch_size`` when few points
-remain), so a stage compiles once per batch size (eps traced) and
+remain), so a stage compiles once per batch size (eps and the budgets traced) and
 already-fooled points cost nothing. Each example is attacked with its own key,
 fold_in(stage key, example index) (the attack is vmapped over examples), so its result does not
 depend on which other points share its batch: the run is deterministic for a key, independent of
