@@ -30,6 +30,14 @@ cost per example at the reference budget: the worst case (a point robust to ever
 of them) and the case of a point APGD-CE already breaks.
 
     python benchmarks/attack_cost.py --autoattack [--batch 32] [--aa-steps 10] [--aa-queries 200]
+
+``--conv-layout`` tests the cause of the rolled-loop penalty on XLA:CPU with a two-layer plain
+``lax`` CNN: k dependent input gradients in a rolled ``fori_loop``, once with JAX's own backward
+convolution (kernel flipped and transposed inside the loop body, ``..._01oi``) and once with a
+``custom_vjp`` whose backward convolution takes a kernel flipped and transposed to HWIO once,
+outside the loop (same gradient, checked bit for bit), both in fb units.
+
+    python benchmarks/attack_cost.py --conv-layout [--batch 32] [--steps 10] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -83,9 +91,12 @@ def main() -> None:
     parser.add_argument("--aa-steps", type=int, default=10)
     parser.add_argument("--aa-queries", type=int, default=200)
     parser.add_argument("--n-targets", type=int, default=9)
+    parser.add_argument("--conv-layout", action="store_true", help="the rolled-loop convolution-layout experiment")
     args = parser.parse_args()
     if args.autoattack:
         return autoattack_costs(args)
+    if args.conv_layout:
+        return conv_layout(args)
 
     graphdef, state = nnx.split(SmallCNN(rngs=nnx.Rngs(0)))
     x = jax.random.uniform(jax.random.key(1), (args.batch, 32, 32, 3))
@@ -203,6 +214,53 @@ def autoattack_costs(args) -> None:
           f"worst case (robust to every stage) counted {worst[0]:.0f}, measured {worst[1]:.0f} "
           f"(= {worst[1] * t_fb / args.batch * 1e3:.1f} ms per example here); a point APGD-CE breaks: "
           f"{per_example_ref['apgd-ce'][0]:.0f} counted, at most (the loop runs all iterations)")
+
+
+def conv_layout(args) -> None:
+    from jax import lax
+
+    dn = ("NHWC", "HWIO", "NHWC")
+    k1, k2 = jax.random.split(jax.random.key(0))
+    ws = (0.1 * jax.random.normal(k1, (3, 3, 3, 32)), 0.1 * jax.random.normal(k2, (3, 3, 32, 64)))
+    x = jax.random.uniform(jax.random.key(1), (args.batch, 32, 32, 3))
+    k = args.steps
+
+    def conv(z, w):
+        return lax.conv_general_dilated(z, w, (1, 1), "SAME", dimension_numbers=dn)
+
+    def conv_hoisted(z, w, w_back):  # w_back: w flipped in space, in/out swapped (HWIO), made outside the loop
+        @jax.custom_vjp
+        def c(z):
+            return conv(z, w)
+        c.defvjp(lambda z: (conv(z, w), None), lambda _, dy: (conv(dy, w_back),))
+        return c(z)
+
+    def loss(z, layer):
+        h = jax.nn.relu(layer(z, 0))
+        return jnp.sum(jnp.mean(jax.nn.relu(layer(h, 1)), axis=(1, 2)) ** 2)
+
+    def grad_plain(z):
+        return jax.grad(loss)(z, lambda h, i: conv(h, ws[i]))
+
+    def grad_hoisted(z, w_back):
+        return jax.grad(loss)(z, lambda h, i: conv_hoisted(h, ws[i], w_back[i]))
+
+    def backs():
+        return lax.optimization_barrier(tuple(jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2) for w in ws))
+
+    fb = jax.jit(grad_plain)
+    plain = jax.jit(lambda x: jax.lax.fori_loop(0, k, lambda i, z: z + 1e-6 * jnp.sign(grad_plain(z)), x))
+    hoisted = jax.jit(lambda x: jax.lax.fori_loop(
+        0, k, lambda i, z, wb=backs(): z + 1e-6 * jnp.sign(grad_hoisted(z, wb)), x))
+    same = bool(jnp.array_equal(jax.jit(lambda z: grad_hoisted(z, backs()))(x), fb(x)))
+    fns = {"fb": lambda: fb(x), "plain": lambda: plain(x), "hoisted": lambda: hoisted(x)}
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+    t = _interleaved_times(fns, args.repeats)
+    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), 2-conv CNN 32x32x3, batch {args.batch}, "
+          f"{k} steps, {args.repeats} interleaved repeats (min); gradients identical: {same}")
+    print(f"rolled fori_loop, JAX's backward convolution:              {t['plain'][0] / (k * t['fb'][0]):.3f} fb units")
+    print(f"rolled fori_loop, backward kernel in HWIO made outside it: {t['hoisted'][0] / (k * t['fb'][0]):.3f} fb units")
 
 
 if __name__ == "__main__":
