@@ -1,17 +1,22 @@
 """Cost of a PGD attack relative to plain forward-backward passes of the same model.
 
-PGD-k costs k forward-backward passes (plus projections, which are elementwise); the
-ratio  t(PGD-k) / t(k + 1 forward-backward passes)  should therefore be close to 1 (the
-"+1" is the customary clean pass an evaluation adds). A ratio well above 1 means overhead
-in the attack loop (recompilation, host round-trips, non-fused projections).
+Unit: one forward+backward (fb) unit = the time of ONE call of a jitted function returning the
+input gradient of the loss on the same batch (min over interleaved repeats). PGD-k with a random
+start makes exactly k forward-backward passes (no clean pass), so
 
-Model: a small CNN in Flax NNX (3 conv layers on 32x32x3, global pooling, linear head),
-batch 128 by default. Both sides are jitted and warmed up; the variants are timed
-round-robin ``--repeats`` times and we report the min (and the median). The reference is
-measured two ways: k + 1 calls of a jitted forward-backward function, and one jitted ``fori_loop`` of k + 1 dependent passes (no
-per-call dispatch), so dispatch overhead is visible. PGD is timed with its steps in a
-rolled ``lax.fori_loop`` (the default) and fully unrolled (``unroll=True``): on the XLA CPU
-backend the same convolutions run markedly slower inside a rolled while-loop.
+    cost(PGD-k) = t(PGD-k) / (k * t(one jitted forward-backward call))   [fb units]
+
+should be close to 1: above 1 is overhead of the attack loop (loop control, projections, the
+random start), below 1 means one program did better than k separate calls (no dispatch).
+benchmarks/compile_time.py reports the same unit.
+
+Variants, all jitted and warmed up, timed round-robin ``--repeats`` times (min, and median):
+k dependent forward-backward passes inside one rolled ``fori_loop`` (no attack: the rolled-loop
+baseline of this backend); PGD-k with the step count static and the loop rolled (``unroll=1``);
+with the step count traced (one program for every k), rolled and partially unrolled
+(``unroll=2, 4``: an outer loop over chunks of unrolled steps, ``attacks._common.loop``); and
+fully unrolled (static k, ``unroll=True``). Model: a small CNN in Flax NNX (3 conv layers on
+32x32x3, global pooling, linear head), batch 128 by default.
 
     python benchmarks/attack_cost.py [--batch 128] [--steps 20] [--repeats 5]
 
@@ -25,6 +30,14 @@ cost per example at the reference budget: the worst case (a point robust to ever
 of them) and the case of a point APGD-CE already breaks.
 
     python benchmarks/attack_cost.py --autoattack [--batch 32] [--aa-steps 10] [--aa-queries 200]
+
+``--conv-layout`` tests the cause of the rolled-loop penalty on XLA:CPU with a two-layer plain
+``lax`` CNN: k dependent input gradients in a rolled ``fori_loop``, once with JAX's own backward
+convolution (kernel flipped and transposed inside the loop body, ``..._01oi``) and once with a
+``custom_vjp`` whose backward convolution takes a kernel flipped and transposed to HWIO once,
+outside the loop (same gradient, checked bit for bit), both in fb units.
+
+    python benchmarks/attack_cost.py --conv-layout [--batch 32] [--steps 10] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -78,15 +91,18 @@ def main() -> None:
     parser.add_argument("--aa-steps", type=int, default=10)
     parser.add_argument("--aa-queries", type=int, default=200)
     parser.add_argument("--n-targets", type=int, default=9)
+    parser.add_argument("--conv-layout", action="store_true", help="the rolled-loop convolution-layout experiment")
     args = parser.parse_args()
     if args.autoattack:
         return autoattack_costs(args)
+    if args.conv_layout:
+        return conv_layout(args)
 
     graphdef, state = nnx.split(SmallCNN(rngs=nnx.Rngs(0)))
     x = jax.random.uniform(jax.random.key(1), (args.batch, 32, 32, 3))
     y = jax.random.randint(jax.random.key(2), (args.batch,), 0, 10)
     key = jax.random.key(3)
-    n_passes = args.steps + 1
+    k = args.steps
 
     def logits_fn_of(state):
         model = nnx.merge(graphdef, state)
@@ -101,44 +117,42 @@ def main() -> None:
     @jax.jit
     def fb_loop(state, x, y):
         # Dependent passes (each input depends on the last gradient) so XLA cannot merge them.
-        return jax.lax.fori_loop(0, n_passes, lambda i, z: z + 1e-6 * jnp.sign(input_grad(state, z, y)), x)
+        return jax.lax.fori_loop(0, k, lambda i, z: z + 1e-6 * jnp.sign(input_grad(state, z, y)), x)
 
-    @functools.partial(jax.jit, static_argnames=("steps", "unroll"))
-    def attack(state, x, y, key, eps, steps, unroll):
+    def run(state, x, y, key, eps, steps, unroll):
         return pgd(logits_fn_of(state), x, y, key, eps, norm="linf", steps=steps, unroll=unroll)
 
-    # Warm up (compile) everything.
-    jax.block_until_ready(fb(state, x, y))
-    jax.block_until_ready(fb_loop(state, x, y))
-    for unroll in (1, True):
-        jax.block_until_ready(attack(state, x, y, key, args.eps, args.steps, unroll))
-
-    def calls():
-        out = None
-        for _ in range(n_passes):
-            out = fb(state, x, y)
-        return out
-
-    t = _interleaved_times({
-        "calls": calls,
+    attack = jax.jit(run, static_argnames=("unroll",))  # steps an int32 array: traced
+    static_attack = jax.jit(functools.partial(run, steps=k), static_argnames=("unroll",))
+    traced_k = jnp.int32(k)
+    eps = jnp.float32(args.eps)
+    fns = {
+        "fb": lambda: fb(state, x, y),
         "loop": lambda: fb_loop(state, x, y),
-        "pgd": lambda: attack(state, x, y, key, args.eps, args.steps, 1),
-        "pgd_unrolled": lambda: attack(state, x, y, key, args.eps, args.steps, True),
-    }, args.repeats)
-
+        "static": lambda: static_attack(state, x, y, key, eps, unroll=1),
+        "traced": lambda: attack(state, x, y, key, eps, traced_k, 1),
+        "traced_u2": lambda: attack(state, x, y, key, eps, traced_k, 2),
+        "traced_u4": lambda: attack(state, x, y, key, eps, traced_k, 4),
+        "unrolled": lambda: static_attack(state, x, y, key, eps, unroll=True),
+    }
+    for fn in fns.values():  # compile
+        jax.block_until_ready(fn())
+    t = _interleaved_times(fns, args.repeats)
+    labels = {"fb": "one jitted forward-backward call (the unit)",
+              "loop": f"{k} forward-backward passes, one rolled fori_loop",
+              "static": f"PGD-{k}, static steps, rolled (unroll=1)",
+              "traced": f"PGD-{k}, traced steps, rolled (default)",
+              "traced_u2": f"PGD-{k}, traced steps, unroll=2",
+              "traced_u4": f"PGD-{k}, traced steps, unroll=4",
+              "unrolled": f"PGD-{k}, static steps, unroll=True"}
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), batch {args.batch}, 32x32x3, "
-          f"{args.repeats} interleaved repeats, min (median) ms")
-    labels = {"calls": f"{n_passes} forward-backward calls",
-              "loop": f"{n_passes} forward-backward passes, one fori_loop",
-              "pgd": f"PGD-{args.steps} (Linf, random start, rolled loop)",
-              "pgd_unrolled": f"PGD-{args.steps}, unroll=True"}
-    print(f"{'one forward-backward pass':48s} {1e3 * t['calls'][0] / n_passes:9.1f} "
-          f"({1e3 * t['calls'][1] / n_passes:.1f})")
+          f"{args.repeats} interleaved repeats; ms min (median); fb units = t / ({k} x t(one call))")
+    t_fb = t["fb"][0]
     for name, label in labels.items():
-        print(f"{label:48s} {1e3 * t[name][0]:9.1f} ({1e3 * t[name][1]:.1f})")
-    for num, den in (("pgd", "calls"), ("pgd", "loop"), ("pgd_unrolled", "calls")):
-        print(f"ratio {labels[num]} / {labels[den]}: {t[num][0] / t[den][0]:.3f} "
-              f"(medians {t[num][1] / t[den][1]:.3f})")
+        passes = 1 if name == "fb" else k
+        print(f"{label:52s} {1e3 * t[name][0]:9.1f} ({1e3 * t[name][1]:7.1f})   "
+              f"{t[name][0] / (passes * t_fb):5.3f} fb units (medians {t[name][1] / (passes * t['fb'][1]):.3f})")
+
 
 def autoattack_costs(args) -> None:
     from robust_vision.attacks.apgd_t import apgd_dlr, apgd_t
@@ -200,6 +214,53 @@ def autoattack_costs(args) -> None:
           f"worst case (robust to every stage) counted {worst[0]:.0f}, measured {worst[1]:.0f} "
           f"(= {worst[1] * t_fb / args.batch * 1e3:.1f} ms per example here); a point APGD-CE breaks: "
           f"{per_example_ref['apgd-ce'][0]:.0f} counted, at most (the loop runs all iterations)")
+
+
+def conv_layout(args) -> None:
+    from jax import lax
+
+    dn = ("NHWC", "HWIO", "NHWC")
+    k1, k2 = jax.random.split(jax.random.key(0))
+    ws = (0.1 * jax.random.normal(k1, (3, 3, 3, 32)), 0.1 * jax.random.normal(k2, (3, 3, 32, 64)))
+    x = jax.random.uniform(jax.random.key(1), (args.batch, 32, 32, 3))
+    k = args.steps
+
+    def conv(z, w):
+        return lax.conv_general_dilated(z, w, (1, 1), "SAME", dimension_numbers=dn)
+
+    def conv_hoisted(z, w, w_back):  # w_back: w flipped in space, in/out swapped (HWIO), made outside the loop
+        @jax.custom_vjp
+        def c(z):
+            return conv(z, w)
+        c.defvjp(lambda z: (conv(z, w), None), lambda _, dy: (conv(dy, w_back),))
+        return c(z)
+
+    def loss(z, layer):
+        h = jax.nn.relu(layer(z, 0))
+        return jnp.sum(jnp.mean(jax.nn.relu(layer(h, 1)), axis=(1, 2)) ** 2)
+
+    def grad_plain(z):
+        return jax.grad(loss)(z, lambda h, i: conv(h, ws[i]))
+
+    def grad_hoisted(z, w_back):
+        return jax.grad(loss)(z, lambda h, i: conv_hoisted(h, ws[i], w_back[i]))
+
+    def backs():
+        return lax.optimization_barrier(tuple(jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2) for w in ws))
+
+    fb = jax.jit(grad_plain)
+    plain = jax.jit(lambda x: jax.lax.fori_loop(0, k, lambda i, z: z + 1e-6 * jnp.sign(grad_plain(z)), x))
+    hoisted = jax.jit(lambda x: jax.lax.fori_loop(
+        0, k, lambda i, z, wb=backs(): z + 1e-6 * jnp.sign(grad_hoisted(z, wb)), x))
+    same = bool(jnp.array_equal(jax.jit(lambda z: grad_hoisted(z, backs()))(x), fb(x)))
+    fns = {"fb": lambda: fb(x), "plain": lambda: plain(x), "hoisted": lambda: hoisted(x)}
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+    t = _interleaved_times(fns, args.repeats)
+    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), 2-conv CNN 32x32x3, batch {args.batch}, "
+          f"{k} steps, {args.repeats} interleaved repeats (min); gradients identical: {same}")
+    print(f"rolled fori_loop, JAX's backward convolution:              {t['plain'][0] / (k * t['fb'][0]):.3f} fb units")
+    print(f"rolled fori_loop, backward kernel in HWIO made outside it: {t['hoisted'][0] / (k * t['fb'][0]):.3f} fb units")
 
 
 if __name__ == "__main__":

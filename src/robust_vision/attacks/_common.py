@@ -12,6 +12,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from robust_vision.evaluation.metrics import logit_margin
@@ -41,6 +42,60 @@ def check_inputs(x: jax.Array, y: jax.Array, eps: float | jax.Array | None = Non
         raise ValueError(f"{name}: labels must be integers (int32), got dtype {y.dtype}.")
     if isinstance(eps, (int, float)) and not eps >= 0:
         raise ValueError(f"{name}: eps must be >= 0 (a budget in [0, 1] pixel units), got {eps}.")
+
+
+def check_count(value: int | jax.Array, name: str, what: str = "steps", minimum: int = 0) -> None:
+    """Fail early on a concrete count below ``minimum``; a traced count cannot be checked
+    (the loops then treat a count below the minimum as the minimum)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value < minimum:
+        raise ValueError(f"{name}: {what} must be >= {minimum}, got {value}.")
+
+
+def is_static(n: int | jax.Array) -> bool:
+    """True for a Python / NumPy integer (a trip count known while tracing)."""
+    return isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+
+
+def count(n: int | jax.Array) -> int | jax.Array:
+    """A trip count as the loops take it: a Python int stays static, anything else (a traced
+    value, a 0-d array of any dtype: ``evaluate._split_hyper`` passes float32) becomes a 0-d int32
+    array, so one compiled program serves every value."""
+    if is_static(n):
+        return int(n)
+    return jnp.asarray(n).astype(jnp.int32)
+
+
+def loop(lower: int | jax.Array, upper: int | jax.Array, body: Callable, init, *,
+         unroll: int | bool = 1):
+    """``lax.fori_loop(lower, upper, body, init)`` for a static or a traced trip count.
+
+    Static bounds (Python ints) keep the XLA trip count known and pass ``unroll`` through (a
+    new count is a new program). With a traced bound the loop is one program for every count;
+    ``unroll = k > 1`` then runs an outer loop over chunks of k iterations, each chunk unrolled
+    in the body, and the remaining (upper - lower) % k iterations in a rolled loop, so exactly
+    the same iterations run in the same order. ``unroll=True`` (full unrolling) needs a static
+    count, because the unrolled program's size is the count.
+    """
+    if is_static(lower) and is_static(upper):
+        return jax.lax.fori_loop(int(lower), int(upper), body, init, unroll=unroll)
+    if unroll is True:
+        raise ValueError("unroll=True (full unrolling) needs a static step count (a Python int); "
+                         "pass an int, or unroll=k for a partial unrolling of a traced count.")
+    k = int(unroll) if unroll else 1
+    lower = jnp.asarray(lower, jnp.int32)
+    upper = jnp.maximum(jnp.asarray(upper, jnp.int32), lower)
+    if k <= 1:
+        return jax.lax.fori_loop(lower, upper, body, init)
+
+    def chunk(c, carry):
+        start = lower + c * k
+        for j in range(k):
+            carry = body(start + j, carry)
+        return carry
+
+    n_chunks = (upper - lower) // k
+    carry = jax.lax.fori_loop(0, n_chunks, chunk, init)
+    return jax.lax.fori_loop(lower + n_chunks * k, upper, body, carry)
 
 
 def check_norm(norm: str, name: str = "attack") -> None:

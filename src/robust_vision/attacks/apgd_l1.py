@@ -20,7 +20,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from robust_vision.attacks._common import LogitsFn, bwhere, check_inputs, get_attack_loss, loss_grad_logits
+from robust_vision.attacks._common import (
+    LogitsFn, bwhere, check_count, check_inputs, count, get_attack_loss, is_static, loop, loss_grad_logits,
+)
 
 _BISECT_STEPS = 40
 
@@ -61,23 +63,24 @@ def _l0(v: jax.Array) -> jax.Array:
 
 
 def apgd_l1(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps: float | jax.Array,
-            *, steps: int = 100, loss: str = "ce", random_start: bool = True, topk_init: float = 0.2) -> jax.Array:
+            *, steps: int | jax.Array = 100, loss: str = "ce", random_start: bool = True, topk_init: float = 0.2) -> jax.Array:
     """L1-APGD with the cross-entropy loss (``loss="ce"``; "margin" or a callable also work).
 
     Args: x (B, H, W, C) in [0, 1]; y (B,) int; key (random start: a Gaussian point projected
       onto the ball ∩ box); eps: L1 radius in pixel units summed over H*W*C (e.g. 12 on CIFAR-10,
-      the reference's threat model); steps: iterations.
+      the reference's threat model); steps: iterations (a Python int or a traced int).
     Cost: steps + 1 forward-backward passes. Returns per example the last misclassified iterate if
     any, otherwise the highest-loss one; always ||x_adv - x||_1 <= eps (up to float round-off) and
     x_adv in [0, 1]; eps = 0 returns x.
     """
     check_inputs(x, y, eps, name="apgd_l1")
-    if steps < 1:
-        raise ValueError(f"apgd_l1: steps must be >= 1, got {steps}.")
+    check_count(steps, "apgd_l1", minimum=1)
+    steps = count(steps)
     loss_fn = get_attack_loss(loss)
     b = x.shape[0]
     n_fts = x.shape[1] * x.shape[2] * x.shape[3]
-    check_every = max(int(0.04 * steps), 1)
+    # max(int(0.04 * steps), 1) in exact integers (equal for every steps up to 20,000 at least).
+    check_every = max(4 * steps // 100, 1) if is_static(steps) else jnp.maximum(4 * steps // 100, 1)
     eps_f = jnp.asarray(eps, jnp.float32)
 
     if random_start:
@@ -124,5 +127,5 @@ def apgd_l1(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps
             sp_old=jnp.where(at_check, sp_curr, c["sp_old"]),
         )
 
-    out = jax.lax.fori_loop(0, steps, body, init)
+    out = loop(0, steps, body, init)
     return bwhere(out["succ"], out["x_succ"], out["x_best"])

@@ -11,8 +11,8 @@ the CE gradient underflows to zero) still gives APGD a useful gradient:
 with z_pi1 >= z_pi2 >= ... the sorted logits. Both attacks run the APGD loop of
 ``attacks.gradient.apgd_ce`` unchanged (imported, with the loss passed as a callable), so the
 step-size schedule, momentum and the choice of the returned iterate are exactly APGD-CE's.
-Signature ``f(logits_fn, x, y, key, eps, **hyper) -> x_adv``; eps may be traced; the targets
-run in a ``lax.fori_loop``.
+Signature ``f(logits_fn, x, y, key, eps, **hyper) -> x_adv``; eps, ``steps`` and ``n_targets``
+may be traced (one program for every budget); the targets run in a rolled loop.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from robust_vision.attacks._common import LogitsFn, bwhere, check_inputs, check_norm
+from robust_vision.attacks._common import LogitsFn, bwhere, check_inputs, check_norm, count, is_static, loop
 from robust_vision.attacks.gradient import apgd_ce
 
 _DLR_EPS = 1e-12  # as the reference: keeps the ratio finite when the top logits tie
@@ -52,7 +52,7 @@ def dlr_targeted_loss(logits: jax.Array, y: jax.Array, target: jax.Array) -> jax
 
 
 def apgd_dlr(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps: float | jax.Array,
-             *, norm: str = "linf", steps: int = 100, rho: float = 0.75, random_start: bool = True,
+             *, norm: str = "linf", steps: int | jax.Array = 100, rho: float = 0.75, random_start: bool = True,
              unroll: int | bool = 1) -> jax.Array:
     """APGD maximising the untargeted DLR loss (AutoAttack's "apgd-dlr"). Cost: steps + 1
     forward-backward passes. Shapes and ranges as ``apgd_ce``."""
@@ -67,8 +67,22 @@ def top_targets(logits: jax.Array, n_targets: int) -> jax.Array:
     return jnp.stack([order[:, -(r + 2)] for r in range(n_targets)]).astype(jnp.int32)
 
 
+def n_targets_for(n_targets: int | jax.Array, n_classes: int) -> int | jax.Array:
+    """``n_targets`` capped to [1, K - 1] (static for a Python int, traced otherwise)."""
+    if is_static(n_targets):
+        return max(1, min(int(n_targets), n_classes - 1))
+    return jnp.clip(count(n_targets), 1, n_classes - 1)
+
+
+def target_at(order: jax.Array, r: int | jax.Array) -> jax.Array:
+    """(B,) int32: the class ranked r + 2 by the clean logits (``order`` = argsort, ascending);
+    ``top_targets(logits, n)[r]`` for a possibly traced r (a dynamic index, so the number of
+    targets need not be static)."""
+    return jax.lax.dynamic_index_in_dim(order, order.shape[-1] - 2 - r, axis=1, keepdims=False).astype(jnp.int32)
+
+
 def apgd_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps: float | jax.Array,
-           *, norm: str = "linf", steps: int = 100, n_targets: int = 9, rho: float = 0.75,
+           *, norm: str = "linf", steps: int | jax.Array = 100, n_targets: int | jax.Array = 9, rho: float = 0.75,
            random_start: bool = True, unroll: int | bool = 1) -> jax.Array:
     """APGD-T: for each of the ``n_targets`` top classes (default 9, capped at K - 1), one APGD
     run maximising DLR_T towards that class; per example the first run that misclassifies wins
@@ -85,13 +99,13 @@ def apgd_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps:
     n_classes = clean.shape[-1]
     if n_classes < 4:
         raise ValueError(f"apgd_t needs at least 4 classes (targeted DLR), got {n_classes}.")
-    n_targets = max(1, min(int(n_targets), n_classes - 1))
-    targets = top_targets(clean, n_targets)
+    n_targets = n_targets_for(n_targets, n_classes)
+    order = jnp.argsort(clean, axis=-1)
     fooled0 = jnp.argmax(clean, axis=-1) != y
 
     def per_target(r, carry):
         best_x, fooled = carry
-        target = targets[r]
+        target = target_at(order, r)
         loss = lambda logits, labels: dlr_targeted_loss(logits, labels, target)  # noqa: E731
         x_r = apgd_ce(logits_fn, x, y, jax.random.fold_in(key, r), eps, norm=norm, steps=steps, rho=rho,
                       random_start=random_start, loss=loss, unroll=unroll)
@@ -99,5 +113,5 @@ def apgd_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps:
         take = ~fooled & succ
         return bwhere(take, x_r, best_x), fooled | succ
 
-    best_x, _ = jax.lax.fori_loop(0, n_targets, per_target, (x, fooled0))
+    best_x, _ = loop(0, n_targets, per_target, (x, fooled0))
     return best_x

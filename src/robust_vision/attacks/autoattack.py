@@ -9,7 +9,7 @@ Versions (as the reference's ``version=``):
 
 Fixed shapes: between stages the still-robust points are gathered on the host into batches of
 one fixed size (the last one padded and masked; a power of two below ``batch_size`` when few points
-remain), so a stage compiles once per batch size (eps traced) and
+remain), so a stage compiles once per batch size (eps and the budgets traced) and
 already-fooled points cost nothing. Each example is attacked with its own key,
 fold_in(stage key, example index) (the attack is vmapped over examples), so its result does not
 depend on which other points share its batch: the run is deterministic for a key, independent of
@@ -74,11 +74,16 @@ def stages(version: str, norm: str, *, steps: int = 100, n_targets: int = 9, fab
             ("square", square, {"norm": norm, "n_queries": n_queries})]
 
 
-def _stage_impl(xb, yb, keys, eps, *, attack, hyper, logits_fn, norm):
+# Budgets passed to the stages as traced int32 values: one compiled program per stage serves
+# every iteration / target / query count (and every eps); only the norm is static.
+TRACED_BUDGET = ("steps", "n_targets", "n_queries")
+
+
+def _stage_impl(xb, yb, keys, eps, budget, *, attack, hyper, logits_fn, norm):
     """Attack each example with its own key (vmap over batch-1 attacks); return x_adv and whether
-    it is misclassified inside the ball."""
+    it is misclassified inside the ball. ``budget``: traced counts (``TRACED_BUDGET``)."""
     def one(xi, yi, ki):
-        return attack(logits_fn, xi[None], yi[None], ki, eps, **dict(hyper))[0]
+        return attack(logits_fn, xi[None], yi[None], ki, eps, **dict(hyper), **budget)[0]
 
     x_adv = jax.vmap(one)(xb, yb, keys)
     delta = (x_adv - xb).reshape(xb.shape[0], -1)
@@ -92,13 +97,17 @@ _STAGE_CACHE: dict[tuple, Callable] = {}
 
 
 def _stage_fn(attack: Callable, hyper: dict, logits_fn: LogitsFn, norm: str) -> Callable:
-    key = (attack, tuple(sorted(hyper.items())), logits_fn, norm)
+    """``fn(x, y, keys, eps) -> (x_adv, fooled)`` of one stage; jitted once per (attack, static
+    hyper-parameters, model, norm), the counts of ``hyper`` bound as traced arguments."""
+    static = tuple(sorted((k, v) for k, v in hyper.items() if k not in TRACED_BUDGET))
+    budget = {k: jnp.int32(v) for k, v in hyper.items() if k in TRACED_BUDGET}
+    key = (attack, static, logits_fn, norm)
     if key not in _STAGE_CACHE:
         if len(_STAGE_CACHE) >= 16:  # bounded: entries hold the model's parameters
             _STAGE_CACHE.pop(next(iter(_STAGE_CACHE)))
-        _STAGE_CACHE[key] = jax.jit(functools.partial(_stage_impl, attack=attack, hyper=tuple(sorted(hyper.items())),
+        _STAGE_CACHE[key] = jax.jit(functools.partial(_stage_impl, attack=attack, hyper=static,
                                                       logits_fn=logits_fn, norm=norm))
-    return _STAGE_CACHE[key]
+    return functools.partial(_STAGE_CACHE[key], budget=budget)
 
 
 def _crc(name: str) -> int:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from robust_vision.attacks._common import LogitsFn, bwhere, check_inputs, check_norm
-from robust_vision.attacks.apgd_t import top_targets
+from robust_vision.attacks._common import LogitsFn, bwhere, check_count, check_inputs, check_norm, count, loop
+from robust_vision.attacks.apgd_t import n_targets_for, target_at
 
 _BISECT_STEPS = 40
 
@@ -111,12 +111,12 @@ def _fab_single_target(logits_fn, x, y, target, norm, steps, eta, beta, alpha_ma
         return x1, adv, best
 
     init = (x0, x0, jnp.full((b,), jnp.inf, jnp.float32))
-    _, adv, best = jax.lax.fori_loop(0, steps, body, init)
+    _, adv, best = loop(0, steps, body, init)
     return adv.reshape(x.shape), best
 
 
 def fab_t_minimal(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array | None,
-                  *, norm: str = "linf", steps: int = 100, n_targets: int = 9, eta: float = 1.05,
+                  *, norm: str = "linf", steps: int | jax.Array = 100, n_targets: int | jax.Array = 9, eta: float = 1.05,
                   beta: float = 0.9, alpha_max: float = 0.1) -> tuple[jax.Array, jax.Array]:
     """Minimal-norm targeted FAB over the top ``n_targets`` classes (capped at K - 1).
 
@@ -124,28 +124,31 @@ def fab_t_minimal(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Arra
     its Linf / L2 distance to x; x and 0 for points misclassified already, x and +inf where no
     target was reached. Cost: n_targets * steps * (1 forward-backward + 1 forward) + 1 forward.
     Defaults are AutoAttack's FAB-T (100 iterations, 9 targets, no random restart); ``key`` is
-    unused (FAB-T's single run starts at x) and accepted for the uniform signature.
+    unused (FAB-T's single run starts at x) and accepted for the uniform signature. ``steps`` and
+    ``n_targets`` may be traced (one program for every budget); ``_BISECT_STEPS`` stays static.
     """
     del key
     check_inputs(x, y, name="fab_t")
     check_norm(norm, "fab_t")
+    check_count(steps, "fab_t")
+    steps = count(steps)
     clean = logits_fn(x)
-    n_targets = max(1, min(int(n_targets), clean.shape[-1] - 1))
-    targets = top_targets(clean, n_targets)
+    n_targets = n_targets_for(n_targets, clean.shape[-1])
+    order = jnp.argsort(clean, axis=-1)
     fooled0 = jnp.argmax(clean, axis=-1) != y
 
     def per_target(r, carry):
         best_x, best = carry
-        adv, dist = _fab_single_target(logits_fn, x, y, targets[r], norm, steps, eta, beta, alpha_max)
+        adv, dist = _fab_single_target(logits_fn, x, y, target_at(order, r), norm, steps, eta, beta, alpha_max)
         closer = dist < best
         return bwhere(closer, adv, best_x), jnp.where(closer, dist, best)
 
     init = (x, jnp.where(fooled0, 0.0, jnp.inf).astype(jnp.float32))
-    return jax.lax.fori_loop(0, n_targets, per_target, init)
+    return loop(0, n_targets, per_target, init)
 
 
 def fab_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array | None, eps: float | jax.Array,
-          *, norm: str = "linf", steps: int = 100, n_targets: int = 9, eta: float = 1.05, beta: float = 0.9,
+          *, norm: str = "linf", steps: int | jax.Array = 100, n_targets: int | jax.Array = 9, eta: float = 1.05, beta: float = 0.9,
           alpha_max: float = 0.1) -> jax.Array:
     """FAB-T as an eps-bounded attack: the minimal adversarial point where its norm is <= eps,
     x elsewhere (as AutoAttack counts FAB). ``eps = 0`` returns x exactly. See ``fab_t_minimal``."""

@@ -5,8 +5,10 @@ images (B, H, W, C) float32 in [0, 1] to logits (B, K) (parameters closed over, 
 ``y`` is (B,) int32 and ``eps`` is the budget in pixel units ([0, 1] scale; e.g. 8/255).
 Results are always in [0, 1] and inside the eps-ball; ``eps = 0`` returns ``x`` exactly.
 Every function is pure and jittable with ``logits_fn`` and the integer / string
-hyper-parameters static (``functools.partial``); ``eps`` and ``step_size`` may be traced.
-Iterations run in ``lax.fori_loop``. No attack library exists for JAX that we could
+hyper-parameters static (``functools.partial``); ``eps``, ``step_size``, ``restarts`` and
+the step count ``steps`` may be traced (0-d arrays), so one compiled program serves every
+budget and step count. Iterations run in rolled ``lax.fori_loop`` / ``while`` loops
+(``_common.loop``); ``unroll`` is an option, off by default. No attack library exists for JAX that we could
 depend on (cleverhans-jax is unmaintained), so PGD and APGD are written here by hand,
 following the papers and the reference implementation of AutoAttack.
 """
@@ -19,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from robust_vision.attacks._common import (
-    LogitsFn, ascent_direction, bwhere, check_inputs, check_norm, get_attack_loss,
+    LogitsFn, ascent_direction, bwhere, check_count, check_inputs, check_norm, count, get_attack_loss, loop,
     loss_grad_logits, project,
 )
 from robust_vision.attacks._common import random_start as _random_point
@@ -51,11 +53,19 @@ def _pgd_single(logits_fn, loss_fn, x, y, key, eps, norm, steps, step_size, use_
         _, grad, _ = loss_grad_logits(logits_fn, loss_fn, x_adv, y)
         return project(x_adv + step_size * ascent_direction(grad, norm), x, eps, norm)
 
-    return jax.lax.fori_loop(0, steps, body, x0, unroll=unroll)
+    return loop(0, steps, body, x0, unroll=unroll)
+
+
+def default_step_size(eps: float | jax.Array, steps: int | jax.Array) -> float | jax.Array:
+    """PGD's default step size 2.5 * eps / steps (Madry et al.), steps floored at 1; traced when
+    either is traced."""
+    if isinstance(steps, int):
+        return 2.5 * eps / max(steps, 1)
+    return 2.5 * eps / jnp.maximum(steps, 1).astype(jnp.float32)
 
 
 def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps: float | jax.Array,
-        *, norm: str = "linf", steps: int = 10, step_size: float | jax.Array | None = None,
+        *, norm: str = "linf", steps: int | jax.Array = 10, step_size: float | jax.Array | None = None,
         random_start: bool = True, restarts: int | jax.Array = 1, loss: str = "ce",
         unroll: int | bool = 1) -> jax.Array:
     """Projected Gradient Descent (Madry et al. 2018) under an Linf or L2 budget.
@@ -67,24 +77,26 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps: fl
     Args:
       x: (B, H, W, C) float32 in [0, 1]; y: (B,) int; key: PRNG key (random starts);
       eps: budget (>= 0) of the chosen norm, in [0, 1] pixel units.
-      norm: "linf" or "l2". steps: ascent steps (>= 0).
+      norm: "linf" or "l2". steps: ascent steps (>= 0; a Python int or a traced int).
       step_size: default 2.5 * eps / steps (Madry et al.), so the iterates can cross the ball.
       random_start: start from a uniform point of the ball instead of x.
       restarts: independent runs (a Python int or a traced int32); per example we keep the
         first run that misclassifies, otherwise the run with the highest loss.
       loss: "ce" or "margin".
-      unroll: ``lax.fori_loop`` unrolling of the steps (True = fully; default 1 = rolled).
-        Unrolling costs compile time proportional to ``steps`` (APGD-100 unrolled compiled
-        for minutes on CPU); see benchmarks/compile_time.py for the run-time trade-off.
+      unroll: unrolling of the steps (default 1 = rolled; k > 1 = chunks of k steps, also
+        with a traced ``steps``; True = fully, only with a Python-int ``steps``). Unrolling
+        costs compile time proportional to the unrolled length (APGD-100 fully unrolled
+        compiled for minutes on CPU); see benchmarks/attack_cost.py for the run-time side.
     Returns: (B, H, W, C) float32 in [0, 1] inside the eps-ball.
     """
     check_inputs(x, y, eps, name="pgd")
     check_norm(norm, "pgd")
-    if steps < 0 or (isinstance(restarts, int) and restarts < 1):
-        raise ValueError(f"pgd: need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}.")
+    check_count(steps, "pgd")
+    check_count(restarts, "pgd", "restarts", 1)
     loss_fn = get_attack_loss(loss)
+    steps, restarts = count(steps), count(restarts)
     if step_size is None:
-        step_size = 2.5 * eps / max(steps, 1)
+        step_size = default_step_size(eps, steps)
     if isinstance(restarts, int) and restarts == 1:  # a traced restarts takes the loop (one program)
         return _pgd_single(logits_fn, loss_fn, x, y, key, eps, norm, steps, step_size, random_start, unroll)
 
@@ -100,7 +112,7 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps: fl
         return (bwhere(take, x_r, best_x), jnp.where(take, loss_r, best_loss), best_succ | succ_r)
 
     init = (x, jnp.full(x.shape[:1], -jnp.inf, jnp.float32), jnp.zeros(x.shape[:1], bool))
-    best_x, _, _ = jax.lax.fori_loop(0, restarts, restart, init)
+    best_x, _, _ = loop(0, restarts if isinstance(restarts, int) else jnp.maximum(restarts, 1), restart, init)
     return best_x
 
 
@@ -120,8 +132,32 @@ def apgd_checkpoints(steps: int) -> list[int]:
     return [wj - 1 for wj in w if wj >= 1]
 
 
+def _checkpoint_percents() -> tuple[int, ...]:
+    """The p_j of ``apgd_checkpoints`` (j >= 1) in whole percent: every p_j is a multiple of 0.01
+    (0.22 + steps of 0.19, 0.16, ... floored at 0.06), so ceil(p_j * steps) is exact in integers."""
+    p = [0, 22]
+    while p[-1] < 100:
+        p.append(p[-1] + max(p[-1] - p[-2] - 3, 6))
+    return tuple(p[1:])
+
+
+_CKPT_PERCENTS = _checkpoint_percents()
+
+
+def apgd_schedule(i: jax.Array, steps: int | jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(is iteration i a checkpoint, iterations in the window that ends there) for a static or
+    traced ``steps``, computed on device: the same schedule as ``apgd_checkpoints(steps)``, with
+    w_j = ceil(p_j * steps) in exact integer arithmetic. i: 0-d int32 in [0, steps)."""
+    w = (jnp.asarray(_CKPT_PERCENTS, jnp.int32) * steps + 99) // 100   # (J,) non-decreasing
+    w = jnp.where(w <= steps, w, 0)                                    # checkpoints past the end never fire
+    t = i + 1
+    at_ckpt = jnp.any(w == t)
+    window = t - jnp.max(jnp.where(w < t, w, 0))                       # since the previous checkpoint
+    return at_ckpt, window.astype(jnp.float32)
+
+
 def apgd_ce(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps: float | jax.Array,
-            *, norm: str = "linf", steps: int = 100, rho: float = 0.75, alpha: float = 0.75,
+            *, norm: str = "linf", steps: int | jax.Array = 100, rho: float = 0.75, alpha: float = 0.75,
             random_start: bool = True, loss: str = "ce", unroll: int | bool = 1) -> jax.Array:
     """Auto-PGD with the cross-entropy loss (Croce & Hein 2020, "Reliable evaluation of
     adversarial robustness with an ensemble of diverse parameter-free attacks").
@@ -133,28 +169,18 @@ def apgd_ce(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps
     Update with momentum alpha:
       z = P(x_k + eta * d(g_k)),  x_{k+1} = P(x_k + alpha (z - x_k) + (1 - alpha)(x_k - x_{k-1}))
     (alpha = 1 at the first step), d = sign (Linf) or g/||g|| (L2), P = projection onto the
-    ball ∩ [0, 1]. Cost: steps + 1 forward-backward passes.
+    ball ∩ [0, 1]. Cost: steps + 1 forward-backward passes. ``steps`` (>= 1) may be traced: the
+    checkpoint schedule is then computed on device (``apgd_schedule``).
 
     Returns per example the last iterate that was misclassified if any (as AutoAttack),
     otherwise the highest-loss iterate. Shapes / ranges and ``unroll`` as ``pgd``.
     """
     check_inputs(x, y, eps, name="apgd_ce")
     check_norm(norm, "apgd_ce")
-    if steps < 1:
-        raise ValueError(f"apgd_ce: steps must be >= 1, got {steps}.")
+    check_count(steps, "apgd_ce", minimum=1)
+    steps = count(steps)
     loss_fn = get_attack_loss(loss)
     b = x.shape[0]
-
-    ckpts = apgd_checkpoints(steps)
-    is_ckpt_np = [False] * steps
-    win_np = [0] * steps
-    prev = -1
-    for c in ckpts:
-        is_ckpt_np[c] = True
-        win_np[c] = c - prev
-        prev = c
-    is_ckpt = jnp.asarray(is_ckpt_np)
-    window = jnp.asarray(win_np, jnp.float32)
 
     x0 = _random_point(key, x, eps, norm) if random_start else x
     loss0, grad0, logits0 = loss_grad_logits(logits_fn, loss_fn, x0, y)
@@ -185,8 +211,8 @@ def apgd_ce(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps
         n_inc = c["n_inc"] + (loss_new > c["loss"]).astype(jnp.float32)
 
         # Step-size check (only acts at checkpoints).
-        at_ckpt = is_ckpt[i]
-        oscillating = n_inc < rho * window[i]
+        at_ckpt, window = apgd_schedule(i, steps)
+        oscillating = n_inc < rho * window
         no_improvement = ~c["reduced_last"] & (c["loss_best_last"] >= loss_best)
         halve = at_ckpt & (oscillating | no_improvement)
         step = jnp.where(halve, c["step"] / 2.0, c["step"])
@@ -200,5 +226,5 @@ def apgd_ce(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps
             loss_best_last=jnp.where(at_ckpt, loss_best, c["loss_best_last"]),
         )
 
-    out = jax.lax.fori_loop(0, steps, body, init, unroll=unroll)
+    out = loop(0, steps, body, init, unroll=unroll)
     return bwhere(out["succ"], out["x_succ"], out["x_best"])

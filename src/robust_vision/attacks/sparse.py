@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from robust_vision.attacks._common import (
-    LogitsFn, bwhere, check_inputs, get_attack_loss, l2_norm, loss_grad_logits, _TINY,
+    LogitsFn, bwhere, check_count, check_inputs, count, get_attack_loss, l2_norm, loop, loss_grad_logits, _TINY,
 )
 
 
@@ -30,7 +30,8 @@ def sparse_pixel_count(eps: float | jax.Array, height: int, width: int) -> jax.A
 
 
 def sparse_pixel(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps: float | jax.Array,
-                 *, steps: int = 50, step_size: float = 0.1, restarts: int = 1, loss: str = "ce") -> jax.Array:
+                 *, steps: int | jax.Array = 50, step_size: float | jax.Array = 0.1, restarts: int | jax.Array = 1,
+                 loss: str = "ce") -> jax.Array:
     """Sparse (L0) pixel attack: change at most a fraction ``eps`` of the pixels.
 
     Here ``eps`` is the *fraction of pixels* in [0, 1] (the seed's 0.5% is eps = 0.005); a
@@ -44,15 +45,16 @@ def sparse_pixel(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array
 
     Args:
       x: (B, H, W, C) float32 in [0, 1]; y: (B,) int; key: PRNG key; eps: pixel fraction.
-      steps, step_size, restarts: optimiser settings; loss: "ce" or "margin".
+      steps, step_size, restarts: optimiser settings (Python numbers or traced); loss: "ce" or "margin".
     Returns: (B, H, W, C) float32 in [0, 1]; at most floor(eps * H * W) pixels differ from x.
     """
     check_inputs(x, y, eps, name="sparse_pixel")
     if isinstance(eps, (int, float)) and eps > 1:
         raise ValueError(f"sparse_pixel: eps is the fraction of pixels to change, in [0, 1]; got {eps} "
                          "(for k% pass eps = k / 100).")
-    if steps < 0 or (isinstance(restarts, int) and restarts < 1):
-        raise ValueError(f"sparse_pixel: need steps >= 0 and restarts >= 1, got {steps}, {restarts}.")
+    check_count(steps, "sparse_pixel")
+    check_count(restarts, "sparse_pixel", "restarts", 1)
+    steps, restarts = count(steps), count(restarts)
     loss_fn = get_attack_loss(loss)
     b, h, w, _ = x.shape
     m = sparse_pixel_count(eps, h, w)
@@ -80,13 +82,13 @@ def sparse_pixel(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array
             return colour, x_best, loss_best, succ | succ_i
 
         # steps + 1 evaluations: the last one scores the final colours (its update is unused).
-        _, x_r, loss_r, succ_r = jax.lax.fori_loop(
+        _, x_r, loss_r, succ_r = loop(
             0, steps + 1, step, (colour, x, jnp.full((b,), -jnp.inf, jnp.float32), jnp.zeros((b,), bool)))
         take = ~succ_ret & (succ_r | (loss_r > loss_ret))
         return bwhere(take, x_r, x_ret), jnp.where(take, loss_r, loss_ret), succ_ret | succ_r
 
     init = (x, jnp.full((b,), -jnp.inf, jnp.float32), jnp.zeros((b,), bool))
-    x_adv, _, _ = jax.lax.fori_loop(0, restarts, run, init)
+    x_adv, _, _ = loop(0, restarts, run, init)
     return x_adv
 
 
@@ -99,7 +101,7 @@ def _log_prob_wrong(logits: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def noise_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array,
-                 eps: float | jax.Array = jnp.inf, *, steps: int = 100, lr: float = 0.01,
+                 eps: float | jax.Array = jnp.inf, *, steps: int | jax.Array = 100, lr: float = 0.01,
                  penalty: float = 1.0, init_std: float = 1e-3) -> jax.Array:
     """The seed's "Gaussian noise" attack: optimise an additive perturbation delta.
 
@@ -118,8 +120,10 @@ def noise_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array
     Returns: (B, H, W, C) float32 in [0, 1], ||x_adv - x||_2 <= eps.
     """
     check_inputs(x, y, eps, name="noise_attack")
-    if steps < 0 or penalty < 0 or lr <= 0:
-        raise ValueError(f"noise_attack: need steps >= 0, penalty >= 0, lr > 0; got {steps}, {penalty}, {lr}.")
+    check_count(steps, "noise_attack")
+    if penalty < 0 or lr <= 0:
+        raise ValueError(f"noise_attack: need penalty >= 0 and lr > 0; got {penalty}, {lr}.")
+    steps = count(steps)
     b = x.shape[0]
     opt = optax.adam(lr)
 
@@ -142,6 +146,6 @@ def noise_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array
         delta = to_ball(optax.apply_updates(delta, updates))
         return delta, opt_state, x_ret, succ | succ_i
 
-    delta, _, x_ret, succ = jax.lax.fori_loop(
+    delta, _, x_ret, succ = loop(
         0, steps, step, (delta0, opt.init(delta0), x, jnp.zeros((b,), bool)))
     return bwhere(succ, x_ret, jnp.clip(x + delta, 0.0, 1.0))

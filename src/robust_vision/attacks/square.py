@@ -26,16 +26,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from robust_vision.attacks._common import LogitsFn, bwhere, check_inputs, check_norm, l2_norm
+from robust_vision.attacks._common import LogitsFn, bwhere, check_count, check_inputs, check_norm, count, l2_norm, loop
 from robust_vision.evaluation.metrics import logit_margin
 
 # p_selection: iteration thresholds (of 10,000) after which p is divided by 2, 4, ..., 512.
 _P_THRESHOLDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
-def p_schedule(i: jax.Array, n_queries: int, p_init: float) -> jax.Array:
+def p_schedule(i: jax.Array, n_queries: int | jax.Array, p_init: float) -> jax.Array:
     """Fraction of pixels a query changes at iteration ``i`` (traced int), as the reference's
-    ``p_selection`` with ``rescale_schedule=True``."""
+    ``p_selection`` with ``rescale_schedule=True``; ``n_queries`` static or traced."""
     it = jnp.floor(i.astype(jnp.float32) / n_queries * 10000.0).astype(jnp.int32)
     halvings = sum((it > t).astype(jnp.int32) for t in _P_THRESHOLDS)
     return p_init / jnp.exp2(halvings.astype(jnp.float32))
@@ -101,6 +101,7 @@ def _pseudo_gaussian(h: int, w: int, vh: jax.Array, vw: jax.Array, s: jax.Array,
 
 
 def _square_linf(logits_fn, x, y, key, eps, n_queries, p_init):
+    """(initial (x_best, margin_best), step(carry, i) -> (carry, margin_best)) of the Linf search."""
     b, h, w, c = x.shape
     n_features = h * w * c
     k_init, k_loop = jax.random.split(key)
@@ -124,8 +125,7 @@ def _square_linf(logits_fn, x, y, key, eps, n_queries, p_init):
         margin_best = jnp.where(accept, margin_new, margin_best)
         return (x_best, margin_best), margin_best
 
-    (x_best, _), history = jax.lax.scan(step, (x_best, margin0), jnp.arange(1, n_queries))
-    return x_best, jnp.concatenate([margin0[None], history])
+    return (x_best, margin0), step
 
 
 def _l2_normalize(delta: jax.Array) -> jax.Array:
@@ -133,6 +133,7 @@ def _l2_normalize(delta: jax.Array) -> jax.Array:
 
 
 def _square_l2(logits_fn, x, y, key, eps, n_queries, p_init):
+    """As ``_square_linf``, for the L2 search."""
     b, h, w, c = x.shape
     if min(h, w) < 5:
         raise ValueError(f"square (l2) needs images of at least 5 x 5 pixels, got {h} x {w}.")
@@ -185,8 +186,7 @@ def _square_l2(logits_fn, x, y, key, eps, n_queries, p_init):
         margin_best = jnp.where(accept, margin_new, margin_best)
         return (x_best, margin_best), margin_best
 
-    (x_best, _), history = jax.lax.scan(step, (x_best, margin0), jnp.arange(1, n_queries))
-    return x_best, jnp.concatenate([margin0[None], history])
+    return (x_best, margin0), step
 
 
 def square_trace(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps: float | jax.Array,
@@ -196,21 +196,29 @@ def square_trace(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array
     the clean point)."""
     check_inputs(x, y, eps, name="square")
     check_norm(norm, "square")
-    if n_queries < 1:
-        raise ValueError(f"square: n_queries must be >= 1, got {n_queries}.")
-    clean_margin = _margin(logits_fn, x, y)
+    check_count(n_queries, "square", "n_queries", 1)
+    n_queries = int(n_queries)  # static: the history has n_queries rows
     run = _square_linf if norm == "linf" else _square_l2
-    x_adv, history = run(logits_fn, x, y, key, eps, int(n_queries), p_init)
+    (x_best, margin0), step = run(logits_fn, x, y, key, eps, n_queries, p_init)
+    (x_best, _), history = jax.lax.scan(step, (x_best, margin0), jnp.arange(1, n_queries))
+    history = jnp.concatenate([margin0[None], history])
+    clean_margin = _margin(logits_fn, x, y)
     fooled0 = clean_margin <= 0.0
-    x_adv = bwhere(fooled0, x, x_adv)
-    history = jnp.where(fooled0[None], clean_margin[None], history)
-    return x_adv, history
+    return bwhere(fooled0, x, x_best), jnp.where(fooled0[None], clean_margin[None], history)
 
 
 def square(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps: float | jax.Array,
-           *, norm: str = "linf", n_queries: int = 5000, p_init: float = 0.8) -> jax.Array:
+           *, norm: str = "linf", n_queries: int | jax.Array = 5000, p_init: float = 0.8) -> jax.Array:
     """Square attack, eps-bounded (Linf or L2), ``n_queries`` forward passes per example (default
-    5000 and p_init = 0.8, AutoAttack's standard setting). Returns (B, H, W, C) in [0, 1] inside
-    the ball; eps = 0 returns x exactly."""
-    x_adv, _ = square_trace(logits_fn, x, y, key, eps, norm=norm, n_queries=n_queries, p_init=p_init)
-    return x_adv
+    5000 and p_init = 0.8, AutoAttack's standard setting; a Python int or a traced int). Returns
+    (B, H, W, C) in [0, 1] inside the ball; eps = 0 returns x exactly. Same iterates as
+    ``square_trace``, without the history."""
+    check_inputs(x, y, eps, name="square")
+    check_norm(norm, "square")
+    check_count(n_queries, "square", "n_queries", 1)
+    n_queries = count(n_queries)
+    run = _square_linf if norm == "linf" else _square_l2
+    (x_best, margin0), step = run(logits_fn, x, y, key, eps, n_queries, p_init)
+    x_best, _ = loop(1, n_queries, lambda i, carry: step(carry, i)[0], (x_best, margin0))
+    fooled0 = _margin(logits_fn, x, y) <= 0.0
+    return bwhere(fooled0, x, x_best)

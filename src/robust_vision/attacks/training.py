@@ -11,8 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from robust_vision.attacks._common import LogitsFn, ce_loss, check_inputs, project
-from robust_vision.attacks.gradient import pgd
+from robust_vision.attacks._common import LogitsFn, ce_loss, check_inputs, loop, project
+from robust_vision.attacks.gradient import default_step_size, pgd
 
 
 def madry_pgd_examples(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array,
@@ -46,7 +46,7 @@ def trades_examples(logits_fn: LogitsFn, x: jax.Array, key: jax.Array, eps: floa
     Shapes: x (B, H, W, C) in [0, 1] -> (B, H, W, C). ``unroll`` as in ``pgd``.
     """
     if step_size is None:
-        step_size = 2.5 * eps / max(steps, 1)
+        step_size = default_step_size(eps, steps)
     target = jax.lax.stop_gradient(jax.nn.log_softmax(logits_fn(x).astype(jnp.float32), axis=-1))
 
     def kl_total(xa):
@@ -58,7 +58,7 @@ def trades_examples(logits_fn: LogitsFn, x: jax.Array, key: jax.Array, eps: floa
         g = jax.grad(kl_total)(xa)
         return project(xa + step_size * jnp.sign(g), x, eps, "linf")
 
-    return jax.lax.stop_gradient(jax.lax.fori_loop(0, steps, body, x0, unroll=unroll))
+    return jax.lax.stop_gradient(loop(0, steps, body, x0, unroll=unroll))
 
 
 def trades_objective(logits_clean: jax.Array, logits_adv: jax.Array, y: jax.Array, beta: float) -> jax.Array:
