@@ -167,3 +167,35 @@ def test_autoattack_stage_compiles_once_for_every_budget(ref):
     assert all(fn._cache_size() == 1 for fn in autoattack._STAGE_CACHE.values())
     for name in ("apgd-ce", "square"):  # the second budget was used (FAB may find nothing in 2-3 steps)
         assert not np.array_equal(*outs[name]), name
+
+
+def test_evaluator_compiles_once_for_every_step_count():
+    """robust_accuracy passes ``steps`` traced: PGD-2 and PGD-5 share one program, and each
+    equals the attack called directly with a static count."""
+    import numpy as np
+
+    from robust_vision.attacks import evaluate as ev
+    from robust_vision.attacks import get_attack
+
+    w = jax.random.normal(jax.random.key(0), (64, 10)) * 0.1
+
+    def logits_fn(x):
+        return x.reshape(x.shape[0], -1) @ w
+
+    x = np.asarray(jax.random.uniform(jax.random.key(1), (8, 8, 8, 1)))
+    y = np.arange(8) % 10
+    ev._JIT_CACHE.clear()
+    key = jax.random.key(2)
+    margins = {}
+    for steps in (2, 5):
+        per = ev.per_example_robustness(logits_fn, x, y, key, "pgd", [0.05], 8, steps=steps, step_size=0.02)
+        margins[steps] = per[0]["margin"]
+    programs = [f._cache_size() for k, f in ev._JIT_CACHE.items() if k[1] is get_attack("pgd")]
+    assert programs == [1]
+    for steps in (2, 5):  # the same per-example keys as the evaluator: fold_in(key, batch 0)
+        x_adv = get_attack("pgd")(logits_fn, jnp.asarray(x), jnp.asarray(y), jax.random.fold_in(key, 0),
+                                  jnp.float32(0.05), steps=steps, step_size=jnp.float32(0.02))
+        z = logits_fn(x_adv)
+        true = jnp.take_along_axis(z, jnp.asarray(y)[:, None], 1)[:, 0]
+        other = jnp.max(jnp.where(jax.nn.one_hot(y, 10) > 0, -jnp.inf, z), axis=1)
+        np.testing.assert_allclose(margins[steps], np.asarray(true - other), rtol=0, atol=1e-6)

@@ -51,16 +51,20 @@ def _attack_fn(attack: str | Callable) -> tuple[Callable, str]:
 
 # Hyper-parameters that are traced (passed as arrays) rather than baked into the program,
 # so one compiled program serves every value: the budget eps (always traced), the step
-# size and the number of restarts. Everything else (steps, norm, loss, unroll) is static:
-# it changes the program's structure.
-TRACED_HYPER = ("step_size", "restarts")
+# size, the number of restarts and the iteration count (the attacks run a rolled loop with a
+# traced trip count, attacks._common.loop). Everything else (norm, loss, unroll) is static: it
+# changes the program's structure. With ``unroll=True`` the count stays static too, because a
+# fully unrolled loop needs its length at trace time.
+TRACED_HYPER = ("step_size", "restarts", "steps")
+_INT_HYPER = ("restarts", "steps")
 
 
 def _split_hyper(hyper: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
     """(static hyper-parameters as a hashable, order-independent tuple, traced ones as arrays)."""
-    static = {k: v for k, v in hyper.items() if k not in TRACED_HYPER or v is None}
-    traced = {k: jnp.asarray(v, jnp.int32 if k == "restarts" else jnp.float32)
-              for k, v in hyper.items() if k in TRACED_HYPER and v is not None}
+    traced_names = [k for k in TRACED_HYPER if not (k == "steps" and hyper.get("unroll") is True)]
+    static = {k: v for k, v in hyper.items() if k not in traced_names or v is None}
+    traced = {k: jnp.asarray(v, jnp.int32 if k in _INT_HYPER else jnp.float32)
+              for k, v in hyper.items() if k in traced_names and v is not None}
     return _static_items(static), traced
 
 
@@ -177,7 +181,7 @@ def robust_accuracy(logits_fn: LogitsFn, images: Any, labels: Any, key: jax.Arra
       eps_list: budgets (meaning depends on the attack: Linf / L2 radius, pixel fraction).
       batch_size: fixed batch size (one compilation for all batches and all eps).
       **hyper: hyper-parameters passed to the attack (steps=..., norm=...); ``step_size`` and
-        ``restarts`` are traced (``TRACED_HYPER``), the others static.
+        ``restarts`` and ``steps`` are traced (``TRACED_HYPER``), the others static.
     Returns: one dict per eps with ``attack``, ``eps``, ``accuracy`` (correct / N),
       ``margin`` (mean logit margin at x_adv), ``snr`` / ``snr_median`` (from the margins,
       see ``metrics.snr_summary``) and ``n`` (= N).
