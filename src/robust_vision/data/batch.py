@@ -23,9 +23,15 @@ class Batch(NamedTuple):
     mask: np.ndarray
 
 
+_INV_255 = np.float32(1.0 / 255.0)
+
+
 def to_unit_float(images):
     """uint8 [0, 255] -> float32 [0, 1]; float input is returned as float32 unchanged.
     Works on NumPy and JAX arrays (use it inside jitted code so the conversion runs on device)."""
     if images.dtype == np.uint8:
-        return images.astype(np.float32) / np.float32(255.0)
+        # A multiplication, not a division: XLA turns x / 255 into x * (1 / 255), NumPy does not, and
+        # the two differ by 1 ulp on half the values; written as a product, host (load_dataset) and
+        # device (the streaming trainer) give the same float32 pixels on every backend (0 -> 0, 255 -> 1).
+        return images.astype(np.float32) * _INV_255
     return images.astype(np.float32)
