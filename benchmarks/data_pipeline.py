@@ -7,10 +7,18 @@
    mapped) of ``--small`` and ``--large`` synthetic 32x32x3 images, each measured in a fresh
    subprocess (VmHWM, the peak resident set), and the ratio large / small. Flat memory means
    a ratio near 1 although the data grows ``large / small`` times.
-2. Images/s of: the pipeline over a JPEG zip (decode in ``--workers`` processes), the pipeline
+2. Peak RSS of the trainer (``robust_vision.training.trainer.train``, ``data.dataset_name:
+   prepared``) on the same two datasets: a short run of ``--train-steps`` train steps (the
+   epoch is cut there) and a validation pass over a fixed 512-image val split, each in a fresh
+   subprocess, and the ratio large / small.
+3. Prepared shards as ``.npy`` (the format ``robust-vision-data prepare`` writes, read with
+   ``os.pread``) vs ArrayRecord (one record per image, ``group_size:1``, read with Grain's
+   ``ArrayRecordDataSource``): images/s of batches of ``--batch-size`` random indices (an
+   epoch's order), the two formats interleaved over ``--repeats`` rounds, and the ratio.
+4. Images/s of: the pipeline over a JPEG zip (decode in ``--workers`` processes), the pipeline
    over prepared shards, and a reference loop decoding the same JPEG files with PIL in a
    ``multiprocessing.Pool`` of ``--workers`` (what a PyTorch DataLoader does).
-3. Images/s the train step consumes: CNN ``--features`` (default 64 128 256), batch 128, 32x32,
+5. Images/s the train step consumes: CNN ``--features`` (default 64 128 256), batch 128, 32x32,
    and the ratio pipeline / step (the goal is >= 1.2: the input is not the bottleneck).
 All data is generated here in a temporary directory; nothing is downloaded.
 """
@@ -34,19 +42,95 @@ import numpy as np
 SHAPE = (32, 32, 3)
 
 
-def write_prepared(root: Path, n: int, chunk: int = 10000) -> Path:
-    """A prepared dataset (the `robust-vision-data prepare` format) of ``n`` random images, written in chunks."""
-    (root / "train").mkdir(parents=True)
-    images = np.lib.format.open_memmap(root / "train" / "images.npy", mode="w+", dtype=np.uint8, shape=(n, *SHAPE))
+def write_prepared(root: Path, n: int, chunk: int = 10000, n_val: int = 0) -> Path:
+    """A prepared dataset (the `robust-vision-data prepare` format) of ``n`` random train images
+    (and ``n_val`` val images), written in chunks."""
     rng = np.random.default_rng(0)
-    for s in range(0, n, chunk):
-        images[s:s + chunk] = rng.integers(0, 256, (min(chunk, n - s), *SHAPE), dtype=np.uint8)
-    images.flush()
-    del images
-    np.save(root / "train" / "labels.npy", (np.arange(n) % 10).astype(np.int32))
+    splits = {"train": n, **({"val": n_val} if n_val else {})}
+    for split, count in splits.items():
+        (root / split).mkdir(parents=True)
+        images = np.lib.format.open_memmap(root / split / "images.npy", mode="w+", dtype=np.uint8,
+                                           shape=(count, *SHAPE))
+        for s in range(0, count, chunk):
+            images[s:s + chunk] = rng.integers(0, 256, (min(chunk, count - s), *SHAPE), dtype=np.uint8)
+        images.flush()
+        del images
+        np.save(root / split / "labels.npy", (np.arange(count) % 10).astype(np.int32))
     (root / "meta.json").write_text(json.dumps({"class_names": [str(i) for i in range(10)], "image_shape": list(SHAPE),
-                                                "splits": {"train": {"count": n, "from": "synthetic"}}}))
+                                                "splits": {k: {"count": c, "from": "synthetic"}
+                                                           for k, c in splits.items()}}))
     return root
+
+
+def _train_child(root: str, steps: int, batch_size: int) -> None:
+    """(subprocess) a short training run on the prepared dataset; prints peak RSS in MiB."""
+    import itertools
+
+    import robust_vision.training.trainer as trainer
+    from robust_vision.config import load_config
+
+    full_epoch = trainer.train_batches
+    # The epoch is cut after ``steps`` batches: what is measured is the memory of a run over the
+    # whole source (its labels, the epoch's order, the batches in flight), not its length.
+    trainer.train_batches = lambda *a, **k: itertools.islice(full_epoch(*a, **k), steps)
+    cfg = load_config(None, ["data.dataset_name=prepared", f"data.data_dir={root}", "data.image_size=null",
+                             "model.features=[8, 16]", "training.epochs=1", f"training.batch_size={batch_size}",
+                             "training.progress_bar=false", "training.write_figures=false",
+                             f"training.checkpoint_dir={root}-run"])
+    trainer.train(cfg, log=lambda _m: None)
+    print(json.dumps({"rss_mib": _peak_rss_mib()}))
+
+
+def trainer_peak_rss(root: Path, steps: int, batch_size: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--train-child", str(root), "--train-steps", str(steps),
+                          "--batch-size", str(batch_size)], check=True, capture_output=True, text=True,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def write_arrayrecord(npy_root: Path, path: Path) -> Path:
+    """The train images of a prepared dataset as one ArrayRecord file: one record per image (its
+    raw uint8 bytes), ``group_size:1`` so that every record is read on its own (random access)."""
+    from array_record.python import array_record_module
+
+    images = np.load(npy_root / "train" / "images.npy", mmap_mode="r")
+    writer = array_record_module.ArrayRecordWriter(str(path), "group_size:1")
+    for i in range(len(images)):
+        writer.write(np.ascontiguousarray(images[i]).tobytes())
+    writer.close()
+    return path
+
+
+def format_rates(npy_root: Path, ar_path: Path, batch_size: int, repeats: int) -> tuple[float, float]:
+    """Images/s of reading batches of random indices from the .npy shard (NpyRowSource.read_batch)
+    and from the ArrayRecord file (ArrayRecordDataSource.__getitems__), interleaved."""
+    from grain.sources import ArrayRecordDataSource
+
+    from robust_vision.config import DataConfig
+    from robust_vision.data.pipeline import epoch_permutation
+    from robust_vision.data.sources import open_splits
+
+    npy = open_splits(DataConfig(dataset_name="prepared", data_dir=str(npy_root), val_fraction=0.0), ("train",))["train"]
+    ar = ArrayRecordDataSource(str(ar_path))
+    order = epoch_permutation(0, 1, len(npy))
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+    def npy_epoch() -> int:
+        return sum(int(npy.read_batch(b)[0, 0, 0, 0]) for b in batches)
+
+    def ar_epoch() -> int:
+        return sum(int(np.frombuffer(b"".join(ar.__getitems__(b.tolist())), np.uint8).reshape(len(b), *SHAPE)[0, 0, 0, 0])
+                   for b in batches)
+
+    times = {"npy": 0.0, "ar": 0.0}
+    ar_epoch(), npy_epoch()  # opening the files and first reads excluded
+    for _ in range(repeats):
+        for name, fn in (("npy", npy_epoch), ("ar", ar_epoch)):
+            t0 = time.perf_counter()
+            fn()
+            times[name] += time.perf_counter() - t0
+    n = repeats * len(order)
+    return n / times["npy"], n / times["ar"]
 
 
 def _rss_child(root: str, batch_size: int) -> None:
@@ -169,10 +253,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="decoding processes (JPEG paths and PIL pool)")
     parser.add_argument("--features", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--steps", type=int, default=20, help="timed train steps")
+    parser.add_argument("--train-steps", type=int, default=5, help="train steps of each trainer RSS run")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the .npy vs ArrayRecord reads")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
+    parser.add_argument("--train-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
         _rss_child(args.rss_child, args.batch_size)
+        return
+    if args.train_child:
+        _train_child(args.train_child, args.train_steps, args.batch_size)
         return
 
     from robust_vision.config import DataConfig
@@ -191,6 +281,22 @@ def main() -> None:
                 continue
         ratio = rss[args.large]["rss_mib"] / rss[args.small]["rss_mib"]
         print(f"RSS ratio {args.large} / {args.small} images: {ratio:.2f} (data grew {args.large / args.small:.0f}x)")
+
+        train_rss = {}
+        for n in (args.small, args.large):
+            train_rss[n] = trainer_peak_rss(write_prepared(tmp / f"train{n}", n, n_val=512), args.train_steps,
+                                            args.batch_size)
+            print(f"trainer peak RSS, {args.train_steps} steps + val on {n:>7d} prepared images: "
+                  f"{train_rss[n]['rss_mib']:7.1f} MiB")
+        ratio = train_rss[args.large]["rss_mib"] / train_rss[args.small]["rss_mib"]
+        print(f"trainer RSS ratio {args.large} / {args.small} images: {ratio:.2f} "
+              f"(data grew {args.large / args.small:.0f}x)")
+
+        fmt_root = write_prepared(tmp / "fmt", args.images)
+        npy_rate, ar_rate = format_rates(fmt_root, write_arrayrecord(fmt_root, tmp / "fmt.array_record"),
+                                         args.batch_size, args.repeats)
+        print(f"prepared shards, random batches of {args.batch_size}: .npy {npy_rate:10.0f} images/s, "
+              f"ArrayRecord {ar_rate:10.0f} images/s; .npy / ArrayRecord = {npy_rate / ar_rate:.2f}x")
 
         zpath = write_jpeg_zip(tmp / "jpeg.zip", args.images)
         jpeg_src = open_split(str(zpath), "image_folder", "train", val_fraction=0.0)

@@ -23,9 +23,19 @@ class Batch(NamedTuple):
     mask: np.ndarray
 
 
+_UNIT_VALUES = np.arange(256, dtype=np.float32) / np.float32(255.0)  # uint8 value -> float32 in [0, 1]
+
+
 def to_unit_float(images):
     """uint8 [0, 255] -> float32 [0, 1]; float input is returned as float32 unchanged.
     Works on NumPy and JAX arrays (use it inside jitted code so the conversion runs on device)."""
     if images.dtype == np.uint8:
-        return images.astype(np.float32) / np.float32(255.0)
+        # A lookup of the 256 values x / 255 (correctly rounded, computed once by NumPy), not a
+        # division on device: XLA turns x / 255 into x * (1 / 255), 1 ulp off on half the values.
+        # So host (load_dataset) and device (the streaming trainer) give the same float32 pixels.
+        if isinstance(images, np.ndarray):
+            return _UNIT_VALUES[images]
+        import jax.numpy as jnp
+
+        return jnp.asarray(_UNIT_VALUES)[images]
     return images.astype(np.float32)

@@ -39,8 +39,9 @@ the pool (after class filtering). ``max_train_examples`` then keeps a stratified
 Common processing (one code path for every source, done once at load time): class filtering and
 relabelling (``classes``), uint8 / 255, a channel axis for grayscale, channel conversion
 (``channels``: RGB -> gray with the ITU-R 601 luma weights 0.299, 0.587, 0.114, the ones Pillow
-uses; gray -> RGB by repetition), antialiased bilinear resizing to ``image_size`` with
-``jax.image.resize``, and validation that values are finite and in [0, 1]. Images are converted
+uses; gray -> RGB by repetition), antialiased bilinear resizing to ``image_size`` (``pipeline.resize_linear``: the weights of
+``jax.image.resize(..., "linear", antialias=True)``, the same function the streaming pipeline
+uses for float images), and validation that values are finite and in [0, 1]. Images are converted
 in chunks written into one preallocated array, so the peak memory is the float32 result plus a
 chunk.
 
@@ -61,8 +62,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-import jax
 import numpy as np
+
+from robust_vision.data.batch import to_unit_float
 
 if TYPE_CHECKING:  # imported for the annotation only; config imports nothing from here
     from robust_vision.config import DataConfig
@@ -549,12 +551,6 @@ _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as Pillow's co
 _CHUNK_VALUES = 1 << 22  # values converted per chunk (16 MiB of float32): bounds the peak memory
 
 
-@functools.partial(jax.jit, static_argnames=("shape",))
-def _resize_batch(images: jax.Array, shape: tuple[int, int, int, int]) -> jax.Array:
-    # Antialiased (triangle filter on downsampling) bilinear resize of a whole batch at once.
-    return jax.image.resize(images, shape, method="linear", antialias=True)
-
-
 def _convert_images(x: np.ndarray, channels: Optional[int], size: Optional[list[int]], where: str) -> np.ndarray:
     """uint8 (0..255) or float ([0, 1]) images (N, H, W[, C]) -> float32 (N, H', W', C') in [0, 1].
 
@@ -576,7 +572,7 @@ def _convert_images(x: np.ndarray, channels: Optional[int], size: Optional[list[
     for start in range(0, n, step):
         chunk = x[start:start + step]
         if is_uint8:
-            chunk = chunk.astype(np.float32) / np.float32(255.0)  # exact at 0 and 255
+            chunk = to_unit_float(chunk)  # the trainer's on-device conversion, to the bit; exact at 0 and 255
         else:
             chunk = chunk.astype(np.float32)
             if not np.isfinite(chunk).all():
@@ -588,7 +584,9 @@ def _convert_images(x: np.ndarray, channels: Optional[int], size: Optional[list[
         if out_c != c:
             chunk = (chunk @ _LUMA)[..., None] if out_c == 1 else np.repeat(chunk, 3, axis=-1)
         if (out_h, out_w) != (h, w):
-            chunk = np.clip(np.asarray(_resize_batch(chunk, (chunk.shape[0], out_h, out_w, out_c))), 0.0, 1.0)
+            from robust_vision.data.pipeline import resize_linear  # the pipeline's resize of float images
+
+            chunk = resize_linear(chunk, (out_h, out_w))
         out[start:start + len(chunk)] = chunk
     return out
 

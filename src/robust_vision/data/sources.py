@@ -42,14 +42,14 @@ import json
 import math
 import os
 import zipfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import numpy as np
 
 from robust_vision.data.datasets import (CIFAR10_CLASSES, SPLIT_NAMES, DatasetError, _IDX_IMAGES, _IDX_LABELS,
-                                         _find_idx, _partition, _read_cifar_batch, _str_keys, read_idx,
+                                         _find_idx, _partition, _read_cifar_batch, _str_keys, _validate_cfg, read_idx,
                                          restricted_pickle_load)
 
 if TYPE_CHECKING:
@@ -562,13 +562,17 @@ def detect_layout(path: str) -> str:
 
 def _hold_out(src: RecordSource, fraction: float, seed: int, held_name: str, from_name: str) -> tuple[RecordSource, RecordSource]:
     n_held = math.ceil(fraction * len(src))
+    # Indices in the partition's (train_test_split's) order, not sorted: the order load_dataset
+    # gives its arrays, so a streamed split holds the same examples at the same positions and the
+    # (seed, epoch) shuffle picks the same batches as the in-memory path.
     rest, held = _partition(src.labels, n_held, seed)
     base = src.info.description
-    held_src = SubsetSource(src, np.sort(held), replace(src.info, description=(
+    held_src = SubsetSource(src, held, replace(src.info, description=(
         f"{len(held)} images HELD OUT of [{base}] (data.{held_name}_fraction={fraction:g}, stratified, "
         f"split_seed={seed})")))
-    rest_src = SubsetSource(src, np.sort(rest), replace(src.info, description=(
-        f"{len(rest)} images left of [{base}] after holding out {held_name}")))
+    rest_src = SubsetSource(src, rest, replace(src.info, description=(
+        f"{len(rest)} images left of [{base}] after holding out {len(held)} for {held_name} "
+        f"(data.{held_name}_fraction={fraction:g})")))
     return rest_src, held_src
 
 
@@ -599,6 +603,7 @@ def open_splits(cfg: "DataConfig", splits: Sequence[str] = SPLIT_NAMES, *, coars
     except KeyError:
         raise DatasetError(f"data.dataset_name: unknown layout {cfg.dataset_name!r} for streaming; valid names: "
                            f"{', '.join(sorted(LAYOUTS))}") from None
+    _validate_cfg(cfg)
     wanted = set(splits)
     for s in wanted:
         if s not in SPLIT_NAMES:
@@ -615,7 +620,7 @@ def open_splits(cfg: "DataConfig", splits: Sequence[str] = SPLIT_NAMES, *, coars
     if "train" in parts and cfg.max_train_examples is not None and cfg.max_train_examples < len(parts["train"]):
         train = parts["train"]
         _, kept = _partition(train.labels, cfg.max_train_examples, seed)
-        parts["train"] = SubsetSource(train, np.sort(kept), replace(train.info, description=(
+        parts["train"] = SubsetSource(train, kept, replace(train.info, description=(
             f"{train.info.description}; capped to {cfg.max_train_examples} (data.max_train_examples)")))
     missing = [s for s in splits if s not in parts]
     if missing:
@@ -694,18 +699,24 @@ def corruption_sources(path: str, suite: str) -> Iterator[tuple[str, int, Record
 
 
 class ConcatSource(RecordSource):
-    """Several sources with the same classes, one after the other (``--split all``)."""
+    """Several sources with the same classes, one after the other (``--split all``, a training
+    split plus its adversarial examples). ``as_float``: every record float32 in [0, 1] (uint8 /
+    255), for parts of different dtypes (uint8 images next to float32 adversarial examples)."""
 
-    def __init__(self, parts: Sequence[RecordSource], info: SourceInfo):
+    def __init__(self, parts: Sequence[RecordSource], info: SourceInfo, *, as_float: bool = False):
         self.parts = list(parts)
         self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
         self.labels = np.concatenate([p.labels for p in self.parts]).astype(np.int32) if self.parts else \
             np.zeros(0, np.int32)
         self.info = info
+        self.as_float = as_float
 
     def _read(self, index: int) -> np.ndarray:
+        from robust_vision.data.batch import to_unit_float
+
         k = int(np.searchsorted(self.offsets, index, side="right")) - 1
-        return self.parts[k]._read(index - int(self.offsets[k]))
+        image = self.parts[k]._read(index - int(self.offsets[k]))
+        return to_unit_float(image) if self.as_float else image
 
 
 class ConvertedSource(RecordSource):
@@ -724,6 +735,32 @@ class ConvertedSource(RecordSource):
         return preprocess(self.base._read(index), (h, w), c)
 
 
+def stream_shape(source: RecordSource, image_size: Optional[Sequence[int]], channels: Optional[int]
+                 ) -> tuple[int, int, int]:
+    """The (H, W, C) every record of ``source`` is brought to: ``image_size`` / ``channels`` where
+    set, else the source's common shape; a source of mixed sizes (``info.image_shape`` None, e.g.
+    an image folder) takes the missing parts from its first record, and the others are resized /
+    converted to it when read (``converted``)."""
+    shape = source.info.image_shape
+    if shape is None:
+        if len(source) == 0:
+            raise DatasetError(f"{source.info.description}: no images; point data.data_dir to a non-empty source")
+        first = source._read(0)
+        shape = (int(first.shape[0]), int(first.shape[1]), int(first.shape[2]) if first.ndim == 3 else 1)
+    h, w = (int(image_size[0]), int(image_size[1])) if image_size is not None else shape[:2]
+    return h, w, int(channels or shape[2])
+
+
+def converted(source: RecordSource, image_shape: Sequence[int]) -> RecordSource:
+    """``source`` itself when its records already have ``image_shape`` (H, W, C) (array sources
+    then keep their one-read batches), else a :class:`ConvertedSource` resizing / converting each
+    record in the pipeline's workers."""
+    shape = tuple(int(s) for s in image_shape)
+    if source.info.image_shape is not None and tuple(source.info.image_shape) == shape:
+        return source
+    return ConvertedSource(source, shape)
+
+
 def load_eval_source(path: str, dataset_name: Optional[str], split: str, image_shape: Sequence[int],
                      num_classes: Optional[int] = None, *, log=print) -> RecordSource:
     """The whole ``split`` ('train' | 'val' | 'test' | 'all') of the source at ``path``, independent
@@ -735,8 +772,6 @@ def load_eval_source(path: str, dataset_name: Optional[str], split: str, image_s
     the training data of the checkpoint was; a class count different from ``num_classes`` or a
     channel count other than 1 / 3 cannot be converted and is a DatasetError. Prints one line
     saying where the split came from and its size."""
-    from robust_vision.config import DataConfig
-
     name = dataset_name or detect_layout(path)
     if name not in LAYOUTS:
         raise DatasetError(f"--dataset: unknown layout {name!r}; valid names: {', '.join(sorted(LAYOUTS))}")
@@ -766,22 +801,32 @@ def load_eval_source(path: str, dataset_name: Optional[str], split: str, image_s
     return ConvertedSource(src, (h, w, c))
 
 
-def eval_dataset(source: RecordSource, slot: str = "test", name: str = "data"):
-    """A :class:`~robust_vision.data.datasets.Dataset` holding ``source`` decoded as float32 [0, 1]
-    in split ``slot`` (the others empty), for evaluators that take in-memory splits. Memory is the
-    whole split; streaming evaluators should use ``pipeline.eval_batches(source, ...)`` instead."""
-    from robust_vision.data.datasets import Dataset, Split
+def read_images(source: RecordSource, batch_size: int = 256) -> np.ndarray:
+    """Every record of ``source`` (of one shape ``info.image_shape`` (H, W, C)) decoded into one
+    float32 (N, H, W, C) array in [0, 1], in order. Memory is the whole source: only for a
+    bounded sample (e.g. a ``SubsetSource``) or a split known to be small."""
+    from robust_vision.data.batch import to_unit_float
     from robust_vision.data.pipeline import eval_batches
 
     h, w, c = source.info.image_shape  # type: ignore[misc]
     images = np.empty((len(source), h, w, c), np.float32)
     pos = 0
-    for batch in eval_batches(source, 256, shard_index=0, shard_count=1, threads=2):
+    for batch in eval_batches(source, batch_size, shard_index=0, shard_count=1, threads=2):
         n = int(batch.mask.sum())
-        images[pos:pos + n] = batch.images[:n].astype(np.float32) / (255.0 if batch.images.dtype == np.uint8 else 1.0)
+        images[pos:pos + n] = to_unit_float(batch.images[:n])
         pos += n
+    return images
+
+
+def eval_dataset(source: RecordSource, slot: str = "test", name: str = "data"):
+    """A :class:`~robust_vision.data.datasets.Dataset` holding ``source`` decoded as float32 [0, 1]
+    in split ``slot`` (the others empty), for evaluators that take in-memory splits. Memory is the
+    whole split; streaming evaluators should use ``pipeline.eval_batches(source, ...)`` instead."""
+    from robust_vision.data.datasets import Dataset, Split
+
+    h, w, c = source.info.image_shape  # type: ignore[misc]
     empty = Split(np.zeros((0, h, w, c), np.float32), np.zeros(0, np.int32))
     splits = {k: empty for k in SPLIT_NAMES}
-    splits[slot] = Split(images, source.labels.astype(np.int32))
+    splits[slot] = Split(read_images(source), source.labels.astype(np.int32))
     return Dataset(name=name, num_classes=source.info.num_classes, class_names=source.info.class_names,
                    notes=source.info.description, **splits)

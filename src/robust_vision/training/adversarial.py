@@ -9,7 +9,9 @@
 * ``augment`` (the training-robust-networks seed): before training, attack a *trained* model
   (``augment_source``, else ``init_from``) on the training images it classifies correctly,
   keep the successful adversarial examples with their true labels, and add them to the
-  training set once; then train (usually fine-tune) on the enlarged set.
+  training set once; then train (usually fine-tune) on the enlarged set. The examples are
+  streamed from the training source into a float32 .npy store in the run directory
+  (``write_adversarial_examples``), which the trainer reads as one more record source.
 
 The attacks see the eval-mode model (see ``steps.make_train_step``); attacks are the
 project's own (``robust_vision.attacks``).
@@ -18,7 +20,9 @@ project's own (``robust_vision.attacks``).
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +30,9 @@ import numpy as np
 
 from robust_vision.attacks import get_attack, madry_pgd_examples, trades_examples, trades_objective
 from robust_vision.config import AdversarialConfig
+from robust_vision.data.batch import Batch, to_unit_float
+from robust_vision.data.pipeline import eval_batches
+from robust_vision.data.sources import ArraySource, RecordSource, SourceInfo
 
 TrainHooks = dict[str, Callable]
 
@@ -60,42 +67,85 @@ def _attack_hyper(acfg: AdversarialConfig) -> dict:
     return {}
 
 
-def adversarial_examples(logits_fn: Callable[[jax.Array], jax.Array], images: np.ndarray, labels: np.ndarray,
-                         acfg: AdversarialConfig, key: jax.Array, batch_size: int = 256
-                         ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """The ``augment`` method's examples: attack ``logits_fn`` (a trained, eval-mode model) on
-    the images it classifies correctly; keep the successful attacks.
-
-    images (N, H, W, C) float32 in [0, 1], labels (N,) -> (x_adv (M, H, W, C), y (M,), stats)
-    with M <= ``augment_max_examples``; stats counts attacked / correct / successful examples.
-    """
+def _attacked_batches(logits_fn: Callable[[jax.Array], jax.Array], batches: Iterable[Batch], acfg: AdversarialConfig,
+                      key: jax.Array) -> Iterator[tuple[np.ndarray, np.ndarray, int, int]]:
+    """Attack every batch (images uint8 or float32 [0, 1]; padding rows masked out); per batch
+    yield (x_adv (M, H, W, C) float32 [0, 1], labels (M,)) of the successful attacks on correctly
+    classified images, the number classified correctly and the number of real images. Batch i
+    draws from ``fold_in(key, i)``."""
     attack = get_attack(acfg.augment_attack)
     hyper = _attack_hyper(acfg)
 
     @jax.jit
     def run(xb, yb, kb):
+        xb = to_unit_float(xb)  # on device
         correct = jnp.argmax(logits_fn(xb), -1) == yb
         x_adv = attack(logits_fn, xb, yb, kb, acfg.eps, **hyper)
         fooled = jnp.argmax(logits_fn(x_adv), -1) != yb
         return x_adv, correct & fooled, correct
 
-    n = len(labels)
-    kept_x, kept_y, n_correct = [], [], 0
-    for i, start in enumerate(range(0, n, batch_size)):
-        xb, yb = images[start:start + batch_size], labels[start:start + batch_size]
-        pad = batch_size - len(yb)  # one compiled shape for every batch
-        if pad:
-            xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
-            yb = np.concatenate([yb, np.zeros((pad,), yb.dtype)])
-        x_adv, keep, correct = jax.device_get(run(jnp.asarray(xb), jnp.asarray(yb), jax.random.fold_in(key, i)))
-        valid = np.arange(batch_size) < batch_size - pad
+    for i, batch in enumerate(batches):
+        x_adv, keep, correct = jax.device_get(run(jnp.asarray(batch.images), jnp.asarray(batch.labels),
+                                                  jax.random.fold_in(key, i)))
+        valid = np.asarray(batch.mask) > 0
         keep, correct = keep & valid, correct & valid
-        n_correct += int(correct.sum())
-        kept_x.append(x_adv[keep])
-        kept_y.append(yb[keep])
+        yield x_adv[keep].astype(np.float32), np.asarray(batch.labels)[keep], int(correct.sum()), int(valid.sum())
+
+
+def _source_batches(source: RecordSource, batch_size: int) -> Iterator[Batch]:
+    # Every record on this process (the attack runs unsharded, as the source model is replicated).
+    return eval_batches(source, batch_size, shard_index=0, shard_count=1)
+
+
+def adversarial_examples(logits_fn: Callable[[jax.Array], jax.Array], images: np.ndarray, labels: np.ndarray,
+                         acfg: AdversarialConfig, key: jax.Array, batch_size: int = 256
+                         ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The ``augment`` method's examples of in-memory arrays: attack ``logits_fn`` (a trained,
+    eval-mode model) on the images it classifies correctly; keep the successful attacks.
+
+    images (N, H, W, C) float32 in [0, 1] (or uint8), labels (N,) -> (x_adv (M, H, W, C) float32,
+    y (M,), stats) with M <= ``augment_max_examples``; stats counts attacked / correct /
+    successful examples. The trainer streams instead (``write_adversarial_examples``)."""
+    info = SourceInfo(int(np.max(labels)) + 1 if len(labels) else 1, (), tuple(images.shape[1:]), "arrays")
+    kept_x, kept_y, n_correct = [], [], 0
+    for x, y, correct, _ in _attacked_batches(logits_fn, _source_batches(ArraySource(images, labels, info), batch_size),
+                                              acfg, key):
+        kept_x.append(x)
+        kept_y.append(y)
+        n_correct += correct
     x = np.concatenate(kept_x).astype(np.float32)
     y = np.concatenate(kept_y).astype(labels.dtype)
+    successful = len(y)
     if acfg.augment_max_examples is not None:
         x, y = x[:acfg.augment_max_examples], y[:acfg.augment_max_examples]
-    return x, y, {"attacked": n, "correct": n_correct, "successful": int(sum(len(k) for k in kept_y)),
-                  "added": len(y)}
+    return x, y, {"attacked": len(labels), "correct": n_correct, "successful": successful, "added": len(y)}
+
+
+def write_adversarial_examples(logits_fn: Callable[[jax.Array], jax.Array], source: RecordSource,
+                               acfg: AdversarialConfig, key: jax.Array, path: Path, batch_size: int = 256
+                               ) -> tuple[RecordSource, dict]:
+    """``adversarial_examples`` of a record source, streamed: batches are read from ``source``
+    and the kept examples written to ``path``, a float32 (M_max, H, W, C) .npy store with
+    M_max = min(``augment_max_examples``, len(source)), so host memory holds one batch.
+
+    Returns (an ArraySource over the first M rows of the memory-mapped store, float32 [0, 1], with
+    the true labels; stats as ``adversarial_examples``). Same examples, in the same order, as
+    ``adversarial_examples`` on the decoded arrays with the same key and batch size."""
+    h, w, c = source.info.image_shape  # type: ignore[misc]
+    cap = min(acfg.augment_max_examples or len(source), len(source))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(max(cap, 1), h, w, c))
+    labels, added, attacked, n_correct, successful = [], 0, 0, 0, 0
+    for x, y, correct, real in _attacked_batches(logits_fn, _source_batches(source, batch_size), acfg, key):
+        take = min(len(y), cap - added)
+        store[added:added + take] = x[:take]
+        labels.append(y[:take])
+        added += take
+        attacked, n_correct, successful = attacked + real, n_correct + correct, successful + len(y)
+    store.flush()
+    del store  # reopened read-only below
+    images = np.load(path, mmap_mode="r")[:added]
+    y = np.concatenate(labels).astype(np.int32) if labels else np.zeros(0, np.int32)
+    adv = ArraySource(images, y, replace(source.info, image_shape=(h, w, c), description=(
+        f"{added} adversarial examples ({acfg.augment_attack}, eps={acfg.eps:g}) in '{path}'")))
+    return adv, {"attacked": attacked, "correct": n_correct, "successful": successful, "added": added}

@@ -178,6 +178,9 @@ def train_local_rule(cfg: Config, *, resume: bool = False, log: Callable[[str], 
     tcfg = cfg.training
     run_dir, _ = check_run_request(cfg, resume)
 
+    # Whole arrays on purpose: the local rules update a crossbar from the full (N, D) training
+    # matrix on device in one jitted scan per epoch, and their data is tiny by construction
+    # (flattened digits / small patterns); the backprop trainer streams instead.
     dataset = dataset_for(cfg)
     k = dataset.num_classes
     x_train = jnp.asarray(dataset.train.images.reshape(len(dataset.train), -1))  # (N, D) in [0, 1]

@@ -1,5 +1,9 @@
 """The training loop: data -> jitted steps -> metrics.csv, checkpoints, resume.
 
+The backprop trainer streams its data: train and val are record sources (``data.sources``)
+read lazily through the Grain pipeline (``data.pipeline.train_batches`` / ``eval_batches``), so
+host memory holds the batches in flight, not the splits, and does not grow with the dataset.
+
 Everything random is a pure function of ``training.seed``, the epoch and the step index
 (shuffling, augmentation, dropout, mixup), and the full train state (parameters, batch
 statistics, optimizer, EMA, step) is checkpointed, so ``--resume`` after a crash ends with
@@ -22,13 +26,14 @@ import yaml
 from tqdm.auto import tqdm
 
 from robust_vision.config import Config, ConfigError, config_to_dict, save_config
-from robust_vision.data.datasets import Dataset, Split, load_dataset
+from robust_vision.data.datasets import Dataset, load_dataset
 from robust_vision.data.batch import to_unit_float
-from robust_vision.data.pipeline import (check_batch_divisible, data_mesh, num_batches, replicate, shard_batch,
+from robust_vision.data.pipeline import (check_batch_divisible, data_mesh, eval_batches, num_batches, replicate,
                                          train_batches)
-from robust_vision.data.sources import ArraySource, SourceInfo
+from robust_vision.data.sources import (ConcatSource, RecordSource, converted, describe_splits, open_splits,
+                                        stream_shape)
 from robust_vision.distributed import gather_batches, is_main_process, main_only
-from robust_vision.evaluation.batched import collect_per_example
+from robust_vision.evaluation.batched import prefetch_to_device
 from robust_vision.evaluation.metrics import summarize
 from robust_vision.interrupts import check_interrupt
 from robust_vision.losses import make_loss
@@ -36,7 +41,7 @@ from robust_vision.models import create_model
 from robust_vision.training.checkpoint import CheckpointStore, is_better
 from robust_vision.models.stages import stage_names
 from robust_vision.regularizers import make_regularizer
-from robust_vision.training.adversarial import adversarial_examples, adversarial_hooks
+from robust_vision.training.adversarial import adversarial_hooks, write_adversarial_examples
 from robust_vision.training.finetune import load_initial_weights
 from robust_vision.training.pretrain import pretrain_local_layer
 from robust_vision.training.steps import (init_train_state, make_eval_step, make_run_optimizer, make_train_step,
@@ -82,36 +87,69 @@ class TrainResult:
     best_value: float | None
 
 
-def dataset_for(cfg: Config) -> Dataset:
-    """Load the dataset of a config and apply training-only limits."""
-    dataset = load_dataset(cfg.data)
-    if cfg.model.n_classes is not None and cfg.model.n_classes != dataset.num_classes:
+def _check_n_classes(cfg: Config, num_classes: int) -> None:
+    if cfg.model.n_classes is not None and cfg.model.n_classes != num_classes:
         raise ValueError(f"model.n_classes: got {cfg.model.n_classes}; the dataset {cfg.data.dataset_name!r} has "
-                         f"{dataset.num_classes} classes (set model.n_classes: null to take it from the data)")
-    limit = cfg.data.max_train_examples
-    if limit is not None and limit < len(dataset.train.labels):
-        dataset = replace(dataset, train=Split(dataset.train.images[:limit], dataset.train.labels[:limit]))
+                         f"{num_classes} classes (set model.n_classes: null to take it from the data)")
+
+
+def dataset_for(cfg: Config) -> Dataset:
+    """The whole dataset of a config as in-memory arrays (``load_dataset``), train capped by
+    ``data.max_train_examples`` there. Only for trainers whose data is small by construction (the
+    crossbar / local-rule trainer); the backprop trainer streams (``training_sources``)."""
+    dataset = load_dataset(cfg.data)
+    _check_n_classes(cfg, dataset.num_classes)
     return dataset
 
 
-def _with_adversarial_examples(cfg: Config, dataset: Dataset, log: Callable[[str], None]) -> Dataset:
-    """The ``augment`` method: the training split plus adversarial examples of a trained model."""
+@dataclass(frozen=True)
+class TrainData:
+    """What the backprop trainer reads: the train and val record sources, every record brought
+    to ``image_shape`` (H, W, C) when read; images uint8 or float32 [0, 1] (see ``data.batch``)."""
+
+    name: str
+    train: RecordSource
+    val: RecordSource
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    class_names: tuple[str, ...]
+    where: tuple[str, ...] = ()  # describe_splits lines: each split's origin, size and hold-outs
+
+
+def training_sources(cfg: Config) -> TrainData:
+    """The train and val sources of ``cfg.data`` (``open_splits``; test is not opened), capped by
+    ``data.max_train_examples`` (a SubsetSource), resized / channel-converted to one shape."""
+    splits = open_splits(cfg.data, ("train", "val"))
+    info = splits["train"].info
+    _check_n_classes(cfg, info.num_classes)
+    shape = stream_shape(splits["train"], cfg.data.image_size, cfg.data.channels)
+    return TrainData(cfg.data.dataset_name, converted(splits["train"], shape), converted(splits["val"], shape), shape,
+                     info.num_classes, info.class_names, tuple(describe_splits(splits)))
+
+
+def _with_adversarial_examples(cfg: Config, data: TrainData, run_dir: Path, log: Callable[[str], None]) -> TrainData:
+    """The ``augment`` method: the training split plus adversarial examples of a trained model,
+    kept in a float32 .npy store in the run directory (at most one per training image) and read
+    from there like any source: no split is held in host memory."""
     from robust_vision.evaluation.loading import check_input_shape, load_trained_model
 
     acfg = cfg.training.adversarial
     source_path = acfg.augment_source or cfg.training.init_from
     source = load_trained_model(source_path)
-    check_input_shape(source, dataset.image_shape, f"{cfg.data.dataset_name} (training split)")
+    check_input_shape(source, data.image_shape, f"{cfg.data.dataset_name} (training split)")
     t0 = time.perf_counter()
     key = jax.random.fold_in(jax.random.key(cfg.training.seed), 0xAD7)
-    x_adv, y_adv, stats = adversarial_examples(source.logits_fn(), dataset.train.images, dataset.train.labels,
-                                               acfg, key, batch_size=cfg.training.eval_batch_size)
+    # Every process attacks the whole split (as the model sees it) and keeps its own store.
+    store = run_dir / "augment" / f"adversarial_examples.p{jax.process_index()}.npy"
+    adv, stats = write_adversarial_examples(source.logits_fn(), data.train, acfg, key, store,
+                                            batch_size=cfg.training.eval_batch_size)
     log(f"Adversarial augmentation: {acfg.augment_attack} (eps={acfg.eps:g}) on {source.run_dir}: "
         f"{stats['correct']} of {stats['attacked']} training images classified correctly, "
-        f"{stats['successful']} attacks succeeded, {stats['added']} examples added "
+        f"{stats['successful']} attacks succeeded, {stats['added']} examples added, stored in {store} "
         f"({time.perf_counter() - t0:.1f} s)")
-    train = Split(np.concatenate([dataset.train.images, x_adv]), np.concatenate([dataset.train.labels, y_adv]))
-    return replace(dataset, train=train)
+    train = ConcatSource([data.train, adv], replace(data.train.info, image_shape=data.image_shape, description=(
+        f"{data.train.info.description} + {len(adv)} adversarial examples")), as_float=True)
+    return replace(data, train=train)
 
 
 def read_history(path: Path, up_to_epoch: int) -> list[dict]:
@@ -213,22 +251,21 @@ def _train_backprop(cfg: Config, *, resume: bool, log: Callable[[str], None]) ->
     run_dir, has_checkpoints = check_run_request(cfg, resume)  # again, under the lock
     log = main_only(log)  # only process 0 prints and writes files; checkpoints are collective
 
-    dataset = dataset_for(cfg)
+    data = training_sources(cfg)
     mesh = data_mesh()
     check_batch_divisible(tcfg.batch_size, mesh, "training.batch_size")
     run_dir.mkdir(parents=True, exist_ok=True)
     if tcfg.adversarial.method == "augment":
-        dataset = _with_adversarial_examples(cfg, dataset, log)
-    model = create_model(cfg.model, input_shape=dataset.image_shape, num_classes=dataset.num_classes,
-                         seed=tcfg.seed)
+        data = _with_adversarial_examples(cfg, data, run_dir, log)
+    model = create_model(cfg.model, input_shape=data.image_shape, num_classes=data.num_classes, seed=tcfg.seed)
     resuming = resume and has_checkpoints
     if not resuming and tcfg.init_from is None:
-        pretrain_local_layer(model, cfg, dataset.train.images, run_dir, log)
+        pretrain_local_layer(model, cfg, data.train, run_dir, log)
     parts = split_model(model)
     if tcfg.init_from is not None and not resuming:
         params, model_state = load_initial_weights(tcfg.init_from, parts.params, parts.model_state, log)
         parts = replace(parts, params=params, model_state=model_state)
-    n_train = len(dataset.train.labels)
+    n_train = len(data.train)
     steps_per_epoch = num_batches(n_train, tcfg.batch_size)
     tx, schedule = make_run_optimizer(tcfg, cfg.model, parts.params, steps_per_epoch)
     if tcfg.freeze_stages:
@@ -238,7 +275,7 @@ def _train_backprop(cfg: Config, *, resume: bool, log: Callable[[str], None]) ->
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(parts.params))
     store = CheckpointStore(run_dir, save_every=tcfg.save_every, best_mode=tcfg.best_mode)
     try:
-        return _train_loop(cfg, resume, log, run_dir, store, dataset, mesh, model, parts, tx, schedule, state,
+        return _train_loop(cfg, resume, log, run_dir, store, data, mesh, model, parts, tx, schedule, state,
                            n_params, n_train, steps_per_epoch)
     except KeyboardInterrupt:
         jax.effects_barrier()  # let dispatched steps finish before the runtime is torn down
@@ -247,8 +284,22 @@ def _train_backprop(cfg: Config, *, resume: bool, log: Callable[[str], None]) ->
         store.close()  # also on Ctrl-C / errors: no Orbax thread outlives the run
 
 
-def _train_loop(cfg, resume, log, run_dir, store, dataset, mesh, model, parts, tx, schedule, state, n_params,
-                n_train, steps_per_epoch) -> TrainResult:
+def _per_example(fn, source: RecordSource, batch_size: int, mesh) -> dict[str, np.ndarray]:
+    """``fn(images, labels) -> {name: (B,) array}`` over every record of ``source`` in order,
+    streamed (``eval_batches`` + device prefetch; images float32 [0, 1] on device); returns the
+    real examples' values, (N,) each, gathered across processes. Batches are padded to a
+    multiple of the device count, as ``evaluation.batched.collect_per_example``."""
+    n_dev = mesh.devices.size
+    batch_size = -(-batch_size // n_dev) * n_dev
+    outputs = [dict(fn(to_unit_float(b.images), b.labels), mask=b.mask)
+               for b in prefetch_to_device(eval_batches(source, batch_size), mesh=mesh)]
+    gathered = gather_batches(outputs)
+    keep = gathered.pop("mask") > 0
+    return {k: v[keep] for k, v in gathered.items()}
+
+
+def _train_loop(cfg, resume, log, run_dir, store, data: TrainData, mesh, model, parts, tx, schedule, state,
+                n_params, n_train, steps_per_epoch) -> TrainResult:
     tcfg = cfg.training
     main = is_main_process()
     history: list[dict] = []
@@ -266,16 +317,14 @@ def _train_loop(cfg, resume, log, run_dir, store, dataset, mesh, model, parts, t
     if main:
         save_config(cfg, run_dir / "config.yaml")
 
-    source = cfg.data.data_dir or ("bundled with scikit-learn" if cfg.data.dataset_name == "digits" else "-")
-    log(f"Dataset {dataset.name} from {source}: {n_train} train / {len(dataset.val.labels)} val / "
-        f"{len(dataset.test.labels)} test, images {dataset.image_shape}, {dataset.num_classes} classes")
-    if dataset.notes:
-        log(f"  splits: {dataset.notes}")
+    where = cfg.data.data_dir or ("bundled with scikit-learn" if cfg.data.dataset_name == "digits" else "-")
+    log(f"Dataset {data.name} from {where}: {n_train} train / {len(data.val)} val (streamed; test is not read), "
+        f"images {data.image_shape}, {data.num_classes} classes")
+    for line in data.where:  # each split's origin and size, and every hold-out
+        log(line)
     log(f"Model {cfg.model.name}: {n_params:,} parameters; {mesh.devices.size} device(s) "
         f"({jax.devices()[0].platform}, {jax.process_count()} process(es)); {steps_per_epoch} steps/epoch")
 
-    train_source = ArraySource(dataset.train.images, dataset.train.labels, SourceInfo(
-        dataset.num_classes, dataset.class_names, dataset.image_shape, f"{dataset.name} train split"))
     train_step = make_train_step(parts, tx, make_loss(tcfg), tcfg, extra_loss=make_regularizer(tcfg.regularizers),
                                  **_train_hooks(tcfg))
     eval_step = make_eval_step(parts)
@@ -288,11 +337,11 @@ def _train_loop(cfg, resume, log, run_dir, store, dataset, mesh, model, parts, t
         outputs = []
         bar = tqdm(total=steps_per_epoch, desc=f"Epoch {epoch}/{tcfg.epochs}", leave=False,
                    disable=not (tcfg.progress_bar and main), unit="step")
-        # Batches stream from the input pipeline (the order is epoch_permutation(seed, epoch), as
-        # before); each process reads its own rows of every global batch, and shard_batch joins
-        # them into global arrays. uint8 sources become float32 [0, 1] on device.
-        for i, batch in enumerate(train_batches(train_source, tcfg.batch_size, tcfg.seed, epoch)):
-            x, y, m = shard_batch(mesh, batch.images, batch.labels, batch.mask)
+        # Batches stream from the input pipeline (the order is epoch_permutation(seed, epoch)); each
+        # process reads its own rows of every global batch, and the device prefetch joins them into
+        # global arrays while the previous step runs. uint8 sources become float32 [0, 1] on device.
+        batches = prefetch_to_device(train_batches(data.train, tcfg.batch_size, tcfg.seed, epoch), mesh=mesh)
+        for i, (x, y, m) in enumerate(batches):
             state, per_ex = train_step(state, to_unit_float(x), y, m, jax.random.fold_in(epoch_key, i))
             outputs.append(dict(per_ex, mask=m))  # the global mask, gathered with the outputs
             bar.update(1)
@@ -316,11 +365,10 @@ def _train_loop(cfg, resume, log, run_dir, store, dataset, mesh, model, parts, t
                "train_margin": train_summary["margin"], "train_snr": train_summary["snr"],
                "learning_rate": float(schedule(int(state["step"]) - 1)), "epoch_time_s": None}
         validate = epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs
-        if validate and len(dataset.val.labels):
+        if validate and len(data.val):
             eval_params = state["ema_params"] if tcfg.ema_enabled else state["params"]
-            val_pe = collect_per_example(
-                lambda xb, yb, _i: eval_step(eval_params, state["model_state"], xb, yb),
-                dataset.val.images, dataset.val.labels, tcfg.eval_batch_size, mesh)
+            val_pe = _per_example(lambda xb, yb: eval_step(eval_params, state["model_state"], xb, yb),
+                                  data.val, tcfg.eval_batch_size, mesh)
             vs = summarize(val_pe)
             row.update(val_loss=vs["loss"], val_accuracy=vs["accuracy"], val_margin=vs["margin"],
                        val_snr=vs["snr"], val_snr_median=vs["snr_median"], val_ece=vs["ece"])
@@ -342,8 +390,8 @@ def _train_loop(cfg, resume, log, run_dir, store, dataset, mesh, model, parts, t
             best_value, best_epoch = metric_value, epoch
         meta = {"epoch": epoch, "metrics": row, "best_metric": tcfg.best_metric, "best_value": best_value,
                 "best_epoch": best_epoch, "model": config_to_dict(cfg)["model"],
-                "input_shape": list(dataset.image_shape), "num_classes": dataset.num_classes,
-                "class_names": list(dataset.class_names), "ema": tcfg.ema_enabled}
+                "input_shape": list(data.image_shape), "num_classes": data.num_classes,
+                "class_names": list(data.class_names), "ema": tcfg.ema_enabled}
         store.save(epoch, state, meta, is_best=improved)
 
     from robust_vision.training.run_outputs import write_run_outputs
