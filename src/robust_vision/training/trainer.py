@@ -33,7 +33,7 @@ from robust_vision.data.pipeline import (check_batch_divisible, data_mesh, eval_
 from robust_vision.data.sources import (ConcatSource, RecordSource, converted, describe_splits, open_splits,
                                         stream_shape)
 from robust_vision.distributed import gather_batches, is_main_process, main_only
-from robust_vision.evaluation.batched import prefetch_to_device
+from robust_vision.evaluation.batched import prefetch_to_device, stream_per_example
 from robust_vision.evaluation.metrics import summarize
 from robust_vision.interrupts import check_interrupt
 from robust_vision.losses import make_loss
@@ -286,16 +286,13 @@ def _train_backprop(cfg: Config, *, resume: bool, log: Callable[[str], None]) ->
 
 def _per_example(fn, source: RecordSource, batch_size: int, mesh) -> dict[str, np.ndarray]:
     """``fn(images, labels) -> {name: (B,) array}`` over every record of ``source`` in order,
-    streamed (``eval_batches`` + device prefetch; images float32 [0, 1] on device); returns the
-    real examples' values, (N,) each, gathered across processes. Batches are padded to a
-    multiple of the device count, as ``evaluation.batched.collect_per_example``."""
+    streamed (``eval_batches`` + device prefetch, ``evaluation.batched.stream_per_example``;
+    images float32 [0, 1] on device); the real examples' values, (N,) each, gathered across
+    processes. The batch size is rounded up to a multiple of the device count and, unlike the
+    evaluators, not capped at N: validation keeps one compiled program whatever the split size."""
     n_dev = mesh.devices.size
     batch_size = -(-batch_size // n_dev) * n_dev
-    outputs = [dict(fn(to_unit_float(b.images), b.labels), mask=b.mask)
-               for b in prefetch_to_device(eval_batches(source, batch_size), mesh=mesh)]
-    gathered = gather_batches(outputs)
-    keep = gathered.pop("mask") > 0
-    return {k: v[keep] for k, v in gathered.items()}
+    return stream_per_example(lambda x, y, _i: fn(to_unit_float(x), y), eval_batches(source, batch_size), mesh=mesh)
 
 
 def _train_loop(cfg, resume, log, run_dir, store, data: TrainData, mesh, model, parts, tx, schedule, state,
