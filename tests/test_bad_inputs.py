@@ -110,8 +110,11 @@ def test_bad_override_names_the_right_key(tmp_path, capsys, overrides, message):
 
 SIZE_CASES = [  # (overrides, available bytes, key named in the message)
     (["training.batch_size=1000000000"], 64 * GIB, "training.batch_size"),
-    (["data.image_size=2000"], 16 * GIB, "data.image_size"),
-    (["data.dataset_name=cifar10", "data.image_size=512"], 64 * GIB, "data.image_size"),
+    # The local-rule trainers hold the whole training set; backprop training streams it.
+    (["training.learning_rule=hebbian", "model.name=crossbar", "data.image_size=2000"], 16 * GIB, "data.image_size"),
+    (["training.learning_rule=hebbian", "model.name=crossbar", "data.dataset_name=cifar10", "data.image_size=512"],
+     64 * GIB, "data.image_size"),
+    (["training.batch_size=8192", "data.dataset_name=cifar10", "data.image_size=512"], 64 * GIB, "training.batch_size"),
 ]
 
 
@@ -125,11 +128,14 @@ def test_sizes_beyond_memory_are_refused_with_the_estimate(overrides, available,
 def test_sizes_that_fit_pass_and_the_estimate_is_the_float32_size():
     from robust_vision.preflight import dataset_shape
 
-    check_memory(load_config(None, ["data.image_size=2000"]), available=64 * GIB)  # 1797 x 2000^2 x 4 B = 26.8 GiB
+    local_rule = ["training.learning_rule=hebbian", "model.name=crossbar", "data.image_size=2000"]
+    check_memory(load_config(None, local_rule), available=64 * GIB)  # 1797 x 2000^2 x 4 B = 26.8 GiB
     n, hwc = dataset_shape(DataConfig(dataset_name="digits", image_size=[2000, 2000]))
     assert (n, hwc) == (1797, (2000, 2000, 1))
     with pytest.raises(SizeError, match="26.8 GiB"):
-        check_memory(load_config(None, ["data.image_size=2000"]), available=20 * GIB)
+        check_memory(load_config(None, local_rule), available=20 * GIB)
+    # Backprop training streams: the same 26.8 GiB dataset fits in 20 GiB, only its batches in flight count.
+    check_memory(load_config(None, ["data.image_size=2000", "training.batch_size=64"]), available=20 * GIB)
 
 
 def test_huge_batch_fails_before_anything_is_allocated(tmp_path, capsys):

@@ -3,11 +3,14 @@
 Nothing here imports JAX: a user error (a size that cannot fit, a run directory that another
 training holds) costs a fraction of a second, not the seconds of the JAX / Orbax imports.
 
-Memory rule (``check_memory``): the input pipeline holds every split as float32 NHWC in host
-memory (``data/datasets.py``) and builds each training batch as float32 (B, H, W, C) plus its
-index vector (``data/pipeline.py:batch_indices``). A request whose estimate of either exceeds
-the memory this machine has *available* (``/proc/meminfo`` MemAvailable, else physical memory)
-is refused with the estimate; the estimate is a lower bound (model activations come on top).
+Memory rule (``check_memory``): backprop training streams its splits through the input
+pipeline (``data/pipeline.py``), so host memory holds the batches in flight, not the dataset: a
+request whose float32 batches in flight (``BATCHES_IN_FLIGHT`` x (B, H, W, C) plus index, label and
+mask) exceed the memory this machine has *available* (``/proc/meminfo`` MemAvailable, else physical
+memory) is refused with the estimate. The local-rule trainers (``training.learning_rule`` hebbian /
+sgd_mse) hold the whole training set as float32 NHWC arrays (one jitted scan per epoch), so for
+them the dataset's float32 size must fit too. Each estimate is a lower bound (model activations
+come on top).
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ _KNOWN_SOURCES = {"digits": (1797, 8, 8, 1), "mnist": (70_000, 28, 28, 1), "cifa
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 # Bytes per batch example besides the image: an int64 index, an int32 label, a float32 mask.
 _PER_EXAMPLE_OVERHEAD = 8 + 4 + 4
+# Batches a streamed training holds on the host at once: Grain's prefetch buffer (2), the device
+# prefetch queue (2, evaluation.batched.prefetch_to_device) and the batch being consumed.
+BATCHES_IN_FLIGHT = 5
 
 
 class SizeError(ValueError):
@@ -112,19 +118,20 @@ def check_memory(cfg: "Config", *, available: Optional[int] = None) -> None:
     if hwc is None:
         return
     image_bytes = 4 * hwc[0] * hwc[1] * hwc[2]
-    if n is not None:
-        need = n * image_bytes  # max_train_examples applies after loading: the full set is held once
+    if n is not None and cfg.training.learning_rule != "backprop":
+        need = n * image_bytes  # the local-rule trainers load the full set once, as float32 arrays
         if need > available:
             raise SizeError(f"data.image_size: {n} images of {hwc[0]}x{hwc[1]}x{hwc[2]} float32 need about "
                             f"{_gib(need)} of memory, {_gib(available)} is available; use a smaller "
-                            "data.image_size (or fewer images)")
+                            f"data.image_size (or fewer images): training.learning_rule="
+                            f"{cfg.training.learning_rule} holds the whole training set")
     batch = cfg.training.batch_size
-    need = batch * (image_bytes + _PER_EXAMPLE_OVERHEAD)
+    need = BATCHES_IN_FLIGHT * batch * (image_bytes + _PER_EXAMPLE_OVERHEAD)
     if need > available:
         hint = f" (the dataset has {n} images)" if n is not None else ""
         raise SizeError(f"training.batch_size: {batch} images of {hwc[0]}x{hwc[1]}x{hwc[2]} float32 need about "
-                        f"{_gib(need)} per batch, {_gib(available)} is available; use a smaller "
-                        f"training.batch_size{hint}")
+                        f"{_gib(need)} for the {BATCHES_IN_FLIGHT} batches in flight, {_gib(available)} is "
+                        f"available; use a smaller training.batch_size{hint}")
 
 
 # --------------------------------------------------------------------------- run-directory lock
