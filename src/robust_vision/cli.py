@@ -255,7 +255,6 @@ def _eval(args: argparse.Namespace) -> int:
     from robust_vision import distributed
     from robust_vision.compile_cache import enable_compile_cache
     from robust_vision.config import config_to_dict
-    from robust_vision.data.datasets import load_dataset
     from robust_vision.evaluation import runner, suite
     from robust_vision.evaluation.loading import load_trained_model
     from robust_vision.evaluation.report import versions, write_json
@@ -293,7 +292,8 @@ def _eval(args: argparse.Namespace) -> int:
                                   model.num_classes)
         val_source = None  # no calibration split: temperature and conformal sets are skipped
     else:
-        source, val_source = runner.config_split_sources(load_dataset(cfg.data), ecfg.split)
+        source, val_source = runner.config_split_sources(cfg.data, ecfg.split)
+        print(f"Evaluation data ({ecfg.split}): {len(source)} images <- {source.info.description}")
     levels = list(ecfg.noise_levels)
     noise_types = list(ecfg.noise_types)
     if args.baseline and ("gaussian" not in noise_types or 0.5 not in levels):

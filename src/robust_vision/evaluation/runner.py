@@ -107,19 +107,18 @@ class EvalContext:
         return source_batches(self.source if source is None else source, self.cfg.evaluation.batch_size, n)
 
 
-def config_split_sources(dataset, split: str) -> tuple[Any, Callable[[], Any]]:
-    """The evaluated split of a loaded :class:`~robust_vision.data.datasets.Dataset` as a record
-    source, and a function returning its validation split as one (for calibration). In-memory
-    arrays (``data.sources.ArraySource``), read batch by batch like any other source."""
-    from robust_vision.data.sources import ArraySource, SourceInfo
+def config_split_sources(data_cfg, split: str) -> tuple[Any, Callable[[], Any]]:
+    """The evaluated ``split`` of a config's dataset (``data.sources.open_splits``: the same
+    partition, order and preprocessing as training) as a record source, and a function that opens
+    its validation split the same way (only calibration calls it). Only the asked split is opened;
+    records are read batch by batch, never decoded whole."""
+    from robust_vision.data.sources import converted, open_splits, stream_shape
 
-    def as_source(name: str) -> ArraySource:
-        part = dataset.split(name)
-        info = SourceInfo(num_classes=dataset.num_classes, class_names=tuple(dataset.class_names),
-                          image_shape=tuple(part.images.shape[1:]), description=f"{dataset.name} {name} split")
-        return ArraySource(part.images, part.labels, info)
+    def open_one(name: str):
+        source = open_splits(data_cfg, (name,))[name]
+        return converted(source, stream_shape(source, data_cfg.image_size, data_cfg.channels))
 
-    return as_source(split), lambda: as_source("val")
+    return open_one(split), lambda: open_one("val")
 
 
 def check_model_data(model, dataset, where: str) -> None:
