@@ -9,13 +9,23 @@ project's evaluators:
   clean ECE and the mean SNR over that noisy grid (geometric mean of the per-condition SNRs):
   :func:`robust_vision.evaluation.robustness.evaluate_robustness`;
 * corruption error: mean top-1 error over the 15 ImageNet-C corruptions at the configured
-  severities, CIFAR-scale parameters: :func:`robust_vision.evaluation.suite.corruption_errors`;
-* PGD accuracy (Linf) at two eps: :func:`robust_vision.evaluation.suite.attack_suite`.
+  severities, CIFAR-scale parameters (``robust_vision.corruptions``), on corrupted test images
+  made once per seed and shared by every recipe (:func:`corrupted_test_set`);
+* PGD accuracy (Linf, ``attacks.gradient.pgd``, unrolled steps) at two eps, on
+  ``attack_examples`` test examples at evenly spaced positions (all of them by default).
+
+The corruption and PGD evaluators are module-level jitted functions with the model function
+static and its weights traced, so one compiled program serves every recipe and seed of the
+same model structure (the suite's functions take a closure over the weights and compiled once
+per model: most of the evaluation time in the issue-13 profile).
 
 Every number is the mean over seeds with a bootstrap 90% interval over seeds
 (:func:`robust_vision.research.bootstrap.bootstrap_interval`). Recipes are ranked by the mean of
 the noise accuracy, 1 - corruption error and the PGD accuracy at the larger eps (all in [0, 1]);
 the table shows each component, so any other ranking can be read off it.
+
+The two-seed stability of the ranking (:func:`seed_stability`: Spearman rank correlation of the
+per-seed scores, same top / bottom recipe) is printed under the table.
 
 Outputs in OUT: recipes.{csv,md} (ranked table), recipes_per_seed.csv, recipes.json,
 figures/recipes.{png,pdf}, runs/recipes/seed<S>/<recipe>/ (run directories).
@@ -38,8 +48,8 @@ import yaml
 
 from robust_vision.config import ConfigError, config_from_dict
 
-__all__ = ["RECIPES", "Recipe", "RECIPE_COLUMNS", "load_recipe_settings", "rank_recipes", "recipe_config",
-           "run_recipes"]
+__all__ = ["RECIPES", "Recipe", "RECIPE_COLUMNS", "corrupted_test_set", "load_recipe_settings", "rank_recipes",
+           "recipe_config", "run_recipes", "seed_stability"]
 
 
 @dataclass(frozen=True)

@@ -225,6 +225,8 @@ def print_summary(out_dir: Path, checklist: Sequence[verdicts.CheckItem], log: C
     log("")
     log((out_dir / "master_results.md").read_text())
     log((out_dir / "factor_importance.md").read_text())
+    if (out_dir / "original_protocol.md").is_file():  # the "375x" protocol, with its intervals
+        log((out_dir / "original_protocol.md").read_text())
     log("VALIDATION CHECKLIST")
     for line in verdicts.checklist_lines(checklist):
         log(line)
