@@ -355,7 +355,8 @@ def _factor_ratio(r: dict) -> str:
 def render_checklist(items: Sequence[CheckItem], ctx: dict) -> str:
     lines = ["# Validation checklist", "",
              "The seed's checklist, decided from master_results.csv and accuracy_at_50_gaussian.csv "
-             f"(classification protocol: {ctx['task']}; seed means over {ctx['n_seeds']} seed(s)).", ""]
+             f"(classification protocol: {ctx['task']}; point estimates over the test examples x {ctx['n_seeds']} "
+             "seed(s), decided on the point; brackets: bootstrap 90% interval).", ""]
     lines.append(markdown_table(["", "Item", "Criterion", "Measured", "Result"],
                                 [["[x]" if i.status == "PASS" else "[ ]", i.item, i.criterion, i.measured, i.status]
                                  for i in items]))
