@@ -222,7 +222,7 @@ def run_pattern_method(settings: StudySettings, method: Method, seed: int, image
                      "mean_log_snr": float(np.log(snr)) if np.isfinite(snr) and snr > 0 else float("nan"),
                      "n": r["n"], "n_nonfinite": r["n_nonfinite"]})
     stats = {**res["weight_stats"], "n_models": res["n_images"], "n_diverged_models": res["n_diverged"]}
-    units = _units([r["image_accuracy"] for r in res["rows"]], [r["image_log_snr"] for r in res["rows"]])
+    units = _units([u["accuracy"] for u in res["per_image"]], [u["log_snr"] for u in res["per_image"]])
     return RunRecord("pattern", method, seed, _with_degradation(rows), weight_stats=stats,
                      diverged=res["n_diverged"] > 0, train_time_s=elapsed, units=units,
                      note=f"{res['n_diverged']}/{res['n_images']} single-image models diverged" if res["n_diverged"]
