@@ -100,11 +100,13 @@ def test_recipe_configs_and_settings(tmp_path):
 
     s = load_recipe_settings(None, quick=True, seeds=1)
     assert s["training"]["epochs"] == 6 and s["seeds"] == 1 and len(s["recipes"]) == 10
+    assert s["training"]["adversarial"]["steps"] == 3 and s["attack_examples"] == 200
     cfgs = {r.key: recipe_config(s, r, 3, tmp_path / r.key) for r in RECIPES}
     assert cfgs["mart"].training.adversarial.method == "mart" and cfgs["augmix"].training.augmix.enabled
     assert cfgs["gauss_0.25"].training.noise_augment_std == 0.25 and cfgs["margin_10"].training.margin_lambda == 10
     # only the recipe's keys differ: same model, data, seed, epochs everywhere
     assert {c.training.seed for c in cfgs.values()} == {3} and len({str(c.model) for c in cfgs.values()}) == 1
+    assert cfgs["ce"].training.eval_every == 6 and not cfgs["ce"].training.write_figures
     with pytest.raises(ConfigError, match="unknown recipe"):
         load_recipe_settings(None, overrides=["recipes=[ce,nope]"])
     with pytest.raises(ConfigError, match="pgd_eps"):
@@ -127,3 +129,39 @@ def test_rank_recipes_orders_by_score_with_intervals():
     assert b["score"] == pytest.approx(np.mean([(0.9 + 0.9 + 0.5) / 3, (0.8 + 0.8 + 0.4) / 3]))
     assert b["noise_accuracy_lo"] >= 0.8 - 1e-12 and b["noise_accuracy_hi"] <= 0.9 + 1e-12
     assert b["n_seeds"] == 2 and b["train_time_s"] == 2.0
+
+
+def test_seed_stability_spearman_and_top_bottom():
+    from robust_vision.research.recipes import render_stability, seed_stability
+
+    def row(key, seed, noise):
+        return {"recipe_key": key, "recipe": key, "seed": seed, "noise_accuracy": noise, "corruption_error": 0.5,
+                "pgd_accuracy_large": 0.0}
+
+    # seed 1 swaps the middle two of four recipes: ranks (1,2,3,4) vs (1,3,2,4), rho = 1 - 6*2/(4*15) = 0.8
+    rows = [row(k, 0, v) for k, v in zip("abcd", (0.9, 0.7, 0.5, 0.1))]
+    rows += [row(k, 1, v) for k, v in zip("abcd", (0.8, 0.4, 0.6, 0.2))]
+    (st,) = seed_stability(rows)
+    assert st["spearman"] == pytest.approx(0.8) and st["n_recipes"] == 4
+    assert st["top_a"] == st["top_b"] == "a" and st["bottom_a"] == st["bottom_b"] == "d"
+    assert "0.80" in render_stability([st], {k: k.upper() for k in "abcd"})[0]
+    assert seed_stability([r for r in rows if r["seed"] == 0]) == []
+
+
+def _linear_forward(variables, x):
+    return x.reshape(x.shape[0], -1) @ variables
+
+
+def test_recipe_evaluators_agree_with_clean_predictions():
+    from robust_vision.research.recipes import _correct_stack, _pgd_correct
+
+    x = _images(6, 4, 4, 1)
+    w = jax.random.normal(jax.random.key(3), (16, 3))
+    y = jnp.argmax(_linear_forward(w, x), -1).at[0].set(0)
+    clean = np.asarray(jnp.argmax(_linear_forward(w, x), -1) == y)
+    stack = np.asarray(_correct_stack(_linear_forward, w, jnp.stack([x, x]), y))
+    assert stack.shape == (2, 6) and (stack == clean).all()
+    # eps 0: PGD cannot move the images; a large budget can only lower the accuracy
+    at0 = np.asarray(_pgd_correct(_linear_forward, w, x, y, jax.random.key(0), jnp.float32(0.0), steps=2))
+    big = np.asarray(_pgd_correct(_linear_forward, w, x, y, jax.random.key(0), jnp.float32(0.5), steps=2))
+    assert (at0 == clean).all() and big.sum() <= clean.sum()

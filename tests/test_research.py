@@ -13,8 +13,11 @@ from robust_vision.config import ConfigError
 from robust_vision.research.methods import MASTER_ORDER, method_by_key
 from robust_vision.research.protocols import RunRecord
 from robust_vision.research.settings import QUICK, load_study, settings_to_dict
-from robust_vision.research.tables import factor_rows, master_rows, method_summaries, seed_summaries
-from robust_vision.research.verdicts import compare_claims, validation_checklist
+import numpy as np
+
+from robust_vision.research.tables import (accuracy50_rows, curve_rows, experiment_rows, factor_rows, master_rows,
+                                           method_summaries)
+from robust_vision.research.verdicts import compare_claims, consistent, validation_checklist
 
 CLS = "classification"
 
@@ -69,21 +72,31 @@ def _claim(claims, text, protocol=CLS):
     return next(c for c in claims if c.claim.startswith(text) and c.protocol == protocol)
 
 
+def _ex(key: str, ratio: float, lo: float | None = None, hi: float | None = None, protocol: str = CLS) -> dict:
+    """An experiment-table row with its paired ratio (and change) to the reference."""
+    lo, hi = ratio if lo is None else lo, ratio if hi is None else hi
+    return {"protocol": protocol, "method_key": key, "ratio_to_reference": ratio, "ratio_to_reference_lo": lo,
+            "ratio_to_reference_hi": hi, "change_percent": (ratio - 1) * 100, "change_percent_lo": (lo - 1) * 100,
+            "change_percent_hi": (hi - 1) * 100}
+
+
 def test_claims_reproduced_and_not(tmp_path):
-    noisy = {"cnn_margin_10": 3000.0, "cnn_ce": 10.0, "cnn_margin_1": 50.0,  # loss 300x: within 3x of 375x
-             "hebbian_uncon": 200.0, "sgd_uncon": 20.0,                     # 10x: not within 3x of 133x
-             "hebbian_physical": 120.0, "hebbian_tight": 70.0}              # -40% and -65%
-    master = _master({**noisy, "cnn_margin_10": 2500.0, "cnn_ce": 10.0, "cnn_margin_1": 300.0}, noisy)
-    arch = [{"protocol": CLS, "method_key": "linear_ce", "snr_noisy": 1.0},
-            {"protocol": CLS, "method_key": "cnn_ce", "snr_noisy": 10.0}]
+    master = _master({"cnn_margin_10": 2500.0, "cnn_ce": 10.0, "cnn_margin_1": 300.0, "hebbian_uncon": 200.0})
+    experiments = {
+        "loss": [_ex("cnn_ce", 1.0), _ex("cnn_margin_10", 300.0, 150.0, 600.0)],   # 300x: within 3x of 375x
+        "learning_rule": [_ex("hebbian_uncon", 1.0), _ex("sgd_uncon", 0.1, 0.05, 0.2)],  # 10x [5x, 20x] vs 133x
+        "constraints": [_ex("hebbian_uncon", 1.0), _ex("hebbian_physical", 0.6), _ex("hebbian_tight", 0.35)],
+        "architecture": [_ex("linear_ce", 1.0), _ex("cnn_ce", 10.0)]}
     factors = [{"protocol": CLS, "rank": i + 1, "factor": f, "ratio_best_to_worst": r} for i, (f, r) in
                enumerate([("Loss function", 300.0), ("Learning rule", 10.0), ("Architecture", 10.0),
                           ("Constraints", 2.9)])]
     checklist = validation_checklist(master, _acc50(0.9, 0.6), _figures(tmp_path))
-    claims = compare_claims(master, _acc50(0.9, 0.6), arch, factors, checklist)
+    claims = compare_claims(master, _acc50(0.9, 0.6), experiments, factors, checklist)
     assert _claim(claims, "Loss function").verdict == "reproduced"
     assert _claim(claims, "Loss function").value == pytest.approx(300.0)
-    assert _claim(claims, "Learning rule").verdict == "not reproduced"
+    assert "[90% CI 150x, 600x]" in _claim(claims, "Loss function").measured
+    lr = _claim(claims, "Learning rule")  # inverted: Hebbian / SGD = 10x [5x, 20x]
+    assert lr.verdict == "not reproduced" and lr.value == pytest.approx(10.0) and "[90% CI 5x, 20x]" in lr.measured
     assert _claim(claims, "Constraints: tight").verdict == "reproduced"  # -65% vs -66%
     assert _claim(claims, "Constraints: physical").value == pytest.approx(-40.0)
     assert _claim(claims, "Constraints: physical").verdict == "reproduced"
@@ -91,11 +104,33 @@ def test_claims_reproduced_and_not(tmp_path):
     assert _claim(claims, "Factor ranking").verdict == "reproduced"
     assert _claim(claims, "Margin model SNR").verdict == "reproduced"
     assert all(c.verdict == "reproduced" for c in claims if c.claim.startswith(("Baseline", "SNR roughly")))
+    assert all(c.protocol for c in claims)
+
+
+def test_verdict_rule_uses_the_interval(tmp_path):
+    # The tolerance band of 375x is [125x, 1125x]: a point of 100x is outside it, but an interval
+    # reaching 140x is consistent with the claim; one ending at 110x is not.
+    assert consistent((100.0, 80.0, 140.0), 375 / 3, 375 * 3)
+    assert not consistent((100.0, 50.0, 110.0), 375 / 3, 375 * 3)
+    assert not consistent((100.0, math.nan, math.nan), 375 / 3, 375 * 3)
+    master = _master({"cnn_ce": 10.0, "cnn_margin_10": 1000.0})
+    checklist = validation_checklist(master, [], _figures(tmp_path))
+    for (lo, hi), verdict in (((80.0, 140.0), "reproduced"), ((50.0, 110.0), "not reproduced")):
+        ex = {"loss": [_ex("cnn_ce", 1.0), _ex("cnn_margin_10", 100.0, lo, hi)]}
+        assert _claim(compare_claims(master, [], ex, [], checklist), "Loss function").verdict == verdict
+    # a threshold claim: SNR > 2000 with point 1500 [1200, 2100] reaches the claimed side; the
+    # checklist (point estimate) still fails it
+    master = [{**r, "snr_clean_lo": 1200.0, "snr_clean_hi": 2100.0} for r in _master({"cnn_margin_10": 1500.0})]
+    checklist = validation_checklist(master, [], _figures(tmp_path))
+    assert checklist[0].status == "FAIL" and "[90% CI 1200, 2100]" in checklist[0].measured
+    assert _claim(compare_claims(master, [], {}, [], checklist), "Margin model SNR").verdict == "reproduced"
 
 
 def test_claims_diverged_and_missing(tmp_path):
     master = _master({"hebbian_uncon": 200.0, "sgd_uncon": math.nan, "hebbian_tight": 10.0})
-    claims = compare_claims(master, [], [], [], validation_checklist(master, [], _figures(tmp_path)))
+    experiments = {"learning_rule": [_ex("hebbian_uncon", 1.0), _ex("sgd_uncon", math.nan)],
+                   "constraints": [_ex("hebbian_uncon", 1.0), _ex("hebbian_tight", 0.05)]}
+    claims = compare_claims(master, [], experiments, [], validation_checklist(master, [], _figures(tmp_path)))
     lr = _claim(claims, "Learning rule")
     assert lr.verdict == "not reproduced" and "diverged" in lr.measured
     assert _claim(claims, "Loss function").verdict == "not measured"
@@ -106,24 +141,55 @@ def test_claims_diverged_and_missing(tmp_path):
 # ------------------------------------------------------------------------------- tables
 
 
-def _record(key: str, snr: float, diverged: bool = False, seed: int = 0, protocol: str = CLS) -> RunRecord:
-    rows = [{"noise_type": "gaussian", "level": lvl, "accuracy": 1.0, "snr": snr * (2 if lvl == 0 else 1)}
+def _record(key: str, snr: float, diverged: bool = False, seed: int = 0, protocol: str = CLS,
+            spread: float = 0.0, n: int = 20) -> RunRecord:
+    """Rows at Gaussian 0 and 0.5 and n units whose log-SNR is log(snr) (x2 when clean) +- spread
+    (alternating, so the geometric mean is exactly snr) and whose correctness alternates 1, 0.5."""
+    rows = [{"noise_type": "gaussian", "level": lvl, "accuracy": 0.75, "snr": snr * (2 if lvl == 0 else 1)}
             for lvl in (0.0, 0.5)]
-    return RunRecord(protocol, method_by_key(key), seed, rows, diverged=diverged)
+    sign = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+    log_snr = np.stack([np.log(snr * 2) + spread * sign, np.log(snr) + spread * sign], axis=1)
+    correct = np.stack([np.where(sign > 0, 1.0, 0.5)] * 2, axis=1)
+    return RunRecord(protocol, method_by_key(key), seed, rows, diverged=diverged,
+                     units={"correct": correct, "log_snr": log_snr})
 
 
 def test_master_ranks_diverged_last_and_factor_ratio():
     records = [_record(k, snr, k == "sgd_uncon", seed) for seed in (0, 1) for k, snr in [
         ("hebbian_uncon", 100.0), ("hebbian_tight", 25.0), ("sgd_uncon", 1e9), ("cnn_ce", 4.0)]]
-    summaries = method_summaries(seed_summaries(records))
+    summaries = method_summaries(records)
     master = master_rows(summaries)
     assert [r["method_key"] for r in master] == ["hebbian_uncon", "hebbian_tight", "cnn_ce", "sgd_uncon"]
     assert master[-1]["status"] == "diverged" and master[0]["relative_to_best_percent"] == pytest.approx(100.0)
-    assert master[0]["snr_clean"] == pytest.approx(200.0) and master[0]["snr_noisy_std"] == 0.0
+    # no spread across units: the interval collapses onto the point
+    assert master[0]["snr_clean"] == pytest.approx(200.0) and master[0]["snr_noisy_lo"] == pytest.approx(100.0)
+    assert master[0]["n_units"] == 40 and master[0]["accuracy_clean"] == pytest.approx(0.75)
     factors = {r["factor"]: r for r in factor_rows(summaries)}
     assert factors["Constraints"]["ratio_best_to_worst"] == pytest.approx(4.0)
     assert factors["Constraints"]["effect"].startswith("-75%")
     assert factors["Learning rule"]["best_method"] == "SGD Uncon."  # SNR is SNR; the flag says diverged
+
+
+def test_intervals_bracket_the_point_and_pair_the_units():
+    from robust_vision.research.methods import EXPERIMENTS
+
+    records = [_record(k, snr, seed=seed, spread=s) for seed in (0, 1) for k, snr, s in [
+        ("hebbian_uncon", 100.0, 1.0), ("hebbian_tight", 25.0, 1.0), ("sgd_uncon", 5.0, 0.5)]]
+    summaries = method_summaries(records)
+    for r in master_rows(summaries) + accuracy50_rows(summaries) + curve_rows(records):
+        for col in ("snr_noisy", "snr_clean", "accuracy_clean", "accuracy_noisy", "accuracy_gauss50", "snr", "accuracy"):
+            if col in r:
+                assert r[f"{col}_lo"] <= r[col] + 1e-9 <= r[f"{col}_hi"] + 2e-9, (r["method_key"], col)
+    uncon = next(s for s in summaries if s["method_key"] == "hebbian_uncon")
+    assert uncon["snr_noisy_lo"] < 100.0 < uncon["snr_noisy_hi"]  # per-unit spread -> a real interval
+    # tight = uncon / 4 unit by unit: the paired ratio has no spread at all
+    constraints = next(e for e in EXPERIMENTS if e.key == "constraints")
+    tight = next(r for r in experiment_rows(summaries, constraints) if r["method_key"] == "hebbian_tight")
+    assert tight["ratio_to_reference"] == pytest.approx(0.25)
+    assert tight["ratio_to_reference_lo"] == pytest.approx(0.25) and tight["ratio_to_reference_hi"] == pytest.approx(0.25)
+    assert tight["change_percent"] == pytest.approx(-75.0)
+    acc = next(r for r in accuracy50_rows(summaries) if r["method_key"] == "hebbian_uncon")
+    assert acc["degradation_percent"] == pytest.approx(0.0) and acc["accuracy_gauss50"] == pytest.approx(0.75)
 
 
 # ------------------------------------------------------------------------------ settings
@@ -190,6 +256,14 @@ def test_research_main_tiny_end_to_end(tmp_path, capsys):
     assert {r["method_key"] for r in master if r["protocol"] == "pattern"} == {
         "hebbian_uncon", "hebbian_loose", "hebbian_physical", "hebbian_tight", "sgd_uncon", "mlp_mse", "mlp_margin_1",
         "mlp_margin_10"}
+    for r in master:
+        for col in ("snr_noisy", "snr_clean", "accuracy_clean", "accuracy_noisy"):
+            assert r[f"{col}_lo"] is not None and r[f"{col}_hi"] is not None, col
+            if r["status"] == "ok":
+                assert r[f"{col}_lo"] <= r[col] * (1 + 1e-9) + 1e-12 and r[col] <= r[f"{col}_hi"] * (1 + 1e-9) + 1e-12
+    assert "ratio_to_reference_lo" in read_rows(out / "experiment_loss.csv")[0]
+    assert "ratio_best_to_worst_hi" in read_rows(out / "factor_importance.csv")[0]
+    assert "90% CI" in (out / "claims.md").read_text()
     original = read_rows(out / "original_protocol.csv")
     assert [r["method_key"] for r in original] == ["mlp_mse", "mlp_margin_1", "mlp_margin_10"]
     assert all(r["snr_log_ratio_lo"] is not None for r in original)

@@ -1,11 +1,11 @@
 """The study's figures, drawn from its saved tables (rows as read back from the CSVs).
 
 * ``snr_by_method``: mean SNR (noisy grid) and clean SNR per method, log axis, error bars =
-  std over seeds; one panel per protocol (the seed's "SNR by Method (Log Scale)").
+  bootstrap 90% interval over examples (images) x seeds; one panel per protocol (the seed's "SNR by Method (Log Scale)").
 * ``constraint_degradation``: SNR relative to the unconstrained Hebbian crossbar, and mean noisy
   accuracy, against the clip range (the seed's "Degradation Under Constraints").
 * ``robustness_curves_<protocol>``: accuracy and SNR (log) vs noise level, one column per noise
-  type, one line per method (band = ± std over seeds).
+  type, one line per method (band = bootstrap 90% interval).
 """
 
 from __future__ import annotations
@@ -34,11 +34,9 @@ def expected_figures(out_dir: Path, protocols: Sequence[str], formats: Sequence[
     return [Path(out_dir) / f"{s}.{fmt}" for s in stems for fmt in formats]
 
 
-def _log_errors(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """Asymmetric error bars that stay positive on a log axis: (2, n)."""
-    low = np.where(np.isfinite(std), np.minimum(std, mean * 0.95), 0.0)
-    high = np.where(np.isfinite(std), std, 0.0)
-    return np.vstack([low, high])
+def _interval_errors(point: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Asymmetric error bars (2, n) from an interval; 0 where the interval is undefined."""
+    return np.nan_to_num(np.vstack([point - lo, hi - point]), nan=0.0, posinf=0.0, neginf=0.0).clip(min=0)
 
 
 def plot_snr_by_method(master: Sequence[dict], out_dir: Path, *, style: str = "publication", dpi: int = 150,
@@ -51,11 +49,12 @@ def plot_snr_by_method(master: Sequence[dict], out_dir: Path, *, style: str = "p
             x = np.arange(len(rows))
             for offset, col, alpha, label in ((-0.2, "snr_noisy", 1.0, "noisy grid"), (0.2, "snr_clean", 0.45, "clean")):
                 mean = np.array([as_float(r[col]) for r in rows])
-                std = np.array([as_float(r[f"{col}_std"]) for r in rows])
+                lo = np.array([as_float(r[f"{col}_lo"]) for r in rows])
+                hi = np.array([as_float(r[f"{col}_hi"]) for r in rows])
                 ok = np.isfinite(mean) & (mean > 0)
                 colors = [STYLES[r["method"]]["color"] for r in rows]
                 ax.bar(x[ok] + offset, mean[ok], width=0.38, color=np.array(colors)[ok], alpha=alpha,
-                       yerr=_log_errors(mean[ok], std[ok]), capsize=2, error_kw={"linewidth": 0.8},
+                       yerr=_interval_errors(mean[ok], lo[ok], hi[ok]), capsize=2, error_kw={"linewidth": 0.8},
                        hatch=None if col == "snr_noisy" else "//", edgecolor="0.2", linewidth=0.4)
             for i, r in enumerate(rows):
                 if r["status"] == "diverged" or not (math.isfinite(as_float(r["snr_noisy"])) and as_float(r["snr_noisy"]) > 0):
@@ -66,7 +65,7 @@ def plot_snr_by_method(master: Sequence[dict], out_dir: Path, *, style: str = "p
             ax.set_xticks(x, [r["method"] for r in rows], rotation=35, ha="right")
             ax.set_ylabel("SNR (geometric mean, log scale)")
             ax.set_title(f"{protocol.capitalize()} protocol")
-        fig.suptitle("SNR by method (bars: mean over seeds, error bars: std)")
+        fig.suptitle("SNR by method (bars: geometric mean over examples x seeds, error bars: 90% bootstrap interval)")
         figure_legend(fig, [legend_handle("mean SNR over the noisy grid", color="0.3", linewidth=6),
                             legend_handle("clean SNR (hatched)", color="0.7", linewidth=6)])
         return save_figure(fig, out_dir, "snr_by_method", dpi, formats)
@@ -125,15 +124,15 @@ def plot_robustness_curves(curves: Sequence[dict], protocol: str, out_dir: Path,
                                  key=lambda r: as_float(r["level"]))
                     lvl = np.array([as_float(r["level"]) for r in sel])
                     y = np.array([as_float(r[metric]) for r in sel])
-                    sd = np.array([as_float(r[f"{metric}_std"]) for r in sel])
+                    lo = np.array([as_float(r[f"{metric}_lo"]) for r in sel])
+                    hi = np.array([as_float(r[f"{metric}_hi"]) for r in sel])
                     ok = np.isfinite(y) & ((y > 0) if log else True)
                     if not ok.any():
                         continue
                     st = STYLES[method]
                     ax.plot(lvl[ok], y[ok], color=st["color"], marker=st["marker"], linestyle=st["linestyle"])
-                    lo = np.maximum(y - sd, y * 0.05) if log else y - sd
-                    band = ok & np.isfinite(sd)
-                    ax.fill_between(lvl[band], lo[band], (y + sd)[band], color=st["color"], alpha=0.12, linewidth=0)
+                    band = ok & np.isfinite(lo) & np.isfinite(hi) & ((lo > 0) if log else True)
+                    ax.fill_between(lvl[band], lo[band], hi[band], color=st["color"], alpha=0.12, linewidth=0)
                 if log:
                     ax.set_yscale("log")
                     ax.set_ylabel("SNR (geometric mean, log)" if col == 0 else "")
@@ -142,7 +141,7 @@ def plot_robustness_curves(curves: Sequence[dict], protocol: str, out_dir: Path,
                     ax.set_ylabel("Accuracy" if col == 0 else "")
                     ax.set_title(noise_title(noise))
                 ax.set_xlabel(noise_axis_label(noise))
-        fig.suptitle(f"Robustness curves, {protocol} protocol (mean over seeds, band: ± std)")
+        fig.suptitle(f"Robustness curves, {protocol} protocol (band: 90% bootstrap interval over examples x seeds)")
         figure_legend(fig, [legend_handle(m, color=STYLES[m]["color"], marker=STYLES[m]["marker"],
                                           linestyle=STYLES[m]["linestyle"]) for m in methods])
         return save_figure(fig, out_dir, f"robustness_curves_{protocol}", dpi, formats)

@@ -39,8 +39,10 @@ import yaml
 
 from robust_vision.config import config_from_dict, config_to_dict
 from robust_vision.data.datasets import Dataset, load_dataset
-from robust_vision.evaluation.metrics import degradation_percent
-from robust_vision.evaluation.robustness import evaluate_robustness
+from robust_vision.data.pipeline import data_mesh, replicate
+from robust_vision.evaluation.batched import array_batches
+from robust_vision.evaluation.metrics import degradation_percent, summarize
+from robust_vision.evaluation.robustness import evaluate_conditions_stream
 from robust_vision.models.crossbar import crossbar_log_scores
 from robust_vision.research.methods import Method
 from robust_vision.research.settings import StudySettings
@@ -73,6 +75,17 @@ class RunRecord:
     run_dir: Optional[str] = None
     note: str = ""
     extra: dict = field(default_factory=dict)
+    # Per resampling unit (a test example, or a pattern image) and row: "correct" (fraction of
+    # the unit's noise draws classified correctly) and "log_snr" (mean log-SNR over its draws),
+    # each (n_units, len(rows)) float64; None when the scores are undefined (diverged). The
+    # bootstrap intervals of the tables resample these units.
+    units: Optional[dict] = None
+
+
+def _units(correct: list[np.ndarray], log_snr: list[np.ndarray]) -> dict:
+    """Stack per-row (n_units,) arrays into the RunRecord.units columns."""
+    return {"correct": np.stack(correct, axis=1).astype(np.float64),
+            "log_snr": np.stack(log_snr, axis=1).astype(np.float64)}
 
 
 def _with_degradation(rows: list[dict]) -> list[dict]:
@@ -158,13 +171,16 @@ def run_original_mlp(settings: StudySettings, method: Method, seed: int, images:
                                                             method.margin_lambda, p.mlp_learning_rate,
                                                             hidden=p.mlp_hidden, iterations=p.mlp_iterations))
     t1 = time.perf_counter()
-    rows = []
+    rows, unit_correct, unit_log_snr = [], [], []
     for name in settings.noise_types:
         for i, level in enumerate(settings.levels):
             out = np.asarray(orig.evaluate_original(params, x, _condition_key(noise_key, name, i), jnp.float32(level),
                                                     noise_type=name, n_draws=p.n_noisy), np.float64)
-            margin = out[..., 0] - out[..., 1]
+            margin = out[..., 0] - out[..., 1]  # (N, n_noisy)
             finite = np.isfinite(margin)
+            unit_correct.append((margin > 0).mean(axis=1))
+            unit_log_snr.append(np.where(finite.any(axis=1), np.where(finite, margin, 0.0).sum(axis=1)
+                                         / np.maximum(finite.sum(axis=1), 1), np.nan))
             rows.append({"protocol": "pattern", "method_key": method.key, "method": method.name, "seed": seed,
                          "noise_type": name, "level": float(level), "accuracy": float((margin > 0).mean()),
                          "snr": float(np.exp(margin[finite].mean())) if finite.any() else float("nan"),
@@ -180,7 +196,7 @@ def run_original_mlp(settings: StudySettings, method: Method, seed: int, images:
     nonfinite = not all(np.isfinite(np.asarray(w)).all() for w in params)
     return RunRecord("pattern", method, seed, _with_degradation(rows), diverged=nonfinite, train_time_s=t1 - t0,
                      eval_time_s=time.perf_counter() - t1, extra=extra,
-                     note="non-finite weights" if nonfinite else "")
+                     note="non-finite weights" if nonfinite else "", units=_units(unit_correct, unit_log_snr))
 
 
 def run_pattern_method(settings: StudySettings, method: Method, seed: int, images: np.ndarray) -> RunRecord:
@@ -206,8 +222,9 @@ def run_pattern_method(settings: StudySettings, method: Method, seed: int, image
                      "mean_log_snr": float(np.log(snr)) if np.isfinite(snr) and snr > 0 else float("nan"),
                      "n": r["n"], "n_nonfinite": r["n_nonfinite"]})
     stats = {**res["weight_stats"], "n_models": res["n_images"], "n_diverged_models": res["n_diverged"]}
+    units = _units([u["accuracy"] for u in res["per_image"]], [u["log_snr"] for u in res["per_image"]])
     return RunRecord("pattern", method, seed, _with_degradation(rows), weight_stats=stats,
-                     diverged=res["n_diverged"] > 0, train_time_s=elapsed,
+                     diverged=res["n_diverged"] > 0, train_time_s=elapsed, units=units,
                      note=f"{res['n_diverged']}/{res['n_images']} single-image models diverged" if res["n_diverged"]
                      else "")
 
@@ -255,11 +272,30 @@ def _nan_rows(settings: StudySettings, method: Method, seed: int, *, accuracy: f
 
 
 def _evaluate(settings: StudySettings, forward: Callable, variables: Any, dataset: Dataset, method: Method,
-              seed: int) -> list[dict]:
-    res = evaluate_robustness(forward, variables, dataset.test.images, dataset.test.labels, model_name=method.name,
-                              noise_types=list(settings.noise_types), levels=list(settings.levels),
-                              n_draws=settings.classification.n_draws, batch_size=EVAL_BATCH, seed=seed)
-    return _eval_rows(method, seed, res.rows)
+              seed: int) -> tuple[list[dict], dict]:
+    """Rows of the noise grid (as evaluate_robustness) and the per-example units of each row.
+
+    evaluate_conditions_stream is the evaluator's own per-example pass; the rows are its
+    ``summarize`` reductions, so they equal evaluate_robustness's rows number for number."""
+    n_draws = settings.classification.n_draws
+    per_cond = evaluate_conditions_stream(forward, replicate(data_mesh(), variables),
+                                          array_batches(dataset.test.images, dataset.test.labels, EVAL_BATCH),
+                                          noise_types=list(settings.noise_types), levels=list(settings.levels),
+                                          seed=seed, n_draws=n_draws)
+    n = len(dataset.test)
+    rows, unit_correct, unit_log_snr = [], [], []
+    for noise_type in settings.noise_types:
+        for level in settings.levels:
+            clean = level == 0.0
+            pe = per_cond[(None, 0.0) if clean else (noise_type, float(level))]
+            s = summarize(pe)
+            rows.append({"noise_type": noise_type, "level": float(level), "accuracy": s["accuracy"],
+                         "snr": s["snr"], "snr_median": s["snr_median"], "margin": s["margin"], "n_images": n,
+                         "n_draws": 1 if clean else n_draws})
+            draws = 1 if clean else n_draws  # per-example arrays are draw-major: (draws * N,)
+            unit_correct.append(np.asarray(pe["correct"], np.float64).reshape(draws, n).mean(axis=0))
+            unit_log_snr.append(np.asarray(pe["margin"], np.float64).reshape(draws, n).mean(axis=0))
+    return _eval_rows(method, seed, rows), _units(unit_correct, unit_log_snr)
 
 
 def backprop_config(settings: StudySettings, method: Method, seed: int, run_dir: Path) -> dict:
@@ -342,10 +378,12 @@ def run_classification_method(settings: StudySettings, method: Method, seed: int
             rows = _nan_rows(settings, method, seed, accuracy=0.0,
                              n=len(dataset.test) * c.n_draws)
             note = "non-finite weights: every score nan, every decision counted wrong"
+            zeros = np.zeros(len(dataset.test))
+            units = _units([zeros] * len(rows), [zeros + np.nan] * len(rows))
         else:
-            rows = _evaluate(settings, crossbar_forward, W, dataset, method, seed)
+            rows, units = _evaluate(settings, crossbar_forward, W, dataset, method, seed)
         return RunRecord("classification", method, seed, rows, weight_stats=stats, diverged=bool(stats["diverged"]),
-                         train_time_s=t1 - t0, eval_time_s=time.perf_counter() - t1, note=note)
+                         train_time_s=t1 - t0, eval_time_s=time.perf_counter() - t1, note=note, units=units)
 
     from robust_vision.evaluation.loading import load_trained_model
     from robust_vision.training.trainer import TrainingError
@@ -362,6 +400,6 @@ def run_classification_method(settings: StudySettings, method: Method, seed: int
     # The final epoch (checkpoints/epochs holds the latest), not the best-val-accuracy epoch:
     # every method is compared after the same number of epochs.
     model = load_trained_model(run_dir / "checkpoints" / "epochs", name=method.name)
-    rows = _evaluate(settings, _shared_forward(model.parts), model.variables, dataset, method, seed)
-    return RunRecord("classification", method, seed, rows, train_time_s=t1 - t0,
+    rows, units = _evaluate(settings, _shared_forward(model.parts), model.variables, dataset, method, seed)
+    return RunRecord("classification", method, seed, rows, train_time_s=t1 - t0, units=units,
                      eval_time_s=time.perf_counter() - t1, run_dir=str(run_dir), note="" if how == "trained" else how)

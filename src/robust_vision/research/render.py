@@ -6,7 +6,7 @@ import math
 from typing import Any, Sequence
 
 from robust_vision.research.methods import EXPERIMENTS, method_by_key
-from robust_vision.research.tables import as_float, fmt_num, fmt_pm, fmt_ratio, markdown_table
+from robust_vision.research.tables import as_float, fmt_num, fmt_ratio_ci, markdown_table
 
 __all__ = ["render_original", "context_note", "render_accuracy50", "render_experiment", "render_factors", "render_master",
            "render_weights"]
@@ -24,17 +24,38 @@ def context_note(ctx: dict) -> str:
             f"{', '.join(f'{v:g}' for v in ctx['levels'] if v > 0)} (plus clean 0.0). "
             "Mean SNR = geometric mean over the noisy grid of the per-condition SNR (itself the geometric mean "
             "over test images of p_y / max p_other, or s_target / (s_control + 1e-6) for the crossbar); "
-            f"clean SNR separately. Values are mean ± std over {ctx['n_seeds']} seed(s) ({ctx['seeds_text']}).")
+            f"clean SNR separately. {ctx['n_seeds']} seed(s) ({ctx['seeds_text']}). Each figure is the statistic "
+            "over the test examples x seeds (classification) or images x seeds (pattern), pooled; brackets: its "
+            "percentile bootstrap 90% interval over those units. Ratios between methods are paired (same units "
+            "resampled for both).")
 
 
-def _snr_cell(mean: Any, std: Any, status: Any) -> str:
-    text = fmt_pm(mean, std)
-    return f"diverged ({text})" if status == "diverged" else text
+def _snr_cell(r: dict, col: str) -> str:
+    text = fmt_ci(r[col], r[f"{col}_lo"], r[f"{col}_hi"])
+    return f"diverged ({text})" if r["status"] == "diverged" else text
 
 
-def _pct(x: Any) -> str:
-    v = as_float(x)
-    return "nan" if math.isnan(v) else f"{100 * v:.1f}%"
+def _pct_cell(r: dict, col: str) -> str:
+    return fmt_ci(r[col], r[f"{col}_lo"], r[f"{col}_hi"], percent=True)
+
+
+def _relative(r: dict) -> str:
+    f = lambda v: "nan" if math.isnan(as_float(v)) else f"{as_float(v):.3g}%"  # noqa: E731
+    v, lo, hi = (r.get(c) for c in _ci_cols("relative_to_best_percent"))
+    return f(v) if math.isnan(as_float(lo)) else f"{f(v)} [{f(lo)}, {f(hi)}]"
+
+
+def _ci_cols(name: str) -> tuple[str, str, str]:
+    return name, f"{name}_lo", f"{name}_hi"
+
+
+def _change_cell(r: dict) -> str:
+    if r["role"] == "reference":
+        return "baseline"
+    v, lo, hi = (as_float(r.get(c)) for c in _ci_cols("change_percent"))
+    if math.isnan(v):
+        return "undefined"
+    return f"{v:+.1f}%" + ("" if math.isnan(lo) else f" [{lo:+.1f}%, {hi:+.1f}%]")
 
 
 def _by_protocol(rows: Sequence[dict]) -> dict[str, list[dict]]:
@@ -47,18 +68,15 @@ def _by_protocol(rows: Sequence[dict]) -> dict[str, list[dict]]:
 def render_master(rows: Sequence[dict], ctx: dict) -> str:
     parts = ["# Master results table", "", context_note(ctx), "",
              "Ranked by mean (noisy-grid) SNR; diverged methods rank last. Accuracy: clean test accuracy and the "
-             "mean over the noisy grid. Relative to best: mean SNR / mean SNR of rank 1."]
+             "mean over the noisy grid. Relative to best: mean SNR / mean SNR of rank 1 (paired interval)."]
     for protocol, prows in _by_protocol(rows).items():
         parts += ["", f"## {_PROTOCOL_TITLES.get(protocol, protocol)}", ""]
         parts.append(markdown_table(
             ["Rank", "Method", "Learning Rule", "Constraints", "Loss Type", "Mean SNR (noisy)", "Clean SNR",
              "Accuracy (clean)", "Accuracy (noisy mean)", "Relative to Best"],
             [[f"{int(r['rank'])}", r["method"], r["learning_rule"], r["constraints"], r["loss"],
-              _snr_cell(r["snr_noisy"], r["snr_noisy_std"], r["status"]),
-              _snr_cell(r["snr_clean"], r["snr_clean_std"], r["status"]),
-              fmt_pm(r["accuracy_clean"], r["accuracy_clean_std"], percent=True),
-              fmt_pm(r["accuracy_noisy"], r["accuracy_noisy_std"], percent=True),
-              "nan" if r["relative_to_best_percent"] is None else f"{as_float(r['relative_to_best_percent']):.3g}%"]
+              _snr_cell(r, "snr_noisy"), _snr_cell(r, "snr_clean"), _pct_cell(r, "accuracy_clean"),
+              _pct_cell(r, "accuracy_noisy"), _relative(r)]
              for r in prows]))
     return "\n".join(parts)
 
@@ -74,43 +92,46 @@ def render_experiment(rows: Sequence[dict], experiment_key: str, ctx: dict) -> s
             [ex.factor, "Method", "Mean SNR (noisy)", "Clean SNR", "Accuracy (clean)", "Accuracy (noisy mean)",
              "SNR ratio to reference", "Change from reference", "Clean SNR ratio"],
             [[str(r["varied"]), r["method"] + (" (reference)" if r["role"] == "reference" else ""),
-              _snr_cell(r["snr_noisy"], r["snr_noisy_std"], r["status"]),
-              _snr_cell(r["snr_clean"], r["snr_clean_std"], r["status"]),
-              _pct(r["accuracy_clean"]), _pct(r["accuracy_noisy"]),
-              fmt_ratio(r["ratio_to_reference"]),
-              "baseline" if r["role"] == "reference" else (
-                  "undefined" if math.isnan(as_float(r["change_percent"]))
-                  else f"{as_float(r['change_percent']):+.1f}%"),
-              fmt_ratio(r["clean_ratio_to_reference"])] for r in prows]))
+              _snr_cell(r, "snr_noisy"), _snr_cell(r, "snr_clean"), _pct_cell(r, "accuracy_clean"),
+              _pct_cell(r, "accuracy_noisy"), fmt_ratio_ci(*(r[c] for c in _ci_cols("ratio_to_reference"))),
+              _change_cell(r), fmt_ratio_ci(*(r[c] for c in _ci_cols("clean_ratio_to_reference")))]
+             for r in prows]))
     return "\n".join(parts)
 
 
 def render_factors(rows: Sequence[dict], ctx: dict) -> str:
     parts = ["# Factor importance ranking", "", context_note(ctx), "",
              "Importance = mean SNR of the best method / mean SNR of the worst within each controlled experiment "
-             "(architecture: the cross-entropy pair). Effect is written the seed's way: a ratio, or for "
-             "constraints the change from unconstrained to tight."]
+             "(architecture: the cross-entropy pair), with its paired bootstrap 90% interval. Effect is written the "
+             "seed's way: a ratio, or for constraints the change from unconstrained to tight."]
     for protocol, prows in _by_protocol(rows).items():
         parts += ["", f"## {_PROTOCOL_TITLES.get(protocol, protocol)}", ""]
         parts.append(markdown_table(
             ["Rank", "Factor", "Best / worst SNR", "Effect", "Best", "Worst", "Clean ratio", "Note"],
-            [[f"{int(r['rank'])}", r["factor"], fmt_ratio(r["ratio_best_to_worst"]), r["effect"], r["best_method"],
-              r["worst_method"], fmt_ratio(r["clean_ratio_best_to_worst"]), r["note"] or ""] for r in prows]))
+            [[f"{int(r['rank'])}", r["factor"], fmt_ratio_ci(*(r[c] for c in _ci_cols("ratio_best_to_worst"))),
+              r["effect"], r["best_method"], r["worst_method"],
+              fmt_ratio_ci(*(r[c] for c in _ci_cols("clean_ratio_best_to_worst"))), r["note"] or ""]
+             for r in prows]))
     return "\n".join(parts)
 
 
 def render_accuracy50(rows: Sequence[dict], ctx: dict) -> str:
     parts = ["# Accuracy at 50% Gaussian noise (std 0.5)", "", context_note(ctx), "",
-             "Degradation = (clean - noisy) / clean accuracy, from the seed means."]
+             "Degradation = (clean - noisy) / clean accuracy (paired interval over the same units)."]
     for protocol, prows in _by_protocol(rows).items():
         parts += ["", f"## {_PROTOCOL_TITLES.get(protocol, protocol)}", ""]
         parts.append(markdown_table(
             ["Method", "Clean Acc", "50% Noise Acc", "Degradation", "SNR at 50% noise", "Status"],
-            [[r["method"], fmt_pm(r["accuracy_clean"], r["accuracy_clean_std"], percent=True),
-              fmt_pm(r["accuracy_gauss50"], r["accuracy_gauss50_std"], percent=True),
-              "nan" if r["degradation_percent"] is None else f"{-as_float(r['degradation_percent']):+.1f}%",
-              _snr_cell(r["snr_gauss50"], r["snr_gauss50_std"], r["status"]), r["status"]] for r in prows]))
+            [[r["method"], _pct_cell(r, "accuracy_clean"), _pct_cell(r, "accuracy_gauss50"), _degradation(r),
+              _snr_cell(r, "snr_gauss50"), r["status"]] for r in prows]))
     return "\n".join(parts)
+
+
+def _degradation(r: dict) -> str:
+    v, lo, hi = (as_float(r.get(c)) for c in _ci_cols("degradation_percent"))
+    if math.isnan(v):
+        return "nan"
+    return f"{-v:+.1f}%" + ("" if math.isnan(lo) else f" [{-hi:+.1f}%, {-lo:+.1f}%]")
 
 
 def render_weights(rows: Sequence[dict], ctx: dict) -> str:

@@ -8,7 +8,7 @@ Output directory layout (every table as CSV with full precision plus a markdown 
     factor_importance.{csv,md}      best-to-worst SNR ratio per controlled experiment, ranked
     accuracy_at_50_gaussian.{csv,md}
     weight_stats.{csv,md}           local-rule (crossbar) methods
-    curves.csv                      accuracy / SNR per condition, mean and std over seeds
+    curves.csv                      accuracy / SNR per condition, with bootstrap 90% intervals
     checklist.md, claims.md         decided from the tables above, read back from disk
     results.json                    settings, seeds, versions, timings, runs, verdicts
     figures/                        snr_by_method, constraint_degradation, robustness_curves_*  (PNG + PDF)
@@ -117,7 +117,7 @@ def write_tables(records: Sequence[RunRecord], out_dir: Path, ctx: dict) -> list
     """Aggregate the runs and write every table (CSV + markdown); returns the written paths."""
     rows = [r for rec in records for r in rec.rows]
     written = [write_csv(out_dir / "all_results.csv", rows, ROW_COLUMNS)]
-    summaries = tables.method_summaries(tables.seed_summaries(records))
+    summaries = tables.method_summaries(records)
     master = tables.master_rows(summaries)
     written += tables.write_table(out_dir, "master_results", master, tables.MASTER_COLUMNS,
                                   render.render_master(master, ctx))
@@ -166,12 +166,12 @@ def decide(out_dir: Path, protocols: Sequence[str]) -> tuple[list[verdicts.Check
     """Checklist and claims from the tables written in ``out_dir`` (read back from disk)."""
     master = tables.read_rows(out_dir / "master_results.csv")
     acc50 = tables.read_rows(out_dir / "accuracy_at_50_gaussian.csv")
-    arch = tables.read_rows(out_dir / "experiment_architecture.csv")
+    experiments = {ex.key: tables.read_rows(out_dir / f"experiment_{ex.key}.csv") for ex in EXPERIMENTS}
     factors = tables.read_rows(out_dir / "factor_importance.csv")
     expected = figs.expected_figures(out_dir / "figures", protocols, FORMATS)
     checklist = verdicts.validation_checklist(master, acc50, expected)
     original = _original_table(out_dir)
-    return checklist, verdicts.compare_claims(master, acc50, arch, factors, checklist, original)
+    return checklist, verdicts.compare_claims(master, acc50, experiments, factors, checklist, original)
 
 
 def _original_table(out_dir: Path) -> list[dict]:
@@ -225,6 +225,8 @@ def print_summary(out_dir: Path, checklist: Sequence[verdicts.CheckItem], log: C
     log("")
     log((out_dir / "master_results.md").read_text())
     log((out_dir / "factor_importance.md").read_text())
+    if (out_dir / "original_protocol.md").is_file():  # the "375x" protocol, with its intervals
+        log((out_dir / "original_protocol.md").read_text())
     log("VALIDATION CHECKLIST")
     for line in verdicts.checklist_lines(checklist):
         log(line)

@@ -6,16 +6,26 @@ Definitions (one place; docs/RESEARCH.md repeats them):
   the decision's SNR (DESIGN.md): p_y / max_{j!=y} p_j for softmax models, s_y / (max_{j!=y}
   s_j + 1e-6) for crossbars;
 * ``snr_noisy`` ("mean SNR", the ranking figure): geometric mean of the per-condition SNRs over
-  the noisy grid (every noise type x every level > 0), i.e. exp(mean log SNR), per seed;
+  the noisy grid (every noise type x every level > 0), i.e. exp(mean log SNR);
 * ``snr_clean``: the per-condition SNR at level 0;
 * ``accuracy_noisy``: arithmetic mean accuracy over the noisy grid; ``accuracy_gauss50``:
   accuracy at Gaussian std 0.5;
-* across seeds: arithmetic mean and sample standard deviation (ddof = 1; 0 for one seed) of
-  the per-seed figures. A nan in any seed (e.g. diverged weights) makes the mean nan;
+* resampling units: a test example of one seed (classification) or a pattern image of one
+  seed (pattern); every method of a seed is evaluated on the same units (same examples or
+  images, same noise draws), so the units of two methods are paired. Each unit carries its
+  fraction correct and its mean log-SNR over its draws, per condition (``RunRecord.units``);
+* across seeds: every figure is the statistic over the units pooled over seeds (accuracy: the
+  mean, equal to the mean of the per-seed accuracies; SNR: exp of the mean log-SNR, i.e. the
+  geometric mean of the per-seed SNRs), with a percentile bootstrap 90% interval over those
+  units (``*_lo`` / ``*_hi``, :mod:`robust_vision.research.bootstrap`). Units without a finite
+  log-SNR (a diverged pattern model) are left out of the SNR; a run without scores (diverged
+  training) makes its method's figures nan;
 * a method is ``diverged`` when any seed diverged (non-finite weights, |W| above the bound, or
   a non-finite backprop loss); diverged methods rank last, whatever their SNR;
-* factor importance: within each controlled experiment, SNR of the best method / SNR of the
-  worst (noisy-grid SNR); ``inf`` when the worst has no defined SNR (diverged).
+* ratios between methods (relative to best, ratio to reference, factor importance): SNR of one
+  / SNR of the other with a *paired* bootstrap interval (the same units resampled for both,
+  exp(mean of the per-unit log-SNR differences)); ``inf`` when the denominator has no defined
+  SNR (diverged).
 """
 
 from __future__ import annotations
@@ -32,27 +42,35 @@ from robust_vision.evaluation.report import write_csv
 from robust_vision.research.methods import EXPERIMENTS, MASTER_ORDER, METHODS, Experiment, method_by_key
 from robust_vision.research.protocols import RunRecord
 
-__all__ = ["MASTER_COLUMNS", "as_float", "fmt_num", "fmt_pm", "markdown_table", "read_rows", "seed_summaries",
+__all__ = ["MASTER_COLUMNS", "as_float", "fmt_num", "fmt_ratio_ci", "markdown_table", "read_rows", "snr_ratio",
            "method_summaries", "master_rows", "experiment_rows", "factor_rows", "accuracy50_rows", "weight_rows",
            "curve_rows", "fmt_ratio", "geometric_mean", "write_table"]
 
 METRICS = ("snr_noisy", "snr_clean", "accuracy_clean", "accuracy_noisy", "accuracy_gauss50", "snr_gauss50")
+
+
+def _ci(*names: str) -> list[str]:
+    """Each name with its interval columns: [name, name_lo, name_hi, ...]."""
+    return [c for n in names for c in (n, f"{n}_lo", f"{n}_hi")]
+
+
 MASTER_COLUMNS = ["protocol", "rank", "method_key", "method", "learning_rule", "constraints", "loss", "architecture",
-                  "snr_noisy", "snr_noisy_std", "snr_clean", "snr_clean_std", "accuracy_clean", "accuracy_clean_std",
-                  "accuracy_noisy", "accuracy_noisy_std", "relative_to_best_percent", "n_seeds", "n_diverged",
-                  "status"]
-EXPERIMENT_COLUMNS = ["protocol", "experiment", "method_key", "method", "role", "varied", "snr_noisy",
-                      "snr_noisy_std", "snr_clean", "snr_clean_std", "accuracy_clean", "accuracy_noisy",
-                      "ratio_to_reference", "change_percent", "clean_ratio_to_reference", "status"]
+                  *_ci("snr_noisy", "snr_clean", "accuracy_clean", "accuracy_noisy", "relative_to_best_percent"),
+                  "n_seeds", "n_units", "n_diverged", "status"]
+EXPERIMENT_COLUMNS = ["protocol", "experiment", "method_key", "method", "role", "varied",
+                      *_ci("snr_noisy", "snr_clean", "accuracy_clean", "accuracy_noisy", "ratio_to_reference",
+                           "change_percent", "clean_ratio_to_reference"), "status"]
 FACTOR_COLUMNS = ["protocol", "rank", "factor", "experiment", "methods_compared", "best_method", "worst_method",
-                  "best_snr", "worst_snr", "ratio_best_to_worst", "clean_ratio_best_to_worst", "effect", "note"]
-ACC50_COLUMNS = ["protocol", "method_key", "method", "accuracy_clean", "accuracy_clean_std", "accuracy_gauss50",
-                 "accuracy_gauss50_std", "degradation_percent", "snr_gauss50", "snr_gauss50_std", "status"]
+                  *_ci("best_snr", "worst_snr", "ratio_best_to_worst", "clean_ratio_best_to_worst"), "effect",
+                  "note"]
+ACC50_COLUMNS = ["protocol", "method_key", "method", *_ci("accuracy_clean", "accuracy_gauss50", "degradation_percent",
+                                                          "snr_gauss50"), "status"]
 WEIGHT_COLUMNS = ["protocol", "method_key", "method", "mean", "std", "min", "max", "max_abs", "n_seeds",
                   "n_diverged", "diverged", "note"]
-CURVE_COLUMNS = ["protocol", "method_key", "method", "noise_type", "level", "accuracy", "accuracy_std", "snr",
-                 "snr_std", "n_seeds"]
+CURVE_COLUMNS = ["protocol", "method_key", "method", "noise_type", "level", *_ci("accuracy", "snr"), "n_seeds",
+                 "n_units"]
 PROTOCOL_ORDER = ("classification", "pattern")
+NAN3 = (float("nan"),) * 3
 
 
 # --------------------------------------------------------------------------- numbers
@@ -72,12 +90,19 @@ def geometric_mean(values: Iterable[float]) -> float:
         return float(np.exp(np.mean(np.log(v))))
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    v = np.asarray([as_float(x) for x in values], np.float64)
-    if v.size == 0:
-        return float("nan"), float("nan")
+def _nanmean(x: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Mean over ``axis`` of the non-nan entries (nan where there are none), without warnings."""
+    x = np.asarray(x, np.float64)
+    ok = ~np.isnan(x)
     with np.errstate(invalid="ignore", over="ignore"):
-        return float(np.mean(v)), float(np.std(v, ddof=1)) if v.size > 1 else 0.0
+        return np.where(ok.any(axis=axis), np.where(ok, x, 0.0).sum(axis=axis) / np.maximum(ok.sum(axis=axis), 1),
+                        np.nan)
+
+
+def _exp_nanmean(x: np.ndarray, axis: int = 1) -> np.ndarray:
+    """exp of the mean log value: the geometric mean of SNRs given their logs."""
+    with np.errstate(over="ignore"):
+        return np.exp(_nanmean(x, axis))
 
 
 def _ratio(a: float, b: float) -> float:
@@ -103,15 +128,6 @@ def fmt_num(x: Any, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
-def fmt_pm(mean: Any, std: Any, *, percent: bool = False) -> str:
-    """'mean ± std' (accuracies as percentages when ``percent``)."""
-    if math.isnan(as_float(mean)):
-        return "nan"
-    if percent:
-        return f"{as_float(mean) * 100:.1f}% ± {as_float(std) * 100:.1f}"
-    return f"{fmt_num(mean)} ± {fmt_num(std, 2)}"
-
-
 def fmt_ratio(x: Any) -> str:
     x = as_float(x)
     if math.isnan(x):
@@ -122,49 +138,76 @@ def fmt_ratio(x: Any) -> str:
 # --------------------------------------------------------------------------- aggregation
 
 
-def _noisy(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if r["level"] > 0.0]
+def _at(rows: list[dict], noise_type: str, level: float) -> Optional[int]:
+    return next((i for i, r in enumerate(rows) if r["noise_type"] == noise_type and abs(r["level"] - level) < 1e-9),
+                None)
 
 
-def _at(rows: list[dict], noise_type: str, level: float) -> Optional[dict]:
-    return next((r for r in rows if r["noise_type"] == noise_type and abs(r["level"] - level) < 1e-9), None)
+def _unit_metrics(records: Sequence[RunRecord]) -> Optional[dict[str, np.ndarray]]:
+    """Per-unit values of every METRIC, pooled over the records (one method, seeds sorted):
+    (n_units,) arrays; accuracies are fractions, SNRs log-SNRs. None when a record has no units."""
+    if not records or any(r.units is None for r in records):
+        return None
+    rows = records[0].rows
+    noisy = [i for i, r in enumerate(rows) if r["level"] > 0.0]
+    clean = next((i for i, r in enumerate(rows) if r["level"] == 0.0), None)
+    g50 = _at(rows, "gaussian", 0.5)
+    correct = np.concatenate([r.units["correct"] for r in records])  # (U, len(rows))
+    log_snr = np.concatenate([r.units["log_snr"] for r in records])
+    nan = np.full(len(correct), np.nan)
+    pick = lambda a, i: a[:, i] if i is not None else nan  # noqa: E731
+    return {"snr_noisy": _nanmean(log_snr[:, noisy]) if noisy else nan, "snr_clean": pick(log_snr, clean),
+            "accuracy_clean": pick(correct, clean), "accuracy_noisy": correct[:, noisy].mean(axis=1) if noisy else nan,
+            "accuracy_gauss50": pick(correct, g50), "snr_gauss50": pick(log_snr, g50)}
 
 
-def seed_summaries(records: Sequence[RunRecord]) -> list[dict]:
-    """One dict per (protocol, method, seed) with the METRICS and ``diverged``."""
-    out = []
-    for rec in records:
-        noisy = _noisy(rec.rows)
-        clean = next((r for r in rec.rows if r["level"] == 0.0), None)
-        g50 = _at(rec.rows, "gaussian", 0.5)
-        out.append({
-            "protocol": rec.protocol, "method_key": rec.method.key, "seed": rec.seed, "diverged": rec.diverged,
-            "snr_noisy": geometric_mean(r["snr"] for r in noisy),
-            "snr_clean": as_float(clean["snr"]) if clean else float("nan"),
-            "accuracy_clean": as_float(clean["accuracy"]) if clean else float("nan"),
-            "accuracy_noisy": _mean_std([r["accuracy"] for r in noisy])[0],
-            "accuracy_gauss50": as_float(g50["accuracy"]) if g50 else float("nan"),
-            "snr_gauss50": as_float(g50["snr"]) if g50 else float("nan"),
-        })
-    return out
+def _statistic(metric: str):
+    return _exp_nanmean if metric.startswith("snr") else np.mean
 
 
-def method_summaries(seed_rows: Sequence[dict]) -> list[dict]:
-    """One dict per (protocol, method): mean / std over seeds of every metric, n_seeds, n_diverged, status."""
-    keys = list(dict.fromkeys((r["protocol"], r["method_key"]) for r in seed_rows))
+def method_summaries(records: Sequence[RunRecord]) -> list[dict]:
+    """One dict per (protocol, method): every METRIC with its bootstrap 90% interval over the
+    units pooled over seeds (module docstring), n_seeds, n_units, n_diverged, status. The
+    private ``_units`` / ``_seeds`` entries keep the units for the paired ratios."""
+    from robust_vision.research.bootstrap import bootstrap_interval
+
+    keys = list(dict.fromkeys((r.protocol, r.method.key) for r in records))
     out = []
     for protocol, key in keys:
-        rows = [r for r in seed_rows if r["protocol"] == protocol and r["method_key"] == key]
+        recs = sorted((r for r in records if r.protocol == protocol and r.method.key == key), key=lambda r: r.seed)
         m = method_by_key(key)
+        units = _unit_metrics(recs)
         s: dict[str, Any] = {"protocol": protocol, "method_key": key, "method": m.name,
                              "learning_rule": m.learning_rule, "constraints": m.constraints, "loss": m.loss,
-                             "architecture": m.architecture, "n_seeds": len(rows),
-                             "n_diverged": sum(bool(r["diverged"]) for r in rows)}
+                             "architecture": m.architecture, "n_seeds": len(recs),
+                             "n_units": 0 if units is None else len(units["snr_clean"]),
+                             "n_diverged": sum(bool(r.diverged) for r in recs), "_units": units,
+                             "_seeds": tuple(r.seed for r in recs)}
         for metric in METRICS:
-            s[metric], s[f"{metric}_std"] = _mean_std([r[metric] for r in rows])
+            s[metric], s[f"{metric}_lo"], s[f"{metric}_hi"] = (
+                NAN3 if units is None else bootstrap_interval(units[metric], _statistic(metric)))
         s["status"] = "diverged" if s["n_diverged"] else "ok"
         out.append(s)
     return out
+
+
+def snr_ratio(a: dict, b: dict, metric: str = "snr_noisy") -> tuple[float, float, float]:
+    """SNR of summary ``a`` / SNR of summary ``b`` and its paired bootstrap 90% interval
+    (exp of the mean per-unit log-SNR difference; the same resampled units for both). Without
+    paired units (other seeds, no units) the ratio of the two figures with nan bounds."""
+    from robust_vision.research.bootstrap import bootstrap_interval
+
+    ua, ub = (a.get("_units") or {}).get(metric), (b.get("_units") or {}).get(metric)
+    if ua is None or ub is None or a.get("_seeds") != b.get("_seeds") or ua.shape != ub.shape:
+        return _ratio(a[metric], b[metric]), float("nan"), float("nan")
+    if np.isnan(ub).all() and not np.isnan(ua).all():
+        return float("inf"), float("inf"), float("inf")  # the denominator has no defined SNR (diverged)
+    return bootstrap_interval(ua - ub, _exp_nanmean)
+
+
+def _change(ratio: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Ratio interval -> percentage change interval ((ratio - 1) * 100)."""
+    return tuple((r - 1) * 100 if math.isfinite(r) else float("nan") for r in ratio)  # type: ignore[return-value]
 
 
 def _protocols(rows: Sequence[dict]) -> list[str]:
@@ -177,19 +220,23 @@ def _rank_key(s: dict) -> tuple:
     return (s["status"] == "diverged", math.isnan(snr), -snr if not math.isnan(snr) else 0.0)
 
 
+def _set(row: dict, name: str, triple: Sequence[float]) -> None:
+    row[name], row[f"{name}_lo"], row[f"{name}_hi"] = (float(v) for v in triple)
+
+
 def master_rows(summaries: Sequence[dict]) -> list[dict]:
-    """The seed's master table per protocol: master methods ranked by noisy-grid SNR, diverged last."""
+    """The seed's master table per protocol: master methods ranked by noisy-grid SNR, diverged
+    last; relative to best = paired SNR ratio to rank 1, in percent."""
     out = []
     for protocol in _protocols(summaries):
         rows = [dict(s) for s in summaries if s["protocol"] == protocol
                 and (s["method_key"] in MASTER_ORDER
                      or (protocol == "pattern" and method_by_key(s["method_key"]).in_pattern_master))]
         rows.sort(key=_rank_key)
-        best = as_float(rows[0]["snr_noisy"]) if rows else float("nan")
         for i, r in enumerate(rows, 1):
             r["rank"] = i
-            rel = _ratio(r["snr_noisy"], best)
-            r["relative_to_best_percent"] = rel * 100 if math.isfinite(rel) else float("nan")
+            rel = snr_ratio(r, rows[0])
+            _set(r, "relative_to_best_percent", [v * 100 if math.isfinite(v) else float("nan") for v in rel])
             out.append({c: r.get(c) for c in MASTER_COLUMNS})
     return out
 
@@ -199,7 +246,8 @@ _VARIED = {"learning_rule": "learning_rule", "constraints": "constraints", "loss
 
 
 def experiment_rows(summaries: Sequence[dict], experiment: Experiment) -> list[dict]:
-    """Rows of one controlled experiment per protocol, each compared with the reference method."""
+    """Rows of one controlled experiment per protocol, each compared with the reference method
+    (paired SNR ratios with their intervals)."""
     out = []
     for protocol in _protocols(summaries):
         by_key = {s["method_key"]: s for s in summaries if s["protocol"] == protocol}
@@ -209,23 +257,22 @@ def experiment_rows(summaries: Sequence[dict], experiment: Experiment) -> list[d
             continue
         for key in present:
             s = by_key[key]
-            ratio = _ratio(s["snr_noisy"], ref["snr_noisy"])
-            out.append({
-                "protocol": protocol, "experiment": experiment.key, "method_key": key, "method": s["method"],
-                "role": "reference" if key == experiment.reference else (
-                    "compared" if key in experiment.compared else "extra"),
-                "varied": s[_VARIED[experiment.key]], "snr_noisy": s["snr_noisy"], "snr_noisy_std": s["snr_noisy_std"],
-                "snr_clean": s["snr_clean"], "snr_clean_std": s["snr_clean_std"],
-                "accuracy_clean": s["accuracy_clean"], "accuracy_noisy": s["accuracy_noisy"],
-                "ratio_to_reference": ratio,
-                "change_percent": (ratio - 1) * 100 if math.isfinite(ratio) else float("nan"),
-                "clean_ratio_to_reference": _ratio(s["snr_clean"], ref["snr_clean"]), "status": s["status"],
-            })
+            row = {"protocol": protocol, "experiment": experiment.key, "method_key": key, "method": s["method"],
+                   "role": "reference" if key == experiment.reference else (
+                       "compared" if key in experiment.compared else "extra"),
+                   "varied": s[_VARIED[experiment.key]], "status": s["status"],
+                   **{c: s[c] for c in _ci("snr_noisy", "snr_clean", "accuracy_clean", "accuracy_noisy")}}
+            ratio = snr_ratio(s, ref)
+            _set(row, "ratio_to_reference", ratio)
+            _set(row, "change_percent", _change(ratio))
+            _set(row, "clean_ratio_to_reference", snr_ratio(s, ref, "snr_clean"))
+            out.append(row)
     return out
 
 
 def factor_rows(summaries: Sequence[dict]) -> list[dict]:
-    """Factor importance per protocol: best-to-worst SNR ratio within each experiment, ranked."""
+    """Factor importance per protocol: best-to-worst SNR ratio within each experiment (paired
+    interval), ranked by the ratio."""
     out = []
     for protocol in _protocols(summaries):
         by_key = {s["method_key"]: s for s in summaries if s["protocol"] == protocol}
@@ -242,24 +289,25 @@ def factor_rows(summaries: Sequence[dict]) -> list[dict]:
                 worst = undefined[0] if undefined else min(defined, key=lambda k: as_float(by_key[k]["snr_noisy"]))
             else:
                 best, worst = keys[0], keys[-1]
-            ratio = float("inf") if undefined and defined else _ratio(by_key[best]["snr_noisy"],
-                                                                      by_key[worst]["snr_noisy"])
-            clean = _ratio(by_key[best]["snr_clean"], by_key[worst]["snr_clean"])
+            b, w = by_key[best], by_key[worst]
+            ratio = (float("inf"),) * 3 if undefined and defined else snr_ratio(b, w)
             if undefined:
                 note = "; ".join(f"{by_key[k]['method']}: SNR undefined ({by_key[k]['status']})" for k in undefined)
             if ex.key == "constraints":
                 tight = by_key.get("hebbian_tight")
-                ref = by_key[ex.reference]
-                change = (_ratio(tight["snr_noisy"], ref["snr_noisy"]) - 1) * 100 if tight else float("nan")
-                effect = f"{change:+.0f}% (unconstrained -> tight)" if math.isfinite(change) else "undefined"
+                change = _change(snr_ratio(tight, by_key[ex.reference])) if tight else NAN3
+                effect = (f"{change[0]:+.0f}% [{change[1]:+.0f}%, {change[2]:+.0f}%] (unconstrained -> tight)"
+                          if math.isfinite(change[0]) else "undefined")
             else:
-                effect = f"{fmt_ratio(ratio)} ({by_key[worst]['method']} -> {by_key[best]['method']})"
-            rows.append({"protocol": protocol, "factor": ex.factor, "experiment": ex.key,
-                         "methods_compared": "; ".join(by_key[k]["method"] for k in keys),
-                         "best_method": by_key[best]["method"], "worst_method": by_key[worst]["method"],
-                         "best_snr": by_key[best]["snr_noisy"], "worst_snr": by_key[worst]["snr_noisy"],
-                         "ratio_best_to_worst": ratio, "clean_ratio_best_to_worst": clean, "effect": effect,
-                         "note": note})
+                effect = f"{fmt_ratio_ci(*ratio)} ({w['method']} -> {b['method']})"
+            row = {"protocol": protocol, "factor": ex.factor, "experiment": ex.key,
+                   "methods_compared": "; ".join(by_key[k]["method"] for k in keys), "best_method": b["method"],
+                   "worst_method": w["method"], "effect": effect, "note": note}
+            _set(row, "best_snr", [b["snr_noisy"], b["snr_noisy_lo"], b["snr_noisy_hi"]])
+            _set(row, "worst_snr", [w["snr_noisy"], w["snr_noisy_lo"], w["snr_noisy_hi"]])
+            _set(row, "ratio_best_to_worst", ratio)
+            _set(row, "clean_ratio_best_to_worst", snr_ratio(b, w, "snr_clean"))
+            rows.append(row)
         rows.sort(key=lambda r: (math.isnan(as_float(r["ratio_best_to_worst"])), -as_float(r["ratio_best_to_worst"])
                                  if not math.isnan(as_float(r["ratio_best_to_worst"])) else 0.0))
         for i, r in enumerate(rows, 1):
@@ -269,13 +317,22 @@ def factor_rows(summaries: Sequence[dict]) -> list[dict]:
 
 
 def accuracy50_rows(summaries: Sequence[dict]) -> list[dict]:
-    """Clean accuracy, accuracy at Gaussian std 0.5 and the degradation between them."""
+    """Clean accuracy, accuracy at Gaussian std 0.5 and the degradation between them
+    (100 * (1 - acc50 / acc_clean), paired bootstrap over the same units)."""
+    from robust_vision.research.bootstrap import bootstrap_interval, paired_ratio
+
     out = []
     for protocol in _protocols(summaries):
         for s in sorted((s for s in summaries if s["protocol"] == protocol), key=lambda s: _order(s["method_key"])):
-            a0, a50 = as_float(s["accuracy_clean"]), as_float(s["accuracy_gauss50"])
-            deg = 100 * (a0 - a50) / a0 if a0 > 0 and not math.isnan(a50) else float("nan")
-            out.append({**{c: s.get(c) for c in ACC50_COLUMNS}, "degradation_percent": deg})
+            row = {c: s.get(c) for c in ACC50_COLUMNS}
+            u = s.get("_units")
+            a0 = as_float(s["accuracy_clean"])
+            if u is None or not a0 > 0 or math.isnan(as_float(s["accuracy_gauss50"])):
+                _set(row, "degradation_percent", NAN3)
+            else:
+                r, lo, hi = bootstrap_interval(np.stack([u["accuracy_gauss50"], u["accuracy_clean"]], -1), paired_ratio)
+                _set(row, "degradation_percent", [100 * (1 - r), 100 * (1 - hi), 100 * (1 - lo)])
+            out.append(row)
     return out
 
 
@@ -314,19 +371,39 @@ def weight_rows(records: Sequence[RunRecord]) -> list[dict]:
 
 
 def curve_rows(records: Sequence[RunRecord]) -> list[dict]:
-    """Accuracy and SNR per (protocol, method, noise type, level): mean and std over seeds."""
-    groups: dict[tuple, list[dict]] = {}
+    """Accuracy and SNR per (protocol, method, noise type, level), over the units pooled over
+    seeds, with bootstrap 90% intervals (module docstring)."""
+    from robust_vision.research.bootstrap import bootstrap_interval
+
+    groups: dict[tuple, list[RunRecord]] = {}
     for rec in records:
-        for r in rec.rows:
-            groups.setdefault((rec.protocol, rec.method.key, r["noise_type"], r["level"]), []).append(r)
+        groups.setdefault((rec.protocol, rec.method.key), []).append(rec)
     out = []
-    for (protocol, key, noise, level), rows in groups.items():
-        acc, acc_sd = _mean_std([r["accuracy"] for r in rows])
-        snr, snr_sd = _mean_std([r["snr"] for r in rows])
-        out.append({"protocol": protocol, "method_key": key, "method": method_by_key(key).name, "noise_type": noise,
-                    "level": level, "accuracy": acc, "accuracy_std": acc_sd, "snr": snr, "snr_std": snr_sd,
-                    "n_seeds": len(rows)})
+    for (protocol, key), recs in groups.items():
+        recs.sort(key=lambda r: r.seed)
+        have_units = all(r.units is not None for r in recs)
+        for i, cond in enumerate(recs[0].rows):
+            row = {"protocol": protocol, "method_key": key, "method": method_by_key(key).name,
+                   "noise_type": cond["noise_type"], "level": cond["level"], "n_seeds": len(recs), "n_units": 0}
+            if have_units:
+                correct = np.concatenate([r.units["correct"][:, i] for r in recs])
+                _set(row, "accuracy", bootstrap_interval(correct))
+                _set(row, "snr", bootstrap_interval(np.concatenate([r.units["log_snr"][:, i] for r in recs]),
+                                                    _exp_nanmean))
+                row["n_units"] = len(correct)
+            else:
+                _set(row, "accuracy", NAN3)
+                _set(row, "snr", NAN3)
+            out.append(row)
     return out
+
+
+def fmt_ratio_ci(point: Any, lo: Any, hi: Any) -> str:
+    """'12.3x [4.5x, 30x]' (the bootstrap 90% interval; just the ratio when it has none)."""
+    text = fmt_ratio(point)
+    if math.isnan(as_float(lo)) or math.isnan(as_float(hi)) or math.isinf(as_float(point)):
+        return text
+    return f"{text} [{fmt_ratio(lo)}, {fmt_ratio(hi)}]"
 
 
 # --------------------------------------------------------------------------- files

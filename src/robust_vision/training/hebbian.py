@@ -335,6 +335,8 @@ def pattern_protocol(key: jax.Array, images: jax.Array, rule: str = "hebbian", c
         accuracy = fraction with s_target > s_control over all N * n_noisy tests, snr /
         snr_median = geometric mean / median of s_target / (s_control + 1e-6) over the finite
         log-SNRs, n_nonfinite = tests whose log-SNR is NaN/inf, e.g. from diverged weights),
+        ``per_image`` (one per row: ``log_snr`` / ``accuracy``, (N,) arrays of each image's mean
+        finite log-SNR (nan: none finite) and fraction correct over its n_noisy copies),
         ``weight_stats`` (:func:`weight_stats` pooled over the N models), ``n_diverged``,
         ``diverged`` ((N,) bool list) and ``n_images``.
     """
@@ -352,24 +354,31 @@ def pattern_protocol(key: jax.Array, images: jax.Array, rule: str = "hebbian", c
     x = images.reshape(images.shape[0], -1)
     W, diverged = _train_patterns(init_key, x, jnp.float32(eta), clip_range, jnp.float32(bound),
                                   rule=rule, iterations=int(iterations), num_outputs=int(num_outputs))
-    rows = []
+    rows, per_image = [], []
     for name in noise_types:
         for i, level in enumerate(levels):
             log_snr, correct = _eval_condition(W, images, _condition_key(noise_key, name, i),
                                                jnp.float32(level), noise_type=name, n_noisy=int(n_noisy))
-            log_snr = np.asarray(log_snr, np.float64).ravel()
+            draws = np.asarray(log_snr, np.float64)  # (N, n_noisy)
+            log_snr = draws.ravel()
             finite = np.isfinite(log_snr)
+            ok = np.isfinite(draws)
+            count = ok.sum(axis=1)
+            # mean over an image's finite draws; nan for an image without any (diverged model)
+            image_log_snr = np.where(count > 0, np.where(ok, draws, 0.0).sum(axis=1) / np.maximum(count, 1), np.nan)
             rows.append({
                 "noise_type": name, "level": float(level), "n": int(log_snr.size),
                 "accuracy": float(np.asarray(correct).mean()),
                 **snr_summary(log_snr[finite]),
                 "n_nonfinite": int((~finite).sum()),
             })
+            # per image (N,): the resampling units of the study's bootstrap intervals
+            per_image.append({"log_snr": image_log_snr, "accuracy": np.asarray(correct, np.float64).mean(axis=1)})
     diverged = np.asarray(diverged)
     return {
         "rule": rule, "clip_range": None if clip_range is None else list(clip_range), "eta": eta,
         "iterations": int(iterations), "n_images": int(images.shape[0]), "n_noisy": int(n_noisy),
-        "bound": float(bound), "rows": rows, "weight_stats": weight_stats(W, bound),
+        "bound": float(bound), "rows": rows, "per_image": per_image, "weight_stats": weight_stats(W, bound),
         "n_diverged": int(diverged.sum()), "diverged": diverged.tolist(),
     }
 
