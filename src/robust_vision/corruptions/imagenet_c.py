@@ -466,7 +466,8 @@ def _pixelate(key, x, c, scale):
     # Down and back up (make_imagenet_c.py resizes back with BOX, imagecorruptions with
     # NEAREST: the same for upscaling, one tap per pixel) as two compiled programs: in one,
     # XLA:CPU fuses the four gather passes into a single loop that recomputes every tap for
-    # each output pixel (3-5x slower at 224 px). Under an outer jit the two inline.
+    # each output pixel (224 px: 0.35x the reference's speed, 1.7-1.95x as two programs in
+    # benchmarks/corruption_throughput.py). Under an outer jit the two inline.
     return _box_resize(_box_resize(x, small), (h, w))
 
 
@@ -505,8 +506,9 @@ def _jpeg_codec() -> Callable[[np.ndarray, int], np.ndarray]:
 
     Both wrap libjpeg(-turbo) with the same defaults (islow DCT, 4:2:0 chroma, fancy
     upsampling, the libjpeg quality tables); OpenCV codes straight from and into NumPy
-    arrays and skips Pillow's per-image object and file-format overhead (about 4x faster
-    at 32 px, benchmarks/corruption_throughput.py). Its bundled libjpeg may differ from
+    arrays and skips Pillow's per-image object and file-format overhead (at 32 px the
+    ratio to the reference in benchmarks/corruption_throughput.py went from 0.55x to
+    1.9-2.5x). Its bundled libjpeg may differ from
     Pillow's, so it is used only when it gives Pillow's exact pixels on check images at
     several qualities (checked once per process, a few ms).
     """
@@ -531,7 +533,8 @@ def _jpeg_host(images: np.ndarray, quality: int) -> np.ndarray:
     images = np.asarray(images)
     planes = [img[..., 0] if images.shape[-1] == 1 else img for img in images]
     code = functools.partial(_jpeg_codec(), quality=quality)
-    # Small images code in ~0.03 ms: there the pool's hand-off costs more than it saves.
+    # Small images code in a fraction of a millisecond: there the pool's hand-off costs more
+    # than it saves.
     big = images.shape[1] * images.shape[2] >= 96 * 96 and len(planes) > 1
     decoded = list(_jpeg_pool().map(code, planes)) if big else [code(p) for p in planes]
     return np.stack(decoded).reshape(images.shape)
