@@ -452,17 +452,27 @@ def _elastic_transform(key, x, c, scale, aux):
     return jnp.clip(x, 0.0, 1.0)
 
 
+@functools.partial(jax.jit, static_argnames=("size",))
+def _box_resize(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Pillow ``resize(size, BOX)`` of (B, H, W, C) float32 to (B, size[0], size[1], C), in float."""
+    # Box resizes have 1 - 4 nonzeros per row: gathers, not dense matmuls (5x faster).
+    x = _ops.apply_banded(x, _ops.pil_box_matrix(size[0], x.shape[1]), 1)
+    return _ops.apply_banded(x, _ops.pil_box_matrix(size[1], x.shape[2]), 2)
+
+
 def _pixelate(key, x, c, scale):
     _, h, w, _ = x.shape
-    small_h, small_w = max(1, int(h * c)), max(1, int(w * c))
-    # Box resizes have 1 - 4 nonzeros per row: gathers, not dense matmuls (5x faster).
-    x = _ops.apply_banded(_ops.apply_banded(x, _ops.pil_box_matrix(small_h, h), 1), _ops.pil_box_matrix(small_w, w), 2)
-    # make_imagenet_c.py resizes back with BOX (imagecorruptions uses NEAREST).
-    return _ops.apply_banded(_ops.apply_banded(x, _ops.pil_box_matrix(h, small_h), 1), _ops.pil_box_matrix(w, small_w), 2)
+    small = (max(1, int(h * c)), max(1, int(w * c)))
+    # Down and back up (make_imagenet_c.py resizes back with BOX, imagecorruptions with
+    # NEAREST: the same for upscaling, one tap per pixel) as two compiled programs: in one,
+    # XLA:CPU fuses the four gather passes into a single loop that recomputes every tap for
+    # each output pixel (224 px: 0.35x the reference's speed, 1.7-1.95x as two programs in
+    # benchmarks/corruption_throughput.py). Under an outer jit the two inline.
+    return _box_resize(_box_resize(x, small), (h, w))
 
 
-def _jpeg_one(image: np.ndarray, quality: int) -> np.ndarray:
-    """Pillow JPEG round trip of one uint8 (H, W) or (H, W, 3) image."""
+def _jpeg_pillow(image: np.ndarray, quality: int) -> np.ndarray:
+    """Pillow JPEG round trip of one uint8 (H, W) or (H, W, 3) image (the reference's codec)."""
     from PIL import Image
 
     buffer = io.BytesIO()
@@ -470,22 +480,64 @@ def _jpeg_one(image: np.ndarray, quality: int) -> np.ndarray:
     return np.asarray(Image.open(buffer))
 
 
-def _jpeg_host(images: np.ndarray, quality: int) -> np.ndarray:
-    """Pillow JPEG round trip of a uint8 (B, H, W, C) batch -> float32 in [0, 1], on the host.
+def _jpeg_opencv(image: np.ndarray, quality: int) -> np.ndarray:
+    """OpenCV JPEG round trip of one uint8 (H, W) grey or (H, W, 3) RGB image."""
+    import cv2
 
-    Pillow releases the GIL while it encodes and decodes, so the images of a batch are
-    coded on a small thread pool (one per CPU core, at most 8) when they are at least
-    96 x 96 pixels: the reference codes one
-    image at a time. uint8 in (rounded on the device), float32 out.
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    if image.ndim == 2:
+        return cv2.imdecode(cv2.imencode(".jpg", image, params)[1], cv2.IMREAD_GRAYSCALE)
+    bgr = np.ascontiguousarray(image[..., ::-1])  # OpenCV's colour order
+    return cv2.imdecode(cv2.imencode(".jpg", bgr, params)[1], cv2.IMREAD_COLOR)[..., ::-1]
+
+
+def _jpeg_probe() -> list[np.ndarray]:
+    """Check images for the codec agreement test: noise and a smooth image, RGB and grey, odd sizes."""
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (37, 45, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[0:64, 0:48]
+    smooth = np.stack([(yy * 4) % 256, (xx * 5) % 256, ((xx + yy) * 2) % 256], -1).astype(np.uint8)
+    return [noise, smooth, noise[..., 1], smooth[..., 0]]
+
+
+@functools.lru_cache(maxsize=1)
+def _jpeg_codec() -> Callable[[np.ndarray, int], np.ndarray]:
+    """The JPEG round trip to use: OpenCV's where it reproduces Pillow's bit for bit, else Pillow's.
+
+    Both wrap libjpeg(-turbo) with the same defaults (islow DCT, 4:2:0 chroma, fancy
+    upsampling, the libjpeg quality tables); OpenCV codes straight from and into NumPy
+    arrays and skips Pillow's per-image object and file-format overhead (at 32 px the
+    ratio to the reference in benchmarks/corruption_throughput.py went from 0.55x to
+    1.9-2.5x). Its bundled libjpeg may differ from
+    Pillow's, so it is used only when it gives Pillow's exact pixels on check images at
+    several qualities (checked once per process, a few ms).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("cv2") is None:  # optional: opencv-python is not a dependency
+        return _jpeg_pillow
+    for quality in (7, 15, 50, 95):
+        for image in _jpeg_probe():
+            if not np.array_equal(_jpeg_opencv(image, quality), _jpeg_pillow(image, quality)):
+                return _jpeg_pillow
+    return _jpeg_opencv
+
+
+def _jpeg_host(images: np.ndarray, quality: int) -> np.ndarray:
+    """JPEG round trip of a uint8 (B, H, W, C) batch on the host; uint8 out, same shape.
+
+    The codecs release the GIL while they encode and decode, so the images of a batch
+    are coded on a small thread pool (one per CPU core, at most 8) when they are at
+    least 96 x 96 pixels; the reference codes one image at a time.
     """
     images = np.asarray(images)
     planes = [img[..., 0] if images.shape[-1] == 1 else img for img in images]
-    code = functools.partial(_jpeg_one, quality=quality)
-    # Small images code in ~0.1 ms: there the pool's hand-off costs more than it saves.
+    code = functools.partial(_jpeg_codec(), quality=quality)
+    # Small images code in a fraction of a millisecond: there the pool's hand-off costs more
+    # than it saves.
     big = images.shape[1] * images.shape[2] >= 96 * 96 and len(planes) > 1
     decoded = list(_jpeg_pool().map(code, planes)) if big else [code(p) for p in planes]
-    # Division on the host: XLA turns / 255 into * (1 / 255), which is off by 1 ulp.
-    return np.stack(decoded).reshape(images.shape).astype(np.float32) / np.float32(255.0)
+    return np.stack(decoded).reshape(images.shape)
 
 
 @functools.lru_cache(maxsize=1)
@@ -497,18 +549,25 @@ def _jpeg_pool():
                                                  thread_name_prefix="robust-vision-jpeg")
 
 
+# uint8 -> float32 in [0, 1] by a 256-entry table: exactly value / 255 (XLA turns a
+# division by 255 into a multiplication by 1 / 255, 1 ulp off for some values).
+_BYTE_TO_UNIT = np.arange(256, dtype=np.float32) / np.float32(255.0)
+
+
 def _jpeg_compression(key, x, c, scale):
-    # JPEG is a host codec: Pillow (the reference's own encoder) through pure_callback, so
-    # the result equals the reference's bit for bit and the function still composes with
-    # jit (the callback runs on the CPU host; no gradient, no accelerator speed-up).
+    # JPEG is a host codec: libjpeg (Pillow, the reference's own encoder, or OpenCV where it
+    # gives Pillow's pixels) through pure_callback, so the result equals the reference's bit
+    # for bit and the function still composes with jit (the callback runs on the CPU host;
+    # no gradient, no accelerator speed-up).
+    # uint8 both ways: a quarter of the float32 transfer through the callback.
     as_uint8 = jnp.clip(jnp.round(x * 255.0), 0, 255).astype(jnp.uint8)
     decoded = jax.pure_callback(
         functools.partial(_jpeg_host, quality=c),
-        jax.ShapeDtypeStruct(x.shape, jnp.float32),
+        jax.ShapeDtypeStruct(x.shape, jnp.uint8),
         as_uint8,
         vmap_method="sequential",
     )
-    return decoded
+    return jnp.asarray(_BYTE_TO_UNIT)[decoded]
 
 
 def _spatter(key, x, c, scale, aux, mud):
@@ -660,7 +719,13 @@ def _run_traced(key: jax.Array, images: jax.Array, params: jax.Array, aux: dict[
     return _IMPLS[name](key, images, params, scale).astype(jnp.float32)
 
 
+# Corruptions made of their own compiled programs (pixelate: see there), called as they are.
+_OWN_PROGRAMS = frozenset({"pixelate"})
+
+
 def _run(key: jax.Array, images: jax.Array, name: str, params: Any, scale: str) -> jax.Array:
+    if name in _OWN_PROGRAMS:
+        return _IMPLS[name](key, images, params, scale)
     if name in _TRACED_PARAMS or name in _AUX:
         aux = _AUX[name](params, tuple(images.shape), scale) if name in _AUX else {}
         variant = bool(params[5]) if name == "spatter" else None
