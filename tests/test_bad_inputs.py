@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_overrides
-from robust_vision.config import ConfigError, DataConfig, load_config
+from robust_vision.config import DataConfig, load_config
 from robust_vision.preflight import RunLock, SizeError, check_memory, check_output_dir
 
 GIB = 2**30
