@@ -66,23 +66,15 @@ print(json.dumps({"devices": mesh.devices.size, "losses": losses,
 """
 
 
-def _two_steps(*device_counts: int) -> list[dict]:
-    """The _TWO_STEPS summary for each device count; the processes run at the same time (their
-    start-up and compiles overlap; a process does not use both cores all the time)."""
-    procs = [subprocess.Popen([sys.executable, "-c", _TWO_STEPS], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=_env(devices), cwd=REPO_ROOT) for devices in device_counts]
-    try:
-        outputs = [p.communicate(timeout=TIMEOUT_S) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    for p, (_, err) in zip(procs, outputs):
-        assert p.returncode == 0, err[-2000:]
-    return [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+def _two_steps(devices: int) -> dict:
+    proc = subprocess.run([sys.executable, "-c", _TWO_STEPS], capture_output=True, text=True, env=_env(devices),
+                          timeout=TIMEOUT_S, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_four_devices_match_one_device():
-    one, four = _two_steps(1, 4)
+    one, four = _two_steps(1), _two_steps(4)
     assert (one["devices"], four["devices"]) == (1, 4)
     assert four["losses"] == pytest.approx(one["losses"], abs=1e-5, rel=0)
     assert one["losses"][0] != one["losses"][1]  # the second step saw updated parameters
