@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_overrides
-from robust_vision.config import ConfigError, DataConfig, load_config
+from robust_vision.config import DataConfig, load_config
 from robust_vision.preflight import RunLock, SizeError, check_memory, check_output_dir
 
 GIB = 2**30
@@ -313,6 +313,8 @@ def test_ctrl_c_exits_130_cleanly(tmp_path, repo_root, when):
     for o in tiny_overrides(run, epochs=50):
         args += ["--override", o]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if when == "compile":  # a real compile to interrupt, not a read of the session's compile cache
+        env["ROBUST_VISION_CACHE_DIR"] = "off"
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 240
     if when == "compile":  # the "Model ..." line is printed just before the first step compiles

@@ -1,6 +1,6 @@
 """The robustness suite wired into robust-vision-eval: corruption benchmark (CE / mCE),
-attacks, certification, calibration, and the CLI end to end. One tiny 8x8-digits model
-is trained per module."""
+attacks, certification, calibration, and the CLI end to end, on the session's one tiny
+8x8-digits model (conftest.tiny_run)."""
 
 import csv
 import json
@@ -9,22 +9,18 @@ import math
 import numpy as np
 import pytest
 
-from conftest import tiny_overrides
 from robust_vision.cli import eval_main
 from robust_vision.config import load_config
 from robust_vision.data.datasets import load_dataset
 from robust_vision.evaluation import suite
 from robust_vision.evaluation.loading import load_trained_model
-from robust_vision.training.trainer import train
 
 CHEAP_CORRUPTIONS = ["gaussian_noise", "impulse_noise", "contrast", "brightness"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    run = tmp_path_factory.mktemp("suite") / "tiny_run"
-    cfg = load_config(None, tiny_overrides(run, epochs=3) + ["training.learning_rate=0.003"])
-    train(cfg, log=lambda s: None)
+def trained(tiny_run):
+    run = tiny_run
     model = load_trained_model(run)
     data = load_dataset(model.config.data)
     return run, model, model.logits_fn(), data

@@ -4,22 +4,16 @@ import json
 import numpy as np
 import pytest
 
-from conftest import tiny_overrides
 from robust_vision.cli import eval_main
-from robust_vision.config import load_config
 from robust_vision.data.datasets import load_dataset
 from robust_vision.evaluation.loading import load_trained_model
 from robust_vision.evaluation.metrics import expected_calibration_error, snr_summary, summarize
 from robust_vision.evaluation.robustness import evaluate_robustness
-from robust_vision.training.trainer import train
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("eval") / "cnn_run"
-    cfg = load_config(None, tiny_overrides(run, epochs=3) + ["training.learning_rate=0.003"])
-    train(cfg, log=lambda s: None)
-    return run
+def trained_run(tiny_run):
+    return tiny_run  # the session's one tiny run (conftest)
 
 
 def _rows(path):
@@ -69,7 +63,7 @@ def test_eval_cli_writes_identical_tables_twice(trained_run, tmp_path, capsys):
     for name in ("robustness_results.csv", "robustness_gaussian.csv", "robustness_fog.csv"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     rows = _rows(tmp_path / "a" / "robustness_results.csv")
-    assert {r["model"] for r in rows} == {"cnn_run", "cnn_run (baseline)"}
+    assert {r["model"] for r in rows} == {"tiny_run", "tiny_run (baseline)"}
     payload = json.loads((tmp_path / "a" / "results.json").read_text())
     assert payload["versions"]["jax"] and payload["comparison"]["snr_ratio"] == pytest.approx(1.0)
 
