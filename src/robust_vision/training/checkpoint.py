@@ -44,7 +44,8 @@ MANIFEST = "checksums.json"
 def _file_digests(checkpoint_dir: Path) -> dict[str, dict]:
     """{relative path: {"sha256", "bytes"}} of every file of one checkpoint but the manifest."""
     out = {}
-    for path in sorted(p for p in checkpoint_dir.rglob("*") if p.is_file() and p.name != MANIFEST):
+    for path in sorted(p for p in checkpoint_dir.rglob("*")
+                       if p.is_file() and p.name not in (MANIFEST, MANIFEST + ".tmp")):
         h = hashlib.sha256()
         with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
@@ -57,7 +58,7 @@ def write_manifest(checkpoint_dir: Path) -> Path:
     """Write ``checksums.json`` for a finished checkpoint (temp file + rename: never half a manifest)."""
     checkpoint_dir = Path(checkpoint_dir)
     target = checkpoint_dir / MANIFEST
-    tmp = target.with_suffix(".json.tmp")
+    tmp = checkpoint_dir / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps({"algorithm": "sha256", "files": _file_digests(checkpoint_dir)}, indent=1))
     os.replace(tmp, target)
     return target
@@ -116,13 +117,9 @@ class CheckpointStore:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         try:
             if is_best and epoch not in self.best.all_steps():
-                self.best.save(epoch, args=args, force=True)
-                self.best.wait_until_finished()
-                write_manifest(Path(self.best.directory) / str(epoch))
+                self._save(self.best, epoch, args)
             if epoch not in self.epochs.all_steps():
-                self.epochs.save(epoch, args=args, force=True)
-                self.epochs.wait_until_finished()
-                write_manifest(Path(self.epochs.directory) / str(epoch))
+                self._save(self.epochs, epoch, args)
         except Exception as exc:  # Orbax wraps OS errors in several types; report the cause in one line
             from robust_vision.preflight import is_disk_full
 
@@ -136,6 +133,19 @@ class CheckpointStore:
                 raise CheckpointWriteError(f"cannot write the epoch-{epoch} checkpoint in {self.root} "
                                            f"({exc.strerror or exc}); {kept_s}") from None
             raise
+
+    @staticmethod
+    def _save(manager: ocp.CheckpointManager, epoch: int, args: Any) -> None:
+        """One collective Orbax save, then the manifest: written by process 0 only (every process
+        writing the same file raced on its temp name), and a barrier so that no process goes on
+        (to the next save, or to a resume that verifies it) before the manifest exists."""
+        from robust_vision.distributed import barrier, is_main_process
+
+        manager.save(epoch, args=args, force=True)
+        manager.wait_until_finished()
+        if is_main_process():
+            write_manifest(Path(manager.directory) / str(epoch))
+        barrier(f"checkpoint manifest {Path(manager.directory).name}/{epoch}")
 
     def latest_epoch(self) -> int | None:
         return self.epochs.latest_step()
