@@ -84,7 +84,7 @@ def _per_attack(work: Path) -> dict:
     from robust_vision.attacks._common import ce_loss, loss_grad_logits
     from robust_vision.compile_cache import enable_compile_cache
     from robust_vision.data.datasets import load_dataset
-    from robust_vision.evaluation.loading import load_trained_model
+    from robust_vision.runs.loading import load_trained_model
     from robust_vision.losses import make_loss
     from robust_vision.training.steps import init_train_state, make_run_optimizer, make_train_step
 

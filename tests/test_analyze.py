@@ -17,7 +17,7 @@ from robust_vision.analysis.features import collect_layers, layer_shapes
 from robust_vision.analysis.spectrum_cmd import layer_spectrum
 from robust_vision.cli import train_main
 from robust_vision.data.datasets import load_dataset
-from robust_vision.evaluation.loading import load_trained_model
+from robust_vision.runs.loading import load_trained_model
 from robust_vision.evaluation.spectrum import eigenspectrum
 
 

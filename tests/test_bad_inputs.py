@@ -177,7 +177,7 @@ def _state_file(checkpoint: Path) -> Path:
 
 
 def test_every_checkpoint_has_a_manifest_that_verifies(trained_run):
-    from robust_vision.training.checkpoint import MANIFEST, verify_checkpoint
+    from robust_vision.runs.checkpoint import MANIFEST, verify_checkpoint
 
     checkpoints = [p for p in (trained_run / "checkpoints").glob("*/*") if p.is_dir() and p.name.isdigit()]
     assert len(checkpoints) >= 3  # epochs/1, epochs/2, best/<e>
@@ -187,8 +187,8 @@ def test_every_checkpoint_has_a_manifest_that_verifies(trained_run):
 
 
 def test_flipped_bytes_are_detected_on_restore(trained_run, tmp_path):
-    from robust_vision.evaluation.loading import load_trained_model
-    from robust_vision.training.checkpoint import CheckpointError, verify_checkpoint
+    from robust_vision.runs.loading import load_trained_model
+    from robust_vision.runs.checkpoint import CheckpointError, verify_checkpoint
 
     run = _copy(trained_run, tmp_path)
     best = next((run / "checkpoints" / "best").iterdir())
@@ -202,7 +202,7 @@ def test_flipped_bytes_are_detected_on_restore(trained_run, tmp_path):
 
 
 def test_missing_state_gets_the_damage_hint_not_the_config_hint(trained_run, tmp_path):
-    from robust_vision.training.checkpoint import MANIFEST, CheckpointError, restore_checkpoint
+    from robust_vision.runs.checkpoint import MANIFEST, CheckpointError, restore_checkpoint
 
     run = _copy(trained_run, tmp_path)
     ckpt = run / "checkpoints" / "epochs" / "2"
@@ -240,7 +240,7 @@ def test_resume_with_the_run_dir_spelled_absolute(trained_run, tmp_path, capsys)
 def test_disk_full_is_one_line_exit_1_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
     import orbax.checkpoint as ocp
 
-    from robust_vision.training.checkpoint import verify_checkpoint
+    from robust_vision.runs.checkpoint import verify_checkpoint
 
     real_save = ocp.CheckpointManager.save
 

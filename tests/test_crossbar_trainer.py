@@ -52,7 +52,7 @@ def test_model_forward_and_init():
 
 
 def test_hebbian_run_dir_matches_train_crossbar_and_loads(repo_root, tmp_path):
-    from robust_vision.evaluation.loading import load_trained_model
+    from robust_vision.runs.loading import load_trained_model
 
     run = tmp_path / "heb"
     cfg = _cfg(repo_root, run)

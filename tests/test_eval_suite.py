@@ -13,7 +13,7 @@ from robust_vision.cli import eval_main
 from robust_vision.config import load_config
 from robust_vision.data.datasets import load_dataset
 from robust_vision.evaluation import suite
-from robust_vision.evaluation.loading import load_trained_model
+from robust_vision.runs.loading import load_trained_model
 
 CHEAP_CORRUPTIONS = ["gaussian_noise", "impulse_noise", "contrast", "brightness"]
 

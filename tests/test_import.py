@@ -132,7 +132,7 @@ def test_imported_logits_equal_pytorch(tmp_path, arch):
     """Export a random PyTorch model, import it, restore it as robust-vision-eval does and
     compare logits on the same images (eval mode)."""
     torch, PreActResNet18, WideResNet = _torch_reference()
-    from robust_vision.evaluation.loading import load_trained_model
+    from robust_vision.runs.loading import load_trained_model
     from robust_vision.models.import_weights import import_weights
 
     torch.manual_seed(0)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from robust_vision.evaluation.loading import resolve_checkpoint
-from robust_vision.training.checkpoint import CheckpointError
+from robust_vision.runs.loading import resolve_checkpoint
+from robust_vision.runs.checkpoint import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--override", "model.features=[8, 16]", "--override", "data.image_size=null",

@@ -18,7 +18,7 @@ from robust_vision.config import AdversarialConfig, load_config
 from robust_vision.data.datasets import load_dataset
 from robust_vision.data.pipeline import resize_linear
 from robust_vision.data.sources import ArraySource, SourceInfo
-from robust_vision.evaluation.loading import load_trained_model
+from robust_vision.runs.loading import load_trained_model
 from robust_vision.training.adversarial import adversarial_examples, write_adversarial_examples
 from robust_vision.training.trainer import TrainData, train
 

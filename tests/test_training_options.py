@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_overrides
 from robust_vision.config import AdversarialConfig, ConfigError, ModelConfig, RegularizerConfig, load_config
 from robust_vision.data.pipeline import augment
-from robust_vision.evaluation.loading import load_trained_model
+from robust_vision.runs.loading import load_trained_model
 from robust_vision.losses import make_loss
 from robust_vision.models import MODELS, create_model
 from robust_vision.models.stages import frozen_labels, path_names, stage_names

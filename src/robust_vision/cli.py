@@ -27,9 +27,9 @@ def _exit_code(exc: BaseException) -> int | None:
         return tuple(getattr(mod, n) for n in names) if mod is not None else ()
 
     if isinstance(exc, classes("robust_vision.config", "ConfigError")
-                  + classes("robust_vision.training.checkpoint", "CheckpointError")):
+                  + classes("robust_vision.runs.checkpoint", "CheckpointError")):
         return 2
-    if isinstance(exc, classes("robust_vision.training.checkpoint", "CheckpointWriteError")
+    if isinstance(exc, classes("robust_vision.runs.checkpoint", "CheckpointWriteError")
                   + classes("robust_vision.training.trainer", "TrainingError")):
         return 1
     if isinstance(exc, _USER_ERRORS):
@@ -183,7 +183,7 @@ def _eval_config(args: argparse.Namespace):
     import json
 
     from robust_vision.config import load_config
-    from robust_vision.evaluation.loading import resolve_checkpoint
+    from robust_vision.runs.loading import resolve_checkpoint
 
     overrides = list(args.override)
     flag_keys = {"noise_types": "evaluation.noise_types", "levels": "evaluation.noise_levels",
@@ -256,7 +256,7 @@ def _eval(args: argparse.Namespace) -> int:
     from robust_vision.compile_cache import enable_compile_cache
     from robust_vision.config import config_to_dict
     from robust_vision.evaluation import runner, suite
-    from robust_vision.evaluation.loading import load_trained_model
+    from robust_vision.runs.loading import load_trained_model
     from robust_vision.evaluation.report import versions, write_json
 
     data_split = getattr(args, "split", None)

@@ -65,7 +65,7 @@ def _boundary(args: argparse.Namespace) -> int:
 def _features(args: argparse.Namespace) -> int:
     from robust_vision.analysis.common import load_context
     from robust_vision.analysis.feature_maps import run_features
-    from robust_vision.evaluation.loading import load_trained_model
+    from robust_vision.runs.loading import load_trained_model
 
     ctx = load_context(args)
     compare = load_trained_model(args.compare) if args.compare else None

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from robust_vision.analysis.common import (Context, check_index, check_model_data, class_name, model_info,
                                            parse_noise, write_summary)
 from robust_vision.analysis.features import features_forward, layer_shapes
-from robust_vision.evaluation.loading import LoadedModel
+from robust_vision.runs.loading import LoadedModel
 from robust_vision.evaluation.report import write_csv
 from robust_vision.viz._common import save_figure, style_context
 

@@ -2,7 +2,7 @@
 
 Every model of the registry has one forward path ``model(x, return_features=True)`` ->
 ``(logits, {stage name: activation})`` whose last entry is ``"embedding"`` (the
-representation feeding the classifier). :class:`~robust_vision.evaluation.loading.LoadedModel`
+representation feeding the classifier). :class:`~robust_vision.runs.loading.LoadedModel`
 only exposes the logits, so the features forward is rebuilt here from the same pieces
 (the eval-mode graph merged with the restored parameters and model state).
 
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robust_vision.evaluation.batched import collect_per_example
-from robust_vision.evaluation.loading import LoadedModel
+from robust_vision.runs.loading import LoadedModel
 
 # (variables, images) -> (logits (B, K), {layer: (B, ...)})
 FeaturesForward = Callable[[object, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]

@@ -124,7 +124,7 @@ def config_split_sources(data_cfg, split: str) -> tuple[Any, Callable[[], Any]]:
 def check_model_data(model, dataset, where: str) -> None:
     """The model's input shape and class count match the data (a Dataset, or a record source's
     ``info``) (one-line ValueError otherwise)."""
-    from robust_vision.evaluation.loading import check_input_shape
+    from robust_vision.runs.loading import check_input_shape
 
     info = getattr(dataset, "info", dataset)
     check_input_shape(model, info.image_shape, where)
@@ -163,7 +163,7 @@ def grid_part(ctx: EvalContext) -> dict:
 def corruption_part(ctx: EvalContext) -> dict:
     """Corruption benchmark of every model (and of the reference model, for CE / mCE)."""
     from robust_vision.evaluation import suite
-    from robust_vision.evaluation.loading import load_trained_model
+    from robust_vision.runs.loading import load_trained_model
 
     ecfg = ctx.cfg.evaluation
     if ecfg.suite_data is not None:
@@ -211,7 +211,7 @@ def published_corruption_part(ctx: EvalContext) -> dict:
 
     from robust_vision.data.published import published_corruption_errors
     from robust_vision.evaluation import suite
-    from robust_vision.evaluation.loading import load_trained_model
+    from robust_vision.runs.loading import load_trained_model
 
     ecfg = ctx.cfg.evaluation
 

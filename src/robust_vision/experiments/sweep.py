@@ -457,7 +457,7 @@ def evaluate_trial(trial: Trial, spec: SweepSpec) -> dict[str, Any]:
     ``evaluation.noise_types`` x ``evaluation.noise_levels`` plus the sweep's noisy condition;
     write its results directory and return the clean_* / noisy_* metrics."""
     from robust_vision.data.datasets import load_dataset
-    from robust_vision.evaluation.loading import check_input_shape, load_trained_model
+    from robust_vision.runs.loading import check_input_shape, load_trained_model
     from robust_vision.evaluation.report import versions, write_json, write_robustness_tables
     from robust_vision.evaluation.robustness import evaluate_robustness
 

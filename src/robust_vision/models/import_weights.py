@@ -189,7 +189,7 @@ def import_weights(source: str | Path, model_name: str, output: str | Path, *, c
     """
     from robust_vision.data.pipeline import num_batches
     from robust_vision.models import create_model
-    from robust_vision.training.checkpoint import CheckpointStore
+    from robust_vision.runs.checkpoint import CheckpointStore
     from robust_vision.training.steps import init_train_state, make_run_optimizer, split_model
 
     _family(model_name)

@@ -385,7 +385,7 @@ def run_classification_method(settings: StudySettings, method: Method, seed: int
         return RunRecord("classification", method, seed, rows, weight_stats=stats, diverged=bool(stats["diverged"]),
                          train_time_s=t1 - t0, eval_time_s=time.perf_counter() - t1, note=note, units=units)
 
-    from robust_vision.evaluation.loading import load_trained_model
+    from robust_vision.runs.loading import load_trained_model
     from robust_vision.training.trainer import TrainingError
 
     run_dir = Path(out_dir) / "runs" / "classification" / f"seed{seed}" / method.key

@@ -56,7 +56,7 @@ from robust_vision.config import Config, ConfigError, config_to_dict, save_confi
 from robust_vision.evaluation.metrics import log_snr_from_scores, logit_margin, snr_summary
 from robust_vision.evaluation.report import write_json
 from robust_vision.models import create_model
-from robust_vision.training.checkpoint import CheckpointStore, is_better
+from robust_vision.runs.checkpoint import CheckpointStore, is_better
 from robust_vision.training.hebbian import ClipRange, get_rule, init_crossbar, weight_stats
 from robust_vision.training.steps import init_train_state, make_optimizer, split_model
 from robust_vision.training.trainer import (TrainResult, check_run_request, dataset_for, read_history,

@@ -38,7 +38,7 @@ from robust_vision.evaluation.metrics import summarize
 from robust_vision.interrupts import check_interrupt
 from robust_vision.losses import make_loss
 from robust_vision.models import create_model
-from robust_vision.training.checkpoint import CheckpointStore, is_better
+from robust_vision.runs.checkpoint import CheckpointStore, is_better
 from robust_vision.models.stages import stage_names
 from robust_vision.regularizers import make_regularizer
 from robust_vision.training.adversarial import adversarial_hooks, write_adversarial_examples
@@ -131,7 +131,7 @@ def _with_adversarial_examples(cfg: Config, data: TrainData, run_dir: Path, log:
     """The ``augment`` method: the training split plus adversarial examples of a trained model,
     kept in a float32 .npy store in the run directory (at most one per training image) and read
     from there like any source: no split is held in host memory."""
-    from robust_vision.evaluation.loading import check_input_shape, load_trained_model
+    from robust_vision.runs.loading import check_input_shape, load_trained_model
 
     acfg = cfg.training.adversarial
     source_path = acfg.augment_source or cfg.training.init_from

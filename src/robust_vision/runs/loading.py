@@ -11,7 +11,7 @@ import jax
 from robust_vision.config import Config, ConfigError, config_to_dict, load_config
 from robust_vision.data.pipeline import num_batches
 from robust_vision.models import create_model
-from robust_vision.training.checkpoint import CheckpointError, read_meta, restore_checkpoint
+from robust_vision.runs.checkpoint import CheckpointError, read_meta, restore_checkpoint
 from robust_vision.training.steps import ModelParts, init_train_state, make_logits_fn, make_run_optimizer, split_model
 
 
