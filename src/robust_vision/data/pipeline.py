@@ -59,6 +59,13 @@ def data_mesh() -> Mesh:
     return Mesh(np.array(devices), ("data",))
 
 
+def device_multiple(batch_size: int, mesh: Mesh) -> int:
+    """``batch_size`` rounded up to a multiple of the mesh's device count, so that every device
+    holds the same number of rows of a batch (the padding rows are masked out by the callers)."""
+    n_dev = mesh.devices.size
+    return -(-batch_size // n_dev) * n_dev
+
+
 def local_rows(mesh: Mesh, global_size: int) -> slice:
     """The rows of a batch axis of ``global_size`` (a multiple of the mesh size) that this
     process feeds: one contiguous block, all rows on a single process."""

@@ -11,7 +11,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from robust_vision.data.batch import Batch
-from robust_vision.data.pipeline import batch_indices, data_mesh, local_rows, shard_batch
+from robust_vision.data.pipeline import batch_indices, data_mesh, device_multiple, local_rows, shard_batch
 from robust_vision.distributed import gather_batches
 
 PerExampleFn = Callable[[jax.Array, jax.Array, jax.Array], dict[str, jax.Array]]
@@ -76,8 +76,7 @@ def array_batches(images: np.ndarray, labels: np.ndarray, batch_size: int,
 def _padded_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, mesh: Mesh | None) -> Iterator[Batch]:
     """``array_batches`` without the cap at N (a set smaller than one batch is padded to it)."""
     mesh = mesh or data_mesh()
-    n_dev = mesh.devices.size
-    batch_size = -(-batch_size // n_dev) * n_dev
+    batch_size = device_multiple(batch_size, mesh)
     rows = local_rows(mesh, batch_size)
     labels = np.asarray(labels)
     for b in batch_indices(len(labels), batch_size):
@@ -113,6 +112,5 @@ def source_batches(source, batch_size: int, n: int | None = None, *, threads: in
 
     if n is not None and n < len(source):
         source = SubsetSource(source, np.arange(n), source.info)
-    n_dev = data_mesh().devices.size
-    size = -(-max(1, min(batch_size, len(source))) // n_dev) * n_dev
+    size = device_multiple(max(1, min(batch_size, len(source))), data_mesh())
     return eval_batches(source, size, threads=threads)

@@ -25,7 +25,7 @@ import numpy as np
 
 from robust_vision.corruptions import get_noise
 from robust_vision.data.batch import Batch, to_unit_float
-from robust_vision.data.pipeline import data_mesh, replicate, shard_global_batch
+from robust_vision.data.pipeline import data_mesh, device_multiple, num_batches, replicate, shard_global_batch
 from robust_vision.distributed import gather_batches, to_host
 from robust_vision.evaluation.batched import array_batches, prefetch_to_device
 from robust_vision.evaluation.metrics import degradation_percent, per_example_metrics, summarize
@@ -56,11 +56,9 @@ class BatchedSplit:
 def batch_split(images: np.ndarray, labels: np.ndarray, batch_size: int) -> BatchedSplit:
     """Pad to a whole number of batches (repeating the first examples; masked out) and shard."""
     mesh = data_mesh()
-    n_dev = mesh.devices.size
-    batch_size = max(1, min(batch_size, len(labels)))
-    batch_size = -(-batch_size // n_dev) * n_dev
+    batch_size = device_multiple(max(1, min(batch_size, len(labels))), mesh)
     n = len(labels)
-    n_batches = -(-n // batch_size)
+    n_batches = num_batches(n, batch_size)
     pad = n_batches * batch_size - n
     idx = np.concatenate([np.arange(n), np.resize(np.arange(n), pad)]) if pad else np.arange(n)
     mask = (np.arange(n_batches * batch_size) < n).astype(np.float32).reshape(n_batches, batch_size)

@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 from robust_vision.config import Config, ConfigError, config_to_dict, save_config
 from robust_vision.data.datasets import Dataset, load_dataset
 from robust_vision.data.batch import to_unit_float
-from robust_vision.data.pipeline import (check_batch_divisible, data_mesh, eval_batches, num_batches, replicate,
-                                         train_batches)
+from robust_vision.data.pipeline import (check_batch_divisible, data_mesh, device_multiple, eval_batches, num_batches,
+                                         replicate, train_batches)
 from robust_vision.data.sources import (ConcatSource, RecordSource, converted, describe_splits, open_splits,
                                         stream_shape)
 from robust_vision.distributed import gather_batches, is_main_process, main_only
@@ -290,8 +290,7 @@ def _per_example(fn, source: RecordSource, batch_size: int, mesh) -> dict[str, n
     images float32 [0, 1] on device); the real examples' values, (N,) each, gathered across
     processes. The batch size is rounded up to a multiple of the device count and, unlike the
     evaluators, not capped at N: validation keeps one compiled program whatever the split size."""
-    n_dev = mesh.devices.size
-    batch_size = -(-batch_size // n_dev) * n_dev
+    batch_size = device_multiple(batch_size, mesh)
     return stream_per_example(lambda x, y, _i: fn(to_unit_float(x), y), eval_batches(source, batch_size), mesh=mesh)
 
 
