@@ -101,12 +101,14 @@ def test_recipe_configs_and_settings(tmp_path):
     s = load_recipe_settings(None, quick=True, seeds=1)
     assert s["training"]["epochs"] == 6 and s["seeds"] == 1 and len(s["recipes"]) == 10
     assert s["training"]["adversarial"]["steps"] == 3 and s["attack_examples"] == 200
+    assert s["training"]["batch_size"] == 32 and s["training"]["lr_schedule"] == "cosine"
     cfgs = {r.key: recipe_config(s, r, 3, tmp_path / r.key) for r in RECIPES}
     assert cfgs["mart"].training.adversarial.method == "mart" and cfgs["augmix"].training.augmix.enabled
     assert cfgs["gauss_0.25"].training.noise_augment_std == 0.25 and cfgs["margin_10"].training.margin_lambda == 10
     # only the recipe's keys differ: same model, data, seed, epochs everywhere
     assert {c.training.seed for c in cfgs.values()} == {3} and len({str(c.model) for c in cfgs.values()}) == 1
     assert cfgs["ce"].training.eval_every == 6 and not cfgs["ce"].training.write_figures
+    assert {(c.training.batch_size, c.training.lr_schedule) for c in cfgs.values()} == {(32, "cosine")}
     with pytest.raises(ConfigError, match="unknown recipe"):
         load_recipe_settings(None, overrides=["recipes=[ce,nope]"])
     with pytest.raises(ConfigError, match="pgd_eps"):

@@ -15,8 +15,8 @@ from robust_vision.research.protocols import RunRecord
 from robust_vision.research.settings import QUICK, load_study, settings_to_dict
 import numpy as np
 
-from robust_vision.research.tables import (accuracy50_rows, curve_rows, experiment_rows, factor_rows, master_rows,
-                                           method_summaries)
+from robust_vision.research.tables import (accuracy50_rows, curve_rows, experiment_rows, factor_rows,
+                                           linearity_rows, master_rows, method_summaries, weight_rows)
 from robust_vision.research.verdicts import compare_claims, consistent, validation_checklist
 
 CLS = "classification"
@@ -90,8 +90,7 @@ def test_claims_reproduced_and_not(tmp_path):
     factors = [{"protocol": CLS, "rank": i + 1, "factor": f, "ratio_best_to_worst": r} for i, (f, r) in
                enumerate([("Loss function", 300.0), ("Learning rule", 10.0), ("Architecture", 10.0),
                           ("Constraints", 2.9)])]
-    checklist = validation_checklist(master, _acc50(0.9, 0.6), _figures(tmp_path))
-    claims = compare_claims(master, _acc50(0.9, 0.6), experiments, factors, checklist)
+    claims = compare_claims(master, _acc50(0.9, 0.6), experiments, factors)
     assert _claim(claims, "Loss function").verdict == "reproduced"
     assert _claim(claims, "Loss function").value == pytest.approx(300.0)
     assert "[90% CI 150x, 600x]" in _claim(claims, "Loss function").measured
@@ -114,23 +113,22 @@ def test_verdict_rule_uses_the_interval(tmp_path):
     assert not consistent((100.0, 50.0, 110.0), 375 / 3, 375 * 3)
     assert not consistent((100.0, math.nan, math.nan), 375 / 3, 375 * 3)
     master = _master({"cnn_ce": 10.0, "cnn_margin_10": 1000.0})
-    checklist = validation_checklist(master, [], _figures(tmp_path))
     for (lo, hi), verdict in (((80.0, 140.0), "reproduced"), ((50.0, 110.0), "not reproduced")):
         ex = {"loss": [_ex("cnn_ce", 1.0), _ex("cnn_margin_10", 100.0, lo, hi)]}
-        assert _claim(compare_claims(master, [], ex, [], checklist), "Loss function").verdict == verdict
+        assert _claim(compare_claims(master, [], ex, []), "Loss function").verdict == verdict
     # a threshold claim: SNR > 2000 with point 1500 [1200, 2100] reaches the claimed side; the
     # checklist (point estimate) still fails it
     master = [{**r, "snr_clean_lo": 1200.0, "snr_clean_hi": 2100.0} for r in _master({"cnn_margin_10": 1500.0})]
     checklist = validation_checklist(master, [], _figures(tmp_path))
     assert checklist[0].status == "FAIL" and "[90% CI 1200, 2100]" in checklist[0].measured
-    assert _claim(compare_claims(master, [], {}, [], checklist), "Margin model SNR").verdict == "reproduced"
+    assert _claim(compare_claims(master, [], {}, []), "Margin model SNR").verdict == "reproduced"
 
 
 def test_claims_diverged_and_missing(tmp_path):
     master = _master({"hebbian_uncon": 200.0, "sgd_uncon": math.nan, "hebbian_tight": 10.0})
     experiments = {"learning_rule": [_ex("hebbian_uncon", 1.0), _ex("sgd_uncon", math.nan)],
                    "constraints": [_ex("hebbian_uncon", 1.0), _ex("hebbian_tight", 0.05)]}
-    claims = compare_claims(master, [], experiments, [], validation_checklist(master, [], _figures(tmp_path)))
+    claims = compare_claims(master, [], experiments, [])
     lr = _claim(claims, "Learning rule")
     assert lr.verdict == "not reproduced" and "diverged" in lr.measured
     assert _claim(claims, "Loss function").verdict == "not measured"
@@ -192,6 +190,81 @@ def test_intervals_bracket_the_point_and_pair_the_units():
     assert acc["degradation_percent"] == pytest.approx(0.0) and acc["accuracy_gauss50"] == pytest.approx(0.75)
 
 
+def _lin_row(r: tuple, steps: tuple = ((2.0, 1.5, 3.0), (5.0, 3.0, 8.0))) -> list[dict]:
+    row = {"protocol": CLS, "pearson_r": r[0], "pearson_r_lo": r[1], "pearson_r_hi": r[2], "pearson_r_log": 0.9}
+    for col, t in zip(("ratio_lambda_1_to_0", "ratio_lambda_10_to_1"), steps):
+        row[col], row[f"{col}_lo"], row[f"{col}_hi"] = t
+    for v, snr in zip((0, 1, 10), (10.0, 20.0, 100.0)):
+        row[f"snr_clean_lambda_{v}"] = snr
+    return [row]
+
+
+def test_linearity_claim_decided_on_the_interval(tmp_path):
+    master = _master({"cnn_margin_10": 100.0, "cnn_margin_1": 20.0, "cnn_ce": 10.0})
+    # r = 0.8 fails the checklist (point), but an interval reaching 0.95 is consistent with the claim
+    lin = _lin_row((0.8, 0.6, 0.95))
+    item = validation_checklist(master, [], _figures(tmp_path), lin)[4]
+    assert item.status == "FAIL" and "r = 0.8 [90% CI 0.6, 0.95]" in item.measured
+    assert _claim(compare_claims(master, [], {}, [], linearity=lin), "SNR roughly").verdict == "reproduced"
+    assert _claim(compare_claims(master, [], {}, [], linearity=_lin_row((0.8, 0.6, 0.85))),
+                  "SNR roughly").verdict == "not reproduced"
+    # a step whose interval lies wholly below 1 contradicts "non-decreasing", whatever r says
+    falling = _lin_row((0.95, 0.92, 0.99), ((0.5, 0.3, 0.8), (5.0, 3.0, 8.0)))
+    assert _claim(compare_claims(master, [], {}, [], linearity=falling), "SNR roughly").verdict == "not reproduced"
+    assert validation_checklist(master, [], _figures(tmp_path), falling)[4].status == "FAIL"
+    rising = _lin_row((0.95, 0.92, 0.99), ((0.9, 0.7, 1.2), (5.0, 3.0, 8.0)))  # a dip inside the noise
+    assert _claim(compare_claims(master, [], {}, [], linearity=rising), "SNR roughly").verdict == "reproduced"
+
+
+def test_linearity_rows_resample_the_three_methods_jointly():
+    records = [_record(k, snr, seed=seed, spread=s) for seed in (0, 1) for k, snr, s in [
+        ("cnn_ce", 10.0, 0.5), ("cnn_margin_1", 20.0, 0.5), ("cnn_margin_10", 100.0, 0.5)]]
+    (row,) = linearity_rows(method_summaries(records))
+    snrs = np.array([20.0, 40.0, 200.0])  # clean SNR is 2x the noisy one in _record
+    assert row["snr_clean_lambda_10"] == pytest.approx(200.0) and row["n_units"] == 40
+    assert row["pearson_r"] == pytest.approx(np.corrcoef([0.0, 1.0, 10.0], snrs)[0, 1])
+    assert row["pearson_r_log"] == pytest.approx(np.corrcoef([0.0, 1.0, 10.0], np.log(snrs))[0, 1])
+    # the units of the three methods move together (same alternating spread), so the paired steps
+    # have no spread, and every resample keeps the same SNR ratios: r's interval collapses
+    assert row["ratio_lambda_1_to_0_lo"] == pytest.approx(2.0) and row["ratio_lambda_10_to_1_hi"] == pytest.approx(5.0)
+    assert row["pearson_r_lo"] == pytest.approx(row["pearson_r"]) == pytest.approx(row["pearson_r_hi"])
+    # independent spreads: a real interval around the point
+    records[2] = _record("cnn_margin_10", 100.0, seed=0, spread=-1.5)
+    (row,) = linearity_rows(method_summaries(records))
+    assert row["pearson_r_lo"] < row["pearson_r"] < row["pearson_r_hi"]
+    assert row["ratio_lambda_10_to_1_lo"] < row["ratio_lambda_10_to_1"] < row["ratio_lambda_10_to_1_hi"]
+    assert linearity_rows(method_summaries(records[:2])) == []  # margin-10 missing: no row
+
+
+def test_weight_rows_interval_over_seeds():
+    def rec(seed: int, mean: float) -> RunRecord:
+        return RunRecord(CLS, method_by_key("hebbian_uncon"), seed, [], weight_stats={
+            "mean": mean, "std": 0.1 * mean, "min": -mean, "max": 2 * mean, "max_abs": 2 * mean, "n": 10,
+            "n_finite": 10})
+
+    (one,) = weight_rows([rec(0, 1.0)])
+    assert one["mean"] == pytest.approx(1.0) and math.isnan(one["mean_lo"])  # one seed: no interval
+    (row,) = weight_rows([rec(s, m) for s, m in enumerate((1.0, 2.0, 3.0, 4.0))])
+    assert row["mean"] == pytest.approx(2.5) and 1.0 <= row["mean_lo"] < 2.5 < row["mean_hi"] <= 4.0
+    assert row["std"] == pytest.approx(0.25) and row["min"] == -4.0 and row["max"] == 8.0
+
+
+def test_factor_ranking_claim_uses_the_intervals():
+    def factors(ratios: dict) -> list[dict]:
+        return [{"protocol": CLS, "rank": i + 1, "factor": f, "ratio_best_to_worst": t[0],
+                 "ratio_best_to_worst_lo": t[1], "ratio_best_to_worst_hi": t[2]}
+                for i, (f, t) in enumerate(sorted(ratios.items(), key=lambda kv: -kv[1][0]))]
+
+    seed_order = {"Loss function": (300.0, 100.0, 900.0), "Learning rule": (10.0, 5.0, 20.0),
+                  "Architecture": (9.0, 5.0, 15.0), "Constraints": (2.9, 2.0, 4.0)}
+    assert _claim(compare_claims([], [], {}, factors(seed_order)), "Factor ranking").verdict == "reproduced"
+    swapped = {**seed_order, "Architecture": (11.0, 5.0, 15.0)}  # points swapped, intervals overlap
+    assert _claim(compare_claims([], [], {}, factors(swapped)), "Factor ranking").verdict == "reproduced"
+    separated = {**seed_order, "Loss function": (1.2, 1.0, 1.5)}  # loss wholly below learning rule
+    claim = _claim(compare_claims([], [], {}, factors(separated)), "Factor ranking")
+    assert claim.verdict == "not reproduced" and "Loss function < Learning rule" in claim.note
+
+
 # ------------------------------------------------------------------------------ settings
 
 
@@ -238,7 +311,8 @@ def test_research_main_tiny_end_to_end(tmp_path, capsys):
     assert "VALIDATION CHECKLIST" in printed and "Compared with the paper's claims" in printed
 
     for stem in ("master_results", "experiment_learning_rule", "experiment_constraints", "experiment_loss",
-                 "experiment_architecture", "factor_importance", "accuracy_at_50_gaussian", "weight_stats"):
+                 "experiment_architecture", "factor_importance", "accuracy_at_50_gaussian", "weight_stats",
+                 "lambda_linearity"):
         assert (out / f"{stem}.csv").is_file() and (out / f"{stem}.md").is_file(), stem
     for name in ("all_results.csv", "curves.csv", "checklist.md", "claims.md", "results.json"):
         assert (out / name).is_file(), name

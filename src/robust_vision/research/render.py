@@ -9,7 +9,7 @@ from robust_vision.research.methods import EXPERIMENTS, method_by_key
 from robust_vision.research.tables import as_float, fmt_num, fmt_ratio_ci, markdown_table
 
 __all__ = ["render_original", "context_note", "render_accuracy50", "render_experiment", "render_factors", "render_master",
-           "render_weights"]
+           "render_linearity", "render_weights"]
 
 _PROTOCOL_TITLES = {
     "classification": "Classification protocol",
@@ -136,15 +136,43 @@ def _degradation(r: dict) -> str:
 
 def render_weights(rows: Sequence[dict], ctx: dict) -> str:
     parts = ["# Weight statistics by method (local rules)", "",
-             "Final crossbar weights W, finite entries only; mean and std are seed means, min / max over all "
-             "seeds. Diverged: non-finite weights or max|W| above the divergence bound "
-             f"({fmt_num(ctx.get('bound'))})."]
+             "Final crossbar weights W, finite entries only; mean, std and max abs are means over seeds of the "
+             "per-seed value (brackets: percentile bootstrap 90% interval over seeds, shown with 2 or more "
+             "seeds); the range is min / max over all seeds. Diverged: non-finite weights or max|W| above the "
+             f"divergence bound ({fmt_num(ctx.get('bound'))})."]
     for protocol, prows in _by_protocol(rows).items():
         parts += ["", f"## {_PROTOCOL_TITLES.get(protocol, protocol)}", ""]
         parts.append(markdown_table(
             ["Method", "Weight Mean", "Weight Std", "Weight Range", "max abs", "Diverged", "Notes"],
-            [[r["method"], fmt_num(r["mean"]), fmt_num(r["std"]), f"[{fmt_num(r['min'])}, {fmt_num(r['max'])}]",
-              fmt_num(r["max_abs"]), r["diverged"], r["note"] or ""] for r in prows]))
+            [[r["method"], _maybe_ci(r, "mean"), _maybe_ci(r, "std"), f"[{fmt_num(r['min'])}, {fmt_num(r['max'])}]",
+              _maybe_ci(r, "max_abs"), r["diverged"], r["note"] or ""] for r in prows]))
+    return "\n".join(parts)
+
+
+def _maybe_ci(r: dict, col: str) -> str:
+    """'point [lo, hi]', or the point alone when there is no interval (one seed)."""
+    point, lo, hi = (r.get(c) for c in _ci_cols(col))
+    return fmt_num(point) if math.isnan(as_float(lo)) else fmt_ci(point, lo, hi)
+
+
+def render_linearity(rows: Sequence[dict], ctx: dict) -> str:
+    """The "SNR roughly linear in lambda" test: clean SNRs, paired steps, Pearson r, with intervals."""
+    parts = ["# Clean SNR against the margin weight lambda", "",
+             "Cross-entropy (lambda 0) and the margin loss at lambda 1 and 10, same model and data. Steps: paired "
+             "SNR ratios between successive lambdas (same units resampled for both). Pearson r of lambda against "
+             "the clean SNR (and its log); its interval resamples the units of the three methods jointly and "
+             "recomputes the three SNRs each time. With three lambdas, r mostly says how far SNR(10) stands above "
+             "the other two.", ""]
+    f = lambda r, c: fmt_ci(r[c], r[f"{c}_lo"], r[f"{c}_hi"])  # noqa: E731
+    parts.append(markdown_table(
+        ["Protocol", "SNR lambda=0", "SNR lambda=1", "SNR lambda=10", "SNR(1)/SNR(0)", "SNR(10)/SNR(1)",
+         "Pearson r", "r of log SNR", "Units"],
+        [[r["protocol"], f(r, "snr_clean_lambda_0"), f(r, "snr_clean_lambda_1"), f(r, "snr_clean_lambda_10"),
+          fmt_ratio_ci(r["ratio_lambda_1_to_0"], r["ratio_lambda_1_to_0_lo"], r["ratio_lambda_1_to_0_hi"]),
+          fmt_ratio_ci(r["ratio_lambda_10_to_1"], r["ratio_lambda_10_to_1_lo"], r["ratio_lambda_10_to_1_hi"]),
+          f(r, "pearson_r"), f(r, "pearson_r_log"), f"{int(as_float(r['n_units']))} ({int(as_float(r['n_seeds']))} seed(s))"]
+         for r in rows]))
+    parts += ["", context_note(ctx)]
     return "\n".join(parts)
 
 

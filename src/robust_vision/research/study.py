@@ -8,6 +8,8 @@ Output directory layout (every table as CSV with full precision plus a markdown 
     factor_importance.{csv,md}      best-to-worst SNR ratio per controlled experiment, ranked
     accuracy_at_50_gaussian.{csv,md}
     weight_stats.{csv,md}           local-rule (crossbar) methods
+    lambda_linearity.{csv,md}       clean SNR vs lambda (CE, margin 1, 10): paired steps, Pearson r
+    original_protocol.{csv,md}      the seed's original loss experiment (per-image MLPs), when run
     curves.csv                      accuracy / SNR per condition, with bootstrap 90% intervals
     checklist.md, claims.md         decided from the tables above, read back from disk
     results.json                    settings, seeds, versions, timings, runs, verdicts
@@ -135,6 +137,10 @@ def write_tables(records: Sequence[RunRecord], out_dir: Path, ctx: dict) -> list
     written += tables.write_table(out_dir, "weight_stats", weights, tables.WEIGHT_COLUMNS,
                                   render.render_weights(weights, ctx))
     written.append(write_csv(out_dir / "curves.csv", tables.curve_rows(records), tables.CURVE_COLUMNS))
+    linearity = tables.linearity_rows(summaries)
+    if linearity:
+        written += tables.write_table(out_dir, "lambda_linearity", linearity, tables.LINEARITY_COLUMNS,
+                                      render.render_linearity(linearity, ctx))
     original = tables.original_rows(records)
     if original:
         written += tables.write_table(out_dir, "original_protocol", original, tables.ORIGINAL_COLUMNS,
@@ -169,13 +175,16 @@ def decide(out_dir: Path, protocols: Sequence[str]) -> tuple[list[verdicts.Check
     experiments = {ex.key: tables.read_rows(out_dir / f"experiment_{ex.key}.csv") for ex in EXPERIMENTS}
     factors = tables.read_rows(out_dir / "factor_importance.csv")
     expected = figs.expected_figures(out_dir / "figures", protocols, FORMATS)
-    checklist = verdicts.validation_checklist(master, acc50, expected)
-    original = _original_table(out_dir)
-    return checklist, verdicts.compare_claims(master, acc50, experiments, factors, checklist, original)
+    linearity = _optional_table(out_dir, "lambda_linearity")
+    checklist = verdicts.validation_checklist(master, acc50, expected, linearity)
+    claims = verdicts.compare_claims(master, acc50, experiments, factors, _optional_table(out_dir, "original_protocol"),
+                                     linearity)
+    return checklist, claims
 
 
-def _original_table(out_dir: Path) -> list[dict]:
-    path = out_dir / "original_protocol.csv"
+def _optional_table(out_dir: Path, stem: str) -> list[dict]:
+    """Rows of ``out_dir/stem.csv``; [] when the run did not write it (its methods did not run)."""
+    path = out_dir / f"{stem}.csv"
     return tables.read_rows(path) if path.is_file() else []
 
 
@@ -216,7 +225,7 @@ def finish(out_dir: Path, protocols: Sequence[str], ctx: dict, log: Callable[[st
     figures = draw_figures(out_dir, protocols, log)
     checklist, claims = decide(out_dir, protocols)
     (out_dir / "checklist.md").write_text(verdicts.render_checklist(checklist, ctx) + "\n")
-    warnings = verdicts.ill_conditioned_warnings(_original_table(out_dir))
+    warnings = verdicts.ill_conditioned_warnings(_optional_table(out_dir, "original_protocol"))
     (out_dir / "claims.md").write_text(verdicts.render_claims(claims, ctx, warnings) + "\n")
     return figures, checklist, claims
 

@@ -44,6 +44,7 @@ from robust_vision.research.protocols import RunRecord
 
 __all__ = ["MASTER_COLUMNS", "as_float", "fmt_num", "fmt_ratio_ci", "markdown_table", "read_rows", "snr_ratio",
            "method_summaries", "master_rows", "experiment_rows", "factor_rows", "accuracy50_rows", "weight_rows",
+           "linearity_rows",
            "curve_rows", "fmt_ratio", "geometric_mean", "write_table"]
 
 METRICS = ("snr_noisy", "snr_clean", "accuracy_clean", "accuracy_noisy", "accuracy_gauss50", "snr_gauss50")
@@ -65,8 +66,12 @@ FACTOR_COLUMNS = ["protocol", "rank", "factor", "experiment", "methods_compared"
                   "note"]
 ACC50_COLUMNS = ["protocol", "method_key", "method", *_ci("accuracy_clean", "accuracy_gauss50", "degradation_percent",
                                                           "snr_gauss50"), "status"]
-WEIGHT_COLUMNS = ["protocol", "method_key", "method", "mean", "std", "min", "max", "max_abs", "n_seeds",
+WEIGHT_COLUMNS = ["protocol", "method_key", "method", *_ci("mean", "std", "max_abs"), "min", "max", "n_seeds",
                   "n_diverged", "diverged", "note"]
+LINEARITY_COLUMNS = ["protocol", *_ci("snr_clean_lambda_0", "snr_clean_lambda_1", "snr_clean_lambda_10",
+                                      "ratio_lambda_1_to_0", "ratio_lambda_10_to_1", "pearson_r", "pearson_r_log"),
+                     "n_seeds", "n_units"]
+LINEARITY_METHODS = (("cnn_ce", 0.0), ("cnn_margin_1", 1.0), ("cnn_margin_10", 10.0))
 CURVE_COLUMNS = ["protocol", "method_key", "method", "noise_type", "level", *_ci("accuracy", "snr"), "n_seeds",
                  "n_units"]
 PROTOCOL_ORDER = ("classification", "pattern")
@@ -341,23 +346,32 @@ def _order(key: str) -> int:
 
 
 def weight_rows(records: Sequence[RunRecord]) -> list[dict]:
-    """Weight statistics of the local-rule (crossbar) methods, aggregated over seeds:
-    mean of the per-seed mean and std, min of the minima, max of the maxima (finite entries)."""
+    """Weight statistics of the local-rule (crossbar) methods, aggregated over seeds.
+
+    mean, std and max_abs: the mean over seeds of the per-seed value, with a percentile bootstrap
+    90% interval over seeds (the seed is the independent replicate of a training run; nan bounds
+    with one seed); min / max: the extremes over all seeds (a range, not an estimate). Finite
+    entries only."""
+    from robust_vision.research.bootstrap import bootstrap_interval
+
     out = []
     keys = list(dict.fromkeys((r.protocol, r.method.key) for r in records if r.weight_stats is not None))
     keys.sort(key=lambda k: (PROTOCOL_ORDER.index(k[0]), _order(k[1])))
     for protocol, key in keys:
-        recs = [r for r in records if r.protocol == protocol and r.method.key == key]
+        recs = sorted((r for r in records if r.protocol == protocol and r.method.key == key), key=lambda r: r.seed)
         ws = [r.weight_stats for r in recs]
         arr = lambda name: np.asarray([as_float(w.get(name)) for w in ws], np.float64)  # noqa: E731
         n_div = sum(r.diverged for r in recs)
+        row: dict[str, Any] = {"protocol": protocol, "method_key": key, "method": recs[0].method.name}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-nan slices of a diverged run -> nan
-            row = {"protocol": protocol, "method_key": key, "method": recs[0].method.name,
-                   "mean": float(np.nanmean(arr("mean"))), "std": float(np.nanmean(arr("std"))),
-                   "min": float(np.nanmin(arr("min"))), "max": float(np.nanmax(arr("max"))),
-                   "max_abs": float(np.nanmax(arr("max_abs"))), "n_seeds": len(recs), "n_diverged": n_div,
-                   "diverged": f"yes ({n_div}/{len(recs)} seeds)" if n_div else "no"}
+            for name in ("mean", "std", "max_abs"):
+                per_seed = arr(name)
+                _set(row, name, bootstrap_interval(per_seed[np.isfinite(per_seed)], _nanmean)
+                     if np.isfinite(per_seed).any() else NAN3)
+            row.update({"min": float(np.nanmin(arr("min"))), "max": float(np.nanmax(arr("max"))),
+                        "n_seeds": len(recs), "n_diverged": n_div,
+                        "diverged": f"yes ({n_div}/{len(recs)} seeds)" if n_div else "no"})
         nonfinite = sum(int(w.get("n", 0)) - int(w.get("n_finite", w.get("n", 0))) for w in ws)
         notes = []
         if nonfinite:
@@ -367,6 +381,49 @@ def weight_rows(records: Sequence[RunRecord]) -> list[dict]:
                          "single-image models diverged")
         row["note"] = "; ".join(notes)
         out.append(row)
+    return out
+
+
+def _pearson_with(x: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Pearson r between the fixed abscissae x (k,) and each row of values (B, k) -> (B,)
+    (nan where a row is constant or non-finite)."""
+    xc = x - x.mean()
+    vc = values - values.mean(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        r = (vc * xc).sum(-1) / np.sqrt((vc ** 2).sum(-1) * (xc ** 2).sum())
+    return np.where(np.isfinite(r), r, np.nan)
+
+
+def linearity_rows(summaries: Sequence[dict]) -> list[dict]:
+    """The "SNR roughly linear in lambda" test per protocol, with bootstrap 90% intervals.
+
+    Clean SNR of cross-entropy (lambda 0) and the margin losses (lambda 1, 10); the paired
+    ratios SNR(1) / SNR(0) and SNR(10) / SNR(1) (monotonicity); Pearson r of lambda against
+    the clean SNR and against its log. The three methods are evaluated on the same units (test
+    examples x seeds), so r's interval resamples the units jointly: each resample recomputes the
+    three SNRs (exp of the mean log-SNR) and their correlation with lambda. Only protocols
+    where all three methods ran with paired units appear."""
+    from robust_vision.research.bootstrap import bootstrap_interval
+
+    lam = np.array([v for _, v in LINEARITY_METHODS])
+    out = []
+    for protocol in _protocols(summaries):
+        by_key = {s["method_key"]: s for s in summaries if s["protocol"] == protocol}
+        ss = [by_key.get(k) for k, _ in LINEARITY_METHODS]
+        if any(s is None for s in ss):
+            continue
+        units = [(s.get("_units") or {}).get("snr_clean") for s in ss]
+        if any(u is None for u in units) or len({s["_seeds"] for s in ss}) != 1 or len({u.shape for u in units}) != 1:
+            continue
+        log_snr = np.stack(units, -1)  # (U, 3): per-unit clean log-SNR at lambda 0, 1, 10
+        row: dict[str, Any] = {"protocol": protocol, "n_seeds": ss[0]["n_seeds"], "n_units": len(log_snr)}
+        for s, (_, v) in zip(ss, LINEARITY_METHODS):
+            _set(row, f"snr_clean_lambda_{v:g}", [s["snr_clean"], s["snr_clean_lo"], s["snr_clean_hi"]])
+        _set(row, "ratio_lambda_1_to_0", snr_ratio(ss[1], ss[0], "snr_clean"))
+        _set(row, "ratio_lambda_10_to_1", snr_ratio(ss[2], ss[1], "snr_clean"))
+        _set(row, "pearson_r", bootstrap_interval(log_snr, lambda x, axis=1: _pearson_with(lam, _exp_nanmean(x, axis))))
+        _set(row, "pearson_r_log", bootstrap_interval(log_snr, lambda x, axis=1: _pearson_with(lam, _nanmean(x, axis))))
+        out.append({c: row.get(c) for c in LINEARITY_COLUMNS})
     return out
 
 
