@@ -16,9 +16,12 @@ baseline of this backend); PGD-k with the step count static and the loop rolled 
 with the step count traced (one program for every k), rolled and partially unrolled
 (``unroll=2, 4``: an outer loop over chunks of unrolled steps, ``attacks._common.loop``); and
 fully unrolled (static k, ``unroll=True``). Model: a small CNN in Flax NNX (3 conv layers on
-32x32x3, global pooling, linear head), batch 128 by default.
+32x32x3, global pooling, linear head) built with the models' convolution
+(``models.conv.conv_layer``, as every model of the registry), batch 128 by default.
+``--compare-lax-conv`` adds the unit, rolled and unrolled PGD of the same CNN with plain
+``nnx.Conv`` (JAX's own backward), each in units of its own forward-backward call.
 
-    python benchmarks/attack_cost.py [--batch 128] [--steps 20] [--repeats 5]
+    python benchmarks/attack_cost.py [--batch 128] [--steps 20] [--repeats 5] [--compare-lax-conv]
 
 ``--autoattack`` instead prints the cost of each AutoAttack attack (APGD-CE, APGD-DLR, APGD-T,
 FAB-T, Square) in forward+backward units: counted from the algorithm (a forward-only pass counted
@@ -35,7 +38,9 @@ of them) and the case of a point APGD-CE already breaks.
 ``lax`` CNN: k dependent input gradients in a rolled ``fori_loop``, once with JAX's own backward
 convolution (kernel flipped and transposed inside the loop body, ``..._01oi``) and once with a
 ``custom_vjp`` whose backward convolution takes a kernel flipped and transposed to HWIO once,
-outside the loop (same gradient, checked bit for bit), both in fb units.
+outside the loop (same gradient, checked bit for bit), and once with the models' convolution
+(``models.conv.conv_general_dilated``: the same idea, the flip made inside the body behind an
+optimisation barrier), all in fb units.
 
     python benchmarks/attack_cost.py --conv-layout [--batch 32] [--steps 10] [--repeats 5]
 """
@@ -53,13 +58,18 @@ import optax
 from flax import nnx
 
 from robust_vision.attacks import pgd
+from robust_vision.models.conv import conv_layer
 
 
 class SmallCNN(nnx.Module):
-    def __init__(self, n_classes: int = 10, *, rngs: nnx.Rngs):
-        self.c1 = nnx.Conv(3, 32, (3, 3), rngs=rngs)
-        self.c2 = nnx.Conv(32, 64, (3, 3), strides=2, rngs=rngs)
-        self.c3 = nnx.Conv(64, 128, (3, 3), strides=2, rngs=rngs)
+    """3 conv layers, global pooling, linear head. ``lax_conv``: plain ``nnx.Conv`` (JAX's own
+    backward) instead of the models' ``models.conv.conv_layer`` (the default: what users get)."""
+
+    def __init__(self, n_classes: int = 10, *, rngs: nnx.Rngs, lax_conv: bool = False):
+        layer = nnx.Conv if lax_conv else conv_layer
+        self.c1 = layer(3, 32, (3, 3), rngs=rngs)
+        self.c2 = layer(32, 64, (3, 3), strides=2, rngs=rngs)
+        self.c3 = layer(64, 128, (3, 3), strides=2, rngs=rngs)
         self.head = nnx.Linear(128, n_classes, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -92,16 +102,43 @@ def main() -> None:
     parser.add_argument("--aa-queries", type=int, default=200)
     parser.add_argument("--n-targets", type=int, default=9)
     parser.add_argument("--conv-layout", action="store_true", help="the rolled-loop convolution-layout experiment")
+    parser.add_argument("--compare-lax-conv", action="store_true",
+                        help="also time the fb unit, PGD rolled and unrolled of the model with plain nnx.Conv")
     args = parser.parse_args()
     if args.autoattack:
         return autoattack_costs(args)
     if args.conv_layout:
         return conv_layout(args)
 
-    graphdef, state = nnx.split(SmallCNN(rngs=nnx.Rngs(0)))
     x = jax.random.uniform(jax.random.key(1), (args.batch, 32, 32, 3))
     y = jax.random.randint(jax.random.key(2), (args.batch,), 0, 10)
     key = jax.random.key(3)
+    k = args.steps
+    fns, labels = _pgd_variants(SmallCNN(rngs=nnx.Rngs(0)), x, y, key, args, "")
+    if args.compare_lax_conv:
+        lax_fns, lax_labels = _pgd_variants(SmallCNN(rngs=nnx.Rngs(0), lax_conv=True), x, y, key, args, "lax_")
+        keep = ("lax_fb", "lax_traced", "lax_unrolled")
+        fns.update({n: f for n, f in lax_fns.items() if n in keep})
+        labels.update({n: f"[plain nnx.Conv] {lax_labels[n]}" for n in keep})
+    for fn in fns.values():  # compile
+        jax.block_until_ready(fn())
+    t = _interleaved_times(fns, args.repeats)
+    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), batch {args.batch}, 32x32x3, "
+          f"{args.repeats} interleaved repeats; ms min (median); fb units = t / ({k} x t(one call)) of the same "
+          f"model (models.conv unless marked [plain nnx.Conv])")
+    for name, label in labels.items():
+        unit = "lax_fb" if name.startswith("lax_") else "fb"
+        passes = 1 if name == unit else k
+        print(f"{label:52s} {1e3 * t[name][0]:9.1f} ({1e3 * t[name][1]:7.1f})   "
+              f"{t[name][0] / (passes * t[unit][0]):5.3f} fb units (medians {t[name][1] / (passes * t[unit][1]):.3f})")
+    if args.compare_lax_conv:
+        print(f"one forward-backward call, models.conv / plain nnx.Conv: {t['fb'][0] / t['lax_fb'][0]:.3f} (min), "
+              f"{t['fb'][1] / t['lax_fb'][1]:.3f} (medians)")
+
+
+def _pgd_variants(model: nnx.Module, x: jax.Array, y: jax.Array, key: jax.Array, args, prefix: str):
+    """The timed variants of one model: {name: thunk}, {name: label}."""
+    graphdef, state = nnx.split(model)
     k = args.steps
 
     def logits_fn_of(state):
@@ -135,9 +172,6 @@ def main() -> None:
         "traced_u4": lambda: attack(state, x, y, key, eps, traced_k, 4),
         "unrolled": lambda: static_attack(state, x, y, key, eps, unroll=True),
     }
-    for fn in fns.values():  # compile
-        jax.block_until_ready(fn())
-    t = _interleaved_times(fns, args.repeats)
     labels = {"fb": "one jitted forward-backward call (the unit)",
               "loop": f"{k} forward-backward passes, one rolled fori_loop",
               "static": f"PGD-{k}, static steps, rolled (unroll=1)",
@@ -145,13 +179,7 @@ def main() -> None:
               "traced_u2": f"PGD-{k}, traced steps, unroll=2",
               "traced_u4": f"PGD-{k}, traced steps, unroll=4",
               "unrolled": f"PGD-{k}, static steps, unroll=True"}
-    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), batch {args.batch}, 32x32x3, "
-          f"{args.repeats} interleaved repeats; ms min (median); fb units = t / ({k} x t(one call))")
-    t_fb = t["fb"][0]
-    for name, label in labels.items():
-        passes = 1 if name == "fb" else k
-        print(f"{label:52s} {1e3 * t[name][0]:9.1f} ({1e3 * t[name][1]:7.1f})   "
-              f"{t[name][0] / (passes * t_fb):5.3f} fb units (medians {t[name][1] / (passes * t['fb'][1]):.3f})")
+    return {prefix + n: f for n, f in fns.items()}, {prefix + n: lab for n, lab in labels.items()}
 
 
 def autoattack_costs(args) -> None:
@@ -219,6 +247,8 @@ def autoattack_costs(args) -> None:
 def conv_layout(args) -> None:
     from jax import lax
 
+    from robust_vision.models.conv import conv_general_dilated
+
     dn = ("NHWC", "HWIO", "NHWC")
     k1, k2 = jax.random.split(jax.random.key(0))
     ws = (0.1 * jax.random.normal(k1, (3, 3, 3, 32)), 0.1 * jax.random.normal(k2, (3, 3, 32, 64)))
@@ -248,19 +278,27 @@ def conv_layout(args) -> None:
     def backs():
         return lax.optimization_barrier(tuple(jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2) for w in ws))
 
+    def grad_module(z):  # the models' convolution (models/conv.py): the kernel flip inside the body
+        return jax.grad(loss)(z, lambda h, i: conv_general_dilated(h, ws[i], (1, 1), "SAME", dimension_numbers=dn))
+
     fb = jax.jit(grad_plain)
     plain = jax.jit(lambda x: jax.lax.fori_loop(0, k, lambda i, z: z + 1e-6 * jnp.sign(grad_plain(z)), x))
     hoisted = jax.jit(lambda x: jax.lax.fori_loop(
         0, k, lambda i, z, wb=backs(): z + 1e-6 * jnp.sign(grad_hoisted(z, wb)), x))
+    module = jax.jit(lambda x: jax.lax.fori_loop(0, k, lambda i, z: z + 1e-6 * jnp.sign(grad_module(z)), x))
     same = bool(jnp.array_equal(jax.jit(lambda z: grad_hoisted(z, backs()))(x), fb(x)))
-    fns = {"fb": lambda: fb(x), "plain": lambda: plain(x), "hoisted": lambda: hoisted(x)}
+    same_module = bool(jnp.array_equal(jax.jit(grad_module)(x), fb(x)))
+    fns = {"fb": lambda: fb(x), "plain": lambda: plain(x), "hoisted": lambda: hoisted(x),
+           "module": lambda: module(x)}
     for fn in fns.values():
         jax.block_until_ready(fn())
     t = _interleaved_times(fns, args.repeats)
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), 2-conv CNN 32x32x3, batch {args.batch}, "
-          f"{k} steps, {args.repeats} interleaved repeats (min); gradients identical: {same}")
+          f"{k} steps, {args.repeats} interleaved repeats (min); gradients identical: {same} (hoisted), "
+          f"{same_module} (models.conv)")
     print(f"rolled fori_loop, JAX's backward convolution:              {t['plain'][0] / (k * t['fb'][0]):.3f} fb units")
     print(f"rolled fori_loop, backward kernel in HWIO made outside it: {t['hoisted'][0] / (k * t['fb'][0]):.3f} fb units")
+    print(f"rolled fori_loop, models.conv.conv_general_dilated:        {t['module'][0] / (k * t['fb'][0]):.3f} fb units")
 
 
 if __name__ == "__main__":

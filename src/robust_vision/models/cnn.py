@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from robust_vision.models.conv import conv_layer
+
 
 class ConvBlock(nnx.Module):
     """Two 3x3 convolutions with optional batch norm; with ``residual`` the input is added
@@ -14,11 +16,11 @@ class ConvBlock(nnx.Module):
 
     def __init__(self, in_channels: int, out_channels: int, *, residual: bool, batch_norm: bool, rngs: nnx.Rngs):
         self.residual = residual
-        self.conv1 = nnx.Conv(in_channels, out_channels, (3, 3), use_bias=not batch_norm, rngs=rngs)
-        self.conv2 = nnx.Conv(out_channels, out_channels, (3, 3), use_bias=not batch_norm, rngs=rngs)
+        self.conv1 = conv_layer(in_channels, out_channels, (3, 3), use_bias=not batch_norm, rngs=rngs)
+        self.conv2 = conv_layer(out_channels, out_channels, (3, 3), use_bias=not batch_norm, rngs=rngs)
         self.norm1 = nnx.BatchNorm(out_channels, momentum=0.9, rngs=rngs) if batch_norm else None
         self.norm2 = nnx.BatchNorm(out_channels, momentum=0.9, rngs=rngs) if batch_norm else None
-        self.project = (nnx.Conv(in_channels, out_channels, (1, 1), use_bias=False, rngs=rngs)
+        self.project = (conv_layer(in_channels, out_channels, (1, 1), use_bias=False, rngs=rngs)
                         if residual and in_channels != out_channels else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:

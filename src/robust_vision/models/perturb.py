@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from robust_vision.models.conv import conv_layer
 from robust_vision.models.resnet import ResNet18
 
 __all__ = [
@@ -215,9 +216,9 @@ class PerturbLayer(nnx.Module):
 
         if self.filter_size > 0:
             pad = self.filter_size // 2
-            self.conv = nnx.Conv(in_channels, out_channels, (self.filter_size, self.filter_size),
-                                 strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                                 use_bias=self.filter_size == 1, rngs=rngs)
+            self.conv = conv_layer(in_channels, out_channels, (self.filter_size, self.filter_size),
+                                   strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+                                   use_bias=self.filter_size == 1, rngs=rngs)
             self.output_size = (_conv_out(h, self.filter_size, stride, pad),
                                 _conv_out(w, self.filter_size, stride, pad))
             self.noise = None
@@ -242,11 +243,11 @@ class PerturbLayer(nnx.Module):
             self.noise = nnx.Param(masks) if train_masks else NoiseMask(masks)
             # Channel order c * nmasks + m keeps the maps of one input channel contiguous,
             # which is what feature_group_count=in_channels expects.
-            self.conv = nnx.Conv(in_channels * nmasks, out_channels, (1, 1),
-                                 feature_group_count=in_channels if grouped else 1, use_bias=True, rngs=rngs)
+            self.conv = conv_layer(in_channels * nmasks, out_channels, (1, 1),
+                                   feature_group_count=in_channels if grouped else 1, use_bias=True, rngs=rngs)
             self.output_size = (h, w)
             if mix_maps:
-                self.mix = nnx.Conv(out_channels, out_channels, (1, 1), use_bias=True, rngs=rngs)
+                self.mix = conv_layer(out_channels, out_channels, (1, 1), use_bias=True, rngs=rngs)
                 self.mix_bn = bn(out_channels)
                 self.mix_act = Activation(activation, rngs=rngs)
             else:
@@ -423,7 +424,7 @@ class _PerturbBasicBlock(nnx.Module):
         mid = (-(-self.a.output_size[0] // stride), -(-self.a.output_size[1] // stride))
         self.b = PerturbLayer(out_ch, out_ch, input_size=mid, rngs=rngs, **layer_kwargs)
         if stride != 1 or in_ch != out_ch:
-            self.short_conv = nnx.Conv(in_ch, out_ch, (1, 1), strides=(stride, stride), use_bias=False, rngs=rngs)
+            self.short_conv = conv_layer(in_ch, out_ch, (1, 1), strides=(stride, stride), use_bias=False, rngs=rngs)
             self.short_bn = nnx.BatchNorm(out_ch, momentum=0.9, rngs=rngs)
         else:
             self.short_conv = None

@@ -7,17 +7,19 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from robust_vision.models.conv import conv_layer
+
 
 class BasicBlock(nnx.Module):
     """Two 3x3 conv + BN layers with an identity (or strided 1x1 conv) shortcut."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, *, rngs: nnx.Rngs):
-        self.conv1 = nnx.Conv(in_channels, out_channels, (3, 3), strides=stride, use_bias=False, rngs=rngs)
+        self.conv1 = conv_layer(in_channels, out_channels, (3, 3), strides=stride, use_bias=False, rngs=rngs)
         self.bn1 = nnx.BatchNorm(out_channels, momentum=0.9, rngs=rngs)
-        self.conv2 = nnx.Conv(out_channels, out_channels, (3, 3), use_bias=False, rngs=rngs)
+        self.conv2 = conv_layer(out_channels, out_channels, (3, 3), use_bias=False, rngs=rngs)
         self.bn2 = nnx.BatchNorm(out_channels, momentum=0.9, rngs=rngs)
         if stride != 1 or in_channels != out_channels:
-            self.shortcut_conv = nnx.Conv(in_channels, out_channels, (1, 1), strides=stride, use_bias=False, rngs=rngs)
+            self.shortcut_conv = conv_layer(in_channels, out_channels, (1, 1), strides=stride, use_bias=False, rngs=rngs)
             self.shortcut_bn = nnx.BatchNorm(out_channels, momentum=0.9, rngs=rngs)
         else:
             self.shortcut_conv = None
@@ -42,7 +44,7 @@ class ResNet18(nnx.Module):
         if min(input_shape[:2]) < 8:
             raise ValueError(f"resnet18 needs images of at least 8x8; got {input_shape[0]}x{input_shape[1]} "
                              "(set data.image_size)")
-        self.stem_conv = nnx.Conv(input_shape[-1], width, (3, 3), use_bias=False, rngs=rngs)
+        self.stem_conv = conv_layer(input_shape[-1], width, (3, 3), use_bias=False, rngs=rngs)
         self.stem_bn = nnx.BatchNorm(width, momentum=0.9, rngs=rngs)
         blocks = []
         in_ch = width

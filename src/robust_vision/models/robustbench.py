@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from robust_vision.models.conv import conv_layer
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
 
@@ -33,11 +35,11 @@ _PAD1 = ((1, 1), (1, 1))  # PyTorch padding=1
 
 
 def _conv3x3(cin: int, cout: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
-    return nnx.Conv(cin, cout, (3, 3), strides=stride, padding=_PAD1, use_bias=False, rngs=rngs)
+    return conv_layer(cin, cout, (3, 3), strides=stride, padding=_PAD1, use_bias=False, rngs=rngs)
 
 
 def _conv1x1(cin: int, cout: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
-    return nnx.Conv(cin, cout, (1, 1), strides=stride, padding="VALID", use_bias=False, rngs=rngs)
+    return conv_layer(cin, cout, (1, 1), strides=stride, padding="VALID", use_bias=False, rngs=rngs)
 
 
 def _bn(channels: int, rngs: nnx.Rngs) -> nnx.BatchNorm:

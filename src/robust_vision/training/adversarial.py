@@ -36,10 +36,13 @@ from robust_vision.data.sources import ArraySource, RecordSource, SourceInfo
 
 TrainHooks = dict[str, Callable]
 
-# The training attacks' iterations are unrolled: on CPU a rolled lax.fori_loop of PGD steps ran
-# ~8x slower than the unrolled loop (5 steps, small CNN, 200 images: 13.4 s vs 1.6 s per call,
-# measured for issue 13), for a one-off compile cost that grows with the steps.
-UNROLL = True
+# The training attacks' iterations run in a rolled lax.fori_loop. They used to be unrolled: on
+# CPU the rolled loop ran ~8x slower (issue 13), because XLA:CPU emitted the loop body's
+# input-gradient convolutions as slow generic loops; the models' convolution (models/conv.py)
+# removed that. Madry PGD-7 / PGD-10 train step, quickstart CNN, batch 64, 2 loaded cores,
+# interleaved (benchmarks/train_step_conv.py --adv-steps K --unroll-compare): rolled / unrolled
+# step time 0.97-1.12 (min; medians 0.95-1.07), compile time 0.64-0.89 (docs/ATTACKS.md).
+UNROLL = False
 
 
 def adversarial_hooks(acfg: AdversarialConfig) -> TrainHooks:
