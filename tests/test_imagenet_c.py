@@ -394,6 +394,17 @@ def test_poisson_sampler_matches_the_poisson_law():
     np.testing.assert_array_equal(np.asarray(_ops.poisson(jax.random.key(1), jnp.zeros((3, 5)))), 0.0)
 
 
+def test_flat_draws_equal_jax_random():
+    """_ops.normal / _ops.uniform (flat draws, reshaped: faster on CPU) give jax.random's numbers."""
+    from robust_vision.corruptions import _ops
+
+    key = jax.random.key(5)
+    for shape in [(3, 5, 7, 3), (2, 17, 9, 1), (3, 2, 2, 4, 6), (4, 11)]:
+        np.testing.assert_array_equal(np.asarray(_ops.normal(key, shape)), np.asarray(jax.random.normal(key, shape)))
+        np.testing.assert_array_equal(np.asarray(_ops.uniform(key, shape, -2.0, 3.0)),
+                                      np.asarray(jax.random.uniform(key, shape, minval=-2.0, maxval=3.0)))
+
+
 def test_fft_correlation_equals_direct_correlation():
     from robust_vision.corruptions import _ops
 

@@ -193,7 +193,7 @@ def _to_rgb(x: jax.Array) -> jax.Array:
 
 
 def _gaussian_noise(key, x, c, scale):
-    return jnp.clip(x + c * jax.random.normal(key, x.shape), 0.0, 1.0)
+    return jnp.clip(x + c * _ops.normal(key, x.shape), 0.0, 1.0)
 
 
 def _shot_noise(key, x, c, scale):
@@ -222,7 +222,7 @@ def _uniform16(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 
 def _speckle_noise(key, x, c, scale):
-    return jnp.clip(x + x * c * jax.random.normal(key, x.shape), 0.0, 1.0)
+    return jnp.clip(x + x * c * _ops.normal(key, x.shape), 0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------- blur
@@ -247,7 +247,7 @@ def _glass_blur(key, x, c, scale, aux):
     interior = (rows > delta) & (rows <= h - delta) & (cols > delta) & (cols <= w - delta)
     max_iterations = max(p[2] for table in PARAMS["glass_blur"].values() for p in table)
     # randint's range from one uniform draw (cheaper to compile than randint).
-    u = jax.random.uniform(key, (max_iterations, b, 2, h, w))
+    u = _ops.uniform(key, (max_iterations, b, 2, h, w))
     offsets = jnp.floor(u * (2 * delta)).astype(jnp.int32) - delta
     for it in range(max_iterations):  # static; iterations beyond the severity's are masked
         src_r = jnp.clip(jnp.where(interior, rows + offsets[it, :, 0], rows), 0, h - 1)
@@ -314,7 +314,7 @@ def _snow(key, x, c, scale, aux):
     loc, spread, _, threshold, radius, sigma, blend = (c[i] for i in range(7))
     b, h, w, _ = x.shape
     k_layer, k_blur = jax.random.split(key)
-    layer = loc + spread * jax.random.normal(k_layer, (b, h, w, 1))
+    layer = loc + spread * _ops.normal(k_layer, (b, h, w, 1))
     layer = _ops.separable(layer, aux["zoom_h"], aux["zoom_w"])  # the reference's clipped_zoom
     layer = jnp.clip(jnp.where(layer < threshold, 0.0, layer), 0.0, 1.0)
     layer = _ops.motion_blur(k_blur, layer, radius, sigma, (-135.0, -45.0), _max_radius("snow", scale, 4))
@@ -344,7 +344,7 @@ def frost_texture(key: jax.Array, batch: int, height: int, width: int, scale: Sc
             break
         cells *= 2
     sizes = [gh * gw for gh, gw in octaves]
-    flat = jax.random.uniform(k_noise, (batch, sum(sizes), 2), minval=-1.0, maxval=1.0)
+    flat = _ops.uniform(k_noise, (batch, sum(sizes), 2), minval=-1.0, maxval=1.0)
     total = jnp.zeros((batch, height, width, 2), jnp.float32)
     start = 0
     for octave, ((gh, gw), size) in enumerate(zip(octaves, sizes)):
@@ -445,7 +445,7 @@ def _elastic_transform(key, x, c, scale, aux):
 
     # Smooth random displacement fields: skimage gaussian(U(-1, 1), sigma, mode='reflect',
     # truncate=3) * alpha, then scipy map_coordinates(order=1, mode='reflect').
-    fields = jax.random.uniform(k_field, (b, h, w, 2), minval=-1.0, maxval=1.0)
+    fields = _ops.uniform(k_field, (b, h, w, 2), minval=-1.0, maxval=1.0)
     fields = _ops.separable(fields, aux["field_h"], aux["field_w"]) * alpha
     dx, dy = fields[..., 0], fields[..., 1]
     x = jax.vmap(lambda img, fy, fx: _ops.bilinear_sample(img, yy + fy, xx + fx, "symmetric"))(x, dy, dx)
@@ -573,7 +573,7 @@ def _jpeg_compression(key, x, c, scale):
 def _spatter(key, x, c, scale, aux, mud):
     loc, spread, _, threshold, intensity = (c[i] for i in range(5))
     b, h, w, ch = x.shape
-    liquid = loc + spread * jax.random.normal(key, (b, h, w, 1))
+    liquid = loc + spread * _ops.normal(key, (b, h, w, 1))
     liquid = _ops.separable(liquid, aux["liquid_h"], aux["liquid_w"])  # skimage gaussian, mode='nearest'
     liquid = jnp.where(liquid < threshold, 0.0, liquid)
     if not mud:
