@@ -177,6 +177,20 @@ def test_jpeg_grey_matches_pillow_exactly():
     np.testing.assert_array_equal(y[1, ..., 0], np.asarray(Image.open(buffer), np.float32) / 255.0)
 
 
+def test_jpeg_batch_on_the_thread_pool_matches_pillow():
+    # Batches of images >= 96 x 96 are coded in runs on a thread pool, into one output array:
+    # every image must still be its own Pillow round trip, in its place (RGB and grey).
+    from robust_vision.corruptions import imagenet_c
+
+    rng = np.random.default_rng(4)
+    for shape in [(5, 128, 100, 3), (3, 97, 130, 1)]:
+        batch = rng.integers(0, 256, shape, dtype=np.uint8)
+        out = imagenet_c._jpeg_host(batch, 18)
+        for image, coded in zip(batch, out):
+            plane = image[..., 0] if shape[-1] == 1 else image
+            np.testing.assert_array_equal(coded.reshape(plane.shape), imagenet_c._jpeg_pillow(plane, 18))
+
+
 def test_pixelate_same_under_jit():
     # pixelate runs as two compiled programs when called directly; inside a caller's jit the
     # same passes inline into one. Both give the same pixels (non-integer factor: 0.4).

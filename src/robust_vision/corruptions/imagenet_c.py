@@ -487,8 +487,12 @@ def _jpeg_opencv(image: np.ndarray, quality: int) -> np.ndarray:
     params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
     if image.ndim == 2:
         return cv2.imdecode(cv2.imencode(".jpg", image, params)[1], cv2.IMREAD_GRAYSCALE)
-    bgr = np.ascontiguousarray(image[..., ::-1])  # OpenCV's colour order
-    return cv2.imdecode(cv2.imencode(".jpg", bgr, params)[1], cv2.IMREAD_COLOR)[..., ::-1]
+    # OpenCV codes BGR. cvtColor swaps the channels in a SIMD pass; NumPy's [..., ::-1]
+    # copies took 2.7 ms each way per 16 images of 224 px, as long as the encode itself.
+    encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)[1]
+    if hasattr(cv2, "IMREAD_COLOR_RGB"):  # OpenCV >= 4.10 decodes straight to RGB
+        return cv2.imdecode(encoded, cv2.IMREAD_COLOR_RGB)
+    return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def _jpeg_probe() -> list[np.ndarray]:
@@ -526,18 +530,34 @@ def _jpeg_codec() -> Callable[[np.ndarray, int], np.ndarray]:
 def _jpeg_host(images: np.ndarray, quality: int) -> np.ndarray:
     """JPEG round trip of a uint8 (B, H, W, C) batch on the host; uint8 out, same shape.
 
-    The codecs release the GIL while they encode and decode, so the images of a batch
-    are coded on a small thread pool (one per CPU core, at most 8) when they are at
-    least 96 x 96 pixels; the reference codes one image at a time.
+    The codecs release the GIL while they encode and decode, so a batch of images of at
+    least 96 x 96 pixels is split into one contiguous run of images per worker of a small
+    thread pool (one per CPU core, at most 8); the reference codes one image at a time.
+    One task per run, not per image: per-image tasks cost more in hand-offs than they
+    saved (16 x 224 px: 3.3 ms per image task, 2.7 ms per run, 4.5 ms serial).
     """
     images = np.asarray(images)
-    planes = [img[..., 0] if images.shape[-1] == 1 else img for img in images]
+    out = np.empty_like(images)
     code = functools.partial(_jpeg_codec(), quality=quality)
-    # Small images code in a fraction of a millisecond: there the pool's hand-off costs more
-    # than it saves.
-    big = images.shape[1] * images.shape[2] >= 96 * 96 and len(planes) > 1
-    decoded = list(_jpeg_pool().map(code, planes)) if big else [code(p) for p in planes]
-    return np.stack(decoded).reshape(images.shape)
+    grey = images.shape[-1] == 1
+
+    def run(start: int, stop: int) -> None:
+        for i in range(start, stop):
+            decoded = code(images[i, ..., 0] if grey else images[i])
+            out[i] = decoded[..., None] if grey else decoded
+
+    batch = images.shape[0]
+    pool, workers = _jpeg_pool()
+    workers = min(workers, batch)
+    # Small images code in a fraction of a millisecond: there the hand-off costs more than
+    # it saves.
+    if images.shape[1] * images.shape[2] < 96 * 96 or workers < 2:
+        run(0, batch)
+        return out
+    bounds = np.linspace(0, batch, workers + 1).round().astype(int)
+    for future in [pool.submit(run, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]:
+        future.result()  # re-raises a codec error here
+    return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -545,8 +565,8 @@ def _jpeg_pool():
     import concurrent.futures
     import os
 
-    return concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)),
-                                                 thread_name_prefix="robust-vision-jpeg")
+    workers = max(1, min(8, os.cpu_count() or 1))
+    return concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="robust-vision-jpeg"), workers
 
 
 # uint8 -> float32 in [0, 1] by a 256-entry table: exactly value / 255 (XLA turns a
