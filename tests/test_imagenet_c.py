@@ -419,6 +419,24 @@ def test_flat_draws_equal_jax_random():
                                       np.asarray(jax.random.uniform(key, shape, minval=-2.0, maxval=3.0)))
 
 
+def test_boundary_distance_packed_equals_erosions():
+    # Spatter's bit-packed erosion count against the same erosions on boolean arrays: widths
+    # below, at and across the 32-pixel word, empty and full masks, drops at the borders.
+    import scipy.ndimage
+
+    from robust_vision.corruptions import imagenet_c
+
+    rng = np.random.default_rng(6)
+    for shape in [(2, 5, 1), (2, 7, 33), (3, 40, 64), (2, 50, 70), (2, 1, 40)]:
+        field = scipy.ndimage.gaussian_filter(rng.normal(size=shape), (0, 2, 2))
+        for mask in [field > np.quantile(field, 0.3), field > np.quantile(field, 0.8), np.zeros(shape, bool),
+                     np.ones(shape, bool)]:
+            mask = jnp.asarray(mask)
+            for limit in (20, 3):
+                np.testing.assert_array_equal(np.asarray(jax.jit(imagenet_c._boundary_distance, static_argnums=1)(mask, limit)),
+                                              np.asarray(imagenet_c._boundary_distance_boolean(mask, limit)))
+
+
 def test_fft_correlation_equals_direct_correlation():
     from robust_vision.corruptions import _ops
 

@@ -634,11 +634,74 @@ def _boundary_distance(mask: jax.Array, limit: int) -> jax.Array:
 
     Boundary = inner boundary of the drops (a drop pixel with a non-drop 4-neighbour). Inside
     the drops: number of 3x3 erosions a pixel survives; outside: 1 + erosions of the background.
+    Outside the image counts as set for both erosions.
+
+    Bit-packed: 32 pixels of a row per uint32 word, so an erosion is a few shifts and ANDs
+    per word; the count of erosions survived is kept in ``bit_length(limit - 1)`` bit
+    planes (erosions are nested, so after step k a surviving pixel's count is exactly k).
+    The drops and the background erode as one (2B, H, W / 32) array. 16 x 224 x 224:
+    7 ms, against 23 ms for the same erosions on a boolean array (one byte per pixel);
+    the same counts (``test_boundary_distance_packed_equals_erosions``).
     """
+    b, h, w = mask.shape
+    levels = max(1, (limit - 1).bit_length())
+    shifts = jnp.arange(levels, dtype=jnp.int32)[:, None, None, None]
+
+    def step(k, carry):
+        eroded, planes = carry  # (2B, H, Wp) erosions of drops, background; (levels, B, H, Wp)
+        survived = (eroded[:b] | eroded[b:])[None]  # disjoint sets
+        planes = jnp.where(((k >> shifts) & 1) == 1, planes | survived, planes & ~survived)
+        return _erode_packed(eroded), planes
+
+    eroded = _erode_packed(_pack_rows(jnp.concatenate([mask, ~mask])))
+    init = (eroded, jnp.zeros((levels,) + eroded[:b].shape, jnp.uint32))
+    # A rolled loop: unrolled, XLA fuses the chain of erosions into its consumers (10x slower
+    # to run, 14 s to compile).
+    _, planes = jax.lax.fori_loop(1, limit, step, init)
+    count = sum(_unpack_rows(planes[i], w).astype(jnp.float32) * float(1 << i) for i in range(levels))
+    return jnp.minimum(jnp.where(mask, count, count + 1.0), float(limit))
+
+
+_BIT_WEIGHTS = np.left_shift(np.uint32(1), np.arange(32, dtype=np.uint32))
+
+
+def _pack_rows(mask: jax.Array) -> jax.Array:
+    """(N, H, W) bool -> (N, H, ceil(W / 32)) uint32: bit i of word j is pixel 32 j + i; padding bits set."""
+    n, h, w = mask.shape
+    words = -(-w // 32)
+    bits = jnp.pad(mask, ((0, 0), (0, 0), (0, 32 * words - w)), constant_values=True)
+    bits = bits.reshape(n, h, words, 32).astype(jnp.uint32)
+    packed = bits[..., 0]
+    for i in range(1, 32):  # static; an OR chain of slices fuses into one pass (2x a sum)
+        packed = packed | (bits[..., i] << i)
+    return packed
+
+
+def _unpack_rows(words: jax.Array, width: int) -> jax.Array:
+    """Inverse of :func:`_pack_rows`: (N, H, Wp) uint32 -> (N, H, width) uint32 of 0 / 1."""
+    bits = (words[..., None] >> jnp.arange(32, dtype=jnp.uint32)) & jnp.uint32(1)
+    return bits.reshape(words.shape[:2] + (-1,))[..., :width]
+
+
+def _erode_packed(m: jax.Array) -> jax.Array:
+    """3x3 binary erosion of packed rows (see :func:`_pack_rows`); outside the image counts as set."""
+    n, h, words = m.shape
+    ones = jnp.uint32(0xFFFFFFFF)
+    before = jnp.concatenate([jnp.full((n, h, 1), ones), m[:, :, :-1]], axis=2)
+    after = jnp.concatenate([m[:, :, 1:], jnp.full((n, h, 1), ones)], axis=2)
+    left = (m << 1) | (before >> 31)  # bit i: pixel i - 1
+    right = (m >> 1) | (after << 31)  # bit i: pixel i + 1
+    m = m & left & right
+    up = jnp.concatenate([jnp.full((n, 1, words), ones), m[:, :-1]], axis=1)
+    down = jnp.concatenate([m[:, 1:], jnp.full((n, 1, words), ones)], axis=1)
+    return m & up & down
+
+
+def _boundary_distance_boolean(mask: jax.Array, limit: int) -> jax.Array:
+    """:func:`_boundary_distance` on boolean arrays (the plain form, kept as the test's reference)."""
     def erode(m):
         # 3x3 binary erosion as AND of shifted copies, rows then columns (separable);
         # outside the image counts as set (ignored), as reduce_window's 'SAME' padding did.
-        # Boolean slices fuse into one pass per erosion: 10x faster than reduce_window on CPU.
         p = jnp.pad(m, ((0, 0), (0, 0), (1, 1)), constant_values=True)
         m = p[:, :, :-2] & p[:, :, 1:-1] & p[:, :, 2:]
         p = jnp.pad(m, ((0, 0), (1, 1), (0, 0)), constant_values=True)
@@ -649,14 +712,19 @@ def _boundary_distance(mask: jax.Array, limit: int) -> jax.Array:
         return inside + m_in, outside + m_out, erode(m_in), erode(m_out)
 
     init = (jnp.zeros(mask.shape, jnp.float32), jnp.ones(mask.shape, jnp.float32), erode(mask), erode(~mask))
-    # A rolled loop: unrolled, the 38 erosions took ~12 s to compile.
     inside, outside, _, _ = jax.lax.fori_loop(0, limit - 1, step, init)
     return jnp.minimum(jnp.where(mask, inside, outside), float(limit))
 
 
 def _equalize_hist(values: jax.Array, levels: int) -> jax.Array:
     """cv2.equalizeHist of integer images (B, H, W) with values in [0, levels) -> [0, 255]."""
-    counts = jnp.sum(jax.nn.one_hot(values, levels, dtype=jnp.float32), axis=(1, 2))  # (B, L)
+    b = values.shape[0]
+    # Histogram by scatter-add (exact integer counts): the one-hot sum it replaces took
+    # 66 ms for 16 x 224 x 224 on CPU (XLA's reduction of a compare was not vectorised),
+    # segment_sum 1.3 ms.
+    bins = (values + levels * jnp.arange(b, dtype=values.dtype)[:, None, None]).reshape(-1)
+    counts = jax.ops.segment_sum(jnp.ones(bins.shape, jnp.int32), bins, num_segments=b * levels)
+    counts = counts.reshape(b, levels).astype(jnp.float32)  # (B, L), exact below 2^24 pixels
     total = values.shape[1] * values.shape[2]
     present = counts > 0
     first = jnp.argmax(present, axis=1)  # lowest level present
