@@ -426,22 +426,29 @@ def _elastic_transform(key, x, c, scale, aux):
     square = min(h, w) // 3
     src = np.array([center + square, [center[0] + square, center[1] - square], center - square], np.float32)
     dst = src[None] + jax.random.uniform(k_affine, (b, 3, 2), minval=-affine, maxval=affine)
-    src_h = jnp.concatenate([jnp.asarray(src), jnp.ones((3, 1))], axis=1)  # (3, 3)
+    # Forward map M (2x3) with [x y 1] @ M^T = dst. The control points are constants, so M
+    # is a fixed matrix (inverted in NumPy, float64) times dst, and the 2x2 inverse is
+    # written out: batched LAPACK solves with their pivoting loops were most of this
+    # program's kernels (compile time) and computed the same numbers to float32 rounding.
+    src_h = np.concatenate([src, np.ones((3, 1), np.float32)], axis=1).astype(np.float64)  # (3, 3)
+    coef = jnp.einsum("ij,bjk->bki", jnp.asarray(np.linalg.inv(src_h), jnp.float32), dst)  # (B, 2, 3)
+    a00, a01, t0 = coef[:, 0, 0], coef[:, 0, 1], coef[:, 0, 2]
+    a10, a11, t1 = coef[:, 1, 0], coef[:, 1, 1], coef[:, 1, 2]
+    det = a00 * a11 - a01 * a10
+    inverse = jnp.stack([jnp.stack([a11, -a01], -1), jnp.stack([-a10, a00], -1)], -2) / det[:, None, None]  # (B, 2, 2)
+    shift = jnp.stack([t0, t1], -1)  # (B, 2)
 
     yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
 
-    def warp(img, dst_pts):
-        # Forward map M (2x3) with [x y 1] @ M^T = dst; sample at M^-1 (dst pixel).
-        m = jnp.linalg.solve(src_h, dst_pts).T  # (2, 3): rows give x', y'
-        a, t = m[:, :2], m[:, 2]
-        inv = jnp.linalg.inv(a)
+    def warp(img, inv, t):
+        # Sample at M^-1 (dst pixel): the inverse of the linear part applied to dst - t.
         px = xx - t[0]
         py = yy - t[1]
         sx = inv[0, 0] * px + inv[0, 1] * py
         sy = inv[1, 0] * px + inv[1, 1] * py
         return _ops.bilinear_sample(img, sy, sx, "reflect101")
 
-    x = jax.vmap(warp)(x, dst)
+    x = jax.vmap(warp)(x, inverse, shift)
 
     # Smooth random displacement fields: skimage gaussian(U(-1, 1), sigma, mode='reflect',
     # truncate=3) * alpha, then scipy map_coordinates(order=1, mode='reflect').
