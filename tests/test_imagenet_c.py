@@ -177,6 +177,18 @@ def test_jpeg_grey_matches_pillow_exactly():
     np.testing.assert_array_equal(y[1, ..., 0], np.asarray(Image.open(buffer), np.float32) / 255.0)
 
 
+def test_bytes_to_unit_is_exact():
+    # JPEG's uint8 -> [0, 1] conversion must be NumPy's correctly rounded value / 255 for
+    # every byte, also compiled (XLA may not turn it back into a multiplication by 1 / 255).
+    from robust_vision.corruptions import imagenet_c
+
+    values = np.arange(256, dtype=np.uint8)
+    expected = values.astype(np.float32) / np.float32(255.0)
+    np.testing.assert_array_equal(np.asarray(jax.jit(imagenet_c._bytes_to_unit)(jnp.asarray(values))), expected)
+    np.testing.assert_array_equal(np.asarray(imagenet_c._bytes_to_unit(jnp.asarray(values.reshape(16, 16)))),
+                                  expected.reshape(16, 16))
+
+
 def test_jpeg_batch_on_the_thread_pool_matches_pillow():
     # Batches of images >= 96 x 96 are coded in runs on a thread pool, into one output array:
     # every image must still be its own Pillow round trip, in its place (RGB and grey).
