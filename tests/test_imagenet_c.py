@@ -177,6 +177,32 @@ def test_jpeg_grey_matches_pillow_exactly():
     np.testing.assert_array_equal(y[1, ..., 0], np.asarray(Image.open(buffer), np.float32) / 255.0)
 
 
+def test_bytes_to_unit_is_exact():
+    # JPEG's uint8 -> [0, 1] conversion must be NumPy's correctly rounded value / 255 for
+    # every byte, also compiled (XLA may not turn it back into a multiplication by 1 / 255).
+    from robust_vision.corruptions import imagenet_c
+
+    values = np.arange(256, dtype=np.uint8)
+    expected = values.astype(np.float32) / np.float32(255.0)
+    np.testing.assert_array_equal(np.asarray(jax.jit(imagenet_c._bytes_to_unit)(jnp.asarray(values))), expected)
+    np.testing.assert_array_equal(np.asarray(imagenet_c._bytes_to_unit(jnp.asarray(values.reshape(16, 16)))),
+                                  expected.reshape(16, 16))
+
+
+def test_jpeg_batch_on_the_thread_pool_matches_pillow():
+    # Batches of images >= 96 x 96 are coded in runs on a thread pool, into one output array:
+    # every image must still be its own Pillow round trip, in its place (RGB and grey).
+    from robust_vision.corruptions import imagenet_c
+
+    rng = np.random.default_rng(4)
+    for shape in [(5, 128, 100, 3), (3, 97, 130, 1)]:
+        batch = rng.integers(0, 256, shape, dtype=np.uint8)
+        out = imagenet_c._jpeg_host(batch, 18)
+        for image, coded in zip(batch, out):
+            plane = image[..., 0] if shape[-1] == 1 else image
+            np.testing.assert_array_equal(coded.reshape(plane.shape), imagenet_c._jpeg_pillow(plane, 18))
+
+
 def test_pixelate_same_under_jit():
     # pixelate runs as two compiled programs when called directly; inside a caller's jit the
     # same passes inline into one. Both give the same pixels (non-integer factor: 0.4).
@@ -392,6 +418,35 @@ def test_poisson_sampler_matches_the_poisson_law():
         assert p > 1e-3, (rate, p)
         assert abs(sample.mean() - rate) < 5 * np.sqrt(rate / n) and abs(sample.var() / rate - 1) < 0.06
     np.testing.assert_array_equal(np.asarray(_ops.poisson(jax.random.key(1), jnp.zeros((3, 5)))), 0.0)
+
+
+def test_flat_draws_equal_jax_random():
+    """_ops.normal / _ops.uniform (flat draws, reshaped: faster on CPU) give jax.random's numbers."""
+    from robust_vision.corruptions import _ops
+
+    key = jax.random.key(5)
+    for shape in [(3, 5, 7, 3), (2, 17, 9, 1), (3, 2, 2, 4, 6), (4, 11)]:
+        np.testing.assert_array_equal(np.asarray(_ops.normal(key, shape)), np.asarray(jax.random.normal(key, shape)))
+        np.testing.assert_array_equal(np.asarray(_ops.uniform(key, shape, -2.0, 3.0)),
+                                      np.asarray(jax.random.uniform(key, shape, minval=-2.0, maxval=3.0)))
+
+
+def test_boundary_distance_packed_equals_erosions():
+    # Spatter's bit-packed erosion count against the same erosions on boolean arrays: widths
+    # below, at and across the 32-pixel word, empty and full masks, drops at the borders.
+    import scipy.ndimage
+
+    from robust_vision.corruptions import imagenet_c
+
+    rng = np.random.default_rng(6)
+    for shape in [(2, 5, 1), (2, 7, 33), (3, 40, 64), (2, 50, 70), (2, 1, 40)]:
+        field = scipy.ndimage.gaussian_filter(rng.normal(size=shape), (0, 2, 2))
+        for mask in [field > np.quantile(field, 0.3), field > np.quantile(field, 0.8), np.zeros(shape, bool),
+                     np.ones(shape, bool)]:
+            mask = jnp.asarray(mask)
+            for limit in (20, 3):
+                np.testing.assert_array_equal(np.asarray(jax.jit(imagenet_c._boundary_distance, static_argnums=1)(mask, limit)),
+                                              np.asarray(imagenet_c._boundary_distance_boolean(mask, limit)))
 
 
 def test_fft_correlation_equals_direct_correlation():

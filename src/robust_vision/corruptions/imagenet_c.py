@@ -193,7 +193,7 @@ def _to_rgb(x: jax.Array) -> jax.Array:
 
 
 def _gaussian_noise(key, x, c, scale):
-    return jnp.clip(x + c * jax.random.normal(key, x.shape), 0.0, 1.0)
+    return jnp.clip(x + c * _ops.normal(key, x.shape), 0.0, 1.0)
 
 
 def _shot_noise(key, x, c, scale):
@@ -222,7 +222,7 @@ def _uniform16(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 
 def _speckle_noise(key, x, c, scale):
-    return jnp.clip(x + x * c * jax.random.normal(key, x.shape), 0.0, 1.0)
+    return jnp.clip(x + x * c * _ops.normal(key, x.shape), 0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------- blur
@@ -247,7 +247,7 @@ def _glass_blur(key, x, c, scale, aux):
     interior = (rows > delta) & (rows <= h - delta) & (cols > delta) & (cols <= w - delta)
     max_iterations = max(p[2] for table in PARAMS["glass_blur"].values() for p in table)
     # randint's range from one uniform draw (cheaper to compile than randint).
-    u = jax.random.uniform(key, (max_iterations, b, 2, h, w))
+    u = _ops.uniform(key, (max_iterations, b, 2, h, w))
     offsets = jnp.floor(u * (2 * delta)).astype(jnp.int32) - delta
     for it in range(max_iterations):  # static; iterations beyond the severity's are masked
         src_r = jnp.clip(jnp.where(interior, rows + offsets[it, :, 0], rows), 0, h - 1)
@@ -314,7 +314,7 @@ def _snow(key, x, c, scale, aux):
     loc, spread, _, threshold, radius, sigma, blend = (c[i] for i in range(7))
     b, h, w, _ = x.shape
     k_layer, k_blur = jax.random.split(key)
-    layer = loc + spread * jax.random.normal(k_layer, (b, h, w, 1))
+    layer = loc + spread * _ops.normal(k_layer, (b, h, w, 1))
     layer = _ops.separable(layer, aux["zoom_h"], aux["zoom_w"])  # the reference's clipped_zoom
     layer = jnp.clip(jnp.where(layer < threshold, 0.0, layer), 0.0, 1.0)
     layer = _ops.motion_blur(k_blur, layer, radius, sigma, (-135.0, -45.0), _max_radius("snow", scale, 4))
@@ -344,7 +344,7 @@ def frost_texture(key: jax.Array, batch: int, height: int, width: int, scale: Sc
             break
         cells *= 2
     sizes = [gh * gw for gh, gw in octaves]
-    flat = jax.random.uniform(k_noise, (batch, sum(sizes), 2), minval=-1.0, maxval=1.0)
+    flat = _ops.uniform(k_noise, (batch, sum(sizes), 2), minval=-1.0, maxval=1.0)
     total = jnp.zeros((batch, height, width, 2), jnp.float32)
     start = 0
     for octave, ((gh, gw), size) in enumerate(zip(octaves, sizes)):
@@ -426,26 +426,33 @@ def _elastic_transform(key, x, c, scale, aux):
     square = min(h, w) // 3
     src = np.array([center + square, [center[0] + square, center[1] - square], center - square], np.float32)
     dst = src[None] + jax.random.uniform(k_affine, (b, 3, 2), minval=-affine, maxval=affine)
-    src_h = jnp.concatenate([jnp.asarray(src), jnp.ones((3, 1))], axis=1)  # (3, 3)
+    # Forward map M (2x3) with [x y 1] @ M^T = dst. The control points are constants, so M
+    # is a fixed matrix (inverted in NumPy, float64) times dst, and the 2x2 inverse is
+    # written out: batched LAPACK solves with their pivoting loops were most of this
+    # program's kernels (compile time) and computed the same numbers to float32 rounding.
+    src_h = np.concatenate([src, np.ones((3, 1), np.float32)], axis=1).astype(np.float64)  # (3, 3)
+    coef = jnp.einsum("ij,bjk->bki", jnp.asarray(np.linalg.inv(src_h), jnp.float32), dst)  # (B, 2, 3)
+    a00, a01, t0 = coef[:, 0, 0], coef[:, 0, 1], coef[:, 0, 2]
+    a10, a11, t1 = coef[:, 1, 0], coef[:, 1, 1], coef[:, 1, 2]
+    det = a00 * a11 - a01 * a10
+    inverse = jnp.stack([jnp.stack([a11, -a01], -1), jnp.stack([-a10, a00], -1)], -2) / det[:, None, None]  # (B, 2, 2)
+    shift = jnp.stack([t0, t1], -1)  # (B, 2)
 
     yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
 
-    def warp(img, dst_pts):
-        # Forward map M (2x3) with [x y 1] @ M^T = dst; sample at M^-1 (dst pixel).
-        m = jnp.linalg.solve(src_h, dst_pts).T  # (2, 3): rows give x', y'
-        a, t = m[:, :2], m[:, 2]
-        inv = jnp.linalg.inv(a)
+    def warp(img, inv, t):
+        # Sample at M^-1 (dst pixel): the inverse of the linear part applied to dst - t.
         px = xx - t[0]
         py = yy - t[1]
         sx = inv[0, 0] * px + inv[0, 1] * py
         sy = inv[1, 0] * px + inv[1, 1] * py
         return _ops.bilinear_sample(img, sy, sx, "reflect101")
 
-    x = jax.vmap(warp)(x, dst)
+    x = jax.vmap(warp)(x, inverse, shift)
 
     # Smooth random displacement fields: skimage gaussian(U(-1, 1), sigma, mode='reflect',
     # truncate=3) * alpha, then scipy map_coordinates(order=1, mode='reflect').
-    fields = jax.random.uniform(k_field, (b, h, w, 2), minval=-1.0, maxval=1.0)
+    fields = _ops.uniform(k_field, (b, h, w, 2), minval=-1.0, maxval=1.0)
     fields = _ops.separable(fields, aux["field_h"], aux["field_w"]) * alpha
     dx, dy = fields[..., 0], fields[..., 1]
     x = jax.vmap(lambda img, fy, fx: _ops.bilinear_sample(img, yy + fy, xx + fx, "symmetric"))(x, dy, dx)
@@ -487,8 +494,12 @@ def _jpeg_opencv(image: np.ndarray, quality: int) -> np.ndarray:
     params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
     if image.ndim == 2:
         return cv2.imdecode(cv2.imencode(".jpg", image, params)[1], cv2.IMREAD_GRAYSCALE)
-    bgr = np.ascontiguousarray(image[..., ::-1])  # OpenCV's colour order
-    return cv2.imdecode(cv2.imencode(".jpg", bgr, params)[1], cv2.IMREAD_COLOR)[..., ::-1]
+    # OpenCV codes BGR. cvtColor swaps the channels in a SIMD pass; NumPy's [..., ::-1]
+    # copies took 2.7 ms each way per 16 images of 224 px, as long as the encode itself.
+    encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)[1]
+    if hasattr(cv2, "IMREAD_COLOR_RGB"):  # OpenCV >= 4.10 decodes straight to RGB
+        return cv2.imdecode(encoded, cv2.IMREAD_COLOR_RGB)
+    return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def _jpeg_probe() -> list[np.ndarray]:
@@ -526,18 +537,34 @@ def _jpeg_codec() -> Callable[[np.ndarray, int], np.ndarray]:
 def _jpeg_host(images: np.ndarray, quality: int) -> np.ndarray:
     """JPEG round trip of a uint8 (B, H, W, C) batch on the host; uint8 out, same shape.
 
-    The codecs release the GIL while they encode and decode, so the images of a batch
-    are coded on a small thread pool (one per CPU core, at most 8) when they are at
-    least 96 x 96 pixels; the reference codes one image at a time.
+    The codecs release the GIL while they encode and decode, so a batch of images of at
+    least 96 x 96 pixels is split into one contiguous run of images per worker of a small
+    thread pool (one per CPU core, at most 8); the reference codes one image at a time.
+    One task per run, not per image: per-image tasks cost more in hand-offs than they
+    saved (16 x 224 px: 3.3 ms per image task, 2.7 ms per run, 4.5 ms serial).
     """
     images = np.asarray(images)
-    planes = [img[..., 0] if images.shape[-1] == 1 else img for img in images]
+    out = np.empty_like(images)
     code = functools.partial(_jpeg_codec(), quality=quality)
-    # Small images code in a fraction of a millisecond: there the pool's hand-off costs more
-    # than it saves.
-    big = images.shape[1] * images.shape[2] >= 96 * 96 and len(planes) > 1
-    decoded = list(_jpeg_pool().map(code, planes)) if big else [code(p) for p in planes]
-    return np.stack(decoded).reshape(images.shape)
+    grey = images.shape[-1] == 1
+
+    def run(start: int, stop: int) -> None:
+        for i in range(start, stop):
+            decoded = code(images[i, ..., 0] if grey else images[i])
+            out[i] = decoded[..., None] if grey else decoded
+
+    batch = images.shape[0]
+    pool, workers = _jpeg_pool()
+    workers = min(workers, batch)
+    # Small images code in a fraction of a millisecond: there the hand-off costs more than
+    # it saves.
+    if images.shape[1] * images.shape[2] < 96 * 96 or workers < 2:
+        run(0, batch)
+        return out
+    bounds = np.linspace(0, batch, workers + 1).round().astype(int)
+    for future in [pool.submit(run, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]:
+        future.result()  # re-raises a codec error here
+    return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -545,13 +572,30 @@ def _jpeg_pool():
     import concurrent.futures
     import os
 
-    return concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)),
-                                                 thread_name_prefix="robust-vision-jpeg")
+    workers = max(1, min(8, os.cpu_count() or 1))
+    return concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="robust-vision-jpeg"), workers
 
 
-# uint8 -> float32 in [0, 1] by a 256-entry table: exactly value / 255 (XLA turns a
-# division by 255 into a multiplication by 1 / 255, 1 ulp off for some values).
-_BYTE_TO_UNIT = np.arange(256, dtype=np.float32) / np.float32(255.0)
+def _unit_split() -> tuple[np.float32, np.float32]:
+    """1 / 255 as hi + lo: hi keeps 16 significant bits, so byte * hi is exact in float32."""
+    hi = np.float32(1.0 / 255.0).view(np.uint32) & np.uint32(0xFFFFFF00)
+    hi = hi.view(np.float32)
+    return hi, np.float32(1.0 / 255.0 - float(hi))
+
+
+_UNIT_HI, _UNIT_LO = _unit_split()
+
+
+def _bytes_to_unit(values: jax.Array) -> jax.Array:
+    """uint8 -> float32 ``value / 255`` correctly rounded, as NumPy's division gives.
+
+    XLA turns a division by 255 into a multiplication by 1 / 255, 1 ulp off for half of
+    the bytes. byte * hi is exact and byte * lo is ~2^-16 of the sum, so the one rounding
+    of the sum is the correct one (all 256 values: ``test_bytes_to_unit_is_exact``);
+    elementwise, 4x faster than the 256-entry table lookup (a gather) used before.
+    """
+    v = values.astype(jnp.float32)
+    return v * _UNIT_HI + v * _UNIT_LO
 
 
 def _jpeg_compression(key, x, c, scale):
@@ -567,13 +611,13 @@ def _jpeg_compression(key, x, c, scale):
         as_uint8,
         vmap_method="sequential",
     )
-    return jnp.asarray(_BYTE_TO_UNIT)[decoded]
+    return _bytes_to_unit(decoded)
 
 
 def _spatter(key, x, c, scale, aux, mud):
     loc, spread, _, threshold, intensity = (c[i] for i in range(5))
     b, h, w, ch = x.shape
-    liquid = loc + spread * jax.random.normal(key, (b, h, w, 1))
+    liquid = loc + spread * _ops.normal(key, (b, h, w, 1))
     liquid = _ops.separable(liquid, aux["liquid_h"], aux["liquid_w"])  # skimage gaussian, mode='nearest'
     liquid = jnp.where(liquid < threshold, 0.0, liquid)
     if not mud:
@@ -614,11 +658,74 @@ def _boundary_distance(mask: jax.Array, limit: int) -> jax.Array:
 
     Boundary = inner boundary of the drops (a drop pixel with a non-drop 4-neighbour). Inside
     the drops: number of 3x3 erosions a pixel survives; outside: 1 + erosions of the background.
+    Outside the image counts as set for both erosions.
+
+    Bit-packed: 32 pixels of a row per uint32 word, so an erosion is a few shifts and ANDs
+    per word; the count of erosions survived is kept in ``bit_length(limit - 1)`` bit
+    planes (erosions are nested, so after step k a surviving pixel's count is exactly k).
+    The drops and the background erode as one (2B, H, W / 32) array. 16 x 224 x 224:
+    7 ms, against 23 ms for the same erosions on a boolean array (one byte per pixel);
+    the same counts (``test_boundary_distance_packed_equals_erosions``).
     """
+    b, h, w = mask.shape
+    levels = max(1, (limit - 1).bit_length())
+    shifts = jnp.arange(levels, dtype=jnp.int32)[:, None, None, None]
+
+    def step(k, carry):
+        eroded, planes = carry  # (2B, H, Wp) erosions of drops, background; (levels, B, H, Wp)
+        survived = (eroded[:b] | eroded[b:])[None]  # disjoint sets
+        planes = jnp.where(((k >> shifts) & 1) == 1, planes | survived, planes & ~survived)
+        return _erode_packed(eroded), planes
+
+    eroded = _erode_packed(_pack_rows(jnp.concatenate([mask, ~mask])))
+    init = (eroded, jnp.zeros((levels,) + eroded[:b].shape, jnp.uint32))
+    # A rolled loop: unrolled, XLA fuses the chain of erosions into its consumers (10x slower
+    # to run, 14 s to compile).
+    _, planes = jax.lax.fori_loop(1, limit, step, init)
+    count = sum(_unpack_rows(planes[i], w).astype(jnp.float32) * float(1 << i) for i in range(levels))
+    return jnp.minimum(jnp.where(mask, count, count + 1.0), float(limit))
+
+
+_BIT_WEIGHTS = np.left_shift(np.uint32(1), np.arange(32, dtype=np.uint32))
+
+
+def _pack_rows(mask: jax.Array) -> jax.Array:
+    """(N, H, W) bool -> (N, H, ceil(W / 32)) uint32: bit i of word j is pixel 32 j + i; padding bits set."""
+    n, h, w = mask.shape
+    words = -(-w // 32)
+    bits = jnp.pad(mask, ((0, 0), (0, 0), (0, 32 * words - w)), constant_values=True)
+    bits = bits.reshape(n, h, words, 32).astype(jnp.uint32)
+    packed = bits[..., 0]
+    for i in range(1, 32):  # static; an OR chain of slices fuses into one pass (2x a sum)
+        packed = packed | (bits[..., i] << i)
+    return packed
+
+
+def _unpack_rows(words: jax.Array, width: int) -> jax.Array:
+    """Inverse of :func:`_pack_rows`: (N, H, Wp) uint32 -> (N, H, width) uint32 of 0 / 1."""
+    bits = (words[..., None] >> jnp.arange(32, dtype=jnp.uint32)) & jnp.uint32(1)
+    return bits.reshape(words.shape[:2] + (-1,))[..., :width]
+
+
+def _erode_packed(m: jax.Array) -> jax.Array:
+    """3x3 binary erosion of packed rows (see :func:`_pack_rows`); outside the image counts as set."""
+    n, h, words = m.shape
+    ones = jnp.uint32(0xFFFFFFFF)
+    before = jnp.concatenate([jnp.full((n, h, 1), ones), m[:, :, :-1]], axis=2)
+    after = jnp.concatenate([m[:, :, 1:], jnp.full((n, h, 1), ones)], axis=2)
+    left = (m << 1) | (before >> 31)  # bit i: pixel i - 1
+    right = (m >> 1) | (after << 31)  # bit i: pixel i + 1
+    m = m & left & right
+    up = jnp.concatenate([jnp.full((n, 1, words), ones), m[:, :-1]], axis=1)
+    down = jnp.concatenate([m[:, 1:], jnp.full((n, 1, words), ones)], axis=1)
+    return m & up & down
+
+
+def _boundary_distance_boolean(mask: jax.Array, limit: int) -> jax.Array:
+    """:func:`_boundary_distance` on boolean arrays (the plain form, kept as the test's reference)."""
     def erode(m):
         # 3x3 binary erosion as AND of shifted copies, rows then columns (separable);
         # outside the image counts as set (ignored), as reduce_window's 'SAME' padding did.
-        # Boolean slices fuse into one pass per erosion: 10x faster than reduce_window on CPU.
         p = jnp.pad(m, ((0, 0), (0, 0), (1, 1)), constant_values=True)
         m = p[:, :, :-2] & p[:, :, 1:-1] & p[:, :, 2:]
         p = jnp.pad(m, ((0, 0), (1, 1), (0, 0)), constant_values=True)
@@ -629,14 +736,19 @@ def _boundary_distance(mask: jax.Array, limit: int) -> jax.Array:
         return inside + m_in, outside + m_out, erode(m_in), erode(m_out)
 
     init = (jnp.zeros(mask.shape, jnp.float32), jnp.ones(mask.shape, jnp.float32), erode(mask), erode(~mask))
-    # A rolled loop: unrolled, the 38 erosions took ~12 s to compile.
     inside, outside, _, _ = jax.lax.fori_loop(0, limit - 1, step, init)
     return jnp.minimum(jnp.where(mask, inside, outside), float(limit))
 
 
 def _equalize_hist(values: jax.Array, levels: int) -> jax.Array:
     """cv2.equalizeHist of integer images (B, H, W) with values in [0, levels) -> [0, 255]."""
-    counts = jnp.sum(jax.nn.one_hot(values, levels, dtype=jnp.float32), axis=(1, 2))  # (B, L)
+    b = values.shape[0]
+    # Histogram by scatter-add (exact integer counts): the one-hot sum it replaces took
+    # 66 ms for 16 x 224 x 224 on CPU (XLA's reduction of a compare was not vectorised),
+    # segment_sum 1.3 ms.
+    bins = (values + levels * jnp.arange(b, dtype=values.dtype)[:, None, None]).reshape(-1)
+    counts = jax.ops.segment_sum(jnp.ones(bins.shape, jnp.int32), bins, num_segments=b * levels)
+    counts = counts.reshape(b, levels).astype(jnp.float32)  # (B, L), exact below 2^24 pixels
     total = values.shape[1] * values.shape[2]
     present = counts > 0
     first = jnp.argmax(present, axis=1)  # lowest level present
