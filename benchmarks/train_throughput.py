@@ -263,7 +263,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'engine':8s} {'images/s':>10s} {'ms/step':>9s} {'compile s':>10s} {'peak RSS MiB':>13s}")
     for name in names:
         mem = memory.get(name)
-        label = "compile s" if name != "torch" else "first step"
         print(f"{name:8s} {args.batch / step_s[name]:10.1f} {1e3 * step_s[name]:9.1f} {compile_s[name]:10.2f} "
               f"{'' if mem is None else f'{mem:13.0f}'}" + ("  (first step, eager)" if name == "torch" else ""))
     print(f"ratio ours / plain JAX   (throughput): {step_s['plain'] / step_s['ours']:.2f}x")
