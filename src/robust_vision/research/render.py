@@ -163,14 +163,14 @@ def render_linearity(rows: Sequence[dict], ctx: dict) -> str:
              "the clean SNR (and its log); its interval resamples the units of the three methods jointly and "
              "recomputes the three SNRs each time. With three lambdas, r mostly says how far SNR(10) stands above "
              "the other two.", ""]
-    f = lambda r, c: fmt_ci(r[c], r[f"{c}_lo"], r[f"{c}_hi"])  # noqa: E731
+    num = lambda r, c: fmt_ci(*(r[k] for k in _ci_cols(c)))  # noqa: E731
+    ratio = lambda r, c: fmt_ratio_ci(*(r[k] for k in _ci_cols(c)))  # noqa: E731
     parts.append(markdown_table(
         ["Protocol", "SNR lambda=0", "SNR lambda=1", "SNR lambda=10", "SNR(1)/SNR(0)", "SNR(10)/SNR(1)",
          "Pearson r", "r of log SNR", "Units"],
-        [[r["protocol"], f(r, "snr_clean_lambda_0"), f(r, "snr_clean_lambda_1"), f(r, "snr_clean_lambda_10"),
-          fmt_ratio_ci(r["ratio_lambda_1_to_0"], r["ratio_lambda_1_to_0_lo"], r["ratio_lambda_1_to_0_hi"]),
-          fmt_ratio_ci(r["ratio_lambda_10_to_1"], r["ratio_lambda_10_to_1_lo"], r["ratio_lambda_10_to_1_hi"]),
-          f(r, "pearson_r"), f(r, "pearson_r_log"), f"{int(as_float(r['n_units']))} ({int(as_float(r['n_seeds']))} seed(s))"]
+        [[r["protocol"], num(r, "snr_clean_lambda_0"), num(r, "snr_clean_lambda_1"), num(r, "snr_clean_lambda_10"),
+          ratio(r, "ratio_lambda_1_to_0"), ratio(r, "ratio_lambda_10_to_1"), num(r, "pearson_r"),
+          num(r, "pearson_r_log"), f"{int(as_float(r['n_units']))} ({int(as_float(r['n_seeds']))} seed(s))"]
          for r in rows]))
     parts += ["", context_note(ctx)]
     return "\n".join(parts)

@@ -44,7 +44,7 @@ from robust_vision.research.protocols import RunRecord
 
 __all__ = ["MASTER_COLUMNS", "as_float", "fmt_num", "fmt_ratio_ci", "markdown_table", "read_rows", "snr_ratio",
            "method_summaries", "master_rows", "experiment_rows", "factor_rows", "accuracy50_rows", "weight_rows",
-           "linearity_rows",
+           "linearity_rows", "LINEARITY_METHODS", "pearson_with",
            "curve_rows", "fmt_ratio", "geometric_mean", "write_table"]
 
 METRICS = ("snr_noisy", "snr_clean", "accuracy_clean", "accuracy_noisy", "accuracy_gauss50", "snr_gauss50")
@@ -367,7 +367,7 @@ def weight_rows(records: Sequence[RunRecord]) -> list[dict]:
             warnings.simplefilter("ignore", RuntimeWarning)  # all-nan slices of a diverged run -> nan
             for name in ("mean", "std", "max_abs"):
                 per_seed = arr(name)
-                _set(row, name, bootstrap_interval(per_seed[np.isfinite(per_seed)], _nanmean)
+                _set(row, name, bootstrap_interval(per_seed[np.isfinite(per_seed)])
                      if np.isfinite(per_seed).any() else NAN3)
             row.update({"min": float(np.nanmin(arr("min"))), "max": float(np.nanmax(arr("max"))),
                         "n_seeds": len(recs), "n_diverged": n_div,
@@ -384,7 +384,7 @@ def weight_rows(records: Sequence[RunRecord]) -> list[dict]:
     return out
 
 
-def _pearson_with(x: np.ndarray, values: np.ndarray) -> np.ndarray:
+def pearson_with(x: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Pearson r between the fixed abscissae x (k,) and each row of values (B, k) -> (B,)
     (nan where a row is constant or non-finite)."""
     xc = x - x.mean()
@@ -421,8 +421,8 @@ def linearity_rows(summaries: Sequence[dict]) -> list[dict]:
             _set(row, f"snr_clean_lambda_{v:g}", [s["snr_clean"], s["snr_clean_lo"], s["snr_clean_hi"]])
         _set(row, "ratio_lambda_1_to_0", snr_ratio(ss[1], ss[0], "snr_clean"))
         _set(row, "ratio_lambda_10_to_1", snr_ratio(ss[2], ss[1], "snr_clean"))
-        _set(row, "pearson_r", bootstrap_interval(log_snr, lambda x, axis=1: _pearson_with(lam, _exp_nanmean(x, axis))))
-        _set(row, "pearson_r_log", bootstrap_interval(log_snr, lambda x, axis=1: _pearson_with(lam, _nanmean(x, axis))))
+        _set(row, "pearson_r", bootstrap_interval(log_snr, lambda x, axis=1: pearson_with(lam, _exp_nanmean(x, axis))))
+        _set(row, "pearson_r_log", bootstrap_interval(log_snr, lambda x, axis=1: pearson_with(lam, _nanmean(x, axis))))
         out.append({c: row.get(c) for c in LINEARITY_COLUMNS})
     return out
 

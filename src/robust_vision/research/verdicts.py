@@ -39,7 +39,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from robust_vision.research.tables import as_float, fmt_num, fmt_ratio, markdown_table
+from robust_vision.research.tables import (LINEARITY_METHODS, as_float, fmt_num, fmt_ratio, markdown_table,
+                                           pearson_with)
 
 __all__ = ["ill_conditioned_warnings", "original_claims", "CheckItem", "Claim", "Linearity", "PERCENT_TOLERANCE",
            "RATIO_TOLERANCE", "compare_claims", "lambda_linearity", "render_checklist", "render_claims",
@@ -75,25 +76,22 @@ def _row(rows: Sequence[dict], protocol: str, key: str) -> Optional[dict]:
     return next((r for r in rows if r.get("protocol") == protocol and r.get("method_key") == key), None)
 
 
-def _value(rows: Sequence[dict], protocol: str, key: str, column: str) -> Optional[float]:
-    """The cell, nan when the cell is empty / non-numeric; None when the method is not in the table."""
-    r = _row(rows, protocol, key)
-    if r is None:
-        return None
-    v = r.get(column)
+def _number(v: object) -> float:
+    """A numeric cell as float; nan when the cell is empty or not a number."""
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else float("nan")
 
 
 def _triple(rows: Sequence[dict], protocol: str, key: str, column: str) -> Optional[tuple[float, float, float]]:
-    """(point, lo, hi) of a cell and its interval columns; None when the method is not in the table.
-    Missing bounds fall back to the point (no interval: the point decides)."""
-    point = _value(rows, protocol, key, column)
-    if point is None:
-        return None
-    lo, hi = _value(rows, protocol, key, f"{column}_lo"), _value(rows, protocol, key, f"{column}_hi")
-    lo = point if lo is None or math.isnan(lo) else lo
-    hi = point if hi is None or math.isnan(hi) else hi
-    return point, lo, hi
+    """(point, lo, hi) of a cell and its interval columns; None when the method is not in the table."""
+    r = _row(rows, protocol, key)
+    return None if r is None else _cell(r, column)
+
+
+def _cell(row: dict, column: str) -> tuple[float, float, float]:
+    """(point, lo, hi) of ``row[column]`` and its interval columns, nan for an empty or
+    non-numeric cell; missing bounds fall back to the point (no interval: the point decides)."""
+    point, lo, hi = (_number(row.get(c)) for c in (column, f"{column}_lo", f"{column}_hi"))
+    return point, point if math.isnan(lo) else lo, point if math.isnan(hi) else hi
 
 
 def fmt_interval(t: Sequence[float], unit: str = "") -> str:
@@ -140,15 +138,6 @@ class Linearity:
         return all(t[2] >= 1.0 for t in self.steps)
 
 
-def _cell(row: dict, column: str) -> tuple[float, float, float]:
-    point = as_float(row.get(column))
-    lo, hi = as_float(row.get(f"{column}_lo")), as_float(row.get(f"{column}_hi"))
-    return point, point if math.isnan(lo) else lo, point if math.isnan(hi) else hi
-
-
-_LIN_KEYS = ("cnn_ce", "cnn_margin_1", "cnn_margin_10")
-
-
 def lambda_linearity(master: Sequence[dict], linearity: Sequence[dict] = ()) -> Optional[Linearity]:
     """The linearity figures of the classification protocol: from lambda_linearity.csv rows
     (:func:`robust_vision.research.tables.linearity_rows`, with intervals) when given, else from
@@ -156,18 +145,16 @@ def lambda_linearity(master: Sequence[dict], linearity: Sequence[dict] = ()) -> 
     row = next((r for r in linearity if r.get("protocol") == CLS), None)
     if row is not None:
         return Linearity(_cell(row, "pearson_r"), _cell(row, "pearson_r_log"),
-                         tuple(_cell(row, f"snr_clean_lambda_{v}") for v in (0, 1, 10)),
+                         tuple(_cell(row, f"snr_clean_lambda_{v:g}") for _, v in LINEARITY_METHODS),
                          (_cell(row, "ratio_lambda_1_to_0"), _cell(row, "ratio_lambda_10_to_1")))
-    snrs = [_triple(master, CLS, k, "snr_clean") for k in _LIN_KEYS]
+    snrs = [_triple(master, CLS, k, "snr_clean") for k, _ in LINEARITY_METHODS]
     if any(t is None for t in snrs):
         return None
-    lam = np.array([0.0, 1.0, 10.0])
+    lam = np.array([v for _, v in LINEARITY_METHODS])
     v = np.array([t[0] for t in snrs], np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ok = np.all(np.isfinite(v)) and np.std(v) > 0
-        r = float(np.corrcoef(lam, v)[0, 1]) if ok else float("nan")
-        r_log = (float(np.corrcoef(lam, np.log(v))[0, 1]) if ok and np.all(v > 0) and np.std(np.log(v)) > 0
-                 else float("nan"))
+        r = float(pearson_with(lam, v[None])[0])
+        r_log = float(pearson_with(lam, np.log(v)[None])[0])
         steps = tuple((q,) * 3 for q in (v[1] / v[0], v[2] / v[1]))
     return Linearity((r,) * 3, (r_log,) * 3, tuple(snrs), steps)
 
