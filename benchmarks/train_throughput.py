@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py [--features 64 128 256] [--batch 128] [--size 32]
                                           [--steps 10] [--rounds 5] [--no-torch] [--no-memory]
+                                          [--compare-xla-default]
 
 The same model (the project's CNN, ``models/cnn.py``: residual conv blocks with batch norm,
 2x2 average pooling between stages, global average pooling, dropout 0.1, linear head), the
@@ -21,6 +22,11 @@ round is reported, so load on a shared machine hits all engines alike. Compile t
 Peak memory is the peak resident set size (``ru_maxrss``) of a fresh subprocess per engine
 running a few steps (``--no-memory`` skips it). Prints images/s and ratios ours / plain and
 ours / torch (goal >= 1.0 against torch eager on CPU).
+
+Both JAX engines run under the project's XLA:CPU defaults (``robust_vision/xla_defaults.py``:
+convolutions on Eigen, not YNNPACK). ``--compare-xla-default`` then runs the same comparison
+again in a fresh process with XLA's own defaults (``ROBUST_VISION_XLA_DEFAULTS=off``), so the
+gain of that choice is measured against torch in the same way.
 """
 
 from __future__ import annotations
@@ -228,8 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--compare-xla-default", action="store_true",
+                   help="also run the comparison with XLA's default CPU options (YNNPACK convolutions)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    # Before JAX starts a backend (jax.devices() below): XLA reads XLA_FLAGS only then.
+    from robust_vision.xla_defaults import apply_cpu_defaults
+
+    project_defaults = apply_cpu_defaults()
 
     if args.child:  # memory probe: build, run 3 steps, print peak RSS
         _, run = ENGINES[args.child](args.features, args.batch, args.size)
@@ -247,8 +259,11 @@ def main(argv: list[str] | None = None) -> int:
             print("torch not installed: PyTorch comparison skipped (pip install 'robust-vision[torch]')")
     import jax
 
+    conv_backend = ("Eigen (robust-vision default)" if project_defaults
+                    else "XLA's default (YNNPACK), or as XLA_FLAGS sets them")
     print(f"CNN features={args.features}, batch {args.batch}, {args.size}x{args.size}x3, Adam; "
-          f"{jax.devices()[0].platform}, {os.cpu_count()} CPUs; {args.rounds} rounds x {args.steps} steps")
+          f"{jax.devices()[0].platform}, {os.cpu_count()} CPUs; {args.rounds} rounds x {args.steps} steps; "
+          f"XLA:CPU convolutions: {conv_backend}")
     engines, compile_s = {}, {}
     for name in names:
         compile_s[name], engines[name] = ENGINES[name](args.features, args.batch, args.size)
@@ -269,6 +284,13 @@ def main(argv: list[str] | None = None) -> int:
     if "torch" in step_s:
         ratio = step_s["torch"] / step_s["ours"]
         print(f"ratio ours / torch eager (throughput): {ratio:.2f}x  (goal >= 1.0x: {'met' if ratio >= 1.0 else 'NOT met'})")
+    if args.compare_xla_default:
+        print("\n-- the same with XLA's default CPU options (fresh process, ROBUST_VISION_XLA_DEFAULTS=off):", flush=True)
+        cmd = [sys.executable, __file__, "--no-memory", "--features", *map(str, args.features), "--batch",
+               str(args.batch), "--size", str(args.size), "--steps", str(args.steps), "--rounds", str(args.rounds)]
+        if args.no_torch:
+            cmd.append("--no-torch")
+        subprocess.run(cmd, env={**os.environ, "ROBUST_VISION_XLA_DEFAULTS": "off"}, check=False)
     return 0
 
 

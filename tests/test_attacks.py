@@ -319,7 +319,8 @@ def test_trades_beta_zero_is_cross_entropy(mlp_data):
     loss = trades(x, y, jax.random.key(0), 0.03, beta=0.0)
     ce = optax.softmax_cross_entropy_with_integer_labels(f(x), y)
     assert loss.shape == (x.shape[0],)
-    np.testing.assert_allclose(np.asarray(loss), np.asarray(ce), rtol=1e-6)
+    # float32 rounding of two differently fused programs (a few ulp); a KL term left in is >= 1e-4
+    np.testing.assert_allclose(np.asarray(loss), np.asarray(ce), rtol=1e-5)
     # With beta > 0 the KL term is non-negative and positive for a non-trivial attack.
     loss6 = trades(x, y, jax.random.key(0), 0.03, beta=6.0)
     assert np.all(np.asarray(loss6) >= np.asarray(ce) - 1e-6) and float(jnp.mean(loss6 - ce)) > 1e-4

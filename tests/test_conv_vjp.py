@@ -4,6 +4,8 @@ same convolutions on the same operands, only the kernel's layout differs)."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +17,12 @@ from robust_vision.config import ModelConfig
 from robust_vision.models import create_model
 from robust_vision.models.conv import conv_general_dilated, conv_layer, input_grad_padding
 
+from conftest import DEFAULT_OPT_LEVEL
+
 DN = ("NHWC", "HWIO", "NHWC")
+# Bit-for-bit claims are about the programs users run: XLA's default optimisation level, not the
+# test session's fast-compile level (tests/conftest.py).
+jit = functools.partial(jax.jit, compiler_options=DEFAULT_OPT_LEVEL)
 
 
 CASES = [  # (input H, W, kernel, strides, padding, groups)
@@ -56,9 +63,9 @@ def _all_grads(conv, operands, loop: bool):
         return out
 
     if not loop:
-        return jax.jit(grads)(operands)
+        return jit(grads)(operands)
 
-    @jax.jit
+    @jit
     def looped(operands, n):
         # x + 0 * carry: exactly x, but loop-dependent, so XLA cannot hoist it out of the body
         return lax.fori_loop(0, n, lambda i, c: grads(jax.tree.map(lambda a, b: a + 0.0 * b, operands, c)),
@@ -74,7 +81,7 @@ def test_gradients_bit_identical_to_lax():
     operands = _operands()
 
     def forwards(conv):
-        return jax.jit(lambda ops: [conv(x, w, strides, padding, dimension_numbers=DN, feature_group_count=groups)
+        return jit(lambda ops: [conv(x, w, strides, padding, dimension_numbers=DN, feature_group_count=groups)
                                     for (x, w), (_size, _k, strides, padding, groups) in zip(ops, CASES)])(operands)
     for case, a, b in zip(CASES, forwards(conv_general_dilated), forwards(lax.conv_general_dilated)):
         np.testing.assert_array_equal(a, b, err_msg=f"forward, case {case}")
@@ -97,7 +104,7 @@ def test_kernel_dilation_and_other_layout():
     kw = dict(window_strides=(2, 1), padding="SAME", rhs_dilation=(2, 1), dimension_numbers=("NCHW", "OIHW", "NCHW"))
 
     def grads(conv):
-        return jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w, **kw))), argnums=(0, 1)))(x, w)
+        return jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w, **kw))), argnums=(0, 1)))(x, w)
     for a, b in zip(grads(conv_general_dilated), grads(lax.conv_general_dilated)):
         np.testing.assert_array_equal(a, b)
 
@@ -164,10 +171,10 @@ def test_model_input_gradient_equals_plain_conv_model():
         m = nnx.merge(graphdef, state)
         return jax.grad(lambda z: jnp.sum(jax.nn.log_softmax(m(z))[:, 0]))(x)
 
-    ours = jax.jit(input_grad, static_argnums=0)(graphdef, state, x)
+    ours = jit(input_grad, static_argnums=0)(graphdef, state, x)
     _set_conv(model, lax.conv_general_dilated)
     plain_graphdef, plain_state = nnx.split(model)
-    ref = jax.jit(input_grad, static_argnums=0)(plain_graphdef, plain_state, x)
+    ref = jit(input_grad, static_argnums=0)(plain_graphdef, plain_state, x)
     assert np.all(np.isfinite(ours)) and np.any(ours != 0)
     np.testing.assert_array_equal(ours, ref)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, tiny_overrides
+from conftest import FAST_COMPILE_FLAG, REPO_ROOT, tiny_overrides
 
 TIMEOUT_S = 240
 
@@ -25,7 +25,7 @@ TIMEOUT_S = 240
 def _env(devices: int) -> dict[str, str]:
     env = dict(os.environ)
     env.update(PYTHONPATH=str(REPO_ROOT / "src"), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE_FLAG}")
     for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID"):
         env.pop(name, None)
     return env
