@@ -190,7 +190,7 @@ def test_evaluator_compiles_once_for_every_step_count():
     for steps in (2, 5):
         per = ev.per_example_robustness(logits_fn, x, y, key, "pgd", [0.05], 8, steps=steps, step_size=0.02)
         margins[steps] = per[0]["margin"]
-    programs = [f._cache_size() for k, f in ev._JIT_CACHE.items() if k[1] is get_attack("pgd")]
+    programs = [f._cache_size() for k, f in ev._JIT_CACHE.items() if k[0] is get_attack("pgd")]
     assert programs == [1]
     for steps in (2, 5):  # the same per-example keys as the evaluator: fold_in(key, batch 0)
         x_adv = get_attack("pgd")(logits_fn, jnp.asarray(x), jnp.asarray(y), jax.random.fold_in(key, 0),

@@ -78,17 +78,16 @@ def _static_items(hyper: dict[str, Any]) -> tuple:
     return items
 
 
-def _attack_batch_impl(xb, yb, kb, eps, traced, *, attack_fn, logits_fn, hyper):
+def _attack_impl(xb, yb, kb, eps, traced, *, attack_fn, logits_fn, hyper):
+    """(x_adv, correct, margin) of one batch. One program serves both the robust-accuracy pass
+    (which keeps the metrics) and the sanity checks (which inspect x_adv): a second program per
+    attack would be traced and lowered again on every run, compilation cache or not."""
     x_adv = attack_fn(logits_fn, xb, yb, kb, eps, **dict(hyper), **traced)
     m = per_example_metrics(logits_fn(x_adv), yb)
-    return m["correct"], m["margin"]
+    return x_adv, m["correct"], m["margin"]
 
 
-def _attack_only_impl(xb, yb, kb, eps, traced, *, attack_fn, logits_fn, hyper):
-    return attack_fn(logits_fn, xb, yb, kb, eps, **dict(hyper), **traced)
-
-
-# Jitted functions, one per (kind, attack, model function, static hyper-parameters), reused
+# Jitted functions, one per (attack, model function, static hyper-parameters), reused
 # across calls, batches, eps, step sizes and restarts (all traced), so repeated evaluations of
 # one model (sanity checks, eps sweeps) compile once. Bounded LRU: a dropped entry frees its
 # executables and the model parameters its logits_fn closes over (long sweeps over
@@ -97,14 +96,13 @@ _JIT_CACHE: "collections.OrderedDict[tuple, Callable]" = collections.OrderedDict
 _JIT_CACHE_SIZE = 8
 
 
-def _jitted(kind: str, attack_fn: Callable, logits_fn: LogitsFn, hyper: tuple) -> Callable:
-    """``fn(x, y, key, eps, traced_hyper_dict)``, jitted."""
-    key = (kind, attack_fn, logits_fn, hyper)
+def _jitted(attack_fn: Callable, logits_fn: LogitsFn, hyper: tuple) -> Callable:
+    """``fn(x, y, key, eps, traced_hyper_dict) -> (x_adv, correct, margin)``, jitted."""
+    key = (attack_fn, logits_fn, hyper)
     if key in _JIT_CACHE:
         _JIT_CACHE.move_to_end(key)
         return _JIT_CACHE[key]
-    impl = _attack_batch_impl if kind == "metrics" else _attack_only_impl
-    fn = jax.jit(functools.partial(impl, attack_fn=attack_fn, logits_fn=logits_fn, hyper=hyper))
+    fn = jax.jit(functools.partial(_attack_impl, attack_fn=attack_fn, logits_fn=logits_fn, hyper=hyper))
     _JIT_CACHE[key] = fn
     while len(_JIT_CACHE) > _JIT_CACHE_SIZE:
         _JIT_CACHE.popitem(last=False)
@@ -142,13 +140,13 @@ def per_example_robustness_stream(logits_fn: LogitsFn, batches: Iterable[Any], k
         if not float(eps) >= 0:
             raise ValueError(f"eps must be >= 0, got {eps}.")
     static, traced = _split_hyper(hyper)
-    run = _jitted("metrics", attack_fn, logits_fn, static)
+    run = _jitted(attack_fn, logits_fn, static)
 
     def attack_batch(x, y, i):
         x, k = to_unit_float(x), jax.random.fold_in(key, i)
         out = {}
         for j, eps in enumerate(eps_list):
-            out[f"correct{j}"], out[f"margin{j}"] = run(x, y, k, jnp.float32(eps), traced)
+            _, out[f"correct{j}"], out[f"margin{j}"] = run(x, y, k, jnp.float32(eps), traced)
         return out
 
     per = stream_per_example(attack_batch, _checked_stream(batches), prefetch=prefetch)
@@ -251,8 +249,13 @@ def sanity_checks(logits_fn: LogitsFn, images: Any, labels: Any, key: jax.Array,
         results[check] = False
         warnings.warn(f"attack sanity check '{check}' failed: {message}", AttackSanityWarning, stacklevel=3)
 
-    xb = jnp.asarray(images[:batch_size])
-    yb = jnp.asarray(labels[:batch_size])
+    # The first batch placed exactly as the robust-accuracy pass places its batches (sharded over
+    # the data mesh), so the checks below reuse its compiled attack programs instead of
+    # specialising new ones to another input sharding.
+    from robust_vision.evaluation.batched import array_batches, prefetch_to_device
+
+    first = next(iter(prefetch_to_device(array_batches(images, labels, batch_size))))
+    xb, yb = first.images, first.labels
     k_eps0, k_acc = jax.random.split(key)
 
     if "deterministic" in checks or "outputs_are_logits" in checks:
@@ -279,8 +282,8 @@ def sanity_checks(logits_fn: LogitsFn, images: Any, labels: Any, key: jax.Array,
             if name == "fgsm" and norm != "linf":
                 continue
             static, traced = _split_hyper(hyper)
-            attack_fn = _jitted("attack", get_attack(name), logits_fn, static)
-            x0 = attack_fn(xb, yb, k_eps0, jnp.float32(0.0), traced)
+            attack_fn = _jitted(get_attack(name), logits_fn, static)
+            x0, _, _ = attack_fn(xb, yb, k_eps0, jnp.float32(0.0), traced)
             if not np.array_equal(np.asarray(x0), np.asarray(xb)):
                 fail("eps0_unchanged", f"{name} with eps=0 changed the input (max change "
                      f"{float(jnp.max(jnp.abs(x0 - xb))):.3g}).")

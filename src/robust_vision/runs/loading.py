@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import jax
+from flax import nnx
 
 from robust_vision.config import Config, ConfigError, config_to_dict, load_config
 from robust_vision.data.pipeline import num_batches
@@ -133,17 +135,35 @@ def load_trained_model(checkpoint: str | Path, cfg: Config | None = None, *, nam
         raise CheckpointError(f"{run_cfg_path}: {exc}") from None
     if cfg is not None:
         _check_compatible(cfg, meta, ckpt_dir)
-    model = create_model(run_cfg.model, input_shape=tuple(meta["input_shape"]), num_classes=int(meta["num_classes"]),
-                         seed=run_cfg.training.seed)
-    parts = split_model(model)
+    parts = _abstract_parts(run_cfg, tuple(meta["input_shape"]), int(meta["num_classes"]))
     tx, _ = make_run_optimizer(run_cfg.training, run_cfg.model, parts.params,
                                num_batches(1, run_cfg.training.batch_size))
-    abstract = init_train_state(parts, tx, bool(meta.get("ema", run_cfg.training.ema_enabled)))
+    ema = bool(meta.get("ema", run_cfg.training.ema_enabled))
+    abstract = jax.eval_shape(lambda p: init_train_state(dataclasses.replace(parts, params=p), tx, ema), parts.params)
     state, meta = restore_checkpoint(ckpt_dir, abstract)
     params = state["ema_params"] if state.get("ema_params") is not None else state["params"]
+    parts = dataclasses.replace(parts, params=params, model_state=state["model_state"])
     return LoadedModel(name=name or run_dir.name, run_dir=run_dir, checkpoint_dir=ckpt_dir,
                        config=cfg or run_cfg, meta=meta, parts=parts, params=params,
                        model_state=state["model_state"])
+
+
+def _abstract_parts(run_cfg: Config, input_shape: tuple[int, int, int], num_classes: int) -> ModelParts:
+    """The run's model split into parts, parameters and model state as ShapeDtypeStructs (the
+    checkpoint fills them in), the RNG streams (not checkpointed) as arrays.
+
+    Why not build the model eagerly: that initialises every parameter only for the checkpoint to
+    overwrite it, and each eager initialiser is its own small XLA program (one per shape), whose
+    tracing and lowering a second run pays again although the compilation cache holds them (the
+    bulk of a cached evaluation's compile seconds, benchmarks/compile_time.py). The streams come
+    from one jitted construction instead, so they hold the very keys and counters an eager one gives.
+    """
+    def build() -> nnx.Module:
+        return create_model(run_cfg.model, input_shape=input_shape, num_classes=num_classes, seed=run_cfg.training.seed)
+
+    parts = split_model(nnx.eval_shape(build))
+    rng_state = jax.jit(lambda: nnx.state(build(), nnx.RngState))()
+    return dataclasses.replace(parts, rng_state=rng_state)
 
 
 def check_input_shape(model: LoadedModel, image_shape: tuple[int, int, int], where: str) -> None:
