@@ -290,7 +290,11 @@ def main(argv: list[str] | None = None) -> int:
                str(args.batch), "--size", str(args.size), "--steps", str(args.steps), "--rounds", str(args.rounds)]
         if args.no_torch:
             cmd.append("--no-torch")
-        subprocess.run(cmd, env={**os.environ, "ROBUST_VISION_XLA_DEFAULTS": "off"}, check=False)
+        from robust_vision.xla_defaults import without_cpu_defaults
+
+        env = {**os.environ, "ROBUST_VISION_XLA_DEFAULTS": "off",
+               "XLA_FLAGS": without_cpu_defaults(os.environ.get("XLA_FLAGS", ""))}  # not inherited
+        subprocess.run(cmd, env=env, check=False)
     return 0
 
 

@@ -61,3 +61,11 @@ def test_too_late_once_the_backend_runs(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
     assert xla_defaults.apply_cpu_defaults() is False  # cannot take effect any more: says so
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=1"  # and changes nothing
+
+
+def test_without_cpu_defaults_strips_only_the_projects_flags():
+    from robust_vision.xla_defaults import without_cpu_defaults
+
+    assert without_cpu_defaults(f"--xla_force_host_platform_device_count=2 {FLAG}") == \
+        "--xla_force_host_platform_device_count=2"
+    assert without_cpu_defaults("") == ""

@@ -54,3 +54,9 @@ def apply_cpu_defaults() -> bool:
             return False
         os.environ["XLA_FLAGS"] = " ".join([current, *missing]).strip()
     return all(flag in os.environ["XLA_FLAGS"] for flag in CPU_FLAGS)
+
+
+def without_cpu_defaults(flags: str) -> str:
+    """``flags`` (an ``XLA_FLAGS`` value) with :data:`CPU_FLAGS` removed: the environment for a
+    child process that should run under XLA's own defaults (with ``ROBUST_VISION_XLA_DEFAULTS=off``)."""
+    return " ".join(f for f in flags.split() if f not in CPU_FLAGS)
