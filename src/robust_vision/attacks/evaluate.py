@@ -252,15 +252,17 @@ def sanity_checks(logits_fn: LogitsFn, images: Any, labels: Any, key: jax.Array,
     # The first batch placed exactly as the robust-accuracy pass places its batches (sharded over
     # the data mesh), so the checks below reuse its compiled attack programs instead of
     # specialising new ones to another input sharding.
+    from robust_vision.distributed import to_host
     from robust_vision.evaluation.batched import array_batches, prefetch_to_device
 
     first = next(iter(prefetch_to_device(array_batches(images, labels, batch_size))))
     xb, yb = first.images, first.labels
     k_eps0, k_acc = jax.random.split(key)
+    # (input gradient of the CE loss, logits): one program for the forward and gradient checks
+    grad_and_logits = jax.jit(lambda x, y: loss_grad_logits(logits_fn, ce_loss, x, y)[1:])
 
     if "deterministic" in checks or "outputs_are_logits" in checks:
-        fwd = jax.jit(logits_fn)
-        out1, out2 = np.asarray(fwd(xb)), np.asarray(fwd(xb))
+        out1, out2 = (to_host(grad_and_logits(xb, yb)[1]) for _ in range(2))
         if "deterministic" in checks and not np.array_equal(out1, out2):
             fail("deterministic", f"logits_fn is random (max change {np.max(np.abs(out1 - out2)):.3g} between "
                  "two calls); evaluate randomised models with expectation over transformation, or fix the "
@@ -284,9 +286,10 @@ def sanity_checks(logits_fn: LogitsFn, images: Any, labels: Any, key: jax.Array,
             static, traced = _split_hyper(hyper)
             attack_fn = _jitted(get_attack(name), logits_fn, static)
             x0, _, _ = attack_fn(xb, yb, k_eps0, jnp.float32(0.0), traced)
-            if not np.array_equal(np.asarray(x0), np.asarray(xb)):
+            x0, x_in = to_host((x0, xb))  # global arrays: gathered on every process
+            if not np.array_equal(x0, x_in):
                 fail("eps0_unchanged", f"{name} with eps=0 changed the input (max change "
-                     f"{float(jnp.max(jnp.abs(x0 - xb))):.3g}).")
+                     f"{float(np.max(np.abs(x0 - x_in))):.3g}).")
         clean = robust_accuracy(logits_fn, images, labels, k_acc, "fgsm", [0.0], batch_size)[0]["accuracy"]
         if pgd_rows[0]["accuracy"] != clean:
             fail("eps0_unchanged", f"PGD accuracy at eps=0 ({pgd_rows[0]['accuracy']:.4f}) differs from clean "
@@ -307,11 +310,10 @@ def sanity_checks(logits_fn: LogitsFn, images: Any, labels: Any, key: jax.Array,
                  f"at eps={eps}: gradients are unreliable (masking) or the PGD step size is wrong.")
 
     if "gradients_nonzero" in checks:
-        grad_fn = jax.jit(lambda x, y: loss_grad_logits(logits_fn, ce_loss, x, y)[1])
         zero = []
-        for i in range(0, n, batch_size):
-            g = np.asarray(grad_fn(jnp.asarray(images[i:i + batch_size]), jnp.asarray(labels[i:i + batch_size])))
-            zero.append(np.all(g.reshape(g.shape[0], -1) == 0, axis=1))
+        for batch in prefetch_to_device(array_batches(images, labels, batch_size)):
+            g, mask = to_host((grad_and_logits(batch.images, batch.labels)[0], batch.mask))
+            zero.append(np.all(g.reshape(g.shape[0], -1) == 0, axis=1)[mask > 0])
         zero_frac = float(np.mean(np.concatenate(zero)))
         if zero_frac > max_zero_grad_fraction:
             fail("gradients_nonzero", f"{zero_frac:.1%} of the examples have an exactly-zero input gradient "
