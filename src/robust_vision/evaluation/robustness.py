@@ -194,7 +194,7 @@ def evaluate_robustness(forward: Forward, variables, images: np.ndarray | None, 
                         batches: Callable[[], Iterable[Batch]] | None = None) -> RobustnessResult:
     """Evaluate every (noise type, level) condition; one tidy row per condition.
 
-    ``forward`` must be a stable (hashable, reused) pure function so each noise type compiles
+    ``forward`` must be a stable (hashable, reused) pure function so the grid compiles
     once; ``variables`` is its first argument. Level 0.0 is the clean split (evaluated once,
     repeated per noise type). Input: arrays ``images`` (N, H, W, C) uint8 or float32 in [0, 1]
     and ``labels`` (N,), cut into batches of ``batch_size``; or ``batches`` (images / labels
