@@ -21,9 +21,10 @@ from __future__ import annotations
 import os
 import sys
 
+from robust_vision.compile_cache import OFF_VALUES  # does not import JAX
+
 ENV_VAR = "ROBUST_VISION_XLA_DEFAULTS"
 CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
-_OFF_VALUES = frozenset({"off", "0", "none", "false", "no"})
 
 
 def _backend_started() -> bool:
@@ -45,7 +46,7 @@ def apply_cpu_defaults() -> bool:
     ``ROBUST_VISION_XLA_DEFAULTS`` is off, or when JAX's backend was started before this call
     (``XLA_FLAGS`` is then read already), True otherwise. Idempotent.
     """
-    if os.environ.get(ENV_VAR, "").strip().lower() in _OFF_VALUES:
+    if os.environ.get(ENV_VAR, "").strip().lower() in OFF_VALUES - {""}:  # unset or empty: on
         return False
     current = os.environ.get("XLA_FLAGS", "")
     missing = [flag for flag in CPU_FLAGS if flag.split("=", 1)[0] not in current]

@@ -69,6 +69,10 @@ def batch_split(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Batc
     return BatchedSplit(x, y, mask, n)
 
 
+# The per-example metrics every grid program returns, (B,) each.
+METRIC_NAMES = ("correct", "confidence", "margin", "loss")
+
+
 def condition_key(seed: int, noise_type: str, level: float, draw: int) -> jax.Array:
     key = jax.random.key(seed)
     key = jax.random.fold_in(key, zlib.crc32(noise_type.encode()) & 0x7FFFFFFF)
@@ -83,7 +87,7 @@ def _run_condition(forward: Forward, noise_fn, variables, images: jax.Array, lab
         x, y, i = inputs
         noisy = x if noise_fn is None else noise_fn(jax.random.fold_in(key, i), x, level)
         m = per_example_metrics(forward(variables, noisy), y)
-        return carry, {k: m[k] for k in ("correct", "confidence", "margin", "loss")}
+        return carry, {k: m[k] for k in METRIC_NAMES}
 
     _, out = jax.lax.scan(body, None, (images, labels, jnp.arange(images.shape[0])))
     return out
@@ -109,9 +113,6 @@ def evaluate_condition(forward: Forward, variables, split: BatchedSplit, noise_t
 class RobustnessResult:
     rows: list[dict]
     confidences: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-METRIC_NAMES = ("correct", "confidence", "margin", "loss")
 
 
 @partial(jax.jit, static_argnames=("forward", "noise_fns"))
