@@ -3,9 +3,12 @@
 For each workload (quickstart train, the noise grid, the ImageNet-C suite, the attacks, and
 ``robust-vision-eval --checkpoint RUN --output X --attacks pgd --eps 0.03`` as it is) the
 same command runs twice, each time in a fresh subprocess that shares one new cache directory
-(``ROBUST_VISION_CACHE_DIR``). Compile seconds are JAX's own compile-phase events (tracing,
+(``ROBUST_VISION_CACHE_DIR``: JAX's XLA cache and, under ``programs/``, the traced programs of
+robust_vision.program_cache). Compile seconds are JAX's own compile-phase events (tracing,
 lowering, XLA compile or cache read; robust_vision.compile_cache.COMPILE_EVENTS) summed in
-the child. Goal: first / second >= 5x.
+the child: every second spent before a program runs. Goal: first / second >= 5x. The
+evaluation workloads' first runs follow the training run in the same cache, as a user's do, so
+programs they share with training's validation (the forward pass) are already cached then.
 
 Then, in one process without the cache, each attack's compile seconds as a multiple of one
 train-step compile of the same model (goal <= 3x; every attack jitted once with eps and its

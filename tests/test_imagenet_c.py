@@ -513,8 +513,8 @@ def test_elastic_field_agrees_with_imagecorruptions(oracle):
         ours, ref = [], []
         for draw in range(ELASTIC_DRAWS):
             key = jax.random.fold_in(jax.random.key(severity), draw)
-            out = imagenet_c._run_traced(key, X, jnp.asarray(params, jnp.float32), aux,
-                                         name="elastic_transform", scale="imagenet", variant=None)
+            run = imagenet_c._program(imagenet_c._run_traced, name="elastic_transform", scale="imagenet", variant=None)
+            out = run(key, X, jnp.asarray(params, jnp.float32), aux)
             ours.append(np.abs(_uint8_like_oracle(out) - clean).mean())
             np.random.seed(100 * severity + draw)
             ref_out = np.stack([oracle(img, corruption_name="elastic_transform", severity=severity) for img in U8])

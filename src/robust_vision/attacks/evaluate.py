@@ -20,6 +20,7 @@ import numpy as np
 from robust_vision.attacks._common import LogitsFn, ce_loss, loss_grad_logits
 from robust_vision.attacks.registry import get_attack
 from robust_vision.evaluation.metrics import per_example_metrics, snr_summary
+from robust_vision.program_cache import cached_jit
 
 
 class AttackSanityWarning(UserWarning):
@@ -96,13 +97,32 @@ _JIT_CACHE: "collections.OrderedDict[tuple, Callable]" = collections.OrderedDict
 _JIT_CACHE_SIZE = 8
 
 
+def _bound_attack_impl(variables, xb, yb, kb, eps, traced, *, attack_fn, forward, hyper):
+    """``_attack_impl`` of ``forward(variables, .)``, the weights an argument, not constants."""
+    return _attack_impl(xb, yb, kb, eps, traced, attack_fn=attack_fn, hyper=hyper,
+                        logits_fn=lambda images: forward(variables, images))
+
+
 def _jitted(attack_fn: Callable, logits_fn: LogitsFn, hyper: tuple) -> Callable:
-    """``fn(x, y, key, eps, traced_hyper_dict) -> (x_adv, correct, margin)``, jitted."""
+    """``fn(x, y, key, eps, traced_hyper_dict) -> (x_adv, correct, margin)``, jitted.
+
+    A loaded model's logits (``runs.loading.BoundLogits``: a forward with a ``program_key``
+    and its variables) get a program that takes the variables as an argument and is kept on
+    disk (``program_cache``), so a second run neither traces nor lowers it again."""
     key = (attack_fn, logits_fn, hyper)
     if key in _JIT_CACHE:
         _JIT_CACHE.move_to_end(key)
         return _JIT_CACHE[key]
-    fn = jax.jit(functools.partial(_attack_impl, attack_fn=attack_fn, logits_fn=logits_fn, hyper=hyper))
+    forward, variables = getattr(logits_fn, "forward", None), getattr(logits_fn, "variables", None)
+    program_key = getattr(forward, "program_key", None)
+    if program_key is None or variables is None:
+        fn = jax.jit(functools.partial(_attack_impl, attack_fn=attack_fn, logits_fn=logits_fn, hyper=hyper))
+    else:
+        program = cached_jit(functools.partial(_bound_attack_impl, attack_fn=attack_fn, forward=forward, hyper=hyper),
+                             name=f"attack_{getattr(attack_fn, '__name__', 'custom')}",
+                             key={"forward": program_key.key, "hyper": [list(map(repr, h)) for h in hyper]},
+                             sources=[*program_key.sources, attack_fn])
+        fn = functools.partial(program, variables)
     _JIT_CACHE[key] = fn
     while len(_JIT_CACHE) > _JIT_CACHE_SIZE:
         _JIT_CACHE.popitem(last=False)

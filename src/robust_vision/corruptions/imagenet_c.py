@@ -35,6 +35,7 @@ import numpy as np
 
 from robust_vision.corruptions import _ops
 from robust_vision.corruptions._common import check_images, lookup
+from robust_vision.program_cache import cached_jit
 
 Scale = Literal["imagenet", "cifar"]
 SCALES: tuple[str, ...] = ("imagenet", "cifar")
@@ -798,18 +799,24 @@ _AUX: dict[str, Callable[[Any, tuple[int, ...], str], dict[str, np.ndarray]]] = 
 }
 
 
-@functools.partial(jax.jit, static_argnames=("name", "params", "scale"))
 def _run_static(key: jax.Array, images: jax.Array, name: str, params: Any, scale: str) -> jax.Array:
     return _IMPLS[name](key, images, params, scale).astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("name", "scale", "variant"))
 def _run_traced(key: jax.Array, images: jax.Array, params: jax.Array, aux: dict[str, jax.Array],
                 name: str, scale: str, variant: Any) -> jax.Array:
     if name in _AUX:
         extra = {"mud": variant} if name == "spatter" else {}
         return _IMPLS[name](key, images, params, scale, aux, **extra).astype(jnp.float32)
     return _IMPLS[name](key, images, params, scale).astype(jnp.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _program(runner: Callable, **static: Any) -> Callable:
+    """``runner`` with its static arguments bound, jitted once per static values, the traced
+    program kept on disk (``program_cache``; these functions close over nothing else)."""
+    return cached_jit(functools.partial(runner, **static), name=f"corruption_{static['name']}",
+                      key={k: repr(v) for k, v in sorted(static.items())})
 
 
 # Corruptions made of their own compiled programs (pixelate: see there), called as they are.
@@ -822,8 +829,9 @@ def _run(key: jax.Array, images: jax.Array, name: str, params: Any, scale: str) 
     if name in _TRACED_PARAMS or name in _AUX:
         aux = _AUX[name](params, tuple(images.shape), scale) if name in _AUX else {}
         variant = bool(params[5]) if name == "spatter" else None
-        return _run_traced(key, images, jnp.asarray(params, jnp.float32), aux, name=name, scale=scale, variant=variant)
-    return _run_static(key, images, name=name, params=params, scale=scale)
+        return _program(_run_traced, name=name, scale=scale, variant=variant)(key, images,
+                                                                              jnp.asarray(params, jnp.float32), aux)
+    return _program(_run_static, name=name, params=params, scale=scale)(key, images)
 
 
 def _make(name: str) -> CorruptionFn:

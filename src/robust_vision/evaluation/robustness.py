@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from typing import Callable, Iterable
 
 import jax
@@ -30,6 +30,7 @@ from robust_vision.data.pipeline import data_mesh, device_multiple, num_batches,
 from robust_vision.distributed import gather_batches, to_host
 from robust_vision.evaluation.batched import array_batches, prefetch_to_device
 from robust_vision.evaluation.metrics import degradation_percent, per_example_metrics, summarize
+from robust_vision.program_cache import cached_jit
 
 RESULT_COLUMNS = ["model", "noise_type", "level", "accuracy", "confidence", "margin", "snr", "snr_median", "ece",
                   "loss", "degradation", "n_images", "n_draws"]
@@ -73,11 +74,32 @@ def batch_split(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Batc
 METRIC_NAMES = ("correct", "confidence", "margin", "loss")
 
 
+def _condition_numbers(noise_type: str, level: float, draw: int) -> tuple[int, int, int]:
+    return zlib.crc32(noise_type.encode()) & 0x7FFFFFFF, int(round(level * 1_000_000)), draw
+
+
 def condition_key(seed: int, noise_type: str, level: float, draw: int) -> jax.Array:
     key = jax.random.key(seed)
-    key = jax.random.fold_in(key, zlib.crc32(noise_type.encode()) & 0x7FFFFFFF)
-    key = jax.random.fold_in(key, int(round(level * 1_000_000)))
-    return jax.random.fold_in(key, draw)
+    for number in _condition_numbers(noise_type, level, draw):
+        key = jax.random.fold_in(key, number)
+    return key
+
+
+def _key_data_of_conditions(seed: jax.Array, numbers: jax.Array) -> jax.Array:
+    """key_data of ``condition_key`` for each row (crc, micro-level, draw) of ``numbers`` (C, 3)
+    int32: the same keys (fold_in of a traced int32 is the fold_in of the same Python int)."""
+    def one(row):
+        key = jax.random.key(seed)
+        for j in range(3):
+            key = jax.random.fold_in(key, row[j])
+        return jax.random.key_data(key)
+
+    return jax.vmap(one)(numbers)
+
+
+# One cached program for all the grid's keys: a fold_in per condition, run eagerly, would be
+# three small programs traced and lowered again on every run.
+_conditions_key_data = cached_jit(_key_data_of_conditions, name="condition_keys", key={})
 
 
 @partial(jax.jit, static_argnames=("forward", "noise_fn"))
@@ -115,7 +137,6 @@ class RobustnessResult:
     confidences: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-@partial(jax.jit, static_argnames=("forward", "noise_fns"))
 def _batch_conditions(forward: Forward, noise_fns: tuple, variables, images: jax.Array, labels: jax.Array,
                       kinds: jax.Array, key_data: jax.Array, levels: jax.Array, index: jax.Array
                       ) -> dict[str, jax.Array]:
@@ -147,6 +168,19 @@ def _batch_conditions(forward: Forward, noise_fns: tuple, variables, images: jax
     return {k: v.T for k, v in out.items()}  # (B, C): batches concatenate along the examples
 
 
+@lru_cache(maxsize=8)  # bounded: a dropped entry frees the programs of a model no longer evaluated
+def _grid_program(forward: Forward, noise_types: tuple) -> Callable:
+    """``_batch_conditions`` of ``forward`` and these noise types (None = clean), jitted; kept
+    on disk (``program_cache``) when ``forward`` carries a ``program_key`` (a loaded model's)."""
+    noise_fns = tuple(None if t is None else get_noise(t) for t in noise_types)
+    fn = partial(_batch_conditions, forward, noise_fns)
+    program_key = getattr(forward, "program_key", None)
+    if program_key is None:
+        return jax.jit(fn)
+    return cached_jit(fn, name="noise_grid", key={"forward": program_key.key, "noise_types": list(noise_types)},
+                      sources=[*program_key.sources, *(f for f in noise_fns if f is not None)])
+
+
 def evaluate_conditions_stream(forward: Forward, variables, batches: Iterable[Batch], *, noise_types: list[str],
                                levels: list[float], seed: int, n_draws: int, prefetch: int = 2
                                ) -> dict[tuple[str | None, float], dict[str, np.ndarray]]:
@@ -166,15 +200,15 @@ def evaluate_conditions_stream(forward: Forward, variables, batches: Iterable[Ba
             if level != 0.0:
                 conditions += [(noise_type, level, d) for d in range(n_draws) if (noise_type, level, d)
                                not in conditions]
-    types = list(dict.fromkeys(c[0] for c in conditions))  # None (clean) first
-    noise_fns = tuple(None if t is None else get_noise(t) for t in types)
+    types = tuple(dict.fromkeys(c[0] for c in conditions))  # None (clean) first
+    run = _grid_program(forward, types)
     kinds = jnp.asarray([types.index(c[0]) for c in conditions], jnp.int32)
-    key_data = jnp.stack([jax.random.key_data(condition_key(seed, c[0] or "clean", c[1], c[2])) for c in conditions])
+    numbers = np.asarray([_condition_numbers(c[0] or "clean", c[1], c[2]) for c in conditions], np.int32)
+    key_data = _conditions_key_data(jnp.int32(seed), jnp.asarray(numbers))
     levels_c = jnp.asarray([c[1] for c in conditions], jnp.float32)
     outputs, masks = [], []
     for i, batch in enumerate(prefetch_to_device(batches, prefetch)):
-        outputs.append(_batch_conditions(forward, noise_fns, variables, batch.images, batch.labels, kinds, key_data,
-                                         levels_c, jnp.int32(i)))
+        outputs.append(run(variables, batch.images, batch.labels, kinds, key_data, levels_c, jnp.int32(i)))
         masks.append(batch.mask)
     if not masks:
         raise ValueError("no batches to evaluate (empty split)")

@@ -87,12 +87,26 @@ def register_model(name: str, constructor: Callable[..., nnx.Module], options: C
     MODELS[name] = (constructor, options)
 
 
-def create_model(cfg: ModelConfig, *, input_shape: tuple[int, int, int], num_classes: int, seed: int) -> nnx.Module:
-    """Build the model named by ``cfg.name`` with parameters drawn from ``seed``, in eval mode."""
+def model_builder(cfg: ModelConfig, *, input_shape: tuple[int, int, int], num_classes: int,
+                  seed: int) -> Callable[[], nnx.Module]:
+    """A function that builds the model named by ``cfg.name`` with parameters drawn from
+    ``seed``, in eval mode. The registry is read now, so a later build (a traced one) makes the
+    same model whatever is registered by then. ``builder.constructor`` is the registered one."""
     if cfg.name not in MODELS:
         raise ValueError(f"model.name: unknown model {cfg.name!r}; valid models: {', '.join(sorted(MODELS))}")
     constructor, options = MODELS[cfg.name]
-    rngs = nnx.Rngs(params=seed, dropout=seed + 1)
-    model = constructor(input_shape=tuple(input_shape), num_classes=num_classes, rngs=rngs, **options(cfg))
-    model.eval()  # inference mode unless a trainer asks otherwise
-    return model
+    kwargs = options(cfg)
+
+    def build() -> nnx.Module:
+        rngs = nnx.Rngs(params=seed, dropout=seed + 1)
+        model = constructor(input_shape=tuple(input_shape), num_classes=num_classes, rngs=rngs, **kwargs)
+        model.eval()  # inference mode unless a trainer asks otherwise
+        return model
+
+    build.constructor = constructor
+    return build
+
+
+def create_model(cfg: ModelConfig, *, input_shape: tuple[int, int, int], num_classes: int, seed: int) -> nnx.Module:
+    """Build the model named by ``cfg.name`` with parameters drawn from ``seed``, in eval mode."""
+    return model_builder(cfg, input_shape=input_shape, num_classes=num_classes, seed=seed)()

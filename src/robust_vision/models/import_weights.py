@@ -31,6 +31,7 @@ unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Optional
@@ -206,7 +207,7 @@ def import_weights(source: str | Path, model_name: str, output: str | Path, *, c
     model = create_model(cfg.model, input_shape=input_shape, num_classes=num_classes, seed=cfg.training.seed)
     parts = split_model(model)
     params, model_state = convert_state_dict(state_dict, model_name, parts.params, parts.model_state)
-    parts = type(parts)(parts.train_graph, parts.eval_graph, params, parts.rng_state, model_state)
+    parts = dataclasses.replace(parts, params=params, model_state=model_state)
     # The same optimizer the loader rebuilds, so the saved state has the structure it restores into.
     tx, _ = make_run_optimizer(cfg.training, cfg.model, parts.params, num_batches(1, cfg.training.batch_size))
     state = init_train_state(parts, tx, ema_enabled=False)

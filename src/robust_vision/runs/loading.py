@@ -12,9 +12,11 @@ from flax import nnx
 
 from robust_vision.config import Config, ConfigError, config_to_dict, load_config
 from robust_vision.data.pipeline import num_batches
-from robust_vision.models import create_model
+from robust_vision.models import MODELS, model_builder
+from robust_vision.program_cache import cached_jit, cached_shapes
 from robust_vision.runs.checkpoint import CheckpointError, read_meta, restore_checkpoint
-from robust_vision.training.steps import ModelParts, init_train_state, make_logits_fn, make_run_optimizer, split_model
+from robust_vision.training.steps import (Graphs, ModelParts, ProgramKey, init_train_state, make_logits_fn,
+                                          make_run_optimizer, model_program_key, split_model)
 
 
 @dataclass
@@ -41,19 +43,45 @@ class LoadedModel:
         return int(self.meta["num_classes"])
 
     def __post_init__(self) -> None:
-        logits = make_logits_fn(self.parts)
-        # One function object per model, so jitted evaluators keyed on it compile once.
-        self.forward = lambda variables, images: logits(variables[0], variables[1], images)
+        # One function object per model, so jitted evaluators keyed on it compile once; its
+        # program_key lets them keep their traced programs on disk (program_cache).
+        key = model_program_key(self.parts, self.config.model, input_shape=list(self.input_shape),
+                                num_classes=self.num_classes, sources=(MODELS[self.config.model.name][0],))
+        self.forward = Forward(make_logits_fn(self.parts), key)
 
     @property
     def variables(self) -> tuple:
         """The ``forward`` function's first argument: (params, model_state)."""
         return (self.params, self.model_state)
 
-    def logits_fn(self) -> Callable[[jax.Array], jax.Array]:
+    def logits_fn(self) -> "BoundLogits":
         """images -> logits with the weights closed over (for attacks and analyses)."""
-        forward, variables = self.forward, self.variables
-        return lambda images: forward(variables, images)
+        return BoundLogits(self.forward, self.variables)
+
+
+class Forward:
+    """A model's pure eval-mode forward ``(variables, images) -> logits``, variables =
+    (params, model_state), images (B, H, W, C) in [0, 1], logits (B, K). ``program_key``: what
+    the programs that trace it depend on beyond their arguments (``steps.model_program_key``).
+    Hashed and compared by identity, as a static argument of jit."""
+
+    def __init__(self, logits: Callable, program_key: ProgramKey):
+        self._logits, self.program_key = logits, program_key
+
+    def __call__(self, variables: tuple, images: jax.Array) -> jax.Array:
+        return self._logits(variables[0], variables[1], images)
+
+
+class BoundLogits:
+    """``images -> logits`` of a ``Forward`` with its variables closed over. Evaluators that
+    know it (attacks) pass ``variables`` to their programs as an argument instead, so a program
+    kept on disk never holds the weights."""
+
+    def __init__(self, forward: Forward, variables: tuple):
+        self.forward, self.variables = forward, variables
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        return self.forward(self.variables, images)
 
 
 def _latest_step_dir(manager_dir: Path) -> Path | None:
@@ -149,21 +177,30 @@ def load_trained_model(checkpoint: str | Path, cfg: Config | None = None, *, nam
 
 
 def _abstract_parts(run_cfg: Config, input_shape: tuple[int, int, int], num_classes: int) -> ModelParts:
-    """The run's model split into parts, parameters and model state as ShapeDtypeStructs (the
-    checkpoint fills them in), the RNG streams (not checkpointed) as arrays.
+    """The run's model split into parts: parameters and model state as ShapeDtypeStructs (the
+    checkpoint fills them in), the RNG streams (not checkpointed) as arrays, and the graphs,
+    built from ``nnx.eval_shape`` only when a program has to be traced.
 
-    Why not build the model eagerly: that initialises every parameter only for the checkpoint to
-    overwrite it, and each eager initialiser is its own small XLA program (one per shape), whose
-    tracing and lowering a second run pays again although the compilation cache holds them (the
-    bulk of a cached evaluation's compile seconds, benchmarks/compile_time.py). The streams come
-    from one jitted construction instead, so they hold the very keys and counters an eager one gives.
+    The shapes and the streams are kept on disk (``program_cache``: the shapes as JSON, the
+    streams' jitted construction as a program) under the model config, input shape, class count
+    and seed, so a second run does not trace the constructor; when every evaluator's program is
+    read from disk too, nothing asks for the graphs. Why not build the model eagerly: that
+    initialises every parameter only for the checkpoint to overwrite it, and each eager
+    initialiser is its own small XLA program (one per shape), traced and lowered again on every
+    run. The streams hold the very keys and counters an eager construction gives.
     """
-    def build() -> nnx.Module:
-        return create_model(run_cfg.model, input_shape=input_shape, num_classes=num_classes, seed=run_cfg.training.seed)
+    build = model_builder(run_cfg.model, input_shape=input_shape, num_classes=num_classes, seed=run_cfg.training.seed)
 
-    parts = split_model(nnx.eval_shape(build))
-    rng_state = jax.jit(lambda: nnx.state(build(), nnx.RngState))()
-    return dataclasses.replace(parts, rng_state=rng_state)
+    def graphs():
+        return split_model(nnx.eval_shape(build)).graphs.get()
+
+    key = {"model": dataclasses.asdict(run_cfg.model), "seed": run_cfg.training.seed,
+           "input_shape": list(input_shape), "num_classes": num_classes}
+    params, model_state = cached_shapes(lambda: nnx.split(build(), nnx.Param, nnx.RngState, ...)[1::2],
+                                        name="model_shapes", key=key, sources=[build.constructor])
+    streams = cached_jit(lambda: nnx.state(build(), nnx.RngState), name="rng_streams", key=key,
+                         sources=[build.constructor])
+    return ModelParts(Graphs(build=graphs), params, streams(), model_state)
 
 
 def check_input_shape(model: LoadedModel, image_shape: tuple[int, int, int], where: str) -> None:

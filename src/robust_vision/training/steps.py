@@ -13,6 +13,9 @@ so the whole training run is a sequence of pure functions of (state, batch, key)
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -25,6 +28,7 @@ from robust_vision.config import ModelConfig, TrainingConfig
 from robust_vision.data.pipeline import augment
 from robust_vision.evaluation.metrics import per_example_metrics
 from robust_vision.models.stages import frozen_labels
+from robust_vision.program_cache import array_digest, cached_jit
 
 TrainState = dict[str, Any]
 
@@ -39,15 +43,44 @@ def merge_fresh(graph: nnx.GraphDef, *states: nnx.State) -> nnx.Module:
     return nnx.merge(graph, *(jax.tree.map(lambda leaf: leaf, state) for state in states))
 
 
+class Graphs:
+    """A model's static graphs (train mode, eval mode), or a function that builds them when first
+    asked: a loaded model whose every program is read from disk (``program_cache``) never traces
+    its constructor."""
+
+    def __init__(self, train: nnx.GraphDef | None = None, eval: nnx.GraphDef | None = None, *,
+                 build: Callable[[], tuple[nnx.GraphDef, nnx.GraphDef]] | None = None):
+        if (train is None or eval is None) and build is None:
+            raise ValueError("Graphs needs both graphs or a function that builds them")
+        self._graphs = None if build is not None else (train, eval)
+        self._build = build
+
+    @property
+    def built(self) -> bool:
+        return self._graphs is not None
+
+    def get(self) -> tuple[nnx.GraphDef, nnx.GraphDef]:
+        if self._graphs is None:
+            self._graphs = self._build()
+        return self._graphs
+
+
 @dataclass(frozen=True)
 class ModelParts:
     """A model split into its static graphs (train and eval mode) and its state."""
 
-    train_graph: nnx.GraphDef
-    eval_graph: nnx.GraphDef
+    graphs: Graphs
     params: nnx.State
     rng_state: nnx.State
     model_state: nnx.State
+
+    @property
+    def train_graph(self) -> nnx.GraphDef:
+        return self.graphs.get()[0]
+
+    @property
+    def eval_graph(self) -> nnx.GraphDef:
+        return self.graphs.get()[1]
 
     def merge(self, params: nnx.State, model_state: nnx.State, *, train: bool,
               dropout_key: jax.Array | None = None) -> nnx.Module:
@@ -65,7 +98,46 @@ def split_model(model: nnx.Module) -> ModelParts:
     train_graph, params, rng_state, model_state = nnx.split(model, nnx.Param, nnx.RngState, ...)
     model.eval()
     eval_graph, _, _, _ = nnx.split(model, nnx.Param, nnx.RngState, ...)
-    return ModelParts(train_graph, eval_graph, params, rng_state, model_state)
+    return ModelParts(Graphs(train_graph, eval_graph), params, rng_state, model_state)
+
+
+# Run-config keys that say where a run writes or how it reports, never what a step computes:
+# left out of program keys, so one run's cached programs serve a run in another directory.
+_UNTRACED_TRAINING_KEYS = frozenset({"checkpoint_dir", "log_dir", "progress_bar", "compile_cache_dir", "write_figures",
+                                     "eval_every", "save_every", "best_metric", "best_mode", "init_from"})
+
+
+@dataclass(frozen=True)
+class ProgramKey:
+    """What a model's traced programs depend on beyond their arguments (``program_cache``):
+    ``key`` (JSON-able) and ``sources``, the model's node types, whose source files count too."""
+
+    key: dict
+    sources: tuple
+
+
+def model_program_key(parts: ModelParts, model_cfg: ModelConfig, training_cfg: TrainingConfig | None = None,
+                      *, sources: tuple = (), **extra: Any) -> ProgramKey:
+    """The key of programs that close over ``parts`` (its graphs and RNG streams, which are
+    baked in as constants) built from these configs. ``extra``: anything else they close over
+    (JSON-able); ``sources``: code they depend on beyond the package's own.
+
+    With its graphs built, the key also holds the graph text, which names every static attribute
+    of every module (the addresses in the text of function attributes dropped: they change from
+    process to process), and the module types count as sources. Graphs not built yet (a loaded
+    model) stay unbuilt: the model config, the input shape and the constructor name them.
+    """
+    training = {} if training_cfg is None else dataclasses.asdict(training_cfg)
+    key = {"rng": array_digest(parts.rng_state), "model": dataclasses.asdict(model_cfg),
+           "training": {k: v for k, v in training.items() if k not in _UNTRACED_TRAINING_KEYS}, **extra}
+    types = set()
+    if parts.graphs.built:
+        graphs = re.sub(r" at 0x[0-9a-fA-F]+", "", f"{parts.train_graph}\n{parts.eval_graph}")
+        key["graphs"] = hashlib.sha256(graphs.encode()).hexdigest()
+        types = {node.type for graph in parts.graphs.get() for node in graph.nodes
+                 if isinstance(getattr(node, "type", None), type)}
+    ordered = sorted(types, key=lambda t: f"{t.__module__}.{t.__qualname__}")
+    return ProgramKey(key, (*ordered, *sources))
 
 
 def make_optimizer(cfg: TrainingConfig, steps_per_epoch: int) -> tuple[optax.GradientTransformation, Callable]:
@@ -118,7 +190,7 @@ PairLoss = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn: Callable,
                     cfg: TrainingConfig, *, example_transform: ExampleTransform | None = None,
                     pair_transform: ExampleTransform | None = None, pair_loss: PairLoss | None = None,
-                    extra_loss: Callable | None = None):
+                    extra_loss: Callable | None = None, program_key: ProgramKey | None = None):
     """Build the jitted train step ``(state, images, labels, mask, key) -> (state, per_example)``.
 
     images (B, H, W, C) float32 in [0, 1], labels (B,) int32, mask (B,) float32 (0 = padding),
@@ -126,6 +198,8 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn
     ``confidence``, ``margin`` of the training forward pass (train mode, augmented inputs;
     adversarial inputs under Madry training, clean inputs under TRADES).
     ``extra_loss(model, images, features, key) -> scalar`` adds a regularizer.
+    ``program_key`` (``model_program_key`` of these parts and the configs that built ``tx``,
+    ``loss_fn`` and the hooks) keeps the traced step on disk (``program_cache``); None: plain jit.
     """
     if (pair_transform is None) != (pair_loss is None):
         raise ValueError("pair_transform and pair_loss go together (TRADES needs both)")
@@ -184,7 +258,11 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn
         return new_state, {"loss": per_ex, "correct": metrics["correct"],
                            "confidence": metrics["confidence"], "margin": metrics["margin"]}
 
-    return jax.jit(step, donate_argnums=(0,))
+    if program_key is None:
+        return jax.jit(step, donate_argnums=(0,))
+    hooks = [f for f in (loss_fn, example_transform, pair_transform, pair_loss, extra_loss) if f is not None]
+    return cached_jit(step, name="train_step", key=program_key.key, donate_argnums=(0,),
+                      sources=[*program_key.sources, *hooks])
 
 
 def freeze(tx: optax.GradientTransformation, labels: Any) -> optax.GradientTransformation:
@@ -213,12 +291,14 @@ def make_logits_fn(parts: ModelParts) -> Callable[[nnx.State, nnx.State, jax.Arr
     return logits_fn
 
 
-def make_eval_step(parts: ModelParts):
-    """Jitted ``(params, model_state, images, labels) -> per_example`` metrics in eval mode."""
+def make_eval_step(parts: ModelParts, program_key: ProgramKey | None = None):
+    """Jitted ``(params, model_state, images, labels) -> per_example`` metrics in eval mode
+    (kept on disk under ``program_key``, as ``make_train_step``)."""
     logits_fn = make_logits_fn(parts)
 
-    @jax.jit
     def eval_step(params, model_state, images, labels):
         return per_example_metrics(logits_fn(params, model_state, images), labels)
 
-    return eval_step
+    if program_key is None:
+        return jax.jit(eval_step)
+    return cached_jit(eval_step, name="eval_step", key=program_key.key, sources=program_key.sources)

@@ -45,7 +45,7 @@ from robust_vision.training.adversarial import adversarial_hooks, write_adversar
 from robust_vision.training.finetune import load_initial_weights
 from robust_vision.training.pretrain import pretrain_local_layer
 from robust_vision.training.steps import (init_train_state, make_eval_step, make_run_optimizer, make_train_step,
-                                          split_model)
+                                          model_program_key, split_model)
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "train_margin", "train_snr",
                   "val_loss", "val_accuracy", "val_margin", "val_snr", "val_snr_median", "val_ece",
@@ -321,9 +321,12 @@ def _train_loop(cfg, resume, log, run_dir, store, data: TrainData, mesh, model, 
     log(f"Model {cfg.model.name}: {n_params:,} parameters; {mesh.devices.size} device(s) "
         f"({jax.devices()[0].platform}, {jax.process_count()} process(es)); {steps_per_epoch} steps/epoch")
 
+    # Everything the steps close over comes from these configs (and the steps per epoch, in the
+    # learning-rate schedule): the key under which their traced programs are kept (program_cache).
+    program_key = model_program_key(parts, cfg.model, tcfg, steps_per_epoch=steps_per_epoch)
     train_step = make_train_step(parts, tx, make_loss(tcfg), tcfg, extra_loss=make_regularizer(tcfg.regularizers),
-                                 **_train_hooks(tcfg))
-    eval_step = make_eval_step(parts)
+                                 program_key=program_key, **_train_hooks(tcfg))
+    eval_step = make_eval_step(parts, program_key)
     base_key = jax.random.fold_in(jax.random.key(tcfg.seed), 0x5EED)
     reference_loss = None  # see diverged()
 
