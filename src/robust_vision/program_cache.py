@@ -23,8 +23,8 @@ When a program cannot be exported (host callbacks, non-serialisable pytree metad
 leaf is not an array, inside another trace, when several devices are used and an argument is
 not committed to them (a stored program's outputs always are), with several processes, when
 a source file cannot be read, or with the compilation cache off, ``cached_jit`` is plain
-``jax.jit``. It lives in the same directory as the XLA cache
-(``<cache dir>/programs``) and is turned off with it.
+``jax.jit``. It lives in the XLA cache's directory (``<cache dir>/programs``) and is turned off
+with it; ``ROBUST_VISION_PROGRAM_CACHE=off`` turns off only this one.
 
 JAX provides no cache keyed before tracing (its own cache needs the lowered module), so this is
 written here; the serialisation is JAX's own.
@@ -32,13 +32,13 @@ written here; the serialisation is JAX's own.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
 import os
 import re
 import tempfile
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -47,6 +47,7 @@ import numpy as np
 
 FORMAT = 1
 SUFFIX = ".jaxexport"
+ENV_VAR = "ROBUST_VISION_PROGRAM_CACHE"
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # JAX options that change what a function traces to.
 _TRACE_OPTIONS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_default_prng_impl",
@@ -56,12 +57,12 @@ _TRACE_OPTIONS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_default
 # --------------------------------------------------------------------------- the key
 
 
-@lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=None)
 def _file_digest(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-@lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=1)
 def package_fingerprint() -> str:
     """sha256 over the path and content of every ``.py`` file of the robust_vision package."""
     digest = hashlib.sha256()
@@ -159,8 +160,13 @@ def program_digest(name: str, key: Any, tree: Any, signatures: Sequence[tuple], 
 
 
 def cache_directory() -> Path | None:
-    """``<XLA compilation cache dir>/programs``, or None when the compilation cache is off or
-    several processes run (their programs span hosts; each traces its own)."""
+    """``<XLA compilation cache dir>/programs``, or None when the compilation cache is off, when
+    ``ROBUST_VISION_PROGRAM_CACHE=off`` (the XLA cache alone stays on) or several processes run
+    (their programs span hosts; each traces its own)."""
+    from robust_vision.compile_cache import OFF_VALUES
+
+    if os.environ.get(ENV_VAR, "on").strip().lower() in OFF_VALUES - {""}:
+        return None
     if not jax.config.jax_enable_compilation_cache or not jax.config.jax_compilation_cache_dir:
         return None
     if jax.process_count() > 1:
@@ -397,6 +403,28 @@ def cached_shapes(fn: Callable[[], Any], *, name: str, key: Any, sources: Iterab
     except Exception:  # noqa: BLE001 - extended dtypes, unwritable directory: not kept
         pass
     return shapes
+
+
+def logits_program(fn: Callable, logits_fn: Callable, *, name: str, key: Any = None,
+                   sources: Iterable[Any] = ()) -> Callable:
+    """Jitted ``(*args) -> fn(logits_fn, *args)``.
+
+    When ``logits_fn`` is a model's forward bound to its variables (``runs.loading.BoundLogits``:
+    a ``forward`` with a ``program_key``, and ``variables``), the program takes the variables as
+    an argument, not as constants, and is kept on disk under the forward's key, ``key`` (what
+    else ``fn`` closes over, JSON-able) and ``sources``. Any other function: plain jit, with
+    ``logits_fn`` (and its weights) closed over."""
+    forward, variables = getattr(logits_fn, "forward", None), getattr(logits_fn, "variables", None)
+    program_key = getattr(forward, "program_key", None)
+    if program_key is None or variables is None:
+        return jax.jit(functools.partial(fn, logits_fn))
+
+    def bound(variables, *args):
+        return fn(lambda images: forward(variables, images), *args)
+
+    program = cached_jit(bound, name=name, key={"forward": program_key.key, "fn": key},
+                         sources=[*program_key.sources, fn, *sources])
+    return functools.partial(program, variables)
 
 
 def cached_jit(fn: Callable, *, name: str, key: Any, donate_argnums: Sequence[int] = (),

@@ -20,7 +20,7 @@ import numpy as np
 from robust_vision.attacks._common import LogitsFn, ce_loss, loss_grad_logits
 from robust_vision.attacks.registry import get_attack
 from robust_vision.evaluation.metrics import per_example_metrics, snr_summary
-from robust_vision.program_cache import cached_jit
+from robust_vision.program_cache import logits_program
 
 
 class AttackSanityWarning(UserWarning):
@@ -79,7 +79,7 @@ def _static_items(hyper: dict[str, Any]) -> tuple:
     return items
 
 
-def _attack_impl(xb, yb, kb, eps, traced, *, attack_fn, logits_fn, hyper):
+def _attack_impl(logits_fn, xb, yb, kb, eps, traced, *, attack_fn, hyper):
     """(x_adv, correct, margin) of one batch. One program serves both the robust-accuracy pass
     (which keeps the metrics) and the sanity checks (which inspect x_adv): a second program per
     attack would be traced and lowered again on every run, compilation cache or not."""
@@ -97,32 +97,22 @@ _JIT_CACHE: "collections.OrderedDict[tuple, Callable]" = collections.OrderedDict
 _JIT_CACHE_SIZE = 8
 
 
-def _bound_attack_impl(variables, xb, yb, kb, eps, traced, *, attack_fn, forward, hyper):
-    """``_attack_impl`` of ``forward(variables, .)``, the weights an argument, not constants."""
-    return _attack_impl(xb, yb, kb, eps, traced, attack_fn=attack_fn, hyper=hyper,
-                        logits_fn=lambda images: forward(variables, images))
+def _grad_and_logits(logits_fn: LogitsFn, images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(gradient of the summed cross-entropy w.r.t. the images, logits) of one batch."""
+    return loss_grad_logits(logits_fn, ce_loss, images, labels)[1:]
 
 
 def _jitted(attack_fn: Callable, logits_fn: LogitsFn, hyper: tuple) -> Callable:
-    """``fn(x, y, key, eps, traced_hyper_dict) -> (x_adv, correct, margin)``, jitted.
-
-    A loaded model's logits (``runs.loading.BoundLogits``: a forward with a ``program_key``
-    and its variables) get a program that takes the variables as an argument and is kept on
-    disk (``program_cache``), so a second run neither traces nor lowers it again."""
+    """``fn(x, y, key, eps, traced_hyper_dict) -> (x_adv, correct, margin)``, jitted; for a
+    loaded model's logits kept on disk, so a second run neither traces nor lowers it
+    (``program_cache.logits_program``)."""
     key = (attack_fn, logits_fn, hyper)
     if key in _JIT_CACHE:
         _JIT_CACHE.move_to_end(key)
         return _JIT_CACHE[key]
-    forward, variables = getattr(logits_fn, "forward", None), getattr(logits_fn, "variables", None)
-    program_key = getattr(forward, "program_key", None)
-    if program_key is None or variables is None:
-        fn = jax.jit(functools.partial(_attack_impl, attack_fn=attack_fn, logits_fn=logits_fn, hyper=hyper))
-    else:
-        program = cached_jit(functools.partial(_bound_attack_impl, attack_fn=attack_fn, forward=forward, hyper=hyper),
-                             name=f"attack_{getattr(attack_fn, '__name__', 'custom')}",
-                             key={"forward": program_key.key, "hyper": [list(map(repr, h)) for h in hyper]},
-                             sources=[*program_key.sources, attack_fn])
-        fn = functools.partial(program, variables)
+    fn = logits_program(functools.partial(_attack_impl, attack_fn=attack_fn, hyper=hyper), logits_fn,
+                        name=f"attack_{getattr(attack_fn, '__name__', 'custom')}",
+                        key=[list(map(repr, h)) for h in hyper], sources=[attack_fn])
     _JIT_CACHE[key] = fn
     while len(_JIT_CACHE) > _JIT_CACHE_SIZE:
         _JIT_CACHE.popitem(last=False)
@@ -279,7 +269,7 @@ def sanity_checks(logits_fn: LogitsFn, images: Any, labels: Any, key: jax.Array,
     xb, yb = first.images, first.labels
     k_eps0, k_acc = jax.random.split(key)
     # (input gradient of the CE loss, logits): one program for the forward and gradient checks
-    grad_and_logits = jax.jit(lambda x, y: loss_grad_logits(logits_fn, ce_loss, x, y)[1:])
+    grad_and_logits = logits_program(_grad_and_logits, logits_fn, name="sanity_grad_logits")
 
     if "deterministic" in checks or "outputs_are_logits" in checks:
         out1, out2 = (to_host(grad_and_logits(xb, yb)[1]) for _ in range(2))

@@ -46,6 +46,7 @@ from robust_vision.corruptions import (
 from robust_vision.data.batch import Batch, to_unit_float
 from robust_vision.evaluation.batched import array_batches, stream_per_example, take_examples
 from robust_vision.evaluation.robustness import condition_key
+from robust_vision.program_cache import logits_program
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -97,21 +98,35 @@ def part_key(seed: int, part: str) -> jax.Array:
 # --------------------------------------------------------------------------- jitted per-batch pieces
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn",))
-def _correct(logits_fn: LogitsFn, images: jax.Array, labels: jax.Array) -> jax.Array:
+def _correct_of(logits_fn: LogitsFn, images: jax.Array, labels: jax.Array) -> jax.Array:
     """(B,) bool: argmax of the logits equals the label."""
     return jnp.argmax(logits_fn(images), axis=-1) == labels
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "noise_fn"))
-def _batch_logits(logits_fn: LogitsFn, noise_fn, images: jax.Array, key: jax.Array, level: jax.Array,
-                  index: jax.Array) -> jax.Array:
+def _logits_under(logits_fn: LogitsFn, images: jax.Array, key: jax.Array, level: jax.Array, index: jax.Array,
+                  *, noise_fn) -> jax.Array:
     """Logits (B, K) float32 of one batch under one seed-noise condition (``noise_fn`` None =
     clean); batch ``index`` is corrupted with fold_in(key, index), exactly as the robustness grid
     does, so the images match robustness_results.csv condition by condition."""
     x = to_unit_float(images)
     noisy = x if noise_fn is None else noise_fn(jax.random.fold_in(key, index), x, level)
     return logits_fn(noisy).astype(jnp.float32)
+
+
+# One program per model function (and noise type), jitted once; a loaded model's are kept on
+# disk (program_cache.logits_program). Bounded: a dropped entry frees a model's programs.
+@functools.lru_cache(maxsize=8)
+def _correct(logits_fn: LogitsFn) -> Callable:
+    """Jitted ``(images, labels) -> (B,) bool`` correct of ``logits_fn``."""
+    return logits_program(_correct_of, logits_fn, name="suite_correct")
+
+
+@functools.lru_cache(maxsize=16)
+def _batch_logits(logits_fn: LogitsFn, noise_type: str | None) -> Callable:
+    """Jitted ``(images, key, level, index) -> logits`` of ``_logits_under`` for this noise type."""
+    noise_fn = None if noise_type is None else get_noise(noise_type)
+    return logits_program(functools.partial(_logits_under, noise_fn=noise_fn), logits_fn,
+                          name="condition_logits", key=noise_type, sources=[noise_fn] if noise_fn else [])
 
 
 def conditions_logits_stream(logits_fn: LogitsFn, batches: Iterable[Batch],
@@ -123,12 +138,11 @@ def conditions_logits_stream(logits_fn: LogitsFn, batches: Iterable[Batch],
     condition), never the images."""
     conditions = list(dict.fromkeys((None, 0.0) if t is None or lv == 0.0 else (t, float(lv))
                                     for t, lv in conditions))
-    fns = {c: None if c[0] is None else get_noise(c[0]) for c in conditions}
+    fns = {c: _batch_logits(logits_fn, c[0]) for c in conditions}  # unknown noise types fail here
     keys = {c: condition_key(seed, c[0] or "clean", c[1], 0) for c in conditions}
 
     def logits(x, y, i):
-        out = {str(j): _batch_logits(logits_fn, fns[c], x, keys[c], jnp.float32(c[1]), i)
-               for j, c in enumerate(conditions)}
+        out = {str(j): fns[c](x, keys[c], jnp.float32(c[1]), i) for j, c in enumerate(conditions)}
         return {**out, "labels": y}
 
     per = stream_per_example(logits, batches, prefetch=prefetch)
@@ -203,11 +217,13 @@ def corruption_errors_stream(logits_fn: LogitsFn, batches: Iterable[Batch], *, m
     severities = _check_severities(severities)
     keys = {(c, s): jax.random.fold_in(jax.random.fold_in(key, _crc(c)), s) for c in fns for s in severities}
 
+    correct_of = _correct(logits_fn)
+
     def correct(x, y, b):
         x = to_unit_float(x)
-        out = {"clean": _correct(logits_fn, x, y)}
+        out = {"clean": correct_of(x, y)}
         for (c, s), sk in keys.items():  # same calls as one condition at a time: the same bits
-            out[f"{c}|{s}"] = _correct(logits_fn, fns[c](jax.random.fold_in(sk, b), x, s, scale), y)
+            out[f"{c}|{s}"] = correct_of(fns[c](jax.random.fold_in(sk, b), x, s, scale), y)
         return out
 
     per_example = stream_per_example(correct, batches, prefetch=prefetch)
