@@ -243,5 +243,25 @@ def test_a_loaded_models_programs_hit_on_a_second_load(tiny_run, cache_dir):
                               [0.03], batch_size=32, steps=3)
         (program,) = [fn.func for fn in _JIT_CACHE.values()]
         assert isinstance(program, CachedProgram) and program.hits == expected_hits
+        # Every program read from disk: the model's constructor was never traced for its graphs.
+        assert model.parts.graphs.built == (expected_hits == 0)
         results.append(res)
     assert results[0] == results[1]
+
+
+def test_cached_shapes_read_back_without_tracing(cache_dir):
+    from robust_vision.program_cache import cached_shapes
+
+    traces = []
+
+    def build():
+        traces.append(1)
+        return {"w": jnp.zeros((3, 2), jnp.bfloat16), "state": nnx.State({"n": jnp.zeros((), jnp.int32)})}
+
+    first = cached_shapes(build, name="shapes", key={"a": 1})
+    second = cached_shapes(build, name="shapes", key={"a": 1})
+    assert len(traces) == 1  # the second was read back
+    reference = jax.eval_shape(build)
+    assert first == second == reference and jax.tree.structure(second) == jax.tree.structure(reference)
+    cached_shapes(build, name="shapes", key={"a": 2})  # another key: traced again
+    assert len(traces) == 3
