@@ -281,12 +281,16 @@ class CachedProgram:
         # are not. With one device that is the same; with several, uncommitted inputs take jit.
         if jax.device_count() > 1 and not all(getattr(leaf, "committed", False) for leaf in leaves):
             return self._jit(*args)
-        run = self._programs.get((tree, signatures))
-        if run is None:
-            run = self._programs[(tree, signatures)] = self._program(args, tree, signatures)
-        return run(*args)
+        program = self._programs.get((tree, signatures))
+        if program is None:
+            program = self._programs[(tree, signatures)] = self._program(args, tree, signatures)
+        if program is self._jit:
+            return self._jit(*args)
+        flat, out_tree = program
+        return jax.tree.unflatten(out_tree, flat(*leaves))
 
-    def _program(self, args: tuple, tree: Any, signatures: tuple) -> Callable:
+    def _program(self, args: tuple, tree: Any, signatures: tuple) -> Callable | tuple[Callable, Any]:
+        """``self._jit``, or (the flat program, its output structure), read from disk or exported."""
         directory = cache_directory()
         if directory is None:
             return self._jit
@@ -304,7 +308,7 @@ class CachedProgram:
             exported, out_tree = stored
         else:
             try:
-                exported, out_tree = self._export(tree, signatures, args)
+                exported, out_tree = self._export(tree, args)
             except Exception:  # noqa: BLE001 - not exportable (host callbacks, ...): plain jit,
                 try:  # and a marker, so later runs do not trace it twice
                     unexportable.parent.mkdir(parents=True, exist_ok=True)
@@ -314,14 +318,10 @@ class CachedProgram:
                 return self._jit
             self.misses += 1
             _write(path, exported, out_tree, tree)
-        flat = jax.jit(exported.call, donate_argnums=donated)
+        return jax.jit(exported.call, donate_argnums=donated), out_tree
 
-        def run(*call_args: Any) -> Any:
-            return jax.tree.unflatten(out_tree, flat(*jax.tree.leaves(call_args)))
-
-        return run
-
-    def _export(self, tree: Any, signatures: tuple, args: tuple) -> tuple[Any, Any]:
+    def _export(self, tree: Any, args: tuple) -> tuple[Any, Any]:
+        """``fn`` exported as a function of the flat leaves, and its output structure."""
         fn, out_trees = self._fn, []
 
         def flat_fn(*leaves):
