@@ -260,10 +260,13 @@ def test_cached_shapes_read_back_without_tracing(cache_dir):
             return {"w": jnp.zeros((3, 2), jnp.bfloat16), "state": nnx.State({"n": jnp.zeros((), jnp.int32)})}
         return build
 
-    first = cached_shapes(make_build(), name="shapes", key={"a": 1})
-    second = cached_shapes(make_build(), name="shapes", key={"a": 1})
+    def shapes():
+        return jax.eval_shape(make_build())
+
+    first = cached_shapes(shapes, name="shapes", key={"a": 1})
+    second = cached_shapes(shapes, name="shapes", key={"a": 1})
     assert len(traces) == 1  # the second was read back
     reference = jax.eval_shape(make_build())
     assert first == second == reference and jax.tree.structure(second) == jax.tree.structure(reference)
-    cached_shapes(make_build(), name="shapes", key={"a": 2})  # another key: traced again
+    cached_shapes(shapes, name="shapes", key={"a": 2})  # another key: traced again
     assert len(traces) == 3

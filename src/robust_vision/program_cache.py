@@ -263,7 +263,7 @@ class CachedProgram:
                  sources: Iterable[Any] = ()):
         self._fn = fn
         self._jit = jax.jit(fn, donate_argnums=tuple(donate_argnums))
-        self._name = re.sub(r"[^A-Za-z0-9_.-]", "_", name)  # part of a file name
+        self._name = _safe_name(name)
         self._key, self._donate = key, tuple(donate_argnums)
         self._sources = source_fingerprint([fn, *sources])
         self._programs: dict[tuple, Callable] = {}
@@ -350,6 +350,20 @@ def _read(path: Path, tree: Any, signatures: tuple) -> tuple[Any, Any] | None:
     return exported, out_tree
 
 
+def _safe_name(name: str) -> str:
+    """``name`` as part of a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def _write(path: Path, exported: Any, out_tree: Any, in_tree: Any) -> None:
     """Store ``exported`` and its output structure at ``path`` atomically, only if the
     structure reads back equal as ``_read`` will read it (else every later run would miss)."""
@@ -358,25 +372,20 @@ def _write(path: Path, exported: Any, out_tree: Any, in_tree: Any) -> None:
         if decode_tree(encoded, {**_known_types(), **node_types(in_tree)}) != out_tree:
             return
         meta = json.dumps({"format": FORMAT, "out_tree": encoded}).encode()
-        data = len(meta).to_bytes(8, "little") + meta + bytes(exported.serialize())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        _write_atomic(path, len(meta).to_bytes(8, "little") + meta + bytes(exported.serialize()))
     except Exception:  # noqa: BLE001 - the cache is an optimisation, never a reason to fail a run
         return
 
 
-def cached_shapes(fn: Callable[[], Any], *, name: str, key: Any, sources: Iterable[Any] = ()) -> Any:
-    """``jax.eval_shape(fn)`` of a function of no arguments (a pytree of ShapeDtypeStructs), kept
-    on disk under ``key`` as ``cached_jit`` keeps programs, so a second run does not trace
-    ``fn``. Outputs with PRNG-key or other extended dtypes are not kept."""
+def cached_shapes(compute: Callable[[], Any], *, name: str, key: Any, sources: Iterable[Any] = ()) -> Any:
+    """The pytree of ShapeDtypeStructs that ``compute()`` returns (a ``jax.eval_shape``, say),
+    kept on disk under ``key`` as ``cached_jit`` keeps programs, so a second run does not call
+    (trace) it. Shapes with PRNG-key or other extended dtypes are not kept."""
     directory = cache_directory()
-    fingerprint = source_fingerprint([fn, *sources])
+    fingerprint = source_fingerprint([compute, *sources])
     if directory is None or fingerprint is None:
-        return jax.eval_shape(fn)
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        return compute()
+    name = _safe_name(name)
     empty = jax.tree.structure(())
     path = directory / f"{name}-{program_digest(name, key, empty, (), (), fingerprint)[:40]}.shapes.json"
     types = _known_types()
@@ -388,18 +397,14 @@ def cached_shapes(fn: Callable[[], Any], *, name: str, key: Any, sources: Iterab
         return jax.tree.unflatten(tree, leaves)
     except Exception:  # noqa: BLE001 - missing or damaged: a miss
         pass
-    shapes = jax.eval_shape(fn)
+    shapes = compute()
     leaves, tree = jax.tree.flatten(shapes)
     try:
         if decode_tree(encode_tree(tree), types) != tree:
             return shapes
         record = {"tree": encode_tree(tree),
                   "leaves": [[list(s.shape), np.dtype(s.dtype).name, bool(s.weak_type)] for s in leaves]}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
-        os.replace(tmp, path)
+        _write_atomic(path, json.dumps(record).encode())
     except Exception:  # noqa: BLE001 - extended dtypes, unwritable directory: not kept
         pass
     return shapes
@@ -422,9 +427,19 @@ def logits_program(fn: Callable, logits_fn: Callable, *, name: str, key: Any = N
     def bound(variables, *args):
         return fn(lambda images: forward(variables, images), *args)
 
-    program = cached_jit(bound, name=name, key={"forward": program_key.key, "fn": key},
-                         sources=[*program_key.sources, fn, *sources])
+    program = model_jit(bound, program_key, name=name, key=key, sources=[fn, *sources])
     return functools.partial(program, variables)
+
+
+def model_jit(fn: Callable, program_key: Any, *, name: str, key: Any = None, donate_argnums: Sequence[int] = (),
+              sources: Iterable[Any] = ()) -> CachedProgram | Callable:
+    """``cached_jit`` of a program that closes over a model: kept on disk under the model's
+    ``program_key`` (``training.steps.ProgramKey``: ``.key``, ``.sources``) and ``key`` (what
+    else ``fn`` closes over); plain jit when ``program_key`` is None."""
+    if program_key is None:
+        return jax.jit(fn, donate_argnums=tuple(donate_argnums))
+    return cached_jit(fn, name=name, key={"model": program_key.key, "fn": key}, donate_argnums=donate_argnums,
+                      sources=[*program_key.sources, *sources])
 
 
 def cached_jit(fn: Callable, *, name: str, key: Any, donate_argnums: Sequence[int] = (),

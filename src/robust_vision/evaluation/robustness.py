@@ -30,7 +30,7 @@ from robust_vision.data.pipeline import data_mesh, device_multiple, num_batches,
 from robust_vision.distributed import gather_batches, to_host
 from robust_vision.evaluation.batched import array_batches, prefetch_to_device
 from robust_vision.evaluation.metrics import degradation_percent, per_example_metrics, summarize
-from robust_vision.program_cache import cached_jit
+from robust_vision.program_cache import cached_jit, model_jit
 
 RESULT_COLUMNS = ["model", "noise_type", "level", "accuracy", "confidence", "margin", "snr", "snr_median", "ece",
                   "loss", "degradation", "n_images", "n_draws"]
@@ -173,12 +173,8 @@ def _grid_program(forward: Forward, noise_types: tuple) -> Callable:
     """``_batch_conditions`` of ``forward`` and these noise types (None = clean), jitted; kept
     on disk (``program_cache``) when ``forward`` carries a ``program_key`` (a loaded model's)."""
     noise_fns = tuple(None if t is None else get_noise(t) for t in noise_types)
-    fn = partial(_batch_conditions, forward, noise_fns)
-    program_key = getattr(forward, "program_key", None)
-    if program_key is None:
-        return jax.jit(fn)
-    return cached_jit(fn, name="noise_grid", key={"forward": program_key.key, "noise_types": list(noise_types)},
-                      sources=[*program_key.sources, *(f for f in noise_fns if f is not None)])
+    return model_jit(partial(_batch_conditions, forward, noise_fns), getattr(forward, "program_key", None),
+                     name="noise_grid", key=list(noise_types), sources=[f for f in noise_fns if f is not None])
 
 
 def evaluate_conditions_stream(forward: Forward, variables, batches: Iterable[Batch], *, noise_types: list[str],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -191,16 +192,17 @@ def _abstract_parts(run_cfg: Config, input_shape: tuple[int, int, int], num_clas
     """
     build = model_builder(run_cfg.model, input_shape=input_shape, num_classes=num_classes, seed=run_cfg.training.seed)
 
-    def graphs():
-        return split_model(nnx.eval_shape(build)).graphs.get()
+    @functools.lru_cache(maxsize=1)
+    def abstract() -> ModelParts:  # one trace of the constructor gives both shapes and graphs
+        return split_model(nnx.eval_shape(build))
 
     key = {"model": dataclasses.asdict(run_cfg.model), "seed": run_cfg.training.seed,
            "input_shape": list(input_shape), "num_classes": num_classes}
-    params, model_state = cached_shapes(lambda: nnx.split(build(), nnx.Param, nnx.RngState, ...)[1::2],
+    params, model_state = cached_shapes(lambda: (abstract().params, abstract().model_state),
                                         name="model_shapes", key=key, sources=[build.constructor])
     streams = cached_jit(lambda: nnx.state(build(), nnx.RngState), name="rng_streams", key=key,
                          sources=[build.constructor])
-    return ModelParts(Graphs(build=graphs), params, streams(), model_state)
+    return ModelParts(Graphs(build=lambda: abstract().graphs.get()), params, streams(), model_state)
 
 
 def check_input_shape(model: LoadedModel, image_shape: tuple[int, int, int], where: str) -> None:

@@ -28,7 +28,7 @@ from robust_vision.config import ModelConfig, TrainingConfig
 from robust_vision.data.pipeline import augment
 from robust_vision.evaluation.metrics import per_example_metrics
 from robust_vision.models.stages import frozen_labels
-from robust_vision.program_cache import array_digest, cached_jit
+from robust_vision.program_cache import array_digest, model_jit
 
 TrainState = dict[str, Any]
 
@@ -258,11 +258,8 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn
         return new_state, {"loss": per_ex, "correct": metrics["correct"],
                            "confidence": metrics["confidence"], "margin": metrics["margin"]}
 
-    if program_key is None:
-        return jax.jit(step, donate_argnums=(0,))
     hooks = [f for f in (loss_fn, example_transform, pair_transform, pair_loss, extra_loss) if f is not None]
-    return cached_jit(step, name="train_step", key=program_key.key, donate_argnums=(0,),
-                      sources=[*program_key.sources, *hooks])
+    return model_jit(step, program_key, name="train_step", donate_argnums=(0,), sources=hooks)
 
 
 def freeze(tx: optax.GradientTransformation, labels: Any) -> optax.GradientTransformation:
@@ -299,6 +296,4 @@ def make_eval_step(parts: ModelParts, program_key: ProgramKey | None = None):
     def eval_step(params, model_state, images, labels):
         return per_example_metrics(logits_fn(params, model_state, images), labels)
 
-    if program_key is None:
-        return jax.jit(eval_step)
-    return cached_jit(eval_step, name="eval_step", key=program_key.key, sources=program_key.sources)
+    return model_jit(eval_step, program_key, name="eval_step")
