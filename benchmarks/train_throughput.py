@@ -144,38 +144,12 @@ def plain_engine(features, batch: int, size: int):
 def torch_engine(features, batch: int, size: int):
     """The same CNN in PyTorch eager mode (NCHW), Adam lr 1e-3."""
     import torch
-    from torch import nn
     import torch.nn.functional as F
 
-    class ConvBlock(nn.Module):
-        def __init__(self, cin, cout):
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
-            self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-            self.norm1, self.norm2 = nn.BatchNorm2d(cout), nn.BatchNorm2d(cout)
-            self.project = nn.Conv2d(cin, cout, 1, bias=False) if cin != cout else None
-
-        def forward(self, x):
-            y = self.norm2(self.conv2(F.relu(self.norm1(self.conv1(x)))))
-            return F.relu(y + (self.project(x) if self.project is not None else x))
-
-    class CNN(nn.Module):
-        def __init__(self):
-            super().__init__()
-            chans = [3, *features]
-            self.blocks = nn.ModuleList(ConvBlock(a, b) for a, b in zip(chans[:-1], chans[1:]))
-            self.dropout = nn.Dropout(0.1)
-            self.head = nn.Linear(features[-1], NUM_CLASSES)
-
-        def forward(self, x):
-            for i, block in enumerate(self.blocks):
-                x = block(x)
-                if i < len(self.blocks) - 1:
-                    x = F.avg_pool2d(x, 2)
-            return self.head(self.dropout(x.mean(dim=(2, 3))))
+    from robust_vision.models.torch_reference import torch_production_cnn
 
     torch.manual_seed(0)
-    model = CNN().train()
+    model = torch_production_cnn()(tuple(features), NUM_CLASSES).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     images, labels = _batch(batch, size)
     x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())

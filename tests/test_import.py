@@ -1,8 +1,8 @@
 """Weight import from PyTorch (models/import_weights.py, robust-vision-import).
 
-The PyTorch reference modules below follow RobustBench's definitions
-(robustbench/model_zoo/architectures/resnet.py PreActResNet, wide_resnet.py WideResNet),
-written here so the test needs nothing but torch (an optional extra; skipped without it).
+The PyTorch reference modules (models/torch_reference.py) follow RobustBench's definitions
+(robustbench/model_zoo/architectures/resnet.py PreActResNet, wide_resnet.py WideResNet), so the
+test needs nothing but torch (an optional extra; skipped without it).
 """
 
 from __future__ import annotations
@@ -14,111 +14,16 @@ from robust_vision.models.import_weights import WeightImportError, convert_state
 
 
 def _torch_reference():
-    torch = pytest.importorskip("torch")
-    nn, F = torch.nn, torch.nn.functional
+    pytest.importorskip("torch")
+    from robust_vision.models.torch_reference import torch_architectures
 
-    class PreActBlock(nn.Module):
-        def __init__(self, in_planes, planes, stride=1):
-            super().__init__()
-            self.bn1 = nn.BatchNorm2d(in_planes)
-            self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
-            self.bn2 = nn.BatchNorm2d(planes)
-            self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
-            if stride != 1 or in_planes != planes:
-                self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False))
-
-        def forward(self, x):
-            out = F.relu(self.bn1(x))
-            shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
-            out = self.conv1(out)
-            out = self.conv2(F.relu(self.bn2(out)))
-            return out + shortcut
-
-    class PreActResNet18(nn.Module):
-        def __init__(self, num_classes=10, width=64):
-            super().__init__()
-            self.in_planes = width
-            self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
-            self.layer1 = self._make_layer(width, 1)
-            self.layer2 = self._make_layer(2 * width, 2)
-            self.layer3 = self._make_layer(4 * width, 2)
-            self.layer4 = self._make_layer(8 * width, 2)
-            self.bn = nn.BatchNorm2d(8 * width)
-            self.linear = nn.Linear(8 * width, num_classes)
-
-        def _make_layer(self, planes, stride):
-            layers = []
-            for s in (stride, 1):
-                layers.append(PreActBlock(self.in_planes, planes, s))
-                self.in_planes = planes
-            return nn.Sequential(*layers)
-
-        def forward(self, x):
-            out = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
-            out = F.relu(self.bn(out))
-            out = F.avg_pool2d(out, 4).view(out.size(0), -1)
-            return self.linear(out)
-
-    class WideBasicBlock(nn.Module):
-        def __init__(self, in_planes, out_planes, stride):
-            super().__init__()
-            self.bn1 = nn.BatchNorm2d(in_planes)
-            self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(out_planes)
-            self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
-            self.equal = in_planes == out_planes
-            self.convShortcut = None if self.equal else nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False)
-
-        def forward(self, x):
-            if not self.equal:
-                x = F.relu(self.bn1(x))
-                out = x
-            else:
-                out = F.relu(self.bn1(x))
-            out = self.conv2(F.relu(self.bn2(self.conv1(out))))
-            return (x if self.equal else self.convShortcut(x)) + out
-
-    class NetworkBlock(nn.Module):
-        def __init__(self, n, in_planes, out_planes, stride):
-            super().__init__()
-            self.layer = nn.Sequential(*[WideBasicBlock(in_planes if i == 0 else out_planes, out_planes,
-                                                        stride if i == 0 else 1) for i in range(n)])
-
-        def forward(self, x):
-            return self.layer(x)
-
-    class WideResNet(nn.Module):
-        def __init__(self, depth=28, widen=10, num_classes=10):
-            super().__init__()
-            c = [16, 16 * widen, 32 * widen, 64 * widen]
-            n = (depth - 4) // 6
-            self.conv1 = nn.Conv2d(3, c[0], 3, 1, 1, bias=False)
-            self.block1 = NetworkBlock(n, c[0], c[1], 1)
-            self.sub_block1 = NetworkBlock(n, c[0], c[1], 1)  # in the reference, never called
-            self.block2 = NetworkBlock(n, c[1], c[2], 2)
-            self.block3 = NetworkBlock(n, c[2], c[3], 2)
-            self.bn1 = nn.BatchNorm2d(c[3])
-            self.fc = nn.Linear(c[3], num_classes)
-
-        def forward(self, x):
-            out = self.block3(self.block2(self.block1(self.conv1(x))))
-            out = F.relu(self.bn1(out))
-            return self.fc(F.avg_pool2d(out, 8).view(out.size(0), -1))
-
-    return torch, PreActResNet18, WideResNet
+    return torch_architectures()
 
 
 def _randomize_batch_norm(torch, module) -> None:
-    """Non-trivial BN affine parameters and running statistics (fresh ones are 1/0 and would
-    hide a swapped mean/var or scale/bias)."""
-    gen = torch.Generator().manual_seed(0)
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.2)
-                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.2)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+    from robust_vision.models.torch_reference import randomize_batch_norm
+
+    randomize_batch_norm(module)
 
 
 def _export(torch, module, path) -> None:

@@ -98,6 +98,28 @@ def loop(lower: int | jax.Array, upper: int | jax.Array, body: Callable, init, *
     return jax.lax.fori_loop(lower + n_chunks * k, upper, body, carry)
 
 
+def loop_until(lower: int | jax.Array, upper: int | jax.Array, body: Callable, init,
+               done: Callable[[object], jax.Array]):
+    """``loop(lower, upper, body, init)`` that stops early once ``done(carry)`` (a 0-d bool) holds.
+
+    For loops whose remaining iterations cannot change the result once ``done`` holds (every
+    example of the batch already fooled: later targets or queries only touch points that are
+    not), so the result equals the full loop's while the work stops. Under ``jax.vmap`` (the
+    AutoAttack stages vmap batch-1 attacks) each example stops on its own: JAX runs the loop
+    while any example is not done and leaves the carry of the finished ones unchanged.
+    """
+    def cond(state):
+        i, carry = state
+        return (i < upper) & ~done(carry)
+
+    def step(state):
+        i, carry = state
+        return i + 1, body(i, carry)
+
+    start = jnp.asarray(lower, jnp.int32)
+    return jax.lax.while_loop(cond, step, (start, init))[1]
+
+
 def check_norm(norm: str, name: str = "attack") -> None:
     if norm not in NORMS:
         raise ValueError(f"{name}: unknown norm {norm!r}; valid norms: {', '.join(NORMS)}.")

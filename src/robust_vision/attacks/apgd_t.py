@@ -20,7 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from robust_vision.attacks._common import LogitsFn, bwhere, check_inputs, check_norm, count, is_static, loop
+from robust_vision.attacks._common import LogitsFn, bwhere, check_inputs, check_norm, count, is_static, loop_until
 from robust_vision.attacks.gradient import apgd_ce
 
 _DLR_EPS = 1e-12  # as the reference: keeps the ratio finite when the top logits tie
@@ -91,7 +91,8 @@ def apgd_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps:
 
     Cost: n_targets * (steps + 1) forward-backward passes + n_targets + 1 forwards (every target
     runs on the whole fixed-shape batch; ``autoattack.run_autoattack`` compacts the still-robust
-    points between stages). Needs K >= 4 classes. Returns (B, H, W, C) in [0, 1] inside the ball.
+    points between stages), fewer when every example is fooled before the last target (the
+    loop stops there: the remaining targets could not change the result). Needs K >= 4 classes. Returns (B, H, W, C) in [0, 1] inside the ball.
     """
     check_inputs(x, y, eps, name="apgd_t")
     check_norm(norm, "apgd_t")
@@ -113,5 +114,6 @@ def apgd_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps:
         take = ~fooled & succ
         return bwhere(take, x_r, best_x), fooled | succ
 
-    best_x, _ = loop(0, n_targets, per_target, (x, fooled0))
+    # Once every example is fooled the remaining targets change nothing (``take`` is all False).
+    best_x, _ = loop_until(0, n_targets, per_target, (x, fooled0), lambda carry: jnp.all(carry[1]))
     return best_x

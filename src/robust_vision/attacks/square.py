@@ -26,7 +26,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from robust_vision.attacks._common import LogitsFn, bwhere, check_count, check_inputs, check_norm, count, l2_norm, loop
+from robust_vision.attacks._common import (LogitsFn, bwhere, check_count, check_inputs, check_norm, count, l2_norm,
+                                          loop_until)
 from robust_vision.evaluation.metrics import logit_margin
 
 # p_selection: iteration thresholds (of 10,000) after which p is divided by 2, 4, ..., 512.
@@ -210,7 +211,8 @@ def square_trace(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array
 def square(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps: float | jax.Array,
            *, norm: str = "linf", n_queries: int | jax.Array = 5000, p_init: float = 0.8) -> jax.Array:
     """Square attack, eps-bounded (Linf or L2), ``n_queries`` forward passes per example (default
-    5000 and p_init = 0.8, AutoAttack's standard setting; a Python int or a traced int). Returns
+    5000 and p_init = 0.8, AutoAttack's standard setting; a Python int or a traced int; the queries
+    stop early once every example is misclassified, as the reference's loop does). Returns
     (B, H, W, C) in [0, 1] inside the ball; eps = 0 returns x exactly. Same iterates as
     ``square_trace``, without the history."""
     check_inputs(x, y, eps, name="square")
@@ -219,6 +221,8 @@ def square(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps:
     n_queries = count(n_queries)
     run = _square_linf if norm == "linf" else _square_l2
     (x_best, margin0), step = run(logits_fn, x, y, key, eps, n_queries, p_init)
-    x_best, _ = loop(1, n_queries, lambda i, carry: step(carry, i)[0], (x_best, margin0))
+    # Fooled points stop changing, so once all are fooled the remaining queries change nothing.
+    x_best, _ = loop_until(1, n_queries, lambda i, carry: step(carry, i)[0], (x_best, margin0),
+                           lambda carry: jnp.all(carry[1] <= 0.0))
     fooled0 = _margin(logits_fn, x, y) <= 0.0
     return bwhere(fooled0, x, x_best)
