@@ -11,9 +11,10 @@ PyTorch and its weights imported into ours
 Labels are the model's own clean predictions, so every image starts correctly classified and
 both implementations attack all of them. Each attack runs on all images:
 
-* ours: the stage program that ``run_autoattack`` runs (``attacks/autoattack.py``: one jitted
-  program per stage, budgets traced, examples vmapped with their own keys), compiled before the
-  timed runs (a cached program), called as ``run_autoattack`` calls it;
+* ours: a stage as ``run_autoattack`` runs it (``attacks/autoattack.py`` ``_run_attack``: one
+  jitted program per stage and batch size, budgets traced, examples vmapped with their own keys,
+  APGD-T / FAB-T one target per call on the still-robust points), compiled before the timed runs
+  (cached programs);
 * reference: ``torchattacks`` (3.5, the PyTorch ports of AutoAttack's APGD, APGD-T, FAB and Square),
   eager, ``torch.set_num_threads(--threads)``.
 
@@ -31,10 +32,12 @@ FAB-T ``--targets`` targets x ``--steps``; Square ``--queries`` queries (referen
 Timing: ours and the reference alternate, ``--repeats`` times each; the minimum is reported
 (timings on a shared machine are noisy; the minimum is the least disturbed run). The speed ratio
 is t(reference) / t(ours): >= 1.0 means ours is at least as fast. ``fooled`` is the fraction of
-images each made adversarial: the reference stops attacking an image once it is fooled (APGD-T,
-FAB-T between targets; Square between queries), ours runs the whole budget on every image of a
-fixed-shape batch, so the ratio compares equal work only where ``fooled`` is ~0 for both (pass a
-small ``--eps`` to see the full-budget cost; the default 8/255 is AutoAttack's budget).
+images each made adversarial. Both stop attacking an image once it is fooled, at different
+grains: the reference removes it from the batch (APGD-T, FAB-T between targets, Square between
+queries); ours drops it between targets (smaller batches) and stops a loop when its whole batch
+is fooled, but a Square batch with one robust image keeps querying at full size. ``--eps`` small
+(e.g. 0.1/255: few images fooled) compares the full-budget cost, the one robust images pay; the
+default 8/255 is AutoAttack's budget.
 """
 
 from __future__ import annotations
@@ -132,12 +135,12 @@ def _ours_stage(name: str, logits_fn, args):
     plan = {n: (attack, hyper) for n, attack, hyper in autoattack.stages(
         "standard", "linf", steps=args.steps, n_targets=args.targets, fab_steps=args.steps, n_queries=args.queries)}
     attack, hyper = plan[name]
-    fn = autoattack._stage_fn(attack, hyper, logits_fn, "linf")
     key = jax.random.fold_in(jax.random.key(0), autoattack._crc(name))
 
     def run(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
         x_adv, robust = images.copy(), np.ones(len(labels), bool)
-        autoattack._run_stage(fn, images, labels, np.arange(len(labels)), key, args.eps, len(labels), x_adv, robust)
+        autoattack._run_attack(attack, hyper, logits_fn, "linf", NUM_CLASSES, images, labels, np.arange(len(labels)),
+                               key, args.eps, len(labels), x_adv, robust)
         return ~robust
 
     return run

@@ -210,3 +210,32 @@ def test_l1_projection_and_apgd_l1_stay_in_the_l1_ball_and_box():
     assert float(jnp.max(l1)) <= eps * (1 + 1e-4)
     assert float(jnp.min(x_adv)) >= 0.0 and float(jnp.max(x_adv)) <= 1.0
     assert float(jnp.mean(jnp.argmax(model(x_adv), -1) != y)) >= 0.5
+
+
+def test_targets_one_call_each_and_early_stops_give_the_same_points():
+    """APGD-T and FAB-T run target by target on the still-robust points (``first_target``, as
+    run_autoattack does) give each example the point of one call with every target; Square's
+    query loop, stopped once every point is fooled, gives the iterates of the full search
+    (``square_trace`` runs every query)."""
+    from robust_vision.attacks.fab import fab_t
+    from robust_vision.attacks.square import square
+
+    model = _mlp(3)
+    x, y = _data(model, 16, seed=4)
+    key, eps = jax.random.key(5), 0.04  # target 0 fools 9 of 16, target 1 one more, 6 stay robust
+    for attack, hyper in ((apgd_t, {"steps": 6}), (fab_t, {"steps": 6})):
+        whole = np.asarray(jax.jit(lambda x, y: attack(model, x, y, key, eps, n_targets=3, **hyper))(x, y))
+        one = jax.jit(lambda x, y, r: attack(model, x, y, key, eps, n_targets=1, first_target=r, **hyper))
+        split, robust, found = np.asarray(x).copy(), np.ones(len(y), bool), []
+        for r in range(3):
+            x_r = np.asarray(one(x, y, jnp.int32(r)))
+            fooled = robust & (np.asarray(jnp.argmax(model(x_r), -1)) != np.asarray(y))
+            split[fooled], robust = x_r[fooled], robust & ~fooled
+            found.append(int(fooled.sum()))
+        assert found[0] > 0 and found[1] > 0 and robust.sum() > 0, (attack.__name__, found)
+        np.testing.assert_array_equal(split, whole, err_msg=attack.__name__)
+    big = 0.3  # 13 of 16 points robust at the start, every one fooled after 28 of 50 queries
+    x_sq = jax.jit(lambda x, y: square(model, x, y, key, big, n_queries=50))(x, y)
+    x_tr, history = jax.jit(lambda x, y: square_trace(model, x, y, key, big, n_queries=50))(x, y)
+    assert bool(jnp.all(history[-1] <= 0)) and bool(jnp.any(history[10] > 0))
+    np.testing.assert_array_equal(np.asarray(x_sq), np.asarray(x_tr))

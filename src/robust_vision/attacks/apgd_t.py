@@ -74,6 +74,19 @@ def n_targets_for(n_targets: int | jax.Array, n_classes: int) -> int | jax.Array
     return jnp.clip(count(n_targets), 1, n_classes - 1)
 
 
+def target_range(first_target: int | jax.Array, n_targets: int | jax.Array, n_classes: int
+                 ) -> tuple[int | jax.Array, int | jax.Array]:
+    """``[start, stop)`` of the target ranks a targeted attack runs: ``n_targets`` (capped as
+    ``n_targets_for``) ranks from ``first_target`` (0 = the most likely wrong class), never past
+    rank K - 2 (the least likely class). Static for Python ints, traced otherwise; ``run_autoattack``
+    runs one target per call (``first_target`` = r, ``n_targets`` = 1) on the points still robust."""
+    n = n_targets_for(n_targets, n_classes)
+    if is_static(first_target) and is_static(n):
+        return int(first_target), min(int(first_target) + n, n_classes - 1)
+    start = count(first_target)
+    return start, jnp.minimum(start + n, n_classes - 1)
+
+
 def target_at(order: jax.Array, r: int | jax.Array) -> jax.Array:
     """(B,) int32: the class ranked r + 2 by the clean logits (``order`` = argsort, ascending);
     ``top_targets(logits, n)[r]`` for a possibly traced r (a dynamic index, so the number of
@@ -83,11 +96,13 @@ def target_at(order: jax.Array, r: int | jax.Array) -> jax.Array:
 
 def apgd_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps: float | jax.Array,
            *, norm: str = "linf", steps: int | jax.Array = 100, n_targets: int | jax.Array = 9, rho: float = 0.75,
-           random_start: bool = True, unroll: int | bool = 1) -> jax.Array:
+           random_start: bool = True, unroll: int | bool = 1, first_target: int | jax.Array = 0) -> jax.Array:
     """APGD-T: for each of the ``n_targets`` top classes (default 9, capped at K - 1), one APGD
     run maximising DLR_T towards that class; per example the first run that misclassifies wins
     (later targets only replace examples still correctly classified, as the reference's
-    ``perturb`` loop). Targets are chosen once from the clean logits.
+    ``perturb`` loop). Targets are chosen once from the clean logits; ``first_target`` = r starts
+    at the (r + 2)-th most likely class (``target_range``), target r keyed fold_in(key, r), so the
+    targets run one call each give the points of one call with all of them.
 
     Cost: n_targets * (steps + 1) forward-backward passes + n_targets + 1 forwards (every target
     runs on the whole fixed-shape batch; ``autoattack.run_autoattack`` compacts the still-robust
@@ -100,7 +115,7 @@ def apgd_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps:
     n_classes = clean.shape[-1]
     if n_classes < 4:
         raise ValueError(f"apgd_t needs at least 4 classes (targeted DLR), got {n_classes}.")
-    n_targets = n_targets_for(n_targets, n_classes)
+    start, stop = target_range(first_target, n_targets, n_classes)
     order = jnp.argsort(clean, axis=-1)
     fooled0 = jnp.argmax(clean, axis=-1) != y
 
@@ -115,5 +130,5 @@ def apgd_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps:
         return bwhere(take, x_r, best_x), fooled | succ
 
     # Once every example is fooled the remaining targets change nothing (``take`` is all False).
-    best_x, _ = loop_until(0, n_targets, per_target, (x, fooled0), lambda carry: jnp.all(carry[1]))
+    best_x, _ = loop_until(start, stop, per_target, (x, fooled0), lambda carry: jnp.all(carry[1]))
     return best_x

@@ -7,10 +7,10 @@ Versions (as the reference's ``version=``):
                 models (``random_logits_fn(x, key)``; the EOT surrogate averages the softmax of
                 ``eot_samples`` draws, see ``eot_logits_fn``).
 
-Fixed shapes: between stages the still-robust points are gathered on the host into batches of
-one fixed size (the last one padded and masked; a power of two below ``batch_size`` when few points
-remain), so a stage compiles once per batch size (eps and the budgets traced) and
-already-fooled points cost nothing. Each example is attacked with its own key,
+Fixed shapes: between stages (and between the targets of APGD-T and FAB-T) the still-robust
+points are gathered on the host into batches of one fixed size (the last one padded and masked; a
+power of two below ``batch_size`` when few points remain), so a stage compiles once per batch size
+(eps and the budgets traced) and already-fooled points cost nothing. Each example is attacked with its own key,
 fold_in(stage key, example index) (the attack is vmapped over examples), so its result does not
 depend on which other points share its batch: the run is deterministic for a key, independent of
 ``batch_size``, and the ensemble is never weaker than any of its stages run alone.
@@ -76,7 +76,7 @@ def stages(version: str, norm: str, *, steps: int = 100, n_targets: int = 9, fab
 
 # Budgets passed to the stages as traced int32 values: one compiled program per stage serves
 # every iteration / target / query count (and every eps); only the norm is static.
-TRACED_BUDGET = ("steps", "n_targets", "n_queries")
+TRACED_BUDGET = ("steps", "n_targets", "n_queries", "first_target")
 
 
 def _stage_impl(xb, yb, keys, eps, budget, *, attack, hyper, logits_fn, norm):
@@ -137,6 +137,25 @@ def _run_stage(fn, images, labels, idx, key, eps, batch_size, x_adv, robust, ind
     return new
 
 
+def _run_attack(attack: Callable, hyper: dict, logits_fn: LogitsFn, norm: str, n_classes: int, images, labels, idx,
+                key, eps, batch_size, x_adv, robust, index_offset: int = 0) -> int:
+    """``_run_stage`` of one stage on the examples ``idx``; returns how many were newly fooled.
+
+    A targeted stage (APGD-T, FAB-T: ``n_targets`` in ``hyper``) runs one target per call, each
+    on the examples still robust, as the reference's loop over targets does: an example fooled by
+    target r costs nothing afterwards. Each example's result is the one of a single call with all
+    targets (target r is keyed fold_in(example key, r); an example stops at its first success),
+    and every call is the same compiled program (``first_target`` is traced)."""
+    if "n_targets" not in hyper:
+        fn = _stage_fn(attack, hyper, logits_fn, norm)
+        return _run_stage(fn, images, labels, idx, key, eps, batch_size, x_adv, robust, index_offset)
+    new = 0
+    for r in range(min(int(hyper["n_targets"]), n_classes - 1)):
+        fn = _stage_fn(attack, {**hyper, "n_targets": 1, "first_target": r}, logits_fn, norm)
+        new += _run_stage(fn, images, labels, idx[robust[idx]], key, eps, batch_size, x_adv, robust, index_offset)
+    return new
+
+
 def run_autoattack(logits_fn: LogitsFn, images: Any, labels: Any, eps: float, norm: str, key: jax.Array,
                    version: str = "standard", batch_size: int = 256, *, steps: int = 100, n_targets: int = 9,
                    fab_steps: int = 100, n_queries: int = 5000, random_logits_fn: Callable | None = None,
@@ -171,20 +190,19 @@ def run_autoattack(logits_fn: LogitsFn, images: Any, labels: Any, eps: float, no
     batch_size = min(batch_size, n)
     fwd = jax.jit(lambda x: jnp.argmax(logits_fn(x), axis=-1))
     pred = np.concatenate([np.asarray(fwd(jnp.asarray(images[i:i + batch_size]))) for i in range(0, n, batch_size)])
+    n_classes = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct((1, *images.shape[1:]), jnp.float32)).shape[-1]
     correct = pred == labels  # robust accuracy counts only points classified correctly when clean
     robust = correct.copy()
     x_adv = images.copy()
     rows = []
     for name, attack, hyper in plan:
-        fn = _stage_fn(attack, hyper, logits_fn, norm)
         stage_key = jax.random.fold_in(key, _crc(name))
-        new = _run_stage(fn, images, labels, np.nonzero(robust)[0], stage_key, eps, batch_size, x_adv, robust,
-                         index_offset)
+        run = functools.partial(_run_attack, attack, hyper, logits_fn, norm, n_classes, images, labels)
+        new = run(np.nonzero(robust)[0], stage_key, eps, batch_size, x_adv, robust, index_offset)
         row = {"attack": name, "robust_accuracy": float(robust.mean()), "new_adversarial": new, **hyper}
         if standalone:
             alone = correct.copy()
-            _run_stage(fn, images, labels, np.nonzero(correct)[0], stage_key, eps, batch_size, images.copy(), alone,
-                       index_offset)
+            run(np.nonzero(correct)[0], stage_key, eps, batch_size, images.copy(), alone, index_offset)
             row["standalone_robust_accuracy"] = float(alone.mean())
         rows.append(row)
     result = {"version": version, "norm": norm, "eps": float(eps), "n_examples": int(n),

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from robust_vision.attacks._common import LogitsFn, bwhere, check_count, check_inputs, check_norm, count, loop, loop_until
-from robust_vision.attacks.apgd_t import n_targets_for, target_at
+from robust_vision.attacks.apgd_t import target_at, target_range
 
 _BISECT_STEPS = 40
 
@@ -117,8 +117,8 @@ def _fab_single_target(logits_fn, x, y, target, norm, steps, eta, beta, alpha_ma
 
 def fab_t_minimal(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array | None,
                   *, norm: str = "linf", steps: int | jax.Array = 100, n_targets: int | jax.Array = 9, eta: float = 1.05,
-                  beta: float = 0.9, alpha_max: float = 0.1, stop_below: float | jax.Array | None = None
-                  ) -> tuple[jax.Array, jax.Array]:
+                  beta: float = 0.9, alpha_max: float = 0.1, stop_below: float | jax.Array | None = None,
+                  first_target: int | jax.Array = 0) -> tuple[jax.Array, jax.Array]:
     """Minimal-norm targeted FAB over the top ``n_targets`` classes (capped at K - 1).
 
     Returns (x_adv (B, H, W, C) in [0, 1], norm (B,)): the closest misclassified point found and
@@ -129,7 +129,7 @@ def fab_t_minimal(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Arra
     ``n_targets`` may be traced (one program for every budget); ``_BISECT_STEPS`` stays static.
     ``stop_below``: skip the remaining targets once every example has a point at distance <=
     ``stop_below`` (``fab_t``: eps; the reference likewise stops attacking a point found inside
-    the ball); None runs every target.
+    the ball); None runs every target. ``first_target``: as ``apgd_t``'s (``target_range``).
     """
     del key
     check_inputs(x, y, name="fab_t")
@@ -137,7 +137,7 @@ def fab_t_minimal(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Arra
     check_count(steps, "fab_t")
     steps = count(steps)
     clean = logits_fn(x)
-    n_targets = n_targets_for(n_targets, clean.shape[-1])
+    start, stop = target_range(first_target, n_targets, clean.shape[-1])
     order = jnp.argsort(clean, axis=-1)
     fooled0 = jnp.argmax(clean, axis=-1) != y
 
@@ -149,18 +149,18 @@ def fab_t_minimal(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Arra
 
     init = (x, jnp.where(fooled0, 0.0, jnp.inf).astype(jnp.float32))
     if stop_below is None:
-        return loop(0, n_targets, per_target, init)
-    return loop_until(0, n_targets, per_target, init, lambda carry: jnp.all(carry[1] <= stop_below))
+        return loop(start, stop, per_target, init)
+    return loop_until(start, stop, per_target, init, lambda carry: jnp.all(carry[1] <= stop_below))
 
 
 def fab_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array | None, eps: float | jax.Array,
           *, norm: str = "linf", steps: int | jax.Array = 100, n_targets: int | jax.Array = 9, eta: float = 1.05, beta: float = 0.9,
-          alpha_max: float = 0.1) -> jax.Array:
+          alpha_max: float = 0.1, first_target: int | jax.Array = 0) -> jax.Array:
     """FAB-T as an eps-bounded attack: the minimal adversarial point where its norm is <= eps,
     x elsewhere (as AutoAttack counts FAB). ``eps = 0`` returns x exactly. See ``fab_t_minimal``;
     the targets stop once every example has a point inside the ball (which points are fooled is
     the same as with every target; a fooled point may be a farther one, still inside the ball)."""
     check_inputs(x, y, eps, name="fab_t")
     adv, dist = fab_t_minimal(logits_fn, x, y, key, norm=norm, steps=steps, n_targets=n_targets, eta=eta,
-                              beta=beta, alpha_max=alpha_max, stop_below=eps)
+                              beta=beta, alpha_max=alpha_max, stop_below=eps, first_target=first_target)
     return bwhere(dist <= eps, adv, x)
