@@ -239,3 +239,25 @@ def test_targets_one_call_each_and_early_stops_give_the_same_points():
     x_tr, history = jax.jit(lambda x, y: square_trace(model, x, y, key, big, n_queries=50))(x, y)
     assert bool(jnp.all(history[-1] <= 0)) and bool(jnp.any(history[10] > 0))
     np.testing.assert_array_equal(np.asarray(x_sq), np.asarray(x_tr))
+
+
+def test_square_in_query_chunks_gives_the_points_of_one_call():
+    """run_autoattack's Square: queries in chunks (query_chunks), fooled examples dropped in
+    between, each example resumed from its last iterate: the same fooled set and points as one
+    call with every query, with the example keys of run_autoattack."""
+    from robust_vision.attacks import autoattack
+    from robust_vision.attacks.square import square
+
+    model = _mlp(3)
+    x, y = _data(model, 16, seed=4)
+    x, y = np.asarray(x), np.asarray(y)
+    key, eps, hyper = jax.random.key(7), 0.2, {"norm": "linf", "n_queries": 50}
+    assert autoattack.query_chunks(50) == [(1, 4), (4, 8), (8, 16), (16, 32), (32, 50)]
+    x_adv, robust = x.copy(), np.ones(len(y), bool)
+    new = autoattack._run_attack(square, hyper, model, "linf", 10, x, y, np.arange(len(y)), key, eps, 8, x_adv, robust)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(len(y)))
+    whole = np.asarray(jax.vmap(lambda xi, yi, ki: square(model, xi[None], yi[None], ki, eps, n_queries=50)[0])(x, y, keys))
+    fooled_whole = np.asarray(jnp.argmax(model(whole), -1)) != y
+    assert 0 < new == fooled_whole.sum() < len(y)
+    np.testing.assert_array_equal(~robust, fooled_whole)
+    np.testing.assert_array_equal(x_adv[~robust], whole[fooled_whole])

@@ -76,16 +76,18 @@ def stages(version: str, norm: str, *, steps: int = 100, n_targets: int = 9, fab
 
 # Budgets passed to the stages as traced int32 values: one compiled program per stage serves
 # every iteration / target / query count (and every eps); only the norm is static.
-TRACED_BUDGET = ("steps", "n_targets", "n_queries", "first_target")
+TRACED_BUDGET = ("steps", "n_targets", "n_queries", "first_target", "first_query", "stop_query")
 
 
-def _stage_impl(xb, yb, keys, eps, budget, *, attack, hyper, logits_fn, norm):
+def _stage_impl(xb, yb, keys, eps, budget, x_start=None, *, attack, hyper, logits_fn, norm):
     """Attack each example with its own key (vmap over batch-1 attacks); return x_adv and whether
-    it is misclassified inside the ball. ``budget``: traced counts (``TRACED_BUDGET``)."""
-    def one(xi, yi, ki):
-        return attack(logits_fn, xi[None], yi[None], ki, eps, **dict(hyper), **budget)[0]
+    it is misclassified inside the ball. ``budget``: traced counts (``TRACED_BUDGET``);
+    ``x_start``: the iterates a resumed search continues from (Square's query chunks)."""
+    def one(xi, yi, ki, si):
+        start = {} if si is None else {"x_start": si[None]}
+        return attack(logits_fn, xi[None], yi[None], ki, eps, **dict(hyper), **budget, **start)[0]
 
-    x_adv = jax.vmap(one)(xb, yb, keys)
+    x_adv = jax.vmap(one)(xb, yb, keys, x_start)
     delta = (x_adv - xb).reshape(xb.shape[0], -1)
     size = jnp.max(jnp.abs(delta), -1) if norm == "linf" else jnp.sqrt(jnp.sum(delta * delta, -1))
     inside = size <= eps * (1.0 + 1e-5) + 1e-7  # float round-off of the projection
@@ -114,9 +116,12 @@ def _crc(name: str) -> int:
     return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
-def _run_stage(fn, images, labels, idx, key, eps, batch_size, x_adv, robust, index_offset: int = 0) -> int:
+def _run_stage(fn, images, labels, idx, key, eps, batch_size, x_adv, robust, index_offset: int = 0,
+               iterates: np.ndarray | None = None, resume: bool = False) -> int:
     """Attack the examples ``idx`` in fixed-size batches; update x_adv / robust in place; return
-    how many were newly fooled. Example i is keyed by its index in the whole set, i + index_offset."""
+    how many were newly fooled. Example i is keyed by its index in the whole set, i + index_offset.
+    ``iterates`` (N, H, W, C): receives every attacked example's result; with ``resume`` it is
+    also what the attack continues from (``fn`` takes ``x_start``)."""
     new = 0
     if len(idx) == 0:
         return 0
@@ -128,12 +133,40 @@ def _run_stage(fn, images, labels, idx, key, eps, batch_size, x_adv, robust, ind
         pad = batch_size - len(sel)
         sel_p = np.concatenate([sel, np.full(pad, sel[0])]) if pad else sel
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(sel_p + index_offset, jnp.int32))
-        xa, fooled = fn(jnp.asarray(images[sel_p]), jnp.asarray(labels[sel_p]), keys, jnp.float32(eps))
+        start = {"x_start": jnp.asarray(iterates[sel_p])} if resume else {}
+        xa, fooled = fn(jnp.asarray(images[sel_p]), jnp.asarray(labels[sel_p]), keys, jnp.float32(eps), **start)
         xa, fooled = np.asarray(xa)[:len(sel)], np.asarray(fooled)[:len(sel)]
+        if iterates is not None:
+            iterates[sel] = xa
         hit = sel[fooled]
         x_adv[hit] = xa[fooled]
         robust[hit] = False
         new += int(fooled.sum())
+    return new
+
+
+def query_chunks(n_queries: int) -> list[tuple[int, int]]:
+    """[first, stop) query ranges of Square as ``run_autoattack`` runs it: query 0 (the start) and
+    1 .. max(4, n / 64) - 1 first, then ranges doubling in length up to ``n_queries``. Fooled
+    points are dropped between chunks; most are fooled early, where the chunks are short."""
+    bounds, b = [1], max(4, n_queries // 64)
+    while b < n_queries:
+        bounds.append(b)
+        b *= 2
+    bounds.append(n_queries)
+    return [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo] or [(1, 1)]
+
+
+def _run_query_chunks(attack, hyper, logits_fn, norm, images, labels, idx, key, eps, batch_size, x_adv, robust,
+                      index_offset: int = 0) -> int:
+    """Square's queries in chunks (``query_chunks``), each on the examples still robust, resumed
+    from their last iterate: the points of one call, without querying fooled examples."""
+    iterates, new = images.copy(), 0
+    for first, stop in query_chunks(int(hyper["n_queries"])):
+        fn = _stage_fn(attack, {**hyper, "first_query": first, "stop_query": stop}, logits_fn, norm)
+        # The first chunk starts the search (query 0); the others continue the robust examples'.
+        new += _run_stage(fn, images, labels, idx[robust[idx]], key, eps, batch_size, x_adv, robust, index_offset,
+                          iterates=iterates, resume=first > 1)
     return new
 
 
@@ -146,6 +179,9 @@ def _run_attack(attack: Callable, hyper: dict, logits_fn: LogitsFn, norm: str, n
     target r costs nothing afterwards. Each example's result is the one of a single call with all
     targets (target r is keyed fold_in(example key, r); an example stops at its first success),
     and every call is the same compiled program (``first_target`` is traced)."""
+    if "n_queries" in hyper:
+        return _run_query_chunks(attack, hyper, logits_fn, norm, images, labels, idx, key, eps, batch_size, x_adv,
+                                 robust, index_offset)
     if "n_targets" not in hyper:
         fn = _stage_fn(attack, hyper, logits_fn, norm)
         return _run_stage(fn, images, labels, idx, key, eps, batch_size, x_adv, robust, index_offset)

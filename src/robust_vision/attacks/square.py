@@ -209,20 +209,32 @@ def square_trace(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array
 
 
 def square(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps: float | jax.Array,
-           *, norm: str = "linf", n_queries: int | jax.Array = 5000, p_init: float = 0.8) -> jax.Array:
+           *, norm: str = "linf", n_queries: int | jax.Array = 5000, p_init: float = 0.8,
+           first_query: int | jax.Array = 1, stop_query: int | jax.Array | None = None,
+           x_start: jax.Array | None = None) -> jax.Array:
     """Square attack, eps-bounded (Linf or L2), ``n_queries`` forward passes per example (default
     5000 and p_init = 0.8, AutoAttack's standard setting; a Python int or a traced int; the queries
     stop early once every example is misclassified, as the reference's loop does). Returns
     (B, H, W, C) in [0, 1] inside the ball; eps = 0 returns x exactly. Same iterates as
-    ``square_trace``, without the history."""
+    ``square_trace``, without the history.
+
+    Resuming (``run_autoattack`` runs the queries in chunks, dropping fooled points in between):
+    ``x_start`` (B, H, W, C), the iterate after query ``first_query - 1`` of a search with the same
+    key and ``n_queries``, continues it with queries [first_query, stop_query) (``stop_query`` None
+    = ``n_queries``); chunks run one after the other give the iterates of one call, because a
+    query's randomness and window size depend only on (key, query index, n_queries) and the best
+    margin is the margin of ``x_start``. Without ``x_start`` the search starts at query 0.
+    """
     check_inputs(x, y, eps, name="square")
     check_norm(norm, "square")
     check_count(n_queries, "square", "n_queries", 1)
     n_queries = count(n_queries)
     run = _square_linf if norm == "linf" else _square_l2
     (x_best, margin0), step = run(logits_fn, x, y, key, eps, n_queries, p_init)
+    if x_start is not None:  # the fresh start above is then unused, and compiled away
+        x_best, margin0 = x_start, _margin(logits_fn, x_start, y)
     # Fooled points stop changing, so once all are fooled the remaining queries change nothing.
-    x_best, _ = loop_until(1, n_queries, lambda i, carry: step(carry, i)[0], (x_best, margin0),
-                           lambda carry: jnp.all(carry[1] <= 0.0))
+    x_best, _ = loop_until(first_query, n_queries if stop_query is None else stop_query,
+                           lambda i, carry: step(carry, i)[0], (x_best, margin0), lambda carry: jnp.all(carry[1] <= 0.0))
     fooled0 = _margin(logits_fn, x, y) <= 0.0
     return bwhere(fooled0, x, x_best)
