@@ -164,9 +164,10 @@ def _run_query_chunks(attack, hyper, logits_fn, norm, images, labels, idx, key, 
     iterates, new = images.copy(), 0
     for first, stop in query_chunks(int(hyper["n_queries"])):
         fn = _stage_fn(attack, {**hyper, "first_query": first, "stop_query": stop}, logits_fn, norm)
-        # The first chunk starts the search (query 0); the others continue the robust examples'.
+        # The first chunk starts the search (query 0, x_start ignored); the others continue the
+        # robust examples'. Always passing x_start keeps one program per batch size.
         new += _run_stage(fn, images, labels, idx[robust[idx]], key, eps, batch_size, x_adv, robust, index_offset,
-                          iterates=iterates, resume=first > 1)
+                          iterates=iterates, resume=True)
     return new
 
 

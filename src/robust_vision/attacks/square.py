@@ -223,7 +223,8 @@ def square(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps:
     key and ``n_queries``, continues it with queries [first_query, stop_query) (``stop_query`` None
     = ``n_queries``); chunks run one after the other give the iterates of one call, because a
     query's randomness and window size depend only on (key, query index, n_queries) and the best
-    margin is the margin of ``x_start``. Without ``x_start`` the search starts at query 0.
+    margin is the margin of ``x_start``. Without ``x_start``, or with ``first_query`` <= 1 (then
+    ``x_start`` is ignored), the search starts at query 0.
     """
     check_inputs(x, y, eps, name="square")
     check_norm(norm, "square")
@@ -231,8 +232,10 @@ def square(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, eps:
     n_queries = count(n_queries)
     run = _square_linf if norm == "linf" else _square_l2
     (x_best, margin0), step = run(logits_fn, x, y, key, eps, n_queries, p_init)
-    if x_start is not None:  # the fresh start above is then unused, and compiled away
-        x_best, margin0 = x_start, _margin(logits_fn, x_start, y)
+    if x_start is not None:  # from query 1 on, x_start is the iterate; at query <= 1 the fresh start
+        resumed = jnp.asarray(first_query) > 1  # (one program for every chunk: first_query is traced)
+        x_best = jnp.where(resumed, x_start, x_best)
+        margin0 = jnp.where(resumed, _margin(logits_fn, x_start, y), margin0)
     # Fooled points stop changing, so once all are fooled the remaining queries change nothing.
     x_best, _ = loop_until(first_query, n_queries if stop_query is None else stop_query,
                            lambda i, carry: step(carry, i)[0], (x_best, margin0), lambda carry: jnp.all(carry[1] <= 0.0))
