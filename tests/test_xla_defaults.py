@@ -69,3 +69,25 @@ def test_without_cpu_defaults_strips_only_the_projects_flags():
     assert without_cpu_defaults(f"--xla_force_host_platform_device_count=2 {FLAG}") == \
         "--xla_force_host_platform_device_count=2"
     assert without_cpu_defaults("") == ""
+
+
+def test_never_set_when_jax_will_run_on_an_accelerator(monkeypatch):
+    """JAX_PLATFORMS naming a GPU / TPU first, or unset with a CUDA / TPU plugin installed: the
+    defaults are not applied and XLA_FLAGS is left alone; JAX_PLATFORMS=cpu keeps them."""
+    from robust_vision import xla_defaults
+
+    assert xla_defaults.accelerator_expected({"JAX_PLATFORMS": "cuda"})
+    assert xla_defaults.accelerator_expected({"JAX_PLATFORMS": "tpu,cpu"})
+    assert not xla_defaults.accelerator_expected({"JAX_PLATFORMS": "cpu"})
+    assert not xla_defaults.accelerator_expected({"JAX_PLATFORMS": "cpu,cuda"})
+    monkeypatch.setattr(xla_defaults.importlib.util, "find_spec",
+                        lambda name: object() if name == "jax_cuda13_plugin" else None)
+    assert xla_defaults.accelerator_expected({})  # the CUDA 13 plugin of the GPU image: JAX prefers it
+    assert not xla_defaults.accelerator_expected({"JAX_PLATFORMS": "cpu"})
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    monkeypatch.delenv(xla_defaults.ENV_VAR, raising=False)
+    assert xla_defaults.apply_cpu_defaults() is False
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=1"  # untouched
+    out = _probe(JAX_PLATFORMS="cuda,cpu", XLA_FLAGS="")  # a subprocess asking for a GPU first
+    assert out["flags"] == "" and out["again"] is False
