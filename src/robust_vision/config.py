@@ -195,6 +195,9 @@ class TrainingConfig:
 
     use_mixup: bool = _f(False, help="mixup augmentation")
     mixup_alpha: float = _f(0.2, min=0.0, min_exclusive=True, help="mixup: Beta(alpha, alpha) mixing coefficient")
+    precision: Literal["float32", "bf16"] = _f(
+        "float32", help="train-step compute: bf16 = forward and backward in bfloat16 with parameters, optimizer state "
+                        "and batch statistics kept float32 and the loss in float32 (no loss scaling)")
     augment_flip: bool = _f(False, help="random horizontal flip (on device)")
     augment_crop_padding: int = _f(0, min=0, help="random crop after zero-padding by this many pixels (0 = off)")
     noise_augment_std: float = _f(0.0, min=0.0, help="add N(0, std^2) to training images (0 = off); pair with --certify at sigma = std")

@@ -187,12 +187,30 @@ ExampleTransform = Callable[[Callable[[jax.Array], jax.Array], jax.Array, jax.Ar
 PairLoss = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
+# training.precision -> the dtype the train step computes in (parameters stay float32).
+COMPUTE_DTYPES = {"float32": jnp.float32, "bf16": jnp.bfloat16}
+
+
+def set_compute_dtype(model: nnx.Module, dtype: Any) -> nnx.Module:
+    """Make every Flax layer of ``model`` that has a computation ``dtype`` (Conv, Linear,
+    BatchNorm, ...) compute in ``dtype``; their variables keep their own dtype (float32), and
+    batch norm keeps its running statistics in float32. For a model merged inside a traced step
+    (its attributes are not saved). Returns ``model``."""
+    modules = nnx.iter_modules(model) if hasattr(nnx, "iter_modules") else model.iter_modules()  # flax < 0.11
+    for _, module in modules:
+        if hasattr(module, "dtype"):
+            module.dtype = dtype
+    return model
+
+
 def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn: Callable,
                     cfg: TrainingConfig, *, example_transform: ExampleTransform | None = None,
                     pair_transform: ExampleTransform | None = None, pair_loss: PairLoss | None = None,
                     extra_loss: Callable | None = None, program_key: ProgramKey | None = None):
     """Build the jitted train step ``(state, images, labels, mask, key) -> (state, per_example)``.
 
+    ``cfg.precision`` "bf16" runs the model in bfloat16 (``COMPUTE_DTYPES``); parameters,
+    optimizer state, batch statistics, the loss and the per-example outputs stay float32.
     images (B, H, W, C) float32 in [0, 1], labels (B,) int32, mask (B,) float32 (0 = padding),
     key a PRNG key for this step. ``per_example`` holds (B,) arrays ``loss``, ``correct``,
     ``confidence``, ``margin`` of the training forward pass (train mode, augmented inputs;
@@ -204,6 +222,7 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn
     if (pair_transform is None) != (pair_loss is None):
         raise ValueError("pair_transform and pair_loss go together (TRADES needs both)")
     decay = cfg.ema_decay
+    compute = COMPUTE_DTYPES[cfg.precision]
 
     def step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array, key: jax.Array):
         aug_key, dropout_key, mix_key, adv_key, reg_key = jax.random.split(key, 5)
@@ -226,11 +245,16 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn
             labels_b = labels[perm]
 
         def objective(params):
+            # bf16: the layers cast their float32 parameters to bfloat16 as they compute (the
+            # gradient flows back through the cast, so grads and updates are float32).
             model = parts.merge(params, state["model_state"], train=True, dropout_key=dropout_key)
+            if compute != jnp.float32:
+                set_compute_dtype(model, compute)
             if extra_loss is not None:
-                logits, features = model(images, return_features=True)
+                logits, features = model(images.astype(compute), return_features=True)
             else:
-                logits = model(images)
+                logits = model(images.astype(compute))
+            logits = logits.astype(jnp.float32)
             if pair_loss is not None:
                 per_ex = pair_loss(logits, model(x_adv), labels)
             else:
