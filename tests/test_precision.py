@@ -37,9 +37,14 @@ def _float_dtypes(tree) -> set:
     return {str(a.dtype) for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)}
 
 
-def test_bf16_keeps_float32_state_and_tracks_the_float32_loss():
+@pytest.fixture(scope="module")
+def bf16_run():
+    return _run("bf16")
+
+
+def test_bf16_keeps_float32_state_and_tracks_the_float32_loss(bf16_run):
     state32, loss32 = _run("float32")
-    state16, loss16 = _run("bf16")
+    state16, loss16 = bf16_run
     for part in ("params", "model_state", "opt_state"):
         assert _float_dtypes(state16[part]) == {"float32"}, part
     # bf16 keeps 8 bits of mantissa (relative rounding 2^-9 ~ 0.2% per operation); through a
@@ -53,9 +58,9 @@ def test_bf16_keeps_float32_state_and_tracks_the_float32_loss():
     assert max(moved) < 0.05  # parameters after 3 steps stay close to float32's
 
 
-def test_bf16_is_deterministic():
-    a_state, a_loss = _run("bf16", steps=2)
-    b_state, b_loss = _run("bf16", steps=2)
+def test_bf16_is_deterministic(bf16_run):
+    a_state, a_loss = bf16_run
+    b_state, b_loss = _run("bf16")
     np.testing.assert_array_equal(a_loss, b_loss)
     for a, b in zip(jax.tree.leaves(a_state["params"]), jax.tree.leaves(b_state["params"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
