@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -168,6 +169,18 @@ class RegularizerConfig:
 
 
 @dataclass
+class ValAttackConfig:
+    """Held-out robust accuracy during training: Linf PGD with a random start on the first
+    ``max_examples`` validation images, eval-mode model (the evaluation weights), the same
+    attack key every epoch so that epochs are compared on the same draws."""
+
+    steps: int = _f(0, min=0, help="PGD iterations (0 = off; Rice et al. 2020: 10)")
+    eps: float = _f(8 / 255, min=0.0, min_exclusive=True, help="Linf budget in [0, 1] pixel units (8/255 allowed)")
+    step_size: Optional[float] = _f(None, min=0.0, min_exclusive=True, help="PGD step; null = 2.5 * eps / steps")
+    max_examples: int = _f(1000, min=1, help="attack the first N validation images")
+
+
+@dataclass
 class TrainingConfig:
     seed: int = _f(0, help="seed of initialisation, shuffling, dropout and augmentation")
     learning_rule: Literal["backprop", "hebbian", "sgd_mse"] = _f(
@@ -178,10 +191,19 @@ class TrainingConfig:
     eval_batch_size: int = _f(512, min=1, help="batch size of validation / evaluation passes")
     optimizer: Literal["adam", "adamw", "sgd"] = _f("adam", help="optimizer (Optax)")
     learning_rate: float = _f(1e-3, min=0.0, min_exclusive=True, help="peak learning rate")
-    momentum: float = _f(0.9, min=0.0, max=1.0, help="sgd momentum (Nesterov off)")
+    momentum: float = _f(0.9, min=0.0, max=1.0, help="sgd momentum")
+    nesterov: bool = _f(False, help="sgd: Nesterov momentum")
     weight_decay: float = _f(0.0, min=0.0, help="adamw: decoupled weight decay; adam/sgd: L2 added to the gradient")
-    lr_schedule: Literal["constant", "cosine", "warmup_cosine"] = _f("constant", help="learning-rate schedule (Optax)")
-    warmup_epochs: float = _f(0.0, min=0.0, help="warmup_cosine: linear warm-up length in epochs")
+    lr_schedule: Literal["constant", "cosine", "warmup_cosine", "cyclic", "piecewise"] = _f(
+        "constant", help="learning-rate schedule (Optax): cyclic = linear 0 -> learning_rate at warmup_epochs -> 0 at "
+                         "the end (Wong et al. 2020); piecewise = learning_rate times lr_decay_factor at each of "
+                         "lr_milestones (Rice et al. 2020)")
+    warmup_epochs: float = _f(0.0, min=0.0, help="warmup_cosine: linear warm-up length in epochs; cyclic: epoch of "
+                                                 "the peak (fractions allowed)")
+    lr_milestones: list[float] = _f(factory=list, min=0.0, help="piecewise: epochs (fractions allowed) at which the "
+                                                                "learning rate is multiplied by lr_decay_factor")
+    lr_decay_factor: float = _f(0.1, min=0.0, max=1.0, min_exclusive=True,
+                                help="piecewise: factor applied at each milestone")
     grad_clip_norm: Optional[float] = _f(None, min=0.0, min_exclusive=True, help="clip the global gradient norm (null = off)")
 
     loss_type: Literal["cross_entropy", "label_smoothing", "margin", "focal", "combined"] = _f(
@@ -211,6 +233,12 @@ class TrainingConfig:
     ema_enabled: bool = _f(False, help="keep an exponential moving average of the parameters and evaluate with it")
     ema_decay: float = _f(0.99, min=0.0, max=1.0, help="EMA decay per step")
 
+    val_attack: ValAttackConfig = field(default_factory=lambda: ValAttackConfig(),
+                                        metadata={"help": "PGD accuracy of the validation split each validation "
+                                                          "(metrics.csv val_pgd_accuracy; early stopping as Rice et al. 2020)"})
+    early_stop_patience: Optional[int] = _f(None, min=1, help="stop after this many validations without a better "
+                                                             "best_metric (null = train every epoch); the best "
+                                                             "checkpoint is kept either way")
     eval_every: int = _f(1, min=1, help="validate every N epochs (the last epoch is always validated)")
     save_every: int = _f(5, min=1, help="keep a periodic checkpoint every N epochs (the latest is always kept)")
     best_metric: str = _f("val_accuracy", help="metrics.csv column that picks the best checkpoint")
@@ -332,6 +360,10 @@ def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
 
 
+# A number written as a fraction, "8/255" (attack budgets are quoted that way).
+_FRACTION = re.compile(r"([0-9]+(?:\.[0-9]*)?)\s*/\s*([0-9]+(?:\.[0-9]*)?)")
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Convert a YAML value to the annotated type or raise a one-line ConfigError."""
     origin = typing.get_origin(tp)
@@ -388,12 +420,15 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             if not math.isfinite(float(value)):
                 raise ConfigError(f"{key}: got {value!r}; expected a finite number")
             return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; budgets are written 8/255
+            fraction = _FRACTION.fullmatch(value.strip())
+            if fraction and float(fraction[2]) != 0:
+                return _convert(float(fraction[1]) / float(fraction[2]), float, key)
             try:
                 return _convert(float(value), float, key)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: got {value!r}; expected a number")
+        raise ConfigError(f"{key}: got {value!r}; expected a number (or a fraction such as 8/255)")
     if tp is str:
         if isinstance(value, str):
             return value
@@ -489,6 +524,9 @@ def _cross_checks(cfg: Config) -> None:
     if adv.method == "augment" and adv.augment_source is None and cfg.training.init_from is None:
         raise ConfigError("training.adversarial.augment_source: adversarial augmentation attacks a trained model; "
                           "set training.adversarial.augment_source (or training.init_from) to its run directory")
+    if cfg.training.lr_schedule == "piecewise" and not cfg.training.lr_milestones:
+        raise ConfigError("training.lr_milestones: the piecewise schedule needs the epochs at which the learning rate "
+                          "drops, e.g. [100, 150]; set them or pick another training.lr_schedule")
     if cfg.data.val_fraction + cfg.data.test_fraction >= 1.0:
         raise ConfigError("data.val_fraction + data.test_fraction: must be < 1 so that a training split remains")
 

@@ -30,8 +30,8 @@ from robust_vision.data.datasets import Dataset, load_dataset
 from robust_vision.data.batch import to_unit_float
 from robust_vision.data.pipeline import (check_batch_divisible, data_mesh, device_multiple, eval_batches, num_batches,
                                          replicate, train_batches)
-from robust_vision.data.sources import (ConcatSource, RecordSource, converted, describe_splits, open_splits,
-                                        stream_shape)
+from robust_vision.data.sources import (ConcatSource, RecordSource, SubsetSource, converted, describe_splits,
+                                        open_splits, stream_shape)
 from robust_vision.distributed import gather_batches, is_main_process, main_only
 from robust_vision.evaluation.batched import prefetch_to_device, stream_per_example
 from robust_vision.evaluation.metrics import summarize
@@ -44,12 +44,12 @@ from robust_vision.regularizers import make_regularizer
 from robust_vision.training.adversarial import adversarial_hooks, write_adversarial_examples
 from robust_vision.training.finetune import load_initial_weights
 from robust_vision.training.pretrain import pretrain_local_layer
-from robust_vision.training.steps import (init_train_state, make_eval_step, make_run_optimizer, make_train_step,
-                                          model_program_key, split_model)
+from robust_vision.training.steps import (init_train_state, make_eval_step, make_robust_eval_step, make_run_optimizer,
+                                          make_train_step, model_program_key, split_model)
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "train_margin", "train_snr",
                   "val_loss", "val_accuracy", "val_margin", "val_snr", "val_snr_median", "val_ece",
-                  "learning_rate", "epoch_time_s"]
+                  "learning_rate", "epoch_time_s", "val_pgd_accuracy"]
 
 # Config keys that may differ between a run and its resumption (they do not change the numbers).
 # training.checkpoint_dir: the run being resumed is read from it, so a different spelling of the same
@@ -73,6 +73,15 @@ def diverged(train_loss: float, reference_loss: float | None) -> bool:
         return True
     reference = reference_loss if reference_loss is not None and math.isfinite(reference_loss) else 1.0
     return train_loss > DIVERGENCE_FACTOR * max(reference, 1.0)
+
+
+def stop_early(history: list[dict], best_epoch: int | None, patience: int | None, metric: str) -> bool:
+    """Whether ``patience`` validations (rows that hold ``metric``) have passed since the best
+    epoch without a better value; never with ``patience`` None or before any best epoch."""
+    if patience is None or best_epoch is None:
+        return False
+    since = [r for r in history if int(r["epoch"]) > best_epoch and r.get(metric) is not None]
+    return len(since) >= patience
 
 
 class TrainingError(RuntimeError):
@@ -197,6 +206,9 @@ def check_run_request(cfg: Config, resume: bool) -> tuple[Path, bool]:
     if tcfg.best_metric not in METRIC_COLUMNS[1:]:
         raise ConfigError(f"training.best_metric: got {tcfg.best_metric!r}; expected a metrics.csv column: "
                           f"{', '.join(METRIC_COLUMNS[1:])}")
+    if tcfg.best_metric == "val_pgd_accuracy" and tcfg.val_attack.steps == 0:
+        raise ConfigError("training.best_metric: val_pgd_accuracy needs the held-out attack; set "
+                          "training.val_attack.steps (e.g. 10) or pick another best_metric")
     run_dir = Path(tcfg.checkpoint_dir)
     store_dir = run_dir / "checkpoints"
     has_checkpoints = store_dir.exists() and any(store_dir.rglob("meta"))
@@ -285,13 +297,39 @@ def _train_backprop(cfg: Config, *, resume: bool, log: Callable[[str], None]) ->
 
 
 def _per_example(fn, source: RecordSource, batch_size: int, mesh) -> dict[str, np.ndarray]:
-    """``fn(images, labels) -> {name: (B,) array}`` over every record of ``source`` in order,
+    """``fn(images, labels, batch_index) -> {name: (B,) array}`` over every record of ``source`` in order,
     streamed (``eval_batches`` + device prefetch, ``evaluation.batched.stream_per_example``;
     images float32 [0, 1] on device); the real examples' values, (N,) each, gathered across
     processes. The batch size is rounded up to a multiple of the device count and, unlike the
     evaluators, not capped at N: validation keeps one compiled program whatever the split size."""
     batch_size = device_multiple(batch_size, mesh)
-    return stream_per_example(lambda x, y, _i: fn(to_unit_float(x), y), eval_batches(source, batch_size), mesh=mesh)
+    return stream_per_example(lambda x, y, i: fn(to_unit_float(x), y, i), eval_batches(source, batch_size), mesh=mesh)
+
+
+def _held_out(source: RecordSource, max_examples: int) -> RecordSource:
+    """The first ``max_examples`` records of ``source`` (all of them when it has fewer)."""
+    if len(source) <= max_examples:
+        return source
+    return SubsetSource(source, np.arange(max_examples), source.info)
+
+
+def _validate(cfg: Config, data: TrainData, mesh, state, eval_step, robust_step, attack_key) -> dict:
+    """The validation columns of one metrics.csv row: loss, accuracy, margin, SNR, ECE of the
+    val split and, with ``training.val_attack``, PGD accuracy on its first images."""
+    tcfg = cfg.training
+    params = state["ema_params"] if tcfg.ema_enabled else state["params"]
+    val_pe = _per_example(lambda xb, yb, _i: eval_step(params, state["model_state"], xb, yb),
+                          data.val, tcfg.eval_batch_size, mesh)
+    vs = summarize(val_pe)
+    row = dict(val_loss=vs["loss"], val_accuracy=vs["accuracy"], val_margin=vs["margin"], val_snr=vs["snr"],
+               val_snr_median=vs["snr_median"], val_ece=vs["ece"])
+    if robust_step is not None:
+        held = _held_out(data.val, tcfg.val_attack.max_examples)
+        pgd_pe = _per_example(lambda xb, yb, i: robust_step(params, state["model_state"], xb, yb,
+                                                              jax.random.fold_in(attack_key, i)),
+                              held, tcfg.eval_batch_size, mesh)
+        row["val_pgd_accuracy"] = float(np.mean(pgd_pe["pgd_correct"], dtype=np.float64))
+    return row
 
 
 def _train_loop(cfg, resume, log, run_dir, store, data: TrainData, mesh, model, parts, tx, schedule, state,
@@ -327,6 +365,9 @@ def _train_loop(cfg, resume, log, run_dir, store, data: TrainData, mesh, model, 
     train_step = make_train_step(parts, tx, make_loss(tcfg), tcfg, extra_loss=make_regularizer(tcfg.regularizers),
                                  program_key=program_key, **_train_hooks(tcfg))
     eval_step = make_eval_step(parts, program_key)
+    vcfg = tcfg.val_attack
+    robust_step = make_robust_eval_step(parts, vcfg.eps, vcfg.steps, vcfg.step_size, program_key) if vcfg.steps else None
+    attack_key = jax.random.key(tcfg.seed + 0xA77AC)  # the same draws every epoch: epochs compare on equal terms
     base_key = jax.random.fold_in(jax.random.key(tcfg.seed), 0x5EED)
     reference_loss = None  # see diverged()
 
@@ -365,12 +406,7 @@ def _train_loop(cfg, resume, log, run_dir, store, data: TrainData, mesh, model, 
                "learning_rate": float(schedule(int(state["step"]) - 1)), "epoch_time_s": None}
         validate = epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs
         if validate and len(data.val):
-            eval_params = state["ema_params"] if tcfg.ema_enabled else state["params"]
-            val_pe = _per_example(lambda xb, yb: eval_step(eval_params, state["model_state"], xb, yb),
-                                  data.val, tcfg.eval_batch_size, mesh)
-            vs = summarize(val_pe)
-            row.update(val_loss=vs["loss"], val_accuracy=vs["accuracy"], val_margin=vs["margin"],
-                       val_snr=vs["snr"], val_snr_median=vs["snr_median"], val_ece=vs["ece"])
+            row.update(_validate(cfg, data, mesh, state, eval_step, robust_step, attack_key))
         row["epoch_time_s"] = time.perf_counter() - t0
         history.append(row)
         if main:
@@ -382,6 +418,8 @@ def _train_loop(cfg, resume, log, run_dir, store, data: TrainData, mesh, model, 
         if row.get("val_loss") is not None:
             log(f"  Val Loss:   {row['val_loss']:.4f}  Val Acc:   {row['val_accuracy']:.4f}  "
                 f"SNR: {_fmt_snr(row['val_snr'])}")
+        if row.get("val_pgd_accuracy") is not None:
+            log(f"  Val PGD-{tcfg.val_attack.steps} Acc: {row['val_pgd_accuracy']:.4f}")
 
         metric_value = row.get(tcfg.best_metric)
         improved = is_better(metric_value, best_value, tcfg.best_mode)
@@ -392,6 +430,10 @@ def _train_loop(cfg, resume, log, run_dir, store, data: TrainData, mesh, model, 
                 "input_shape": list(data.image_shape), "num_classes": data.num_classes,
                 "class_names": list(data.class_names), "ema": tcfg.ema_enabled}
         store.save(epoch, state, meta, is_best=improved)
+        if stop_early(history, best_epoch, tcfg.early_stop_patience, tcfg.best_metric):
+            log(f"Early stop after epoch {epoch}: {tcfg.best_metric} has not improved on epoch {best_epoch}'s "
+                f"for {tcfg.early_stop_patience} validations")
+            break
 
     from robust_vision.training.run_outputs import write_run_outputs
 
