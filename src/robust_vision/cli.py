@@ -277,6 +277,10 @@ def _eval(args: argparse.Namespace) -> int:
         suite.resolve_suite(ecfg.suite)  # a generated suite; published files are checked when opened
     suite.check_attacks(ecfg.attacks, ecfg.attack_norm)  # bad attack settings fail before any work
     plan = runner.plan_parts(ecfg, parts=runner.parse_parts(args.parts), asked=_asked_parts(args))
+    from robust_vision.attacks.autoattack import parse_card
+
+    card = parse_card(args.card)
+    dataset = cfg.data.dataset_name
     model = load_trained_model(args.checkpoint, cfg if explicit_config else None)
     models = [model]
     if args.baseline:
@@ -285,8 +289,9 @@ def _eval(args: argparse.Namespace) -> int:
             baseline.name = f"{baseline.name} (baseline)"
         models.append(baseline)
     if getattr(args, "data", None):  # --data: the whole given source as the checkpoint's input (docs/DATA.md)
-        from robust_vision.data.sources import load_eval_source
+        from robust_vision.data.sources import detect_layout, load_eval_source
 
+        dataset = args.dataset or detect_layout(args.data)
         # Only the asked split is opened; it is streamed (read batch by batch), never decoded whole.
         source = load_eval_source(args.data, args.dataset, data_split or ecfg.split, model.input_shape,
                                   model.num_classes)
@@ -302,8 +307,8 @@ def _eval(args: argparse.Namespace) -> int:
         levels = sorted({*levels, 0.5})
     out_dir = Path(ecfg.output_dir)
     ctx = runner.EvalContext(cfg=cfg, models=models, source=source, val_source=val_source, noise_types=noise_types,
-                             levels=levels, where=f"{cfg.data.dataset_name} ({ecfg.split} split)", out_dir=out_dir,
-                             quiet=args.quiet, log=print)
+                             levels=levels, where=f"{dataset} ({ecfg.split} split)", out_dir=out_dir,
+                             quiet=args.quiet, log=print, dataset=dataset, card=card)
     outcome = runner.run_plan(ctx, plan)
     if not main:  # tables, results.json and figures come from process 0 alone
         return 0
@@ -363,7 +368,9 @@ def eval_main(argv: list[str] | None = None) -> int:
     g.add_argument("--reference", metavar="RUN", help="run directory of the reference model for CE / mCE")
     g = parser.add_argument_group("adversarial attacks")
     g.add_argument("--attacks", nargs="+", metavar="LIST", help="comma list of fgsm, pgd, apgd, sparse, noise, apgd-t, apgd-dlr, fab-t, square, autoattack, autoattack-rand (none = off)")
-    g.add_argument("--eps", nargs="+", type=float, metavar="EPS", help="fgsm / pgd / apgd budgets in [0, 1] pixel units")
+    g.add_argument("--eps", nargs="+", metavar="EPS", help="fgsm / pgd / apgd budgets in [0, 1] pixel units (8/255 allowed)")
+    g.add_argument("--card", action="append", metavar="KEY=VALUE",
+                   help="autoattack.json model-card field: link, name, authors, additional_data, venue, reported, ...")
     g.add_argument("--attack-steps", dest="attack_steps", type=int, metavar="N", help="iterations of pgd / apgd / sparse / noise")
     g.add_argument("--attack-norm", dest="attack_norm", metavar="NORM", help="linf (default) or l2 (pgd / apgd)")
     g.add_argument("--attack-max-examples", dest="attack_max_examples", type=int, metavar="N",

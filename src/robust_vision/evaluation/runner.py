@@ -76,7 +76,9 @@ class EvalContext:
     it in fixed-size batches (:meth:`batches`), so no part holds the split's images.
     ``val_source`` opens the calibration (validation) split; it is called only when the
     calibration part runs (None: there is none). ``noise_types`` / ``levels`` are the grid's
-    conditions (calibration uses the same); ``where`` names the data in error messages."""
+    conditions (calibration uses the same); ``where`` names the data in error messages.
+    ``dataset`` is the layout name of the evaluated data (``--data``'s, else the config's) and
+    ``card`` the user's model-card fields (``attacks.autoattack.parse_card``), for autoattack.json."""
 
     cfg: Any
     models: list
@@ -89,6 +91,8 @@ class EvalContext:
     log: Callable[[str], None] = print
     quiet: bool = False
     logits_fns: dict = field(default_factory=dict)
+    dataset: str = ""
+    card: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # One logits function per model, reused by every part (jitted functions are cached on it).
@@ -291,7 +295,8 @@ def autoattack_part(ctx: EvalContext, batches: Callable, rows: list) -> dict:
     pass per call): per-stage results (printed), rows appended to the attack table, and
     ``autoattack.json`` in the RobustBench format (``autoattack_<i>.json`` for further models)
     written by process 0."""
-    from robust_vision.attacks.autoattack import autoattack_suite_stream, format_autoattack, write_autoattack_json
+    from robust_vision.attacks.autoattack import (autoattack_suite_stream, card_dataset, format_autoattack,
+                                                  write_autoattack_json)
     from robust_vision.distributed import is_main_process
     from robust_vision.evaluation import suite
 
@@ -310,7 +315,9 @@ def autoattack_part(ctx: EvalContext, batches: Callable, rows: list) -> dict:
             if results and is_main_process():
                 stem = name.replace("-", "_") + (f"_{i}" if i else "")
                 ctx.out_dir.mkdir(parents=True, exist_ok=True)
-                write_autoattack_json(ctx.out_dir / f"{stem}.json", results, model_name=m.name)
+                dataset = card_dataset(ctx.dataset, ctx.source.info.class_names, m.input_shape)
+                write_autoattack_json(ctx.out_dir / f"{stem}.json", results, model_name=m.name, dataset=dataset,
+                                      architecture=m.config.model.name, card=ctx.card)
     return out
 
 
