@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import time
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -159,7 +160,8 @@ def run_autoattack(logits_fn: LogitsFn, images: Any, labels: Any, eps: float, no
       index_offset: the index of ``images[0]`` in the whole set (its examples' keys are
         fold_in(stage key, index_offset + j)), so a set attacked in parts gives the same points.
     Returns: dict with ``version, norm, eps, n_examples, clean_accuracy, robust_accuracy``,
-      ``stages`` (per stage: name, robust_accuracy after it, new_adversarial, and
+      ``stages`` (per stage: name, robust_accuracy after it, new_adversarial, wall_s (seconds,
+      compilation of a first call included), and
       standalone_robust_accuracy when asked) and ``flags`` (see ``autoattack_flags``).
     """
     images, labels = _check_dataset(images, labels, batch_size)
@@ -179,9 +181,11 @@ def run_autoattack(logits_fn: LogitsFn, images: Any, labels: Any, eps: float, no
     for name, attack, hyper in plan:
         fn = _stage_fn(attack, hyper, logits_fn, norm)
         stage_key = jax.random.fold_in(key, _crc(name))
+        t0 = time.perf_counter()  # _run_stage fetches its results: the stage has finished when it returns
         new = _run_stage(fn, images, labels, np.nonzero(robust)[0], stage_key, eps, batch_size, x_adv, robust,
                          index_offset)
-        row = {"attack": name, "robust_accuracy": float(robust.mean()), "new_adversarial": new, **hyper}
+        row = {"attack": name, "robust_accuracy": float(robust.mean()), "new_adversarial": new,
+               "wall_s": time.perf_counter() - t0, **hyper}
         if standalone:
             alone = correct.copy()
             _run_stage(fn, images, labels, np.nonzero(correct)[0], stage_key, eps, batch_size, images.copy(), alone,
@@ -415,7 +419,8 @@ def _combine_autoattack(parts: list[dict], n: int) -> dict:
     for s, row in enumerate(first["stages"]):
         new = sum(p["stages"][s]["new_adversarial"] for p in parts)
         robust -= new
-        stages_out.append({**row, "robust_accuracy": robust / n, "new_adversarial": new})
+        stages_out.append({**row, "robust_accuracy": robust / n, "new_adversarial": new,
+                           "wall_s": sum(p["stages"][s]["wall_s"] for p in parts)})
     result = {"version": first["version"], "norm": first["norm"], "eps": first["eps"], "n_examples": int(n),
               "clean_accuracy": clean / n, "robust_accuracy": robust / n, "stages": stages_out}
     result["flags"] = autoattack_flags(result)

@@ -34,8 +34,9 @@ from robust_vision.data.sources import RecordSource, describe_splits, open_split
 
 
 def prepare(data_cfg, output: Path, *, workers: int = 0, batch_size: int = 256,
-            log=print) -> dict:
-    """Pack the train / val / test sources of ``data_cfg`` into ``output`` (see the module doc).
+            log=print, splits: Sequence[str] = SPLIT_NAMES) -> dict:
+    """Pack the ``splits`` (default train / val / test) of ``data_cfg`` into ``output`` (see the
+    module doc); a training-only source (a train.zip) packs ``("train", "val")``.
 
     Returns the meta dict written to ``output/meta.json``. Raises DatasetError for bad input and
     FileExistsError when ``output`` exists (nothing is overwritten)."""
@@ -44,7 +45,7 @@ def prepare(data_cfg, output: Path, *, workers: int = 0, batch_size: int = 256,
     output = Path(output)
     if output.exists():
         raise FileExistsError(f"--output: '{output}' already exists; choose a new directory (nothing was overwritten)")
-    sources = open_splits(data_cfg, SPLIT_NAMES)
+    sources = open_splits(data_cfg, splits)
     for line in describe_splits(sources):
         log(line)
     size = None if data_cfg.image_size is None else (int(data_cfg.image_size[0]), int(data_cfg.image_size[1]))
