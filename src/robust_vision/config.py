@@ -170,14 +170,14 @@ class RegularizerConfig:
 
 @dataclass
 class ValAttackConfig:
-    """Held-out robust accuracy during training: Linf PGD with a random start on the first
-    ``max_examples`` validation images, eval-mode model (the evaluation weights), the same
+    """Held-out robust accuracy during training: Linf PGD with a random start on ``max_examples``
+    validation images (evenly spaced over the split, so every class is in), eval-mode model (the evaluation weights), the same
     attack key every epoch so that epochs are compared on the same draws."""
 
     steps: int = _f(0, min=0, help="PGD iterations (0 = off; Rice et al. 2020: 10)")
     eps: float = _f(8 / 255, min=0.0, min_exclusive=True, help="Linf budget in [0, 1] pixel units (8/255 allowed)")
     step_size: Optional[float] = _f(None, min=0.0, min_exclusive=True, help="PGD step; null = 2.5 * eps / steps")
-    max_examples: int = _f(1000, min=1, help="attack the first N validation images")
+    max_examples: int = _f(1000, min=1, help="attack N validation images, evenly spaced over the split")
 
 
 @dataclass

@@ -307,15 +307,16 @@ def _per_example(fn, source: RecordSource, batch_size: int, mesh) -> dict[str, n
 
 
 def _held_out(source: RecordSource, max_examples: int) -> RecordSource:
-    """The first ``max_examples`` records of ``source`` (all of them when it has fewer)."""
+    """``max_examples`` records of ``source`` evenly spaced over it (all of them when it has fewer):
+    hold-outs are stored class by class, so the first N would miss most classes."""
     if len(source) <= max_examples:
         return source
-    return SubsetSource(source, np.arange(max_examples), source.info)
+    return SubsetSource(source, np.linspace(0, len(source) - 1, max_examples).round().astype(np.int64), source.info)
 
 
 def _validate(cfg: Config, data: TrainData, mesh, state, eval_step, robust_step, attack_key) -> dict:
     """The validation columns of one metrics.csv row: loss, accuracy, margin, SNR, ECE of the
-    val split and, with ``training.val_attack``, PGD accuracy on its first images."""
+    val split and, with ``training.val_attack``, PGD accuracy on ``max_examples`` of its images."""
     tcfg = cfg.training
     params = state["ema_params"] if tcfg.ema_enabled else state["params"]
     val_pe = _per_example(lambda xb, yb, _i: eval_step(params, state["model_state"], xb, yb),
