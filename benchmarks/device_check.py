@@ -261,7 +261,11 @@ def torch_part(batch_size: int, args: argparse.Namespace) -> dict:
     out = {"device": device, "batch_size": batch_size, "torch": torch.__version__}
     for name, fn in modes.items():
         t0 = time.perf_counter()
-        fn(x, y)  # first call: compilation for torch.compile
+        try:
+            fn(x, y)  # first call: compilation for torch.compile
+        except Exception as exc:  # noqa: BLE001 - a missing compiler toolchain must not lose the other parts
+            out[f"{name}_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            continue
         _sync(torch, device)
         first = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -309,6 +313,9 @@ def table(result: dict) -> str:
             ratio = ("ratio not meaningful (--smoke trains the small CNN)" if result["smoke"] else
                      f"ours / PyTorch = {a.get('images_per_s', float('nan')) / c[key]:.2f}x")
             rows.append((f"(c) PyTorch {mode} images/s", f"{c[key]:.0f}; {ratio}"))
+    for mode in ("eager", "compile"):
+        if f"{mode}_error" in c:
+            rows.append((f"(c) PyTorch {mode}", f"failed: {c[f'{mode}_error']}"))
     if "note" in c or "compile_note" in c:
         rows.append(("(c) note", c.get("note") or c.get("compile_note")))
     rows.append(("(d) pipeline images/s", f"{d.get('images_per_s', float('nan')):.0f} ({d.get('threads')} threads)"))
