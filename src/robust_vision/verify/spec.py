@@ -54,7 +54,9 @@ def concretize_lower(s: InputSet, coeffs: jax.Array, bias: jax.Array) -> jax.Arr
     """
     box = box_lower(coeffs, s.lower, s.upper)
     if s.norm == "l2":
-        ball = _sum_rest(coeffs * s.center[:, None]) - s.eps * jnp.sqrt(_sum_rest(jnp.square(coeffs)))
+        # floored at the smallest normal float: a zero row would give a NaN gradient (alpha-CROWN)
+        norm = jnp.sqrt(jnp.maximum(_sum_rest(jnp.square(coeffs)), jnp.finfo(coeffs.dtype).tiny))
+        ball = _sum_rest(coeffs * s.center[:, None]) - s.eps * norm
         box = jnp.maximum(box, ball)
     return box + bias
 
