@@ -27,9 +27,15 @@ def tiny_model(name: str, seed: int = 0, dtype=jnp.float32) -> tuple[nnx.Module,
     cfg, shape, classes = TINY[name]
     model = create_model(cfg, input_shape=shape, num_classes=classes, seed=seed)
     randomize_batch_stats(model, seed)
+    return cast_params(model, dtype), shape, classes
+
+
+def cast_params(model: nnx.Module, dtype) -> nnx.Module:
+    """``model`` with its floating-point state (parameters, batch statistics) cast to ``dtype``."""
     if dtype != jnp.float32:
-        nnx.update(model, jax.tree.map(lambda a: a.astype(dtype), nnx.state(model)))
-    return model, shape, classes
+        state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
+        nnx.update(model, jax.tree.map(lambda a: a.astype(dtype), state))
+    return model
 
 
 def randomize_batch_stats(model: nnx.Module, seed: int) -> None:
@@ -38,9 +44,9 @@ def randomize_batch_stats(model: nnx.Module, seed: int) -> None:
     for path, bn in nnx.iter_graph(model):
         if isinstance(bn, nnx.BatchNorm):
             key, k1, k2, k3 = jax.random.split(key, 4)
-            bn.mean[...] = jax.random.uniform(k1, bn.mean.shape, minval=-0.5, maxval=0.5)
-            bn.var[...] = jax.random.uniform(k2, bn.var.shape, minval=0.25, maxval=2.0)
-            bn.scale[...] = jax.random.uniform(k3, bn.scale.shape, minval=-1.5, maxval=1.5)
+            bn.mean[...] = jax.random.uniform(k1, bn.mean.shape, bn.mean.dtype, minval=-0.5, maxval=0.5)
+            bn.var[...] = jax.random.uniform(k2, bn.var.shape, bn.var.dtype, minval=0.25, maxval=2.0)
+            bn.scale[...] = jax.random.uniform(k3, bn.scale.shape, bn.scale.dtype, minval=-1.5, maxval=1.5)
 
 
 def margins(logits: jax.Array, labels: jax.Array) -> jax.Array:
