@@ -41,6 +41,7 @@ CORRUPTION_RESULTS_CSV = "corruption_results.csv"
 CORRUPTION_SUMMARY_CSV = "corruption_summary.csv"
 ATTACK_RESULTS_CSV = "attack_results.csv"
 CERTIFIED_CSV = "certified_accuracy.csv"
+VERIFIED_CSV = "verified_results.csv"
 RELIABILITY_CSV = "reliability.csv"
 CONFORMAL_CSV = "conformal_results.csv"
 SELECTIVE_CSV = "selective_accuracy.csv"
@@ -206,6 +207,37 @@ def plot_certified_accuracy(certified_csv: str | Path, out_dir: str | Path, styl
             ax.legend(loc="upper right", fontsize="small")
         fig.suptitle("Certified accuracy (randomized smoothing)")
         return save_figure(fig, out_dir, "certified_accuracy", dpi, formats)
+
+
+def plot_verified_accuracy(verified_csv: str | Path, out_dir: str | Path, style: str = DEFAULT_STYLE,
+                           dpi: int = DEFAULT_DPI, formats: Sequence[str] = DEFAULT_FORMATS) -> list[Path]:
+    """Verified accuracy vs eps (bound propagation), one panel per model, one line per method,
+    with the PGD accuracy on the same examples above them (dashed: an upper bound on the true
+    robust accuracy, the verified ones are lower bounds). Writes ``verified_accuracy``."""
+    formats = check_options(style, dpi, formats)
+    table = read_table(verified_csv, ("model", "method", "norm", "eps", "pgd_accuracy", "verified_accuracy"))
+    models = unique(table["model"])
+    methods = unique(table["method"])
+    colors = level_colors(len(methods))
+    with style_context(style):
+        fig, axes = panel_grid(len(models), sharey=True)
+        for k, (ax, model) in enumerate(zip(axes, models)):
+            for color, method in zip(colors, methods):
+                mask = select(table, model=model, method=method)
+                if mask.any():
+                    eps, acc = sorted_by(table, mask, "eps", "verified_accuracy")
+                    ax.plot(eps, acc, marker="o", color=color, label=f"verified ({method})")
+            eps, acc = sorted_by(table, select(table, model=model, method=methods[0]), "eps", "pgd_accuracy")
+            ax.plot(eps, acc, color="black", linestyle="--", marker="x", label="PGD (upper bound)")
+            norm = str(table["norm"][select(table, model=model)][0])
+            ax.set_title(pretty(model))
+            ax.set_xlabel(f"eps ({'Linf' if norm == 'linf' else 'L2'}, pixel scale [0, 1])")
+            if k % 4 == 0:
+                ax.set_ylabel("Accuracy (fraction)")
+            ax.set_ylim(-0.02, 1.02)
+            ax.legend(loc="upper right", fontsize="small")
+        fig.suptitle("Verified vs PGD accuracy")
+        return save_figure(fig, out_dir, "verified_accuracy", dpi, formats)
 
 
 # --------------------------------------------------------------------------- calibration
