@@ -111,3 +111,21 @@ def test_float64_bounds_hold():
             assert bounds[method].dtype == jnp.float64
             assert float(jnp.max(bounds[method] - lowest)) <= 1e-10, method
         assert bool(jnp.all(bounds["crown"] >= bounds["ibp"])) and bool(jnp.all(bounds["alpha-crown"] >= bounds["crown"]))
+
+
+def test_tightness_against_the_jacobian():
+    """Optimal radius = |J| r with J the Jacobian at x (pattern fixed); IBP's radius is never
+    smaller; one linear layer is perfectly tight."""
+    from robust_vision.verify import to_graph
+    from robust_vision.verify.tightness import mean_radii_by_depth
+
+    x = jax.random.uniform(jax.random.key(6), (2, 1, 3, 1), minval=0.3, maxval=0.7)
+    eps = 0.05
+    linear = _linear_model(shape=(1, 3, 1), classes=3)
+    optimal, ibp = mean_radii_by_depth(to_graph(linear, x), x, eps)
+    np.testing.assert_allclose(optimal, ibp, rtol=1e-6)
+    model = _linear_model(hidden=(4, 3), shape=(1, 3, 1), classes=3, seed=3)
+    optimal, ibp = mean_radii_by_depth(to_graph(model, x), x, eps)
+    jac = jax.vmap(jax.jacobian(lambda v: model(v[None])[0]))(x).reshape(2, 3, -1)  # (B, K, D)
+    np.testing.assert_allclose(optimal[-1], jnp.mean(jnp.sum(jnp.abs(jac), -1) * eps), rtol=1e-5)
+    assert bool(jnp.all(optimal <= ibp * (1 + 1e-6))) and float(optimal[-1] / ibp[-1]) < 1.0
