@@ -124,7 +124,7 @@ def test_tightness_against_the_jacobian():
     linear = _linear_model(shape=(1, 3, 1), classes=3)
     optimal, ibp = mean_radii_by_depth(to_graph(linear, x), x, eps)
     np.testing.assert_allclose(optimal, ibp, rtol=1e-6)
-    model = _linear_model(hidden=(4, 3), shape=(1, 3, 1), classes=3, seed=3)
+    model = _linear_model(hidden=(16, 12), shape=(1, 3, 1), classes=3, seed=3)
     optimal, ibp = mean_radii_by_depth(to_graph(model, x), x, eps)
     jac = jax.vmap(jax.jacobian(lambda v: model(v[None])[0]))(x).reshape(2, 3, -1)  # (B, K, D)
     np.testing.assert_allclose(optimal[-1], jnp.mean(jnp.sum(jnp.abs(jac), -1) * eps), rtol=1e-5)
