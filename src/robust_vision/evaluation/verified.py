@@ -22,6 +22,7 @@ import numpy as np
 from robust_vision.attacks.gradient import pgd
 from robust_vision.data.batch import Batch, to_unit_float
 from robust_vision.verify import check_method, margin_bounds, worst_margin
+from robust_vision.verify.convert import check_supported
 
 VERIFIED_COLUMNS = ["model", "method", "norm", "eps", "n_examples", "clean_accuracy", "pgd_accuracy",
                     "verified_accuracy", "mean_margin_lower_bound", "seconds_per_image"]
@@ -63,6 +64,7 @@ def verified_stream(model, batches: Iterable[Batch], *, methods: Sequence[str], 
     "margin": {(method, eps): (N,) lower bounds}, "seconds": {method: compute seconds}}.
     The first batch compiles every program before the clock starts (timings exclude compiling)."""
     methods = [check_method(m) for m in methods]
+    check_supported(model.parts.merge(model.params, model.model_state, train=False))  # before any work
     clean_fn, pgd_fn, bound_fns = _programs(model, norm, methods, pgd_steps, alpha_steps)
     variables = model.variables
     clean, attacked, margin = [], {e: [] for e in eps}, {(m, e): [] for m in methods for e in eps}

@@ -226,16 +226,20 @@ def supported_models() -> Sequence[str]:
     return sorted(t.__name__ for t in CONVERTERS)
 
 
+def check_supported(model: nnx.Module) -> None:
+    """A one-line ``UnsupportedLayer`` unless the model's class has a converter (before any work)."""
+    if type(model) not in CONVERTERS:
+        raise UnsupportedLayer(f"verify: cannot bound model {type(model).__name__} (no bound-propagation "
+                               f"converter); supported: {', '.join(supported_models())}")
+
+
 def graph_and_values(model: nnx.Module, x: jax.Array) -> tuple[Graph, list[jax.Array]]:
     """The bound-able graph of ``model`` at the clean batch ``x`` (B, H, W, C) in [0, 1], and
     the clean value (B, *shape) of every node. ``x`` fixes the shapes, and the batch-norm
     statistics of a model in training mode."""
-    convert = CONVERTERS.get(type(model))
-    if convert is None:
-        raise UnsupportedLayer(f"verify: cannot bound model {type(model).__name__} (no bound-propagation "
-                               f"converter); supported: {', '.join(supported_models())}")
+    check_supported(model)
     b = GraphBuilder(x)
-    convert(b, model, 0)
+    CONVERTERS[type(model)](b, model, 0)
     return b.graph(), b.values
 
 
