@@ -93,8 +93,8 @@ class ModelConfig:
     use_residual: bool = _f(True, help="cnn: residual (True) or plain (False) conv blocks")
     use_batch_norm: bool = _f(True, help="cnn: batch norm after each convolution")
     width: int = _f(64, min=1, help="resnet18, preact_resnet18: channels of the first stage (doubles each stage)")
-    normalize_mean: Optional[list[float]] = _f(None, help="preact_resnet18, wrn-*: per-channel mean subtracted from the [0, 1] input (RobustBench CIFAR-10: [0.4914, 0.4822, 0.4465]); null = no normalisation")
-    normalize_std: Optional[list[float]] = _f(None, help="preact_resnet18, wrn-*: per-channel std the input is divided by (RobustBench CIFAR-10: [0.2471, 0.2435, 0.2616]); set with normalize_mean")
+    normalize_mean: Optional[list[float]] = _f(None, help="preact_resnet18, wrn-*, cnn7, cnn_small: per-channel mean subtracted from the [0, 1] input (RobustBench CIFAR-10: [0.4914, 0.4822, 0.4465]); null = no normalisation")
+    normalize_std: Optional[list[float]] = _f(None, help="preact_resnet18, wrn-*, cnn7, cnn_small: per-channel std the input is divided by (RobustBench CIFAR-10: [0.2471, 0.2435, 0.2616]); set with normalize_mean")
     hidden_units: list[int] = _f(factory=list, help="linear: optional hidden layers (empty = a pure linear classifier)")
     perturb: PerturbConfig = field(default_factory=lambda: PerturbConfig(),
                                    metadata={"help": "lenet / cifarnet / perturb_resnet18 / resnet18_matched options"})

@@ -5,7 +5,7 @@ optional input normalisation first. Two registry entries fix its layers:
 
 * ``cnn7``: the CNN7 of CTBench / Shi et al. 2021: conv64, conv64, conv128 stride 2, conv128,
   conv128 (3x3, padding 1), each with BN and ReLU, FC512 with BN and ReLU, FC to the classes
-  (17.2 M parameters on 32x32x3 inputs, 10 classes);
+  (17,191,626 parameters on 32x32x3 inputs, 10 classes);
 * ``cnn_small``: a small MNIST-sized CNN (the "DM-small"-like model of CROWN-IBP): conv16 4x4
   stride 2, conv32 4x4 stride 2 (padding 1), FC100, FC to the classes, no BN.
 
