@@ -200,6 +200,7 @@ def _eval_config(args: argparse.Namespace):
                   "noise_radii": "evaluation.attack_noise_radii", "sigma": "evaluation.certify_sigma",
                   "n0": "evaluation.certify_n0", "certify_n": "evaluation.certify_n",
                   "alpha": "evaluation.certify_alpha", "max_examples": "evaluation.certify_max_examples",
+                  "verify_max_examples": "evaluation.verify_max_examples",
                   "calibration": "evaluation.calibration", "conformal_alpha": "evaluation.conformal_alpha"}
     for attr, key in flag_keys.items():
         value = getattr(args, attr)
@@ -225,6 +226,9 @@ def _eval_config(args: argparse.Namespace):
         overrides.append(f"evaluation.attacks={_yaml_list(attacks)}")
     if args.certify:
         overrides.append("evaluation.certify=true")
+    verify = _attack_list(args.verify)  # the same comma-list syntax
+    if verify is not None:
+        overrides.append(f"evaluation.verify={_yaml_list(verify)}")
     if args.no_plots:
         overrides.append("evaluation.generate_plots=false")
     config_path = args.config
@@ -243,6 +247,8 @@ def _asked_parts(args: argparse.Namespace) -> list[str]:
         asked.append("attacks")
     if args.certify:
         asked.append("certify")
+    if _attack_list(args.verify):
+        asked.append("verify")
     if args.calibration:
         asked.append("calibration")
     return asked
@@ -353,8 +359,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", help="figure formats, e.g. png,pdf")
     parser.add_argument("--no-plots", action="store_true", help="write tables only")
     parser.add_argument("--parts", metavar="LIST",
-                        help="comma list of grid, corruptions, attacks, certify, calibration to run (default: "
-                             "the parts asked for by --suite / --attacks / --certify / --calibration; with none "
+                        help="comma list of grid, corruptions, attacks, certify, verify, calibration to run (default: "
+                             "the parts asked for by --suite / --attacks / --certify / --verify / --calibration; with none "
                              "of them, the grid, calibration and the parts the config enables)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--no-compile-cache", dest="no_compile_cache", action="store_true",
@@ -387,6 +393,12 @@ def eval_main(argv: list[str] | None = None) -> int:
     g.add_argument("--alpha", type=float, metavar="A", help="failure probability of a certificate (default 0.001)")
     g.add_argument("--max-examples", dest="max_examples", type=int, metavar="N",
                    help="certify the first N examples of the split (default 100)")
+    g = parser.add_argument_group("verification (bound propagation, docs/VERIFY.md)")
+    g.add_argument("--verify", nargs="+", metavar="LIST",
+                   help="comma list of ibp, crown-ibp, crown, alpha-crown: verified accuracy at every --eps under "
+                        "--attack-norm, beside PGD on the same examples (none = off)")
+    g.add_argument("--verify-max-examples", dest="verify_max_examples", type=int, metavar="N",
+                   help="verify the first N examples of the split (default 200)")
     g = parser.add_argument_group("calibration")
     g.add_argument("--calibration", action=argparse.BooleanOptionalAction, default=None,
                    help="reliability, temperature, conformal and selective tables (default: on)")

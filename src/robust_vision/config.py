@@ -94,8 +94,8 @@ class ModelConfig:
     use_residual: bool = _f(True, help="cnn: residual (True) or plain (False) conv blocks")
     use_batch_norm: bool = _f(True, help="cnn: batch norm after each convolution")
     width: int = _f(64, min=1, help="resnet18, preact_resnet18: channels of the first stage (doubles each stage)")
-    normalize_mean: Optional[list[float]] = _f(None, help="preact_resnet18, wrn-*: per-channel mean subtracted from the [0, 1] input (RobustBench CIFAR-10: [0.4914, 0.4822, 0.4465]); null = no normalisation")
-    normalize_std: Optional[list[float]] = _f(None, help="preact_resnet18, wrn-*: per-channel std the input is divided by (RobustBench CIFAR-10: [0.2471, 0.2435, 0.2616]); set with normalize_mean")
+    normalize_mean: Optional[list[float]] = _f(None, help="preact_resnet18, wrn-*, cnn7, cnn_small: per-channel mean subtracted from the [0, 1] input (RobustBench CIFAR-10: [0.4914, 0.4822, 0.4465]); null = no normalisation")
+    normalize_std: Optional[list[float]] = _f(None, help="preact_resnet18, wrn-*, cnn7, cnn_small: per-channel std the input is divided by (RobustBench CIFAR-10: [0.2471, 0.2435, 0.2616]); set with normalize_mean")
     hidden_units: list[int] = _f(factory=list, help="linear: optional hidden layers (empty = a pure linear classifier)")
     perturb: PerturbConfig = field(default_factory=lambda: PerturbConfig(),
                                    metadata={"help": "lenet / cifarnet / perturb_resnet18 / resnet18_matched options"})
@@ -181,6 +181,29 @@ class ValAttackConfig:
 
 
 @dataclass
+class CertifiedConfig:
+    """Certified (bound-propagation) training, Linf (robust_vision.training.certified, docs/VERIFY.md)."""
+
+    method: Literal["none", "ibp", "crown-ibp"] = _f(
+        "none", help="ibp: cross-entropy of IBP margin bounds (Gowal et al. 2018); crown-ibp: of CROWN-IBP bounds "
+                     "mixed with IBP's (Zhang et al. 2020); none = off")
+    eps: float = _f(0.1, min=0.0, min_exclusive=True, help="training budget (Linf, pixel units); recipes train "
+                                                          "above the test budget (CROWN-IBP MNIST: 0.4 for 0.3)")
+    warmup_epochs: float = _f(1.0, min=0.0, help="natural training (eps = 0) before the ramp")
+    ramp_epochs: float = _f(10.0, min=0.0, min_exclusive=True, help="epochs over which eps grows to its value")
+    schedule: Literal["smooth", "linear"] = _f(
+        "smooth", help="eps ramp: smooth = polynomial (power 4) for the first quarter, then linear (Shi et al. 2021)")
+    kappa_start: float = _f(1.0, min=0.0, max=1.0, help="weight of the natural loss at the start of the ramp")
+    kappa_end: float = _f(0.0, min=0.0, max=1.0, help="... and from its end (the bound loss gets 1 - kappa)")
+    beta_start: float = _f(1.0, min=0.0, max=1.0, help="crown-ibp: weight of the CROWN-IBP bound (vs IBP) at the ramp's start")
+    beta_end: float = _f(0.0, min=0.0, max=1.0, help="crown-ibp: ... and from its end")
+    ibp_init: bool = _f(True, help="IBP initialisation (Shi et al. 2021): kernels ~ N(0, 2 pi / fan_in^2), biases 0")
+    regularizer_weight: float = _f(0.5, min=0.0, help="Shi et al.'s tightness + ReLU-balance regulariser weight at "
+                                                      "the ramp's start, decaying to 0 with eps (0 = off)")
+    regularizer_tau: float = _f(0.5, min=0.0, min_exclusive=True, help="target of both regularisers (paper: 0.5)")
+
+
+@dataclass
 class TrainingConfig:
     seed: int = _f(0, help="seed of initialisation, shuffling, dropout and augmentation")
     learning_rule: Literal["backprop", "hebbian", "sgd_mse"] = _f(
@@ -223,6 +246,8 @@ class TrainingConfig:
     noise_augment_clip: bool = _f(True, help="clip noisy training images to [0, 1]; false = the unclipped isotropic noise of randomized smoothing")
     adversarial: AdversarialConfig = field(default_factory=lambda: AdversarialConfig(),
                                            metadata={"help": "adversarial training (pgd / trades) or augmentation"})
+    certified: CertifiedConfig = field(default_factory=lambda: CertifiedConfig(),
+                                       metadata={"help": "certified training by bound propagation (ibp / crown-ibp)"})
     augmix: AugMixConfig = field(default_factory=lambda: AugMixConfig(),
                                  metadata={"help": "AugMix + Jensen-Shannon consistency (not with adversarial training)"})
     regularizers: RegularizerConfig = field(default_factory=lambda: RegularizerConfig(),
@@ -312,6 +337,12 @@ class EvaluationConfig:
                               help="failure probability of each certificate")
     certify_max_examples: int = _f(100, min=1, help="certify the first N examples of the split (it costs n "
                                                     "forward passes per example)")
+    verify: list[Literal["ibp", "crown-ibp", "crown", "alpha-crown"]] = _f(
+        factory=list, help="deterministic certification by bound propagation (docs/VERIFY.md) at every attack_eps "
+                           "under attack_norm: ibp, crown-ibp, crown, alpha-crown; empty = off")
+    verify_max_examples: int = _f(200, min=1, help="verify the first N examples of the split")
+    verify_batch_size: int = _f(32, min=1, help="images per bound computation (CROWN's memory grows with it)")
+    verify_alpha_steps: int = _f(20, min=1, help="alpha-CROWN: Adam steps on the ReLU slopes")
     calibration: bool = _f(True, help="reliability bins, temperature scaling, conformal sets and selective "
                                       "accuracy per noise condition (validation split calibrates)")
     conformal_alpha: list[float] = _f(factory=lambda: [0.1], min=0.0, max=1.0, min_exclusive=True,

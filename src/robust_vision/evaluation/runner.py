@@ -6,6 +6,7 @@ Parts (``PARTS``), in the order they run:
 * ``corruptions``: the ImageNet-C style suite with CE / mCE (``suite.corruption_suite``);
 * ``attacks``: robust accuracy vs budget and sanity checks (``suite.attack_suite``);
 * ``certify``: randomized-smoothing certification (``suite.certification``);
+* ``verify``: deterministic certification by bound propagation (``verified.verified_stream``);
 * ``calibration``: reliability, temperature, conformal, selective (``suite.calibration_tables``).
 
 :func:`plan_parts` decides which parts run: the ones asked for, and nothing else; the plain
@@ -23,10 +24,10 @@ from typing import Any, Callable, Sequence
 
 from robust_vision.compile_cache import timed
 
-PARTS = ("grid", "corruptions", "attacks", "certify", "calibration")
+PARTS = ("grid", "corruptions", "attacks", "certify", "verify", "calibration")
 # results.json / table names of the suite parts (the grid has its own tables).
 SUITE_KEYS = {"corruptions": "corruptions", "attacks": "attacks", "certify": "certification",
-              "calibration": "calibration"}
+              "verify": "verified", "calibration": "calibration"}
 
 
 def parse_parts(text: str | Sequence[str] | None) -> list[str] | None:
@@ -57,11 +58,11 @@ def plan_parts(ecfg, *, parts: Sequence[str] | None = None, asked: Sequence[str]
     ``ecfg.calibration``, and the suite parts the config enables.
     """
     enabled = {"grid": True, "corruptions": ecfg.suite != "none", "attacks": bool(ecfg.attacks),
-               "certify": bool(ecfg.certify), "calibration": bool(ecfg.calibration)}
+               "certify": bool(ecfg.certify), "verify": bool(ecfg.verify), "calibration": bool(ecfg.calibration)}
     if parts is None and not asked:
         return [p for p in PARTS if enabled[p]]
     chosen = set(parts or ()) | set(asked)
-    missing = {"corruptions": "--suite imagenet-c", "attacks": "--attacks fgsm,pgd"}
+    missing = {"corruptions": "--suite imagenet-c", "attacks": "--attacks fgsm,pgd", "verify": "--verify ibp,crown"}
     for p in chosen:
         if p in missing and not enabled[p]:
             raise ValueError(f"part {p!r} needs its settings: add {missing[p]} (or set it in the config)")
@@ -341,6 +342,27 @@ def certify_part(ctx: EvalContext) -> dict:
             "results": rows, "per_example": examples}
 
 
+def verify_part(ctx: EvalContext) -> dict:
+    """Verified accuracy of every model by bound propagation at every attack budget."""
+    from robust_vision.evaluation import suite
+    from robust_vision.evaluation.batched import source_batches
+    from robust_vision.evaluation.verified import verified_rows, verified_stream
+
+    ecfg = ctx.cfg.evaluation
+    n = min(ecfg.verify_max_examples, ctx.n_images)
+    rows = []
+    with _progress(ctx, len(ctx.models), "verification") as bar:
+        for m in ctx.models:
+            result = verified_stream(m, source_batches(ctx.source, ecfg.verify_batch_size, n), methods=ecfg.verify,
+                                     eps=ecfg.attack_eps, norm=ecfg.attack_norm,
+                                     key=suite.part_key(ecfg.seed, "verify"), pgd_steps=ecfg.attack_steps or 20,
+                                     alpha_steps=ecfg.verify_alpha_steps)
+            rows += verified_rows(result, model_name=m.name, norm=ecfg.attack_norm)
+            bar.update(1)
+    return {"methods": list(ecfg.verify), "norm": ecfg.attack_norm, "eps": list(ecfg.attack_eps), "n_examples": n,
+            "examples": f"the first {n} of the {ecfg.split} split", "results": rows}
+
+
 def calibration_part(ctx: EvalContext) -> tuple[dict, dict]:
     """(merged tables of every model, per-model results for the printed summary)."""
     from robust_vision.evaluation import suite
@@ -374,6 +396,7 @@ def write_suite_tables(out_dir: Path, parts: dict) -> list:
     """The CSV tables of the suite parts present in ``parts`` (keys as in results.json)."""
     from robust_vision.evaluation import suite
     from robust_vision.evaluation.report import write_csv
+    from robust_vision.evaluation.verified import VERIFIED_COLUMNS
     from robust_vision.viz.suite import (
         ATTACK_RESULTS_CSV,
         CERTIFIED_CSV,
@@ -382,6 +405,7 @@ def write_suite_tables(out_dir: Path, parts: dict) -> list:
         CORRUPTION_SUMMARY_CSV,
         RELIABILITY_CSV,
         SELECTIVE_CSV,
+        VERIFIED_CSV,
     )
 
     tables = {
@@ -392,6 +416,7 @@ def write_suite_tables(out_dir: Path, parts: dict) -> list:
                     ("attack_sanity.csv", "sanity_checks", suite.SANITY_COLUMNS)],
         "certification": [(CERTIFIED_CSV, "results", suite.CERTIFIED_COLUMNS),
                           ("certified_examples.csv", "per_example", suite.CERTIFIED_EXAMPLE_COLUMNS)],
+        "verified": [(VERIFIED_CSV, "results", VERIFIED_COLUMNS)],
         "calibration": [(RELIABILITY_CSV, "reliability", suite.RELIABILITY_COLUMNS),
                         ("calibration_summary.csv", "calibration", suite.CALIBRATION_COLUMNS),
                         (CONFORMAL_CSV, "conformal", suite.CONFORMAL_COLUMNS),
@@ -488,6 +513,14 @@ def run_plan(ctx: EvalContext, plan: Sequence[str]) -> EvalOutcome:
             log("")
             log(suite.format_certification_summary(out.suite["certification"]["results"]))
             log(f"  ({out.suite['certification']['examples']})")
+        elif part == "verify":
+            from robust_vision.evaluation.verified import format_verified_summary
+
+            with timed(out.timings, "verification"):
+                out.suite["verified"] = verify_part(ctx)
+            log("")
+            log(format_verified_summary(out.suite["verified"]["results"]))
+            log(f"  ({out.suite['verified']['examples']}, {out.suite['verified']['norm']})")
         elif part == "calibration":
             with timed(out.timings, "calibration"):
                 merged, out.calibration_per_model = calibration_part(ctx)

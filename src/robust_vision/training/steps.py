@@ -207,7 +207,8 @@ PairLoss = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn: Callable,
                     cfg: TrainingConfig, *, example_transform: ExampleTransform | None = None,
                     pair_transform: ExampleTransform | None = None, pair_loss: PairLoss | None = None,
-                    extra_loss: Callable | None = None, program_key: ProgramKey | None = None):
+                    extra_loss: Callable | None = None, certified_loss: Callable | None = None,
+                    program_key: ProgramKey | None = None):
     """Build the jitted train step ``(state, images, labels, mask, key) -> (state, per_example)``.
 
     images (B, H, W, C) float32 in [0, 1], labels (B,) int32, mask (B,) float32 (0 = padding),
@@ -215,6 +216,8 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn
     ``confidence``, ``margin`` of the training forward pass (train mode, augmented inputs;
     adversarial inputs under Madry training, clean inputs under TRADES).
     ``extra_loss(model, images, features, key) -> scalar`` adds a regularizer.
+    ``certified_loss(model, images, labels, per_example, step) -> per_example`` replaces the
+    per-example loss by its certified-training mix (``training.certified``).
     ``program_key`` (``model_program_key`` of these parts and the configs that built ``tx``,
     ``loss_fn`` and the hooks) keeps the traced step on disk (``program_cache``); None: plain jit.
     """
@@ -254,6 +257,8 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn
                 per_ex = loss_fn(logits, labels)
             if cfg.use_mixup:
                 per_ex = lam * per_ex + (1.0 - lam) * loss_fn(logits, labels_b)
+            if certified_loss is not None:
+                per_ex = certified_loss(model, images, labels, per_ex, state["step"])
             loss = jnp.sum(per_ex * mask) / jnp.maximum(jnp.sum(mask), 1.0)
             if extra_loss is not None:
                 loss = loss + extra_loss(model, images, features, reg_key)
@@ -275,7 +280,8 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn
         return new_state, {"loss": per_ex, "correct": metrics["correct"],
                            "confidence": metrics["confidence"], "margin": metrics["margin"]}
 
-    hooks = [f for f in (loss_fn, example_transform, pair_transform, pair_loss, extra_loss) if f is not None]
+    hooks = [f for f in (loss_fn, example_transform, pair_transform, pair_loss, extra_loss, certified_loss)
+             if f is not None]
     return model_jit(step, program_key, name="train_step", donate_argnums=(0,), sources=hooks)
 
 

@@ -226,14 +226,20 @@ def _fmt_snr(value: float | None) -> str:
     return f"{value:.1f}" if value < 1e6 else f"{value:.3e}"
 
 
-def _train_hooks(tcfg) -> dict:
-    """Loss hooks of ``make_train_step``: AugMix (training.augmix) or adversarial training."""
+def _train_hooks(tcfg, steps_per_epoch: int) -> dict:
+    """Loss hooks of ``make_train_step``: AugMix (training.augmix), adversarial training or
+    certified training (training.certified)."""
     from robust_vision.training.augmix import augmix_hooks
+    from robust_vision.training.certified import certified_hooks
 
     if tcfg.augmix.enabled and tcfg.adversarial.method in ("pgd", "trades", "mart"):
         raise ConfigError(f"training.augmix.enabled with training.adversarial.method={tcfg.adversarial.method}: "
                           "pick one of them (both replace the training loss)")
-    return augmix_hooks(tcfg.augmix) or adversarial_hooks(tcfg.adversarial)
+    if tcfg.certified.method != "none" and (tcfg.augmix.enabled or tcfg.adversarial.method != "none" or tcfg.use_mixup):
+        raise ConfigError(f"training.certified.method={tcfg.certified.method} replaces the training loss: turn off "
+                          "training.augmix, training.adversarial and training.use_mixup")
+    return (augmix_hooks(tcfg.augmix) or adversarial_hooks(tcfg.adversarial)
+            or certified_hooks(tcfg.certified, steps_per_epoch))
 
 
 def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = print) -> TrainResult:
@@ -270,6 +276,10 @@ def _train_backprop(cfg: Config, *, resume: bool, log: Callable[[str], None]) ->
     if tcfg.adversarial.method == "augment":
         data = _with_adversarial_examples(cfg, data, run_dir, log)
     model = create_model(cfg.model, input_shape=data.image_shape, num_classes=data.num_classes, seed=tcfg.seed)
+    if tcfg.certified.method != "none" and tcfg.certified.ibp_init:  # a resumed / init_from run loads over it
+        from robust_vision.training.certified import ibp_initialize
+
+        ibp_initialize(model, tcfg.seed)
     resuming = resume and has_checkpoints
     if not resuming and tcfg.init_from is None:
         pretrain_local_layer(model, cfg, data.train, run_dir, log)
@@ -364,7 +374,7 @@ def _train_loop(cfg, resume, log, run_dir, store, data: TrainData, mesh, model, 
     # learning-rate schedule): the key under which their traced programs are kept (program_cache).
     program_key = model_program_key(parts, cfg.model, tcfg, steps_per_epoch=steps_per_epoch)
     train_step = make_train_step(parts, tx, make_loss(tcfg), tcfg, extra_loss=make_regularizer(tcfg.regularizers),
-                                 program_key=program_key, **_train_hooks(tcfg))
+                                 program_key=program_key, **_train_hooks(tcfg, steps_per_epoch))
     eval_step = make_eval_step(parts, program_key)
     vcfg = tcfg.val_attack
     robust_step = make_robust_eval_step(parts, vcfg.eps, vcfg.steps, vcfg.step_size, program_key) if vcfg.steps else None
