@@ -1,0 +1,91 @@
+"""Trust on shared machines (issue 24): caches that cannot be poisoned, numbers never silently
+wrong, bounded work, fast failures and clean Ctrl-C. Beside tests/test_bad_inputs.py; one test (or
+one table row) per finding of the issue."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from robust_vision import program_cache
+from robust_vision.compile_cache import enable_compile_cache, untrusted_reason
+from robust_vision.program_cache import cached_jit
+
+
+# --------------------------------------------------------------------------- item 1: caches
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUST_VISION_CACHE_DIR", str(tmp_path / "cache"))
+    assert enable_compile_cache() == tmp_path / "cache"
+    return tmp_path / "cache"
+
+
+def test_new_cache_directory_is_private(own_cache):
+    assert stat.S_IMODE(own_cache.stat().st_mode) == 0o700
+    cached_jit(lambda x: x + 1.0, name="private", key={"k": 0})(jnp.ones(3))
+    assert stat.S_IMODE((own_cache / "programs").stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("mode, reason", [(0o777, "writable by others"), (0o770, "writable by its group"),
+                                          (0o500, "not writable by you")])
+def test_shared_cache_directory_is_not_used(tmp_path, monkeypatch, capsys, mode, reason):
+    if mode == 0o500 and os.geteuid() == 0:
+        pytest.skip("root may write to a read-only directory")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    monkeypatch.setenv("ROBUST_VISION_CACHE_DIR", str(shared))
+    try:
+        assert enable_compile_cache() is None
+        assert not jax.config.jax_enable_compilation_cache and program_cache.cache_directory() is None
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and reason in err[0] and str(shared) in err[0] and "chmod 700" in err[0], err
+    finally:
+        shared.chmod(0o700)
+
+
+def test_an_untrusted_programs_directory_turns_only_the_program_cache_off(own_cache, capsys):
+    (own_cache / "programs").mkdir(mode=0o700)
+    (own_cache / "programs").chmod(0o777)
+    assert program_cache.cache_directory() is None
+    assert "writable by others" in capsys.readouterr().err
+    assert untrusted_reason(own_cache) is None
+
+
+def test_swapped_program_cache_entries_are_misses_and_results_stay_right(own_cache):
+    """The issue's finding: swapping two stored programs changed an eval's accuracy with exit 0."""
+    x = jnp.arange(6, dtype=jnp.float32)
+    double = lambda v: v * 2.0  # noqa: E731 - two programs of one signature
+    shift = lambda v: v + 100.0  # noqa: E731
+    for fn, name in ((double, "double"), (shift, "shift")):
+        cached_jit(fn, name="swap", key={"fn": name})(x)
+    first, second = sorted((own_cache / "programs").glob("swap-*" + program_cache.SUFFIX))
+    a, b = first.read_bytes(), second.read_bytes()
+    first.write_bytes(b)
+    second.write_bytes(a)
+    for fn, name, expected in ((double, "double", x * 2.0), (shift, "shift", x + 100.0)):
+        program = cached_jit(fn, name="swap", key={"fn": name})
+        np.testing.assert_array_equal(program(x), expected)
+        assert (program.hits, program.misses) == (0, 1)  # refused, then rewritten
+        again = cached_jit(fn, name="swap", key={"fn": name})
+        np.testing.assert_array_equal(again(x), expected)
+        assert (again.hits, again.misses) == (1, 0)
+
+
+def test_a_flipped_byte_in_a_stored_program_is_a_miss(own_cache):
+    x = jnp.arange(4, dtype=jnp.float32)
+    cached_jit(lambda v: v * 3.0, name="flip", key={})(x)
+    (path,) = (own_cache / "programs").glob("flip-*" + program_cache.SUFFIX)
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0x01
+    path.write_bytes(bytes(data))
+    program = cached_jit(lambda v: v * 3.0, name="flip", key={})
+    np.testing.assert_array_equal(program(x), x * 3.0)
+    assert program.misses == 1
