@@ -37,36 +37,61 @@ def _exit_code(exc: BaseException) -> int | None:
     return None
 
 
-def _run(main: Callable[[argparse.Namespace], int | None], args: argparse.Namespace, *,
-         hard_exit_on_interrupt: bool = False) -> int:
-    """Run ``main(args)`` and map its errors to one line on stderr and an exit code: bad input 2,
-    a fault (divergence, disk full) 1, Ctrl-C 130.
+def _interrupted(kept: str, hard_exit: bool) -> int:
+    """Ctrl-C: one line saying what was kept; 130. ``hard_exit`` (console scripts): leave with
+    ``os._exit(130)`` rather than a normal interpreter shutdown, which can crash (SIGSEGV) while
+    XLA's threads are still being torn down (every ``finally`` has run by now)."""
+    print(f"interrupted; {kept}", file=sys.stderr)
+    if hard_exit:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    return 130
 
-    ``hard_exit_on_interrupt`` (console scripts, not in-process callers): after Ctrl-C, once every
-    ``finally`` has closed its checkpoint managers, leave with ``os._exit(130)`` rather than a normal
-    interpreter shutdown, which can crash (SIGSEGV) while XLA's threads are still being torn down.
-    """
+
+def _run(main: Callable[[argparse.Namespace], int | None], args: argparse.Namespace, *,
+         hard_exit_on_interrupt: bool = False, kept: str = "the last completed checkpoint is kept") -> int:
+    """Run ``main(args)`` and map its errors to one line on stderr and an exit code: bad input 2,
+    a fault (divergence, disk full) 1, Ctrl-C 130 with ``interrupted; <kept>`` (what is left on
+    disk, in the command's words). ``hard_exit_on_interrupt``: see :func:`_interrupted`."""
     from robust_vision.compile_cache import enable_compile_cache_early
-    from robust_vision.interrupts import sigint_guard
+    from robust_vision.interrupts import check_interrupt, sigint_guard, was_interrupted
 
     try:
-        with sigint_guard():
-            # Every entry point, without importing JAX; train / eval re-point it from their config.
-            enable_compile_cache_early()
-            return int(main(args) or 0)
-    except Exception as exc:  # noqa: BLE001 - classified below; anything else propagates unchanged
-        code = _exit_code(exc)
-        if code is None:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return code
+        with sigint_guard(kept):
+            try:
+                # Every entry point, without importing JAX; train / eval re-point it from their config.
+                enable_compile_cache_early()
+                code = int(main(args) or 0)
+                check_interrupt()  # swallowed by a callback after the command's last check: still 130
+                return code
+            except Exception as exc:  # noqa: BLE001 - classified below; anything else propagates unchanged
+                if was_interrupted():  # e.g. the ImportError of an extension whose initialisation Ctrl-C stopped
+                    raise KeyboardInterrupt from None
+                code = _exit_code(exc)
+                if code is None:
+                    raise
+                print(f"error: {exc}", file=sys.stderr)
+                return code
     except KeyboardInterrupt:
-        print("interrupted; the last completed checkpoint is kept", file=sys.stderr)
-        if hard_exit_on_interrupt:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(130)
-        return 130
+        return _interrupted(kept, hard_exit_on_interrupt)
+
+
+def console_entry(kept: str) -> Callable[[Callable[[list[str] | None], int]], Callable[[list[str] | None], int]]:
+    """Decorate an entry point ``main(argv)`` so that Ctrl-C also while it parses arguments or
+    imports (before :func:`_run`) is one ``interrupted; <kept>`` line and 130, never a traceback;
+    console scripts (``argv`` None) leave with ``os._exit``."""
+    import functools
+
+    def wrap(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+        @functools.wraps(main)
+        def entry(argv: list[str] | None = None) -> int:
+            try:
+                return main(argv)
+            except KeyboardInterrupt:
+                return _interrupted(kept, argv is None)
+        return entry
+    return wrap
 
 
 def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -115,6 +140,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+@console_entry("the last completed checkpoint is kept")
 def train_main(argv: list[str] | None = None) -> int:
     """robust-vision-train --config FILE [--override K=V ...] [--resume] [--run-dir DIR]"""
     _quiet_tensorflow_logs()
@@ -143,6 +169,7 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+@console_entry("nothing was written")
 def import_main(argv: list[str] | None = None) -> int:
     """robust-vision-import --from model.safetensors --model wrn-28-10 --output RUN [--config FILE] ..."""
     _quiet_tensorflow_logs()
@@ -159,10 +186,12 @@ def import_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, default=3, help="input channels (default 3)")
     parser.add_argument("--num-classes", dest="num_classes", type=int,
                         help="classes (default: rows of the file's classifier weight)")
-    return _run(_import, parser.parse_args(argv))
+    return _run(_import, parser.parse_args(argv), hard_exit_on_interrupt=argv is None, kept="nothing was written")
 
 
 # --------------------------------------------------------------------------- eval
+
+EVAL_KEPT = "the evaluation did not finish and wrote no tables or results.json"
 
 
 def _yaml_list(values: list) -> str:
@@ -254,10 +283,9 @@ def _eval(args: argparse.Namespace) -> int:
 
     from robust_vision import distributed
     from robust_vision.compile_cache import enable_compile_cache
-    from robust_vision.config import config_to_dict
     from robust_vision.evaluation import runner, suite
+    from robust_vision.interrupts import check_interrupt
     from robust_vision.runs.loading import load_trained_model
-    from robust_vision.evaluation.report import versions, write_json
 
     data_split = getattr(args, "split", None)
     if data_split == "all":  # --split all exists only for --data (no config key holds it)
@@ -277,7 +305,9 @@ def _eval(args: argparse.Namespace) -> int:
         suite.resolve_suite(ecfg.suite)  # a generated suite; published files are checked when opened
     suite.check_attacks(ecfg.attacks, ecfg.attack_norm)  # bad attack settings fail before any work
     plan = runner.plan_parts(ecfg, parts=runner.parse_parts(args.parts), asked=_asked_parts(args))
+    check_interrupt()  # a Ctrl-C while JAX was imported waited for this point
     model = load_trained_model(args.checkpoint, cfg if explicit_config else None)
+    check_interrupt()
     models = [model]
     if args.baseline:
         baseline = load_trained_model(args.baseline, None)
@@ -304,9 +334,24 @@ def _eval(args: argparse.Namespace) -> int:
     ctx = runner.EvalContext(cfg=cfg, models=models, source=source, val_source=val_source, noise_types=noise_types,
                              levels=levels, where=f"{cfg.data.dataset_name} ({ecfg.split} split)", out_dir=out_dir,
                              quiet=args.quiet, log=print)
-    outcome = runner.run_plan(ctx, plan)
     if not main:  # tables, results.json and figures come from process 0 alone
+        runner.run_plan(ctx, plan)
         return 0
+    from robust_vision.preflight import RunLock
+
+    # One evaluation per output directory at a time: two writing one --output would leave
+    # results.json from one and the tables from the other.
+    with RunLock(out_dir, user="evaluation", other="pass another --output"):
+        outcome = runner.run_plan(ctx, plan)
+        _write_eval_results(out_dir, models, ecfg, cfg, ctx, plan, outcome, print)
+    return 0
+
+
+def _write_eval_results(out_dir, models, ecfg, cfg, ctx, plan, outcome, print) -> None:  # noqa: A002
+    """results.json and the figures of one finished evaluation (process 0)."""
+    from robust_vision.config import config_to_dict
+    from robust_vision.evaluation.report import versions, write_json
+
     write_json(out_dir / "results.json", {
         "models": [{"name": m.name, "run_dir": str(m.run_dir), "checkpoint": str(m.checkpoint_dir),
                     "epoch": m.meta.get("epoch"), "input_shape": list(m.input_shape)} for m in models],
@@ -320,7 +365,6 @@ def _eval(args: argparse.Namespace) -> int:
 
         paths = redraw([out_dir], None, style=ecfg.plot_style, dpi=ecfg.dpi, formats=ecfg.format)
         print(f"{len(paths)} figure files written to {out_dir / 'plots'}")
-    return 0
 
 
 def eval_main(argv: list[str] | None = None) -> int:
@@ -386,7 +430,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     g.add_argument("--conformal-alpha", dest="conformal_alpha", nargs="+", type=float, metavar="A",
                    help="conformal miscoverage levels (default 0.1)")
     _add_distributed_args(parser)
-    return _run(_eval, parser.parse_args(argv))
+    return _run(_eval, parser.parse_args(argv), hard_exit_on_interrupt=argv is None, kept=EVAL_KEPT)
 
 
 # --------------------------------------------------------------------------- plot

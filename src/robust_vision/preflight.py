@@ -138,19 +138,22 @@ def check_memory(cfg: "Config", *, available: Optional[int] = None) -> None:
 
 
 class RunLockedError(ValueError):
-    """Another process holds the run directory (exit code 2: choose another directory or wait)."""
+    """Another process holds the run (or output) directory (exit code 2: choose another directory or wait)."""
 
 
 class RunLock:
-    """An exclusive ``fcntl`` lock on ``<run_dir>/.lock`` held for the life of a training.
+    """An exclusive ``fcntl`` lock on ``<run_dir>/.lock`` held for the life of a training (or of
+    an evaluation writing an ``--output`` directory: ``user="evaluation"``, ``other`` the fix).
 
     The kernel drops the lock when the process exits, however it exits, so a crashed run never
     leaves a stale lock. ``acquire`` fails at once (no waiting) when another process holds it.
     """
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, user: str = "training",
+                 other: str = "set training.checkpoint_dir to another directory"):
         self.path = Path(run_dir) / ".lock"
         self._fd: Optional[int] = None
+        self._user, self._other = user, other
 
     def acquire(self) -> "RunLock":
         import fcntl
@@ -163,8 +166,8 @@ class RunLock:
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 holder = self.path.read_text().strip() or "another process"
-                raise RunLockedError(f"{self.path.parent} is in use by another training ({holder}); wait for it "
-                                     "to finish or set training.checkpoint_dir to another directory") from None
+                raise RunLockedError(f"{self.path.parent} is in use by another {self._user} ({holder}); wait for "
+                                     f"it to finish or {self._other}") from None
             raise
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()}".encode())

@@ -146,7 +146,7 @@ def analyze_main(argv: list[str] | None = None) -> int:
     """robust-vision-analyze {spectrum,boundary,features,prune} --checkpoint RUN --output DIR ..."""
     _quiet_tensorflow_logs()
     args = build_parser().parse_args(argv)
-    return _run(args.func, args)
+    return _run(args.func, args, hard_exit_on_interrupt=argv is None, kept="the analysis did not finish")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -116,6 +116,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.override)
+        if args.command == "prepare":
+            from robust_vision.preflight import check_output_dir
+
+            if Path(args.output).exists():
+                raise FileExistsError(f"--output: '{args.output}' already exists; choose a new directory "
+                                      "(nothing was overwritten)")
+            check_output_dir(args.output)  # a read-only place fails before any decoding
         if args.command == "describe":
             for line in describe_splits(open_splits(cfg.data, SPLIT_NAMES)):
                 print(line)
@@ -126,6 +133,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:  # DatasetError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the disk filled up, or the output became unwritable, while writing
+        print(f"error: prepare: cannot write {getattr(exc, 'filename', None) or args.output} "
+              f"({exc.strerror or exc}); free space or choose a writable --output (nothing was kept)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written (the partial output was removed)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

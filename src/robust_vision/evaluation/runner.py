@@ -440,6 +440,7 @@ def run_plan(ctx: EvalContext, plan: Sequence[str]) -> EvalOutcome:
     if unknown:
         raise ValueError(f"unknown evaluation part {unknown[0]!r}; valid parts: {', '.join(PARTS)}")
     from robust_vision.distributed import is_main_process
+    from robust_vision.interrupts import check_interrupt
 
     ecfg, log = ctx.cfg.evaluation, ctx.log
     write = is_main_process()  # every process computes; only process 0 writes tables
@@ -453,12 +454,11 @@ def run_plan(ctx: EvalContext, plan: Sequence[str]) -> EvalOutcome:
     for part in PARTS:
         if part not in plan:
             continue
+        check_interrupt()  # a Ctrl-C swallowed inside a JAX callback (while loading or compiling)
         if part == "grid":
             with timed(out.timings, "grid"):
                 grid = grid_part(ctx)
             out.rows, out.confidences = grid["results"], grid["confidences"]
-            if write:
-                write_robustness_tables(ctx.out_dir, out.rows, out.confidences)
             log(format_summary(out.rows))
             if len(ctx.models) > 1:
                 out.comparison = comparison_at(out.rows, ctx.models[0].name, ctx.models[1].name)
@@ -489,7 +489,10 @@ def run_plan(ctx: EvalContext, plan: Sequence[str]) -> EvalOutcome:
             log(suite.format_calibration_summary(out.calibration_per_model, ecfg.conformal_alpha))
             if merged["note"]:
                 log(f"  note: {merged['note']}")
-    if write:
+    check_interrupt()
+    if write:  # every table at the end, together: an interrupted evaluation leaves none of its own
+        if "grid" in plan:
+            write_robustness_tables(ctx.out_dir, out.rows, out.confidences)
         write_suite_tables(ctx.out_dir, out.suite)
     log("")
     log(format_timings(out.timings))

@@ -96,7 +96,8 @@ def research_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
-        return _run(_run_command if args.command == "run" else _report_command, args)
+        return _run(_run_command if args.command == "run" else _report_command, args,
+                    hard_exit_on_interrupt=argv is None, kept="runs that finished are kept (rerun to continue)")
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
