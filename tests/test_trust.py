@@ -145,3 +145,53 @@ def test_two_evals_cannot_write_one_output(tiny_run, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "in use by another evaluation" in err[0] and "--output" in err[0], err
     assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+# --------------------------------------------------------------------------- item 2: numbers never silently wrong
+
+
+def _npz(tmp_path, name="d.npz", **arrays) -> str:
+    rng = np.random.default_rng(0)
+    arrays.setdefault("x", rng.integers(0, 256, (20, 4, 4)).astype(np.uint8))
+    arrays.setdefault("y", np.arange(20) % 2)
+    path = tmp_path / name
+    np.savez(path, **arrays)
+    return str(path)
+
+
+NPZ_CASES = [  # (arrays, pixel_max, message): each was trained on or truncated with exit 0 before
+    ({"x": np.full((20, 4, 4), 200, np.int64)}, None, "int64 values in [200, 200]; expected uint8 0..255"),
+    ({"x": np.full((20, 4, 4), 4000, np.uint16)}, None, "data.pixel_max=65535"),
+    ({"x": np.full((20, 4, 4), 4000, np.uint16)}, 255.0, "outside [0, data.pixel_max=255]"),
+    ({"x": np.where(np.arange(320).reshape(20, 4, 4) == 37, np.nan, 0.5)}, None,
+     "non-finite pixels (the first nan at index (2, 1, 1))"),
+    ({"x": np.full((20, 4, 4), 2.0, np.float32)}, None, "float32 values in [2, 2]"),
+    ({"y": np.arange(20) % 3 + 0.5}, None, "label 0 is 0.5; expected integer class indices"),
+    ({"y": np.arange(20) - 1}, None, "label 0 is -1"),
+    ({"x": np.array([["a"] * 4] * 4 * 20).reshape(20, 4, 4)}, None, "holds <U1 values; expected images as numbers"),
+    ({"x": np.array([None] * 20, dtype=object)}, None, "array of Python objects"),
+]
+
+
+@pytest.mark.parametrize("arrays, pixel_max, message", NPZ_CASES, ids=[c[2][:24] for c in NPZ_CASES])
+def test_npz_values_that_would_give_wrong_numbers_are_refused(tmp_path, arrays, pixel_max, message):
+    from robust_vision.config import DataConfig
+    from robust_vision.data.sources import open_splits
+
+    path = _npz(tmp_path, **arrays)
+    with pytest.raises(ValueError, match="npz: ") as info:
+        open_splits(DataConfig(dataset_name="npz", data_dir=path, pixel_max=pixel_max), ("train", "test"))
+    assert message in str(info.value) and path in str(info.value), str(info.value)
+
+
+def test_npz_with_pixel_max_is_scaled_to_unit_range(tmp_path):
+    from robust_vision.config import DataConfig
+    from robust_vision.data.sources import open_splits
+
+    x = np.arange(20 * 16).reshape(20, 4, 4).astype(np.int64) % 256
+    path = _npz(tmp_path, x=x)
+    splits = open_splits(DataConfig(dataset_name="npz", data_dir=path, pixel_max=255.0, test_fraction=0.5), ("test",))
+    test = splits["test"]
+    images = test.read_batch(np.arange(len(test)))
+    assert images.dtype == np.float32 and images.min() >= 0.0 and images.max() <= 1.0
+    np.testing.assert_allclose(np.sort(np.unique(images * 255.0)), np.sort(np.unique(images * 255.0)).round(), atol=1e-4)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import io
 import json
+import functools
 import math
 import os
 import zipfile
@@ -430,7 +431,54 @@ def _mnist(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
     return out
 
 
-def _npz(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
+def npz_images(x: np.ndarray, where: str, pixel_max: Optional[float] = None) -> np.ndarray:
+    """The images of an npz array as the pipeline reads them: uint8 as they are (0..255), float
+    in [0, 1] as they are, or, with ``pixel_max`` (``data.pixel_max``), any integer or float array
+    in [0, pixel_max] scaled to float32 [0, 1]. Anything else (int64 0..255 without pixel_max,
+    uint16, strings, NaN) is a DatasetError naming ``where``, the dtype and the range found: a
+    model trained on unscaled pixels reports wrong numbers without a word."""
+    if x.dtype.kind not in "biuf" or x.dtype.kind == "b":
+        raise DatasetError(f"{where} holds {x.dtype} values; expected images as numbers: uint8 0..255, float in "
+                           "[0, 1], or any numeric array with data.pixel_max set")
+    if x.dtype.kind == "f":
+        finite = np.isfinite(x)
+        if not finite.all():
+            first = tuple(int(i) for i in np.argwhere(~finite)[0])
+            raise DatasetError(f"{where} holds non-finite pixels (the first {x[first]} at index {first}); remove or "
+                               "repair those images")
+    if x.dtype == np.uint8 and pixel_max in (None, 255):
+        return x
+    low, high = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+    if pixel_max is None:
+        if x.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
+            return x
+        raise DatasetError(f"{where} holds {x.dtype} values in [{low:g}, {high:g}]; expected uint8 0..255 or float "
+                           "in [0, 1]; set data.pixel_max to the value of a white pixel (e.g. "
+                           f"--override data.pixel_max={255 if high <= 255 else 65535}) to scale them")
+    if low < 0.0 or high > pixel_max:
+        raise DatasetError(f"{where} holds {x.dtype} values in [{low:g}, {high:g}], outside [0, data.pixel_max="
+                           f"{pixel_max:g}]; set data.pixel_max to the value of a white pixel")
+    return (x.astype(np.float32) / np.float32(pixel_max)).astype(np.float32)
+
+
+def npz_labels(y: np.ndarray, where: str) -> np.ndarray:
+    """Labels of an npz array as int64 (N,): integers (or floats holding whole numbers) >= 0,
+    anything else a DatasetError naming ``where`` (0.5 would otherwise be truncated to 0)."""
+    y = np.ravel(y)
+    if y.dtype.kind not in "iuf":
+        raise DatasetError(f"{where} holds {y.dtype} labels; expected integer class indices 0..K-1")
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DatasetError(f"{where} label {i} is {y[i]}; expected integer class indices 0..K-1")
+    if y.size and y.min() < 0:
+        i = int(np.argmin(y))
+        raise DatasetError(f"{where} label {i} is {y[i]:g}; expected integer class indices 0..K-1")
+    return y.astype(np.int64)
+
+
+def _npz(path: Optional[str], wanted: set[str], coarse: bool, pixel_max: Optional[float] = None) -> _Parts:
     expected = "a .npz with x (N, H, W[, C]) and y (N,), or x_train, y_train, x_test, y_test[, x_val, y_val]"
     p = _need(path, "npz", expected)
     try:
@@ -438,7 +486,18 @@ def _npz(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
         files = set(z.files)
     except Exception as exc:
         raise DatasetError(f"npz: cannot read '{p}' ({type(exc).__name__}: {exc}); expected {expected}") from None
-    names_arr = z["class_names"] if "class_names" in files else None
+
+    def array(key: str) -> np.ndarray:
+        try:
+            return z[key]
+        except ValueError:  # numpy: "Object arrays cannot be loaded when allow_pickle=False"
+            raise DatasetError(f"npz: '{p}' {key} is an array of Python objects, which is not read (it could run "
+                               "code); store plain numeric arrays (np.savez with uint8 / float32 images)") from None
+        except Exception as exc:  # noqa: BLE001 - a damaged member: numpy's and zipfile's errors vary
+            raise DatasetError(f"npz: cannot read '{p}' {key} ({type(exc).__name__}: {exc}); the file is damaged "
+                               "or truncated") from None
+
+    names_arr = array("class_names") if "class_names" in files else None
     roles = {"pool": ("x", "y")} if {"x", "y"} <= files and "x_train" not in files else \
         {k: (f"x_{k}", f"y_{k}") for k in SPLIT_NAMES if f"x_{k}" in files}
     if not roles:
@@ -448,13 +507,14 @@ def _npz(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
     for role, (xk, yk) in roles.items():
         if yk not in files:
             raise DatasetError(f"npz: '{p}' has '{xk}' but no '{yk}'; expected labels (N,) next to every image array")
-        labels_all[role] = np.ravel(z[yk])
+        labels_all[role] = npz_labels(array(yk), f"npz: '{p}' {yk}")
     top = max(int(v.max()) + 1 if v.size else 1 for v in labels_all.values())
     names = tuple(str(n) for n in np.ravel(names_arr)) if names_arr is not None else tuple(str(i) for i in range(top))
     for role, (xk, yk) in roles.items():
         if role != "pool" and role not in wanted and not (role == "train" and "val" in wanted):
             continue
-        x, y = z[xk], labels_all[role]
+        x = npz_images(array(xk), f"npz: '{p}' {xk}", pixel_max)
+        y = labels_all[role]
         if y.size and (y.min() < 0 or y.max() >= len(names)):
             raise DatasetError(f"npz: '{p}' {yk} spans {int(y.min())}..{int(y.max())}; expected 0..{len(names) - 1}")
         out[role] = ArraySource(x, y, _info(names, _shape_of(x), f"npz '{p}' {xk}: {len(y)} images"))
@@ -608,6 +668,8 @@ def open_splits(cfg: "DataConfig", splits: Sequence[str] = SPLIT_NAMES, *, coars
     for s in wanted:
         if s not in SPLIT_NAMES:
             raise DatasetError(f"unknown split {s!r}; expected one of {', '.join(SPLIT_NAMES)}")
+    if cfg.dataset_name == "npz":
+        reader = functools.partial(reader, pixel_max=cfg.pixel_max)
     parts = reader(cfg.data_dir, wanted, coarse)
     if cfg.classes is not None:
         parts = {k: _filter_classes(v, cfg.classes) for k, v in parts.items()}
