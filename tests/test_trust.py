@@ -5,6 +5,7 @@ one table row) per finding of the issue."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -195,3 +196,95 @@ def test_npz_with_pixel_max_is_scaled_to_unit_range(tmp_path):
     images = test.read_batch(np.arange(len(test)))
     assert images.dtype == np.float32 and images.min() >= 0.0 and images.max() <= 1.0
     np.testing.assert_allclose(np.sort(np.unique(images * 255.0)), np.sort(np.unique(images * 255.0)).round(), atol=1e-4)
+
+
+def _run_copy(run: Path, tmp_path: Path) -> Path:
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _eval_cli(argv: list[str]) -> int:
+    from robust_vision.cli import eval_main
+
+    return eval_main(argv + ["--no-plots", "--quiet", "--parts", "grid", "--levels", "0", "--noise-types", "gaussian"])
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err
+    return err[0]
+
+
+def _best(run: Path) -> Path:
+    return next((run / "checkpoints" / "best").iterdir())
+
+
+def test_checkpoint_without_manifest_needs_allow_unverified(tiny_run, tmp_path, capsys):
+    """The finding: with checksums.json deleted, a damaged checkpoint loaded without a word."""
+    run = _run_copy(tiny_run, tmp_path)
+    (_best(run) / "checksums.json").unlink()
+    out = tmp_path / "eval"
+    assert _eval_cli(["--checkpoint", str(run), "--output", str(out)]) == 2
+    line = _one_line(capsys)
+    assert "no manifest checksums.json" in line and "--allow-unverified" in line and str(_best(run)) in line
+    assert not out.exists()
+    assert _eval_cli(["--checkpoint", str(run), "--output", str(out), "--allow-unverified"]) == 0
+    assert (out / "results.json").is_file()
+
+
+def test_damaged_manifest_is_one_line(tiny_run, tmp_path, capsys):
+    """The finding: a damaged checksums.json gave ``KeyError: 'sha256'``."""
+    from robust_vision.runs import checkpoint
+
+    checkpoint.allow_unverified(False)
+    run = _run_copy(tiny_run, tmp_path)
+    (_best(run) / "checksums.json").write_text('{"algorithm": "sha256", "files": {"state/x": {"bytes": 3}}}')
+    assert _eval_cli(["--checkpoint", str(run), "--output", str(tmp_path / "eval")]) == 2
+    assert "manifest checksums.json is damaged" in _one_line(capsys)
+
+
+def test_non_finite_weights_are_refused_by_eval(tiny_run, tmp_path, capsys):
+    """The finding: eval of a checkpoint with NaN weights printed numbers with no warning."""
+    import json
+
+    import orbax.checkpoint as ocp
+
+    from robust_vision.runs.checkpoint import write_manifest
+
+    run = _run_copy(tiny_run, tmp_path)
+    best = _best(run)
+    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+    state = checkpointer.restore(best.absolute(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    state = jax.tree.map(lambda v: np.full_like(v, np.nan) if np.asarray(v).dtype.kind == "f" else v, state)
+    meta = json.loads((best / "meta" / "metadata").read_text())
+    damaged = tmp_path / "nan" / best.name
+    checkpointer.save(damaged.absolute(), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                                  meta=ocp.args.JsonSave(meta)))
+    shutil.rmtree(best)
+    shutil.copytree(damaged, best)
+    write_manifest(best)  # a checkpoint that verifies: the weights themselves are what is wrong
+    assert _eval_cli(["--checkpoint", str(run), "--output", str(tmp_path / "eval")]) == 2
+    line = _one_line(capsys)
+    assert "hold NaN or infinite values" in line and "earlier checkpoint" in line
+
+
+def test_resume_replaces_the_damaged_checkpoints_it_skipped(tiny_run, tmp_path):
+    """The finding: --resume after a flipped byte in epochs/3 replayed epoch 3 but never replaced
+    the damaged checkpoint (saving skips an epoch that exists)."""
+    from robust_vision.config import load_config
+    from robust_vision.runs.checkpoint import verify_checkpoint
+    from robust_vision.training.trainer import train
+
+    run = _run_copy(tiny_run, tmp_path)
+    latest = run / "checkpoints" / "epochs" / "3"
+    target = max((p for p in (latest / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    logs: list[str] = []
+    train(load_config(run / "config.yaml", [f"training.checkpoint_dir={run}"]), resume=True, log=logs.append)
+    assert "removed the damaged checkpoint of epoch 3" in "\n".join(logs)
+    for ckpt in (run / "checkpoints").glob("*/*"):
+        if ckpt.is_dir() and ckpt.name.isdigit():
+            assert verify_checkpoint(ckpt) is None, ckpt
+    assert latest.is_dir()

@@ -293,6 +293,10 @@ def _eval(args: argparse.Namespace) -> int:
             raise ValueError("--split all: needs --data SOURCE (a config's dataset has train / val / test splits)")
         args.split = None
     distributed.init_from_args(args)  # first: before anything touches a JAX device
+    if args.allow_unverified:
+        from robust_vision.runs.checkpoint import allow_unverified
+
+        allow_unverified()
     main = distributed.is_main_process()  # only process 0 prints and writes tables and figures
     print = distributed.main_only(builtins.print)  # noqa: A001
     cfg, explicit_config = _eval_config(args)
@@ -398,6 +402,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--no-compile-cache", dest="no_compile_cache", action="store_true",
                         help="do not use the persistent compilation cache (ROBUST_VISION_CACHE_DIR=off)")
+    parser.add_argument("--allow-unverified", dest="allow_unverified", action="store_true",
+                        help="load checkpoints that have no checksums.json manifest (written by an older version)")
     g = parser.add_argument_group("corruption benchmark")
     g.add_argument("--suite", nargs="+", metavar="NAME [DIR]",
                    help="imagenet-c (15 corruptions, mCE), imagenet-c-all (+4 held-out) or none; with DIR, the "

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 import jax
+import numpy as np
 from flax import nnx
 
 from robust_vision.config import Config, ConfigError, config_to_dict, load_config
@@ -171,10 +172,28 @@ def load_trained_model(checkpoint: str | Path, cfg: Config | None = None, *, nam
     abstract = jax.eval_shape(lambda p: init_train_state(dataclasses.replace(parts, params=p), tx, ema), parts.params)
     state, meta = restore_checkpoint(ckpt_dir, abstract)
     params = state["ema_params"] if state.get("ema_params") is not None else state["params"]
+    _check_finite({"params": params, "model_state": state["model_state"]}, ckpt_dir)
     parts = dataclasses.replace(parts, params=params, model_state=state["model_state"])
     return LoadedModel(name=name or run_dir.name, run_dir=run_dir, checkpoint_dir=ckpt_dir,
                        config=cfg or run_cfg, meta=meta, parts=parts, params=params,
                        model_state=state["model_state"])
+
+
+def _check_finite(tree, checkpoint_dir: Path) -> None:
+    """A CheckpointError when a weight is NaN or infinite: every number computed from it would be
+    meaningless (a run that diverged, or NaN pixels trained on). Checked on the host copy."""
+    bad, total = [], 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        value = np.asarray(leaf)
+        if value.dtype.kind != "f":
+            continue
+        total += 1
+        if not np.isfinite(value).all():
+            bad.append(jax.tree_util.keystr(path))
+    if bad:
+        raise CheckpointError(f"{checkpoint_dir}: {len(bad)} of {total} weight tensors hold NaN or infinite values "
+                              f"(first: {bad[0]}); the run diverged or trained on non-finite data: use an earlier "
+                              "checkpoint (checkpoints/epochs/<epoch>) or retrain")
 
 
 def _abstract_parts(run_cfg: Config, input_shape: tuple[int, int, int], num_classes: int) -> ModelParts:
