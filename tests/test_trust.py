@@ -5,6 +5,7 @@ one table row) per finding of the issue."""
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import stat
@@ -288,3 +289,86 @@ def test_resume_replaces_the_damaged_checkpoints_it_skipped(tiny_run, tmp_path):
         if ckpt.is_dir() and ckpt.name.isdigit():
             assert verify_checkpoint(ckpt) is None, ckpt
     assert latest.is_dir()
+
+
+# --------------------------------------------------------------------------- item 4: every command fails fast
+
+ENTRY_POINTS = {"train": "robust_vision.cli:train_main", "eval": "robust_vision.cli:eval_main",
+                "import": "robust_vision.cli:import_main", "plot": "robust_vision.cli:plot_main",
+                "sweep": "robust_vision.experiments.cli:sweep_main",
+                "compare": "robust_vision.experiments.cli:compare_main",
+                "analyze": "robust_vision.analysis.cli:analyze_main",
+                "research": "robust_vision.research.cli:research_main", "data": "robust_vision.data.cli:main"}
+RUN = "{run}"  # a trained run, filled in by the test
+EVAL = ["eval", "--checkpoint", RUN, "--output", "{tmp}/out"]
+FAST_FAILURES = [  # (command line, words of its one error line); {tmp}: a fresh directory per case
+    (["eval", "--checkpoint", "{tmp}/nope", "--output", "{tmp}/out"], "not found"),
+    (["eval", "--checkpoint", "{tmp}/empty", "--output", "{tmp}/out"], "no checkpoint found"),
+    (EVAL + ["--data", "{tmp}/nope"], "does not exist"),
+    (EVAL + ["--data", "{tmp}/empty"], "{tmp}/empty"),
+    (EVAL + ["--data", "{tmp}/notes"], "matches no known layout"),
+    (EVAL + ["--noise-types", "gausian"], "gausian"),
+    (EVAL + ["--levels", "1.5"], "1.5"),
+    (EVAL + ["--eps", "-0.1"], "-0.1"),
+    (EVAL + ["--eps", "2"], "[0, 1]"),
+    (EVAL + ["--n-draws", "1000000000"], "n_draws"),
+    (EVAL + ["--attacks", "pgd", "--attack-steps", "1000000000"], "attack_steps"),
+    (EVAL + ["--attacks", "pgdd"], "pgdd"),
+    (EVAL + ["--suite", "imagenet-d"], "imagenet-d"),
+    (EVAL + ["--certify", "--n", "1000000000000"], "certify_n"),
+    (EVAL + ["--batch-size", "0"], "batch_size"),
+    (EVAL + ["--split", "all"], "--data"),
+    (EVAL + ["--num-processes", "0"], "--num-processes"),
+    (EVAL + ["--num-processes", "2", "--process-id", "5", "--coordinator", "localhost:1234"], "--process-id"),
+    (EVAL + ["--coordinator", "not an address", "--num-processes", "2", "--process-id", "0"], "--coordinator"),
+    (["eval", "--checkpoint", RUN, "--output", "{tmp}/file"], "is a file"),
+    (["train", "--config", "configs/quickstart.yaml", "--num-processes", "0", "--run-dir", "{tmp}/r"], "--num-processes"),
+    (["plot", "{tmp}/nope"], "{tmp}/nope"),
+    (["compare", "--exp1", "{tmp}/nope1", "--exp2", "{tmp}/nope2", "--output", "{tmp}/cmp"], "{tmp}/nope1"),
+    (["analyze", "spectrum", "--checkpoint", "{tmp}/nope", "--output", "{tmp}/an"], "not found"),
+    (["analyze", "boundary", "--checkpoint", RUN, "--output", "{tmp}/an", "--index", "0", "--resolution", "0"],
+     "--resolution"),
+    (["research", "run", "--output", "{tmp}/res", "--config", "{tmp}/nope.yaml"], "{tmp}/nope.yaml"),
+    (["import", "--from", "{tmp}/nope.safetensors", "--model", "wrn-28-10", "--output", "{tmp}/imp"], "nope.safetensors"),
+    (["data", "describe", "--config", "{tmp}/nope.yaml"], "{tmp}/nope.yaml"),
+    (["data", "prepare", "--config", "configs/quickstart.yaml", "--output", "{tmp}/file"], "already exists"),
+    (["sweep", "--config", "{tmp}/nope.yaml", "--output", "{tmp}/sw"], "{tmp}/nope.yaml"),
+    (["sweep", "--config", "configs/research/lambda_sweep.yaml", "--output", "{tmp}/sw", "--storage", "bogus://x"],
+     "--storage"),
+]
+
+
+def _bad_command_setup(tmp: Path) -> None:
+    (tmp / "empty").mkdir()
+    (tmp / "notes").mkdir()
+    (tmp / "notes" / "readme.txt").write_text("no images here")
+    (tmp / "file").write_text("a file, not a directory")
+
+
+@pytest.mark.parametrize("argv, words", FAST_FAILURES, ids=[" ".join(a[:1] + a[5:7] if a[0] == "eval" else a[:3])
+                                                            for a, _ in FAST_FAILURES])
+def test_every_bad_command_line_fails_in_well_under_two_cpu_seconds(tiny_run, tmp_path, repo_root, argv, words):
+    """A bad argument, path or value costs < 1.5 CPU s (the child's, from wait4), prints one line
+    naming it, exits 2, and creates nothing: JAX, the model and the data are not loaded first."""
+    _bad_command_setup(tmp_path)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    fill = lambda text: text.replace("{tmp}", str(tmp_path)).replace(RUN, str(tiny_run))  # noqa: E731
+    module, function = ENTRY_POINTS[argv[0]].split(":")
+    code = f"import sys; from {module} import {function} as main; sys.exit(main(sys.argv[1:]))"
+    before_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run([sys.executable, "-c", code, *map(fill, argv[1:])], cwd=repo_root,
+                          capture_output=True, text=True, timeout=120)
+    after_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after_cpu.ru_utime - before_cpu.ru_utime) + (after_cpu.ru_stime - before_cpu.ru_stime)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "error: " in lines[0], (proc.returncode, proc.stderr)
+    assert fill(words) in lines[0], lines[0]
+    assert cpu < 1.5, f"{cpu:.2f} CPU s"
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing created
+
+
+def test_the_preflight_noise_names_are_the_registry():
+    from robust_vision.corruptions.noise import NOISES
+    from robust_vision.preflight import NOISE_TYPES
+
+    assert tuple(NOISES) == NOISE_TYPES

@@ -27,7 +27,7 @@ def _exit_code(exc: BaseException) -> int | None:
         return tuple(getattr(mod, n) for n in names) if mod is not None else ()
 
     if isinstance(exc, classes("robust_vision.config", "ConfigError")
-                  + classes("robust_vision.runs.checkpoint", "CheckpointError")):
+                  + classes("robust_vision.runs.paths", "CheckpointError")):
         return 2
     if isinstance(exc, classes("robust_vision.runs.checkpoint", "CheckpointWriteError")
                   + classes("robust_vision.training.trainer", "TrainingError")):
@@ -118,13 +118,14 @@ def _add_distributed_args(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from robust_vision.config import load_config
-    from robust_vision.preflight import check_data_source, check_memory
+    from robust_vision.preflight import check_data_source, check_memory, check_process_flags
 
     overrides = list(args.override)
     if args.run_dir:
         overrides.append(f"training.checkpoint_dir={args.run_dir}")
     if args.no_progress or args.quiet:
         overrides.append("training.progress_bar=false")
+    check_process_flags(args.coordinator, args.num_processes, args.process_id, args.coordinator_timeout)
     cfg = load_config(args.config, overrides)
     check_data_source(cfg.data)  # a bad path or size costs a fraction of a second: JAX is not imported yet
     check_memory(cfg)
@@ -169,10 +170,25 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    """The value of ``flag`` in ``argv`` (``--flag V`` or ``--flag=V``), read before the parser exists."""
+    for i, item in enumerate(argv):
+        if item == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if item.startswith(flag + "="):
+            return item[len(flag) + 1:]
+    return None
+
+
 @console_entry("nothing was written")
 def import_main(argv: list[str] | None = None) -> int:
     """robust-vision-import --from model.safetensors --model wrn-28-10 --output RUN [--config FILE] ..."""
     _quiet_tensorflow_logs()
+    source = _flag_value(argv if argv is not None else sys.argv[1:], "--from")
+    if source is not None and not os.path.isfile(source):  # before JAX (the architecture list imports it)
+        print(f"error: --from: '{source}' not found; pass a PyTorch state_dict file (.safetensors, or .pt with "
+              "torch installed)", file=sys.stderr)
+        return 2
     from robust_vision.models.import_weights import IMPORTABLE
 
     parser = argparse.ArgumentParser(prog="robust-vision-import",
@@ -212,7 +228,7 @@ def _eval_config(args: argparse.Namespace):
     import json
 
     from robust_vision.config import load_config
-    from robust_vision.runs.loading import resolve_checkpoint
+    from robust_vision.runs.paths import resolve_checkpoint
 
     overrides = list(args.override)
     flag_keys = {"noise_types": "evaluation.noise_types", "levels": "evaluation.noise_levels",
@@ -277,21 +293,50 @@ def _asked_parts(args: argparse.Namespace) -> list[str]:
     return asked
 
 
+def _check_eval_args(args: argparse.Namespace) -> dict:
+    """Every check of an eval command line that needs neither JAX nor the model: flags, paths,
+    the config and its values (bounded work), the checkpoint's files and the ``--data`` source
+    (opened, not decoded). Returns what the run needs: cfg, explicit_config, plan, data source."""
+    from robust_vision.evaluation import runner
+    from robust_vision.preflight import check_evaluation_work, check_output_dir, check_process_flags
+    from robust_vision.runs.paths import read_meta, resolve_checkpoint
+
+    check_process_flags(args.coordinator, args.num_processes, args.process_id, args.coordinator_timeout)
+    data_split = getattr(args, "split", None)
+    if data_split == "all":  # --split all exists only for --data (no config key holds it)
+        if not getattr(args, "data", None):
+            raise ValueError("--split all: needs --data SOURCE (a config's dataset has train / val / test splits)")
+        args.split = None
+    _, checkpoint_dir = resolve_checkpoint(args.checkpoint)
+    if args.baseline:
+        resolve_checkpoint(args.baseline)
+    cfg, explicit_config = _eval_config(args)
+    ecfg = cfg.evaluation
+    check_output_dir(ecfg.output_dir)  # an --output that is a file fails before the evaluation
+    check_evaluation_work(ecfg)
+    plan = runner.plan_parts(ecfg, parts=runner.parse_parts(args.parts), asked=_asked_parts(args))
+    source = None
+    if getattr(args, "data", None):  # --data: the whole given source as the checkpoint's input (docs/DATA.md)
+        from robust_vision.data.sources import load_eval_source
+
+        meta = read_meta(checkpoint_dir)
+        # Only the asked split is opened; it is streamed (read batch by batch), never decoded whole.
+        source = load_eval_source(args.data, args.dataset, data_split or ecfg.split, meta["input_shape"],
+                                  int(meta["num_classes"]), log=print if not args.process_id else lambda s: None)
+    return {"cfg": cfg, "explicit_config": explicit_config, "plan": plan, "source": source}
+
+
 def _eval(args: argparse.Namespace) -> int:
     import builtins
     from pathlib import Path
 
+    checked = _check_eval_args(args)  # before JAX: a bad command line costs a fraction of a second
     from robust_vision import distributed
     from robust_vision.compile_cache import enable_compile_cache
     from robust_vision.evaluation import runner, suite
     from robust_vision.interrupts import check_interrupt
     from robust_vision.runs.loading import load_trained_model
 
-    data_split = getattr(args, "split", None)
-    if data_split == "all":  # --split all exists only for --data (no config key holds it)
-        if not getattr(args, "data", None):
-            raise ValueError("--split all: needs --data SOURCE (a config's dataset has train / val / test splits)")
-        args.split = None
     distributed.init_from_args(args)  # first: before anything touches a JAX device
     if args.allow_unverified:
         from robust_vision.runs.checkpoint import allow_unverified
@@ -299,16 +344,12 @@ def _eval(args: argparse.Namespace) -> int:
         allow_unverified()
     main = distributed.is_main_process()  # only process 0 prints and writes tables and figures
     print = distributed.main_only(builtins.print)  # noqa: A001
-    cfg, explicit_config = _eval_config(args)
+    cfg, explicit_config, plan = checked["cfg"], checked["explicit_config"], checked["plan"]
     enable_compile_cache("off" if args.no_compile_cache else cfg.training.compile_cache_dir)
     ecfg = cfg.evaluation
-    from robust_vision.preflight import check_output_dir
-
-    check_output_dir(ecfg.output_dir)  # an --output that is a file fails before the evaluation
     if ecfg.suite != "none" and ecfg.suite_data is None:
         suite.resolve_suite(ecfg.suite)  # a generated suite; published files are checked when opened
     suite.check_attacks(ecfg.attacks, ecfg.attack_norm)  # bad attack settings fail before any work
-    plan = runner.plan_parts(ecfg, parts=runner.parse_parts(args.parts), asked=_asked_parts(args))
     check_interrupt()  # a Ctrl-C while JAX was imported waited for this point
     model = load_trained_model(args.checkpoint, cfg if explicit_config else None)
     check_interrupt()
@@ -318,12 +359,8 @@ def _eval(args: argparse.Namespace) -> int:
         if baseline.name == model.name:
             baseline.name = f"{baseline.name} (baseline)"
         models.append(baseline)
-    if getattr(args, "data", None):  # --data: the whole given source as the checkpoint's input (docs/DATA.md)
-        from robust_vision.data.sources import load_eval_source
-
-        # Only the asked split is opened; it is streamed (read batch by batch), never decoded whole.
-        source = load_eval_source(args.data, args.dataset, data_split or ecfg.split, model.input_shape,
-                                  model.num_classes)
+    if checked["source"] is not None:
+        source = checked["source"]
         val_source = None  # no calibration split: temperature and conformal sets are skipped
     else:
         source, val_source = runner.config_split_sources(cfg.data, ecfg.split)
@@ -444,6 +481,13 @@ def eval_main(argv: list[str] | None = None) -> int:
 
 def plot_main(argv: list[str] | None = None) -> int:
     """robust-vision-plot RESULTS_DIR... : redraw every figure from saved tables."""
+    items = list(sys.argv[1:] if argv is None else argv)
+    valued = {"--output", "--dpi", "--style", "--format"}
+    for i, item in enumerate(items):  # a missing directory fails before matplotlib and JAX are imported
+        if not item.startswith("-") and (i == 0 or items[i - 1] not in valued) and not os.path.exists(item):
+            print(f"robust-vision-plot: error: '{item}' does not exist; pass run or results directories "
+                  "(or their CSV tables)", file=sys.stderr)
+            return 2
     from robust_vision.viz import main
 
     return main(argv)

@@ -15,7 +15,10 @@ from robust_vision.cli import _quiet_tensorflow_logs, _run
 
 def _sweep(args: argparse.Namespace) -> int:
     from robust_vision.config import load_config
+    from robust_vision.experiments.optuna_search import check_storage
     from robust_vision.experiments.sweep import run_sweep
+
+    check_storage(args.storage)
 
     overrides = list(args.override)
     if args.epochs is not None:

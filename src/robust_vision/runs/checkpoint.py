@@ -31,9 +31,7 @@ from typing import Any, Callable
 import jax
 import orbax.checkpoint as ocp
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, unreadable or does not match the model."""
+from robust_vision.runs.paths import CheckpointError, read_meta  # noqa: F401 (re-exported)
 
 
 class CheckpointWriteError(RuntimeError):
@@ -212,18 +210,6 @@ class CheckpointStore:
     def close(self) -> None:
         self.epochs.close()
         self.best.close()
-
-
-def read_meta(checkpoint_dir: Path) -> dict:
-    """The JSON metadata of one checkpoint directory (``.../<epoch>``)."""
-    path = Path(checkpoint_dir) / "meta" / "metadata"
-    if not path.is_file():
-        raise CheckpointError(f"{checkpoint_dir}: not a robust-vision checkpoint (no meta/metadata); "
-                              "pass a run directory or a checkpoints/best/<epoch> directory")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: corrupt checkpoint metadata ({exc.msg}); use another checkpoint") from None
 
 
 def restore_checkpoint(checkpoint_dir: Path, abstract_state: Any) -> tuple[Any, dict]:
