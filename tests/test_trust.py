@@ -372,3 +372,32 @@ def test_the_preflight_noise_names_are_the_registry():
     from robust_vision.preflight import NOISE_TYPES
 
     assert tuple(NOISES) == NOISE_TYPES
+
+
+# --------------------------------------------------------------------------- item 3: bounded work
+
+
+def test_zip_member_that_expands_far_beyond_its_size_is_refused_before_reading(tmp_path):
+    """The finding: a 37 MB zip whose member expands to 8 GiB was read whole into memory. Here a
+    member of 40 MiB of zeros (~40 KB compressed, ratio ~1000) stands for it."""
+    import zipfile
+
+    from robust_vision.config import DataConfig
+    from robust_vision.data.sources import DatasetError, open_splits, read_zip_member
+
+    path = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for cls in ("cat", "dog"):
+            for i in range(3):
+                zf.writestr(f"{cls}/{i}.png", b"\0" * (40 << 20) if (cls, i) == ("cat", 0) else b"x")
+    with zipfile.ZipFile(path) as zf:
+        with pytest.raises(DatasetError, match=r"cat/0.png' declares 41943040 bytes .*decompression bomb"):
+            read_zip_member(zf, "cat/0.png", str(path))
+        assert read_zip_member(zf, "dog/1.png", str(path)) == b"x"
+    splits = open_splits(DataConfig(dataset_name="image_folder", data_dir=str(path), test_fraction=0.5,
+                                    val_fraction=0.0), ("train", "test"))
+    with pytest.raises(DatasetError, match="decompression bomb"):  # the streaming path reads the same way
+        for source in splits.values():
+            base = getattr(source, "base", source)
+            for i in np.flatnonzero(np.array(base.names) == "cat/0.png"):
+                base._read(int(i))

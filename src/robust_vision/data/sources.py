@@ -165,6 +165,38 @@ class NpyRowSource(RecordSource):
         return out
 
 
+# One image file inside a zip: anything larger, or expanding more than MAX_ZIP_RATIO times its
+# compressed size beyond 1 MiB, is a decompression bomb rather than an image (a 37 MB member that
+# expands to 8 GiB was read whole into memory). PNG / JPEG barely compress; a flat BMP compresses
+# ~100x, hence the floor.
+MAX_ZIP_MEMBER_BYTES = 256 << 20
+MAX_ZIP_RATIO = 200
+_ZIP_CHUNK = 1 << 20
+
+
+def read_zip_member(archive: zipfile.ZipFile, name: str, where: str) -> bytes:
+    """The bytes of ``name`` in ``archive``, checked against its declared size and the ratio bound
+    before reading and read in 1 MiB chunks (never more than the declared size); a DatasetError
+    naming ``where``/``name`` otherwise."""
+    info = archive.getinfo(name)
+    size, packed = info.file_size, max(info.compress_size, 1)
+    if size > MAX_ZIP_MEMBER_BYTES or (size > _ZIP_CHUNK and size > MAX_ZIP_RATIO * packed):
+        raise DatasetError(f"'{where}/{name}' declares {size} bytes from {packed} compressed (ratio {size / packed:.0f}, "
+                           f"limits {MAX_ZIP_MEMBER_BYTES >> 20} MiB and {MAX_ZIP_RATIO}x): not an image file but a "
+                           "decompression bomb or a damaged archive; remove it from the zip")
+    chunks, total = [], 0
+    with archive.open(info) as member:
+        while True:
+            chunk = member.read(_ZIP_CHUNK)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > size:  # zipfile stops at the declared size; guard a foreign reader anyway
+                raise DatasetError(f"'{where}/{name}' holds more than its declared {size} bytes; the archive is damaged")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class FileSource(RecordSource):
     """Image files (PNG / JPEG / BMP) in a directory or a .zip, decoded when indexed.
 
@@ -187,7 +219,7 @@ class FileSource(RecordSource):
             return (self.root / name).read_bytes()
         if self._zip is None:
             self._zip = zipfile.ZipFile(self.root)
-        return self._zip.read(name)
+        return read_zip_member(self._zip, name, str(self.root))
 
     def _read(self, index: int) -> np.ndarray:
         name = self.names[index]
