@@ -401,3 +401,28 @@ def test_zip_member_that_expands_far_beyond_its_size_is_refused_before_reading(t
             base = getattr(source, "base", source)
             for i in np.flatnonzero(np.array(base.names) == "cat/0.png"):
                 base._read(int(i))
+
+
+def test_activation_preflight_counts_more_than_the_inputs():
+    """The finding: data.image_size 2000 under an 8 GB limit segfaulted; the preflight counted the
+    input batches (4.8 GiB) but not the activations (~30 GiB). The estimate, traced on the
+    abstract model, is several times the inputs and refuses with it."""
+    from flax import nnx
+
+    from robust_vision.config import ModelConfig
+    from robust_vision.models import create_model
+    from robust_vision.preflight import SizeError, check_activation_memory
+    from robust_vision.training.steps import make_logits_fn, split_model
+
+    shape = (32, 2000, 2000, 3)
+    abstract = split_model(nnx.eval_shape(lambda: create_model(ModelConfig(features=[8, 16]), input_shape=shape[1:],
+                                                                   num_classes=10, seed=0)))
+    logits = make_logits_fn(abstract)
+    args = (abstract.params, abstract.model_state)
+    inputs = 4 * int(np.prod(shape))
+    need = check_activation_memory(lambda p, s, x: logits(p, s, x), args, shape, available=1000 * inputs)
+    assert need > 4 * inputs  # conv features of 8 and 16 channels at full and half size, at least
+    with pytest.raises(SizeError, match=r"training.batch_size: a batch of 32 images of 2000x2000x3 keeps about "
+                                        r"[\d.]+ GiB of activations"):
+        check_activation_memory(lambda p, s, x: logits(p, s, x), args, shape, available=2 * inputs)
+    assert check_activation_memory(lambda p, s, x: logits(p, s, x), args, (2, 8, 8, 3), available=2 * inputs) is None

@@ -350,3 +350,66 @@ def check_evaluation_work(ecfg) -> None:
         _too_much(f"evaluation.certify_n={ecfg.certify_n} + certify_n0={ecfg.certify_n0} draws x "
                   f"{len(ecfg.certify_sigma)} sigmas", draws, MAX_PASSES_PER_IMAGE["certify"],
                   "lower --n / --n0 (Cohen et al. certify with n = 100000)")
+
+
+# --------------------------------------------------------------------------- activations
+
+# Backpropagation keeps (about) every intermediate of the forward pass for the backward one; the
+# estimate below sums them. Below this many times the input batch, activations cannot matter on
+# a machine that passed check_memory, and the (tracing) estimate is skipped.
+_ACTIVATION_GATE = 1000
+
+
+def _jaxpr_bytes(jaxpr) -> int:
+    """Bytes of every intermediate an (open) jaxpr computes, nested jaxprs included."""
+    import numpy as np
+
+    total = 0
+    for eqn in jaxpr.eqns:
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    total += _jaxpr_bytes(inner)
+        for var in eqn.outvars:
+            aval = getattr(var, "aval", None)
+            shape, dtype = getattr(aval, "shape", None), getattr(aval, "dtype", None)
+            if shape is not None and dtype is not None:
+                try:
+                    total += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                except TypeError:  # extended dtypes (PRNG keys): negligible
+                    pass
+    return total
+
+
+def activations_may_matter(batch_shape: tuple[int, ...], available: Optional[int] = None) -> bool:
+    """Whether a float32 batch of ``batch_shape`` is large enough that its activations might not fit
+    (else ``check_activation_memory`` skips the trace, and a caller can skip building the model)."""
+    available = available_memory_bytes() if available is None else available
+    batch_bytes = 4
+    for d in batch_shape:
+        batch_bytes *= int(d)
+    return batch_bytes * _ACTIVATION_GATE >= available
+
+
+def check_activation_memory(forward, args: tuple, batch_shape: tuple[int, ...], *, key: str = "training.batch_size",
+                            available: Optional[int] = None) -> int | None:
+    """Refuse a training batch whose forward-pass intermediates (kept for backpropagation; traced
+    with ``jax.make_jaxpr``, nothing is computed or compiled) exceed the available memory, with the
+    estimate. ``forward(*args, images)``: images (B, H, W, C) float32 -> logits; ``args`` may be
+    ShapeDtypeStructs (an ``nnx.eval_shape`` model's parameters). Returns the estimate in bytes,
+    or None when the batch is too small for it to matter (not traced)."""
+    import jax
+    import numpy as np
+
+    available = available_memory_bytes() if available is None else available
+    batch_bytes = 4 * int(np.prod(batch_shape, dtype=np.int64))
+    if not activations_may_matter(batch_shape, available):
+        return None
+    need = _jaxpr_bytes(jax.make_jaxpr(forward)(*args, jax.ShapeDtypeStruct(batch_shape, np.float32)).jaxpr)
+    if need > available:
+        b, h, w, c = batch_shape
+        raise SizeError(f"{key}: a batch of {b} images of {h}x{w}x{c} keeps about {_gib(need)} of activations for "
+                        f"backpropagation ({_gib(batch_bytes)} of inputs), {_gib(available)} is available; use a "
+                        f"smaller {key} or data.image_size")
+    return need
