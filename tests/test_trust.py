@@ -426,3 +426,47 @@ def test_activation_preflight_counts_more_than_the_inputs():
                                         r"[\d.]+ GiB of activations"):
         check_activation_memory(lambda p, s, x: logits(p, s, x), args, shape, available=2 * inputs)
     assert check_activation_memory(lambda p, s, x: logits(p, s, x), args, (2, 8, 8, 3), available=2 * inputs) is None
+
+
+# --------------------------------------------------------------------------- item 6: messages name the true cause
+
+
+def test_class_count_mismatch_names_both_counts(tiny_run, tmp_path, capsys):
+    """The finding: ``AttributeError: 'ConvertedSource' object has no attribute 'num_classes'``."""
+    rc = _eval_cli(["--checkpoint", str(tiny_run), "--output", str(tmp_path / "eval"),
+                    "--override", "data.classes=[0, 1, 2]"])
+    line = _one_line(capsys)
+    assert rc == 2 and "predicts 10 classes but digits (test split) has 3" in line, line
+
+
+def test_truncated_prepared_shard_is_named_when_opened(tmp_path):
+    """The finding: ``describe`` called a truncated shard intact and training said "could not
+    broadcast input array from shape (0,) into shape (256,)" without naming the file."""
+    import json
+
+    from robust_vision.config import DataConfig
+    from robust_vision.data.sources import DatasetError, open_splits
+
+    root = tmp_path / "prepared"
+    for split in ("train", "test"):
+        (root / split).mkdir(parents=True)
+        np.save(root / split / "images.npy", np.zeros((10, 16, 16, 1), np.uint8))
+        np.save(root / split / "labels.npy", np.arange(10, dtype=np.int32) % 2)
+    (root / "meta.json").write_text(json.dumps({"class_names": ["a", "b"], "splits": {"train": {}, "test": {}}}))
+    shard = root / "train" / "images.npy"
+    shard.write_bytes(shard.read_bytes()[:-300])
+    with pytest.raises(DatasetError, match=r"train/images.npy' is truncated \(\d+ bytes, \d+ expected for 10 images "
+                                           r"of 16x16x1\); prepare it again"):
+        open_splits(DataConfig(dataset_name="prepared", data_dir=str(root)), ("train", "test"))
+
+
+def test_divergence_before_any_checkpoint_does_not_claim_one_is_kept(tmp_path):
+    """The finding: lr 1e10 stopped with exit 1 but claimed "the last good checkpoint is kept"."""
+    from conftest import tiny_overrides
+    from robust_vision.config import load_config
+    from robust_vision.training.trainer import TrainingError, train
+
+    cfg = load_config(None, tiny_overrides(tmp_path / "run", epochs=1) + ["training.learning_rate=1e10"])
+    with pytest.raises(TrainingError, match="no checkpoint was written") as info:
+        train(cfg, log=lambda s: None)
+    assert "last good checkpoint" not in str(info.value)

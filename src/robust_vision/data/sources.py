@@ -140,6 +140,11 @@ class NpyRowSource(RecordSource):
         self.path = str(path)
         self.shape = tuple(int(d) for d in shape)
         self.row_bytes = int(np.prod(self.shape[1:]))
+        expected, actual = self.offset + self.shape[0] * self.row_bytes, os.path.getsize(path)
+        if actual < expected:  # a copy cut short: rows past the end would read as empty arrays
+            raise DatasetError(f"prepared: '{path}' is truncated ({actual} bytes, {expected} expected for "
+                               f"{self.shape[0]} images of {'x'.join(map(str, self.shape[1:]))}); prepare it again "
+                               "(robust-vision-data prepare) or copy it completely")
         self.labels = np.asarray(labels, np.int32)
         self.info = info
         self._fd: Optional[int] = None

@@ -129,8 +129,8 @@ def check_model_data(model, dataset, where: str) -> None:
     info = getattr(dataset, "info", dataset)
     check_input_shape(model, info.image_shape, where)
     if model.num_classes != info.num_classes:
-        raise ValueError(f"{model.name} predicts {model.num_classes} classes but the dataset has "
-                         f"{dataset.num_classes}; evaluate on the dataset the model was trained on")
+        raise ValueError(f"{model.name} predicts {model.num_classes} classes but {where} has {info.num_classes}; "
+                         "evaluate on data with the classes the model was trained on (data.classes, --data)")
 
 
 def _progress(ctx: EvalContext, total: int, desc: str):

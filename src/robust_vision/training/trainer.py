@@ -372,10 +372,12 @@ def _train_loop(cfg, resume, log, run_dir, store, data: TrainData, mesh, model, 
             first = slice(0, tcfg.batch_size)  # gathered rows are in batch order
             reference_loss = float(np.mean(gathered["loss"][first][keep[first]]))
         if diverged(train_summary["loss"], reference_loss):
+            last = store.latest_epoch()
+            kept = (f"the last good checkpoint (epoch {last}) is kept in {run_dir / 'checkpoints'}" if last is not None
+                    else "no checkpoint was written (it diverged before the first one)")
             raise TrainingError(f"training diverged at epoch {epoch} (train loss = {train_summary['loss']:.4g}, "
                                 f"{train_summary['loss'] / max(reference_loss, 1.0):.2g}x the first batch's "
-                                f"{reference_loss:.4g}); the "
-                                f"last good checkpoint is kept in {run_dir / 'checkpoints'}; lower training.learning_rate "
+                                f"{reference_loss:.4g}); {kept}; lower training.learning_rate "
                                 "(or training.margin_lambda) and start a new run")
 
         row = {"epoch": epoch, "train_loss": train_summary["loss"], "train_accuracy": train_summary["accuracy"],
