@@ -470,3 +470,16 @@ def test_divergence_before_any_checkpoint_does_not_claim_one_is_kept(tmp_path):
     with pytest.raises(TrainingError, match="no checkpoint was written") as info:
         train(cfg, log=lambda s: None)
     assert "last good checkpoint" not in str(info.value)
+
+
+def test_corruption_summary_counts_the_corruptions_evaluated():
+    """The finding: the CIFAR-10-C summary said "15 corruptions" when 2 were evaluated."""
+    from robust_vision.evaluation.suite import format_corruption_summary
+
+    agg = {"model": "m", "reference": None, "clean_error": 0.1, "mean_error": 0.3, "mean_error_all": 0.3,
+           "severities": [1, 2], "scale": "cifar", "mce": None, "relative_mce": None, "n_relative": 0,
+           "n_corruptions": 0}
+    rows = [{"model": "m", "corruption": c, "held_out": False, "mean_error": e, "ce": None}
+            for c, e in (("gaussian_noise", 0.4), ("fog", 0.2))]
+    text = format_corruption_summary([agg], rows)
+    assert "(2 corruptions, severities [1, 2]" in text and "15 corruptions" not in text
