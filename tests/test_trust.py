@@ -483,3 +483,13 @@ def test_corruption_summary_counts_the_corruptions_evaluated():
             for c, e in (("gaussian_noise", 0.4), ("fog", 0.2))]
     text = format_corruption_summary([agg], rows)
     assert "(2 corruptions, severities [1, 2]" in text and "15 corruptions" not in text
+
+
+def test_cifar10c_array_without_channel_axis_is_named_for_its_shape(tmp_path):
+    """The finding: a CIFAR-10-C array without a channel axis was blamed on the label count."""
+    from robust_vision.data.sources import DatasetError, corruption_sources
+
+    np.save(tmp_path / "labels.npy", np.zeros(10, np.int64))
+    np.save(tmp_path / "fog.npy", np.zeros((50, 8, 8), np.uint8))
+    with pytest.raises(DatasetError, match=r"fog.npy' holds an array of shape \(50, 8, 8\); expected .*channel axis"):
+        list(corruption_sources(str(tmp_path), "cifar10-c"))

@@ -764,7 +764,10 @@ def corruption_sources(path: str, suite: str) -> Iterator[tuple[str, int, Record
         names = CIFAR10_CLASSES if k == 10 else tuple(str(i) for i in range(k))
         for f in files:
             images = np.load(f, mmap_mode="r")
-            if images.ndim != 4 or len(images) % 5 or len(labels) not in (len(images), len(images) // 5):
+            if images.ndim != 4 or images.shape[-1] not in (1, 3):
+                raise DatasetError(f"{suite}: '{f}' holds an array of shape {images.shape}; expected (5 x N, H, W, C) "
+                                   "uint8 images with a channel axis C of 1 or 3 (add it with x[..., None])")
+            if len(images) % 5 or len(labels) not in (len(images), len(images) // 5):
                 raise DatasetError(f"{suite}: '{f}' holds {images.shape[0]} images and labels.npy {len(labels)} labels; "
                                    "expected 5 x N images (severities 1..5 stacked) and N or 5 x N labels "
                                    "(mismatched label file)")
