@@ -493,3 +493,16 @@ def test_cifar10c_array_without_channel_axis_is_named_for_its_shape(tmp_path):
     np.save(tmp_path / "fog.npy", np.zeros((50, 8, 8), np.uint8))
     with pytest.raises(DatasetError, match=r"fog.npy' holds an array of shape \(50, 8, 8\); expected .*channel axis"):
         list(corruption_sources(str(tmp_path), "cifar10-c"))
+
+
+def test_a_refused_torch_file_is_explained_in_whole_words():
+    """The finding: a malicious model.pt was refused but the message cut PyTorch's text mid-sentence."""
+    from robust_vision.models.import_weights import torch_refusal
+
+    text = ("Weights only load failed. This file can still be loaded, to do so you have two options, do those steps "
+            "only if you trust the source of the checkpoint.\n\t(1) In PyTorch 2.6, we changed the default value ...\n"
+            "WeightsUnpickler error: Unsupported global: GLOBAL posix.system was not an allowed global by default.")
+    assert torch_refusal(text) == "it asks for the Python object posix.system, which a file of weights never needs"
+    long = "Invalid magic number; " + "word " * 80 + "end. Second sentence."
+    cut = torch_refusal(long)
+    assert cut.endswith(" ...") and cut.split(" ")[-2] == "word" and "Second" not in cut
