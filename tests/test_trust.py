@@ -506,3 +506,31 @@ def test_a_refused_torch_file_is_explained_in_whole_words():
     long = "Invalid magic number; " + "word " * 80 + "end. Second sentence."
     cut = torch_refusal(long)
     assert cut.endswith(" ...") and cut.split(" ")[-2] == "word" and "Second" not in cut
+
+
+def test_describe_a_zip_with_only_a_train_folder(tmp_path, capsys):
+    """The finding: ``describe`` refused a zip holding only train/ ("has no test split") though
+    training on it works; and split descriptions nested brackets three deep."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from robust_vision.data.cli import main
+
+    def png(value: int) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.full((8, 8), value, np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    path = tmp_path / "train_only.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for cls in ("cat", "dog"):
+            for i in range(10):
+                zf.writestr(f"train/{cls}/{i}.png", png(20 * i))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data:\n  dataset_name: image_folder\n  data_dir: {path}\n")
+    assert main(["describe", "--config", str(config)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["train", "val", "test"]
+    assert "no test split" in lines[2] and all("[" not in line for line in lines)

@@ -70,6 +70,10 @@ class SourceInfo:
     class_names: tuple[str, ...]
     image_shape: Optional[tuple[int, int, int]]
     description: str
+    # Where the images of a held-out split or its remainder come from (the whole source's
+    # description) and what was held out of it, so descriptions never nest ("of [.. of [..]]").
+    origin: Optional[str] = None
+    held_out: tuple[str, ...] = ()
 
 
 class RecordSource:
@@ -663,13 +667,13 @@ def _hold_out(src: RecordSource, fraction: float, seed: int, held_name: str, fro
     # gives its arrays, so a streamed split holds the same examples at the same positions and the
     # (seed, epoch) shuffle picks the same batches as the in-memory path.
     rest, held = _partition(src.labels, n_held, seed)
-    base = src.info.description
-    held_src = SubsetSource(src, held, replace(src.info, description=(
-        f"{len(held)} images HELD OUT of [{base}] (data.{held_name}_fraction={fraction:g}, stratified, "
-        f"split_seed={seed})")))
-    rest_src = SubsetSource(src, rest, replace(src.info, description=(
-        f"{len(rest)} images left of [{base}] after holding out {len(held)} for {held_name} "
-        f"(data.{held_name}_fraction={fraction:g})")))
+    origin = src.info.origin or src.info.description
+    held_out = (*src.info.held_out, f"{len(held)} for {held_name} (data.{held_name}_fraction={fraction:g})")
+    held_src = SubsetSource(src, held, replace(src.info, origin=origin, held_out=(), description=(
+        f"{len(held)} images HELD OUT for {held_name} of {origin} (data.{held_name}_fraction={fraction:g} of "
+        f"{'the ' + str(len(src)) + ' left' if src.info.held_out else len(src)}, stratified, split_seed={seed})")))
+    rest_src = SubsetSource(src, rest, replace(src.info, origin=origin, held_out=held_out, description=(
+        f"{len(rest)} images of {origin}, the rest after holding out {' and '.join(held_out)}")))
     return rest_src, held_src
 
 
