@@ -108,7 +108,9 @@ def _eval_script() -> str:
 def test_ctrl_c_at_random_times_of_an_eval_is_one_line_and_exit_130(tiny_run, tmp_path):
     """The finding: Ctrl-C during robust-vision-eval segfaulted (exit 139) in 2 of 5 tries, after
     claiming a checkpoint was kept. Ten interrupts at random times (import, model load, compile,
-    the grid, shutdown), in two waves of five concurrent evals."""
+    the grid, shutdown), in two waves of five concurrent evals. Not before 1 s: under a heavy load
+    the interpreter itself may still be starting (the console script has not imported any project
+    code yet, so Python's own KeyboardInterrupt traceback is all there can be)."""
     rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
     seen = []
     for wave in range(2):
@@ -119,7 +121,7 @@ def test_ctrl_c_at_random_times_of_an_eval_is_one_line_and_exit_130(tiny_run, tm
                                             "--no-plots", "--quiet", "--parts", "grid", "--levels", "0", "0.3",
                                             "--noise-types", "gaussian"],
                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-                          out, time.monotonic() + float(rng.uniform(0.3, 3.5))))
+                          out, time.monotonic() + float(rng.uniform(1.0, 3.5))))
         for proc, _out, when in sorted(procs, key=lambda p: p[2]):
             time.sleep(max(0.0, when - time.monotonic()))
             proc.send_signal(signal.SIGINT)
