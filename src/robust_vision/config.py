@@ -114,6 +114,7 @@ class DataConfig:
     test_fraction: float = _f(0.2, min=0.0, max=0.9, help="fraction held out for test where the source has no test split")
     split_seed: int = _f(0, help="seed of the fixed train/val/test split")
     max_train_examples: Optional[int] = _f(None, min=1, help="cap the training split (for quick runs)")
+    pixel_max: Optional[float] = _f(None, min=0.0, min_exclusive=True, help="npz: the value of a white pixel of integer or float images that are neither uint8 0..255 nor float [0, 1] (e.g. 255 for int64, 65535 for uint16); they are scaled by 1 / pixel_max")
 
 
 @dataclass

@@ -166,11 +166,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """The checks that need neither JAX nor the model: the checkpoint's files, the output
+    directory and the values of the subcommand's flags (a bad one costs a fraction of a second)."""
+    from robust_vision.preflight import check_output_dir
+    from robust_vision.runs.paths import resolve_checkpoint
+
+    resolve_checkpoint(args.checkpoint)
+    check_output_dir(args.output)
+    resolution = getattr(args, "resolution", None)
+    if resolution is not None and (resolution < 3 or resolution % 2 == 0):
+        raise ValueError(f"--resolution {resolution}: use an odd number >= 3 so that the grid holds the image "
+                         "at its centre")
+    for flag in ("max_examples", "batch_size", "n_draws"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')}: got {value}; expected a positive integer")
+
+
 def analyze_main(argv: list[str] | None = None) -> int:
     """robust-vision-analyze {spectrum,boundary,features,prune,tightness} --checkpoint RUN --output DIR ..."""
     _quiet_tensorflow_logs()
     args = build_parser().parse_args(argv)
-    return _run(args.func, args)
+    command = args.func
+
+    def checked(args: argparse.Namespace) -> int:
+        _check_args(args)
+        return command(args)
+    return _run(checked, args, hard_exit_on_interrupt=argv is None, kept="the analysis did not finish")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -134,8 +134,8 @@ def check_model_data(model, dataset, where: str) -> None:
     info = getattr(dataset, "info", dataset)
     check_input_shape(model, info.image_shape, where)
     if model.num_classes != info.num_classes:
-        raise ValueError(f"{model.name} predicts {model.num_classes} classes but the dataset has "
-                         f"{dataset.num_classes}; evaluate on the dataset the model was trained on")
+        raise ValueError(f"{model.name} predicts {model.num_classes} classes but {where} has {info.num_classes}; "
+                         "evaluate on data with the classes the model was trained on (data.classes, --data)")
 
 
 def _progress(ctx: EvalContext, total: int, desc: str):
@@ -472,6 +472,7 @@ def run_plan(ctx: EvalContext, plan: Sequence[str]) -> EvalOutcome:
     if unknown:
         raise ValueError(f"unknown evaluation part {unknown[0]!r}; valid parts: {', '.join(PARTS)}")
     from robust_vision.distributed import is_main_process
+    from robust_vision.interrupts import check_interrupt
 
     ecfg, log = ctx.cfg.evaluation, ctx.log
     write = is_main_process()  # every process computes; only process 0 writes tables
@@ -485,12 +486,11 @@ def run_plan(ctx: EvalContext, plan: Sequence[str]) -> EvalOutcome:
     for part in PARTS:
         if part not in plan:
             continue
+        check_interrupt()  # a Ctrl-C swallowed inside a JAX callback (while loading or compiling)
         if part == "grid":
             with timed(out.timings, "grid"):
                 grid = grid_part(ctx)
             out.rows, out.confidences = grid["results"], grid["confidences"]
-            if write:
-                write_robustness_tables(ctx.out_dir, out.rows, out.confidences)
             log(format_summary(out.rows))
             if len(ctx.models) > 1:
                 out.comparison = comparison_at(out.rows, ctx.models[0].name, ctx.models[1].name)
@@ -529,7 +529,10 @@ def run_plan(ctx: EvalContext, plan: Sequence[str]) -> EvalOutcome:
             log(suite.format_calibration_summary(out.calibration_per_model, ecfg.conformal_alpha))
             if merged["note"]:
                 log(f"  note: {merged['note']}")
-    if write:
+    check_interrupt()
+    if write:  # every table at the end, together: an interrupted evaluation leaves none of its own
+        if "grid" in plan:
+            write_robustness_tables(ctx.out_dir, out.rows, out.confidences)
         write_suite_tables(ctx.out_dir, out.suite)
     log("")
     log(format_timings(out.timings))

@@ -23,6 +23,7 @@ from typing import Callable
 import jax
 import numpy as np
 import yaml
+from flax import nnx
 from tqdm.auto import tqdm
 
 from robust_vision.config import Config, ConfigError, config_to_dict, save_config
@@ -44,8 +45,8 @@ from robust_vision.regularizers import make_regularizer
 from robust_vision.training.adversarial import adversarial_hooks, write_adversarial_examples
 from robust_vision.training.finetune import load_initial_weights
 from robust_vision.training.pretrain import pretrain_local_layer
-from robust_vision.training.steps import (init_train_state, make_eval_step, make_robust_eval_step, make_run_optimizer,
-                                          make_train_step, model_program_key, split_model)
+from robust_vision.training.steps import (init_train_state, make_eval_step, make_logits_fn, make_robust_eval_step,
+                                          make_run_optimizer, make_train_step, model_program_key, split_model)
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "train_margin", "train_snr",
                   "val_loss", "val_accuracy", "val_margin", "val_snr", "val_snr_median", "val_ece",
@@ -226,6 +227,22 @@ def _fmt_snr(value: float | None) -> str:
     return f"{value:.1f}" if value < 1e6 else f"{value:.3e}"
 
 
+def _check_activations(cfg: Config, data) -> None:
+    """``preflight.check_activation_memory`` of one training batch, on the abstract model (nothing
+    allocated): the input-only estimate of ``check_memory`` misses activations, ~6x the inputs of
+    a 2000 px batch, and the process died with SIGSEGV instead of a message."""
+    from robust_vision.preflight import activations_may_matter, check_activation_memory
+
+    shape = (cfg.training.batch_size, *data.image_shape)
+    if not activations_may_matter(shape):  # the common case: no model is built for the estimate
+        return
+    abstract = split_model(nnx.eval_shape(lambda: create_model(cfg.model, input_shape=data.image_shape,
+                                                                   num_classes=data.num_classes, seed=0)))
+    logits = make_logits_fn(abstract)
+    check_activation_memory(lambda params, state, x: logits(params, state, x), (abstract.params, abstract.model_state),
+                            shape)
+
+
 def _train_hooks(tcfg, steps_per_epoch: int) -> dict:
     """Loss hooks of ``make_train_step``: AugMix (training.augmix), adversarial training or
     certified training (training.certified)."""
@@ -275,6 +292,7 @@ def _train_backprop(cfg: Config, *, resume: bool, log: Callable[[str], None]) ->
     run_dir.mkdir(parents=True, exist_ok=True)
     if tcfg.adversarial.method == "augment":
         data = _with_adversarial_examples(cfg, data, run_dir, log)
+    _check_activations(cfg, data)
     model = create_model(cfg.model, input_shape=data.image_shape, num_classes=data.num_classes, seed=tcfg.seed)
     if tcfg.certified.method != "none" and tcfg.certified.ibp_init:  # a resumed / init_from run loads over it
         from robust_vision.training.certified import ibp_initialize
@@ -406,10 +424,12 @@ def _train_loop(cfg, resume, log, run_dir, store, data: TrainData, mesh, model, 
             first = slice(0, tcfg.batch_size)  # gathered rows are in batch order
             reference_loss = float(np.mean(gathered["loss"][first][keep[first]]))
         if diverged(train_summary["loss"], reference_loss):
+            last = store.latest_epoch()
+            kept = (f"the last good checkpoint (epoch {last}) is kept in {run_dir / 'checkpoints'}" if last is not None
+                    else "no checkpoint was written (it diverged before the first one)")
             raise TrainingError(f"training diverged at epoch {epoch} (train loss = {train_summary['loss']:.4g}, "
                                 f"{train_summary['loss'] / max(reference_loss, 1.0):.2g}x the first batch's "
-                                f"{reference_loss:.4g}); the "
-                                f"last good checkpoint is kept in {run_dir / 'checkpoints'}; lower training.learning_rate "
+                                f"{reference_loss:.4g}); {kept}; lower training.learning_rate "
                                 "(or training.margin_lambda) and start a new run")
 
         row = {"epoch": epoch, "train_loss": train_summary["loss"], "train_accuracy": train_summary["accuracy"],
