@@ -243,9 +243,9 @@ def _check_activations(cfg: Config, data) -> None:
                             shape)
 
 
-def _train_hooks(tcfg, steps_per_epoch: int) -> dict:
+def _train_hooks(tcfg, steps_per_epoch: int | None = None) -> dict:
     """Loss hooks of ``make_train_step``: AugMix (training.augmix), adversarial training or
-    certified training (training.certified)."""
+    certified training (training.certified, whose eps ramp needs ``steps_per_epoch``)."""
     from robust_vision.training.augmix import augmix_hooks
     from robust_vision.training.certified import certified_hooks
 
@@ -255,8 +255,12 @@ def _train_hooks(tcfg, steps_per_epoch: int) -> dict:
     if tcfg.certified.method != "none" and (tcfg.augmix.enabled or tcfg.adversarial.method != "none" or tcfg.use_mixup):
         raise ConfigError(f"training.certified.method={tcfg.certified.method} replaces the training loss: turn off "
                           "training.augmix, training.adversarial and training.use_mixup")
-    return (augmix_hooks(tcfg.augmix) or adversarial_hooks(tcfg.adversarial)
-            or certified_hooks(tcfg.certified, steps_per_epoch))
+    hooks = augmix_hooks(tcfg.augmix) or adversarial_hooks(tcfg.adversarial)
+    if tcfg.certified.method != "none":
+        if steps_per_epoch is None:
+            raise ValueError("certified training needs steps_per_epoch (the eps ramp is in epochs)")
+        hooks = certified_hooks(tcfg.certified, steps_per_epoch)
+    return hooks
 
 
 def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = print) -> TrainResult:
