@@ -11,7 +11,8 @@ import pytest
 
 from robust_vision.attacks import get_attack
 from robust_vision.attacks.apgd_t import apgd_t, dlr_loss, dlr_targeted_loss
-from robust_vision.attacks.autoattack import run_autoattack, write_autoattack_json
+from robust_vision.attacks.autoattack import (CARD_KEYS, card_dataset, card_eps, parse_card, run_autoattack,
+                                              write_autoattack_json)
 from robust_vision.attacks.fab import fab_t_minimal
 from robust_vision.attacks.gradient import apgd_ce
 from robust_vision.attacks.square import square_trace
@@ -162,11 +163,15 @@ def test_ensemble_not_weaker_than_any_stage_and_deterministic(tmp_path):
     again = run_autoattack(model, x, y, 0.06, "linf", jax.random.key(8), return_adversarial=True, **SMALL)
     np.testing.assert_array_equal(again["x_adv"], r["x_adv"])
 
-    path = write_autoattack_json(tmp_path / "autoattack.json", r, model_name="mlp")
+    path = write_autoattack_json(tmp_path / "autoattack.json", r, model_name="mlp", dataset="cifar10",
+                                 architecture="wrn-28-10", card={"authors": "A. B", "additional_data": False})
     rec = json.loads(path.read_text())
-    assert rec["threat_model"] == "Linf" and rec["eps"] == 0.06 and rec["n_examples"] == 24
-    assert rec["attack_version"] == "standard" and rec["autoattack_acc"] == f"{100 * r['robust_accuracy']:.2f}"
-    assert rec["clean_acc"] == f"{100 * 21 / 24:.2f}" and len(rec["stages"]) == 4
+    assert list(rec) == list(CARD_KEYS)  # RobustBench's model card, in its order
+    assert rec["threat_model"] == "Linf" and rec["eps"] == "0.06" and rec["dataset"] == "cifar10"
+    assert rec["autoattack_acc"] == f"{100 * r['robust_accuracy']:.2f}" and rec["clean_acc"] == f"{100 * 21 / 24:.2f}"
+    assert (rec["name"], rec["architecture"], rec["number_forward_passes"]) == ("mlp", "WideResNet-28-10", 1)
+    assert (rec["authors"], rec["additional_data"], rec["link"], rec["venue"], rec["reported"]) == (
+        "A. B", False, None, None, None)
 
 
 def test_flags_gradient_free_attack_beats_gradients_on_a_zero_gradient_model():
@@ -261,3 +266,19 @@ def test_square_in_query_chunks_gives_the_points_of_one_call():
     assert 0 < new == fooled_whole.sum() < len(y)
     np.testing.assert_array_equal(~robust, fooled_whole)
     np.testing.assert_array_equal(x_adv[~robust], whole[fooled_whole])
+
+
+def test_model_card_fields_are_written_as_robustbench_writes_them():
+    assert [card_eps(e) for e in (8 / 255, 4 / 255, 0.031, 0.5, 0.1)] == ["8/255", "4/255", "0.031", "0.5", "0.1"]
+    cifar = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    assert card_dataset("image_folder", cifar, (32, 32, 3)) == "cifar10"  # the CIFAR-10 zips
+    assert card_dataset("image_folder", cifar[::-1], (32, 32, 3)) == "image_folder"
+    assert card_dataset("cifar100", ("a", "b"), (32, 32, 3)) == "cifar100"
+    card = parse_card(["link=https://arxiv.org/abs/2001.03994", "additional_data=false", "reported=46.06",
+                       "number_forward_passes=2", "authors=Eric Wong, Leslie Rice"])
+    assert card == {"link": "https://arxiv.org/abs/2001.03994", "additional_data": False, "reported": "46.06",
+                    "number_forward_passes": 2, "authors": "Eric Wong, Leslie Rice"}
+    for bad in ("colour=red", "authors", "additional_data=maybe", "number_forward_passes=0"):
+        with pytest.raises(ValueError, match="--card") as info:
+            parse_card([bad])
+        assert "\n" not in str(info.value)

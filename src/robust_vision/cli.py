@@ -27,7 +27,7 @@ def _exit_code(exc: BaseException) -> int | None:
         return tuple(getattr(mod, n) for n in names) if mod is not None else ()
 
     if isinstance(exc, classes("robust_vision.config", "ConfigError")
-                  + classes("robust_vision.runs.checkpoint", "CheckpointError")):
+                  + classes("robust_vision.runs.paths", "CheckpointError")):
         return 2
     if isinstance(exc, classes("robust_vision.runs.checkpoint", "CheckpointWriteError")
                   + classes("robust_vision.training.trainer", "TrainingError")):
@@ -37,36 +37,61 @@ def _exit_code(exc: BaseException) -> int | None:
     return None
 
 
-def _run(main: Callable[[argparse.Namespace], int | None], args: argparse.Namespace, *,
-         hard_exit_on_interrupt: bool = False) -> int:
-    """Run ``main(args)`` and map its errors to one line on stderr and an exit code: bad input 2,
-    a fault (divergence, disk full) 1, Ctrl-C 130.
+def _interrupted(kept: str, hard_exit: bool) -> int:
+    """Ctrl-C: one line saying what was kept; 130. ``hard_exit`` (console scripts): leave with
+    ``os._exit(130)`` rather than a normal interpreter shutdown, which can crash (SIGSEGV) while
+    XLA's threads are still being torn down (every ``finally`` has run by now)."""
+    print(f"interrupted; {kept}", file=sys.stderr)
+    if hard_exit:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    return 130
 
-    ``hard_exit_on_interrupt`` (console scripts, not in-process callers): after Ctrl-C, once every
-    ``finally`` has closed its checkpoint managers, leave with ``os._exit(130)`` rather than a normal
-    interpreter shutdown, which can crash (SIGSEGV) while XLA's threads are still being torn down.
-    """
+
+def _run(main: Callable[[argparse.Namespace], int | None], args: argparse.Namespace, *,
+         hard_exit_on_interrupt: bool = False, kept: str = "the last completed checkpoint is kept") -> int:
+    """Run ``main(args)`` and map its errors to one line on stderr and an exit code: bad input 2,
+    a fault (divergence, disk full) 1, Ctrl-C 130 with ``interrupted; <kept>`` (what is left on
+    disk, in the command's words). ``hard_exit_on_interrupt``: see :func:`_interrupted`."""
     from robust_vision.compile_cache import enable_compile_cache_early
-    from robust_vision.interrupts import sigint_guard
+    from robust_vision.interrupts import check_interrupt, sigint_guard, was_interrupted
 
     try:
-        with sigint_guard():
-            # Every entry point, without importing JAX; train / eval re-point it from their config.
-            enable_compile_cache_early()
-            return int(main(args) or 0)
-    except Exception as exc:  # noqa: BLE001 - classified below; anything else propagates unchanged
-        code = _exit_code(exc)
-        if code is None:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return code
+        with sigint_guard(kept):
+            try:
+                # Every entry point, without importing JAX; train / eval re-point it from their config.
+                enable_compile_cache_early()
+                code = int(main(args) or 0)
+                check_interrupt()  # swallowed by a callback after the command's last check: still 130
+                return code
+            except Exception as exc:  # noqa: BLE001 - classified below; anything else propagates unchanged
+                if was_interrupted():  # e.g. the ImportError of an extension whose initialisation Ctrl-C stopped
+                    raise KeyboardInterrupt from None
+                code = _exit_code(exc)
+                if code is None:
+                    raise
+                print(f"error: {exc}", file=sys.stderr)
+                return code
     except KeyboardInterrupt:
-        print("interrupted; the last completed checkpoint is kept", file=sys.stderr)
-        if hard_exit_on_interrupt:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(130)
-        return 130
+        return _interrupted(kept, hard_exit_on_interrupt)
+
+
+def console_entry(kept: str) -> Callable[[Callable[[list[str] | None], int]], Callable[[list[str] | None], int]]:
+    """Decorate an entry point ``main(argv)`` so that Ctrl-C also while it parses arguments or
+    imports (before :func:`_run`) is one ``interrupted; <kept>`` line and 130, never a traceback;
+    console scripts (``argv`` None) leave with ``os._exit``."""
+    import functools
+
+    def wrap(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+        @functools.wraps(main)
+        def entry(argv: list[str] | None = None) -> int:
+            try:
+                return main(argv)
+            except KeyboardInterrupt:
+                return _interrupted(kept, argv is None)
+        return entry
+    return wrap
 
 
 def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -93,13 +118,14 @@ def _add_distributed_args(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from robust_vision.config import load_config
-    from robust_vision.preflight import check_data_source, check_memory
+    from robust_vision.preflight import check_data_source, check_memory, check_process_flags
 
     overrides = list(args.override)
     if args.run_dir:
         overrides.append(f"training.checkpoint_dir={args.run_dir}")
     if args.no_progress or args.quiet:
         overrides.append("training.progress_bar=false")
+    check_process_flags(args.coordinator, args.num_processes, args.process_id, args.coordinator_timeout)
     cfg = load_config(args.config, overrides)
     check_data_source(cfg.data)  # a bad path or size costs a fraction of a second: JAX is not imported yet
     check_memory(cfg)
@@ -115,6 +141,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+@console_entry("the last completed checkpoint is kept")
 def train_main(argv: list[str] | None = None) -> int:
     """robust-vision-train --config FILE [--override K=V ...] [--resume] [--run-dir DIR]"""
     _quiet_tensorflow_logs()
@@ -143,9 +170,25 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    """The value of ``flag`` in ``argv`` (``--flag V`` or ``--flag=V``), read before the parser exists."""
+    for i, item in enumerate(argv):
+        if item == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if item.startswith(flag + "="):
+            return item[len(flag) + 1:]
+    return None
+
+
+@console_entry("nothing was written")
 def import_main(argv: list[str] | None = None) -> int:
     """robust-vision-import --from model.safetensors --model wrn-28-10 --output RUN [--config FILE] ..."""
     _quiet_tensorflow_logs()
+    source = _flag_value(argv if argv is not None else sys.argv[1:], "--from")
+    if source is not None and not os.path.isfile(source):  # before JAX (the architecture list imports it)
+        print(f"error: --from: '{source}' not found; pass a PyTorch state_dict file (.safetensors, or .pt with "
+              "torch installed)", file=sys.stderr)
+        return 2
     from robust_vision.models.import_weights import IMPORTABLE
 
     parser = argparse.ArgumentParser(prog="robust-vision-import",
@@ -159,10 +202,12 @@ def import_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, default=3, help="input channels (default 3)")
     parser.add_argument("--num-classes", dest="num_classes", type=int,
                         help="classes (default: rows of the file's classifier weight)")
-    return _run(_import, parser.parse_args(argv))
+    return _run(_import, parser.parse_args(argv), hard_exit_on_interrupt=argv is None, kept="nothing was written")
 
 
 # --------------------------------------------------------------------------- eval
+
+EVAL_KEPT = "the evaluation did not finish and wrote no tables or results.json"
 
 
 def _yaml_list(values: list) -> str:
@@ -183,7 +228,7 @@ def _eval_config(args: argparse.Namespace):
     import json
 
     from robust_vision.config import load_config
-    from robust_vision.runs.loading import resolve_checkpoint
+    from robust_vision.runs.paths import resolve_checkpoint
 
     overrides = list(args.override)
     flag_keys = {"noise_types": "evaluation.noise_types", "levels": "evaluation.noise_levels",
@@ -200,6 +245,7 @@ def _eval_config(args: argparse.Namespace):
                   "noise_radii": "evaluation.attack_noise_radii", "sigma": "evaluation.certify_sigma",
                   "n0": "evaluation.certify_n0", "certify_n": "evaluation.certify_n",
                   "alpha": "evaluation.certify_alpha", "max_examples": "evaluation.certify_max_examples",
+                  "verify_max_examples": "evaluation.verify_max_examples",
                   "calibration": "evaluation.calibration", "conformal_alpha": "evaluation.conformal_alpha"}
     for attr, key in flag_keys.items():
         value = getattr(args, attr)
@@ -225,6 +271,9 @@ def _eval_config(args: argparse.Namespace):
         overrides.append(f"evaluation.attacks={_yaml_list(attacks)}")
     if args.certify:
         overrides.append("evaluation.certify=true")
+    verify = _attack_list(args.verify)  # the same comma-list syntax
+    if verify is not None:
+        overrides.append(f"evaluation.verify={_yaml_list(verify)}")
     if args.no_plots:
         overrides.append("evaluation.generate_plots=false")
     config_path = args.config
@@ -243,53 +292,88 @@ def _asked_parts(args: argparse.Namespace) -> list[str]:
         asked.append("attacks")
     if args.certify:
         asked.append("certify")
+    if _attack_list(args.verify):
+        asked.append("verify")
     if args.calibration:
         asked.append("calibration")
     return asked
+
+
+def _check_eval_args(args: argparse.Namespace) -> dict:
+    """Every check of an eval command line that needs neither JAX nor the model: flags, paths,
+    the config and its values (bounded work), the checkpoint's files and the ``--data`` source
+    (opened, not decoded). Returns what the run needs: cfg, explicit_config, plan, data source."""
+    from robust_vision.evaluation import runner
+    from robust_vision.preflight import check_evaluation_work, check_output_dir, check_process_flags
+    from robust_vision.runs.paths import read_meta, resolve_checkpoint
+
+    check_process_flags(args.coordinator, args.num_processes, args.process_id, args.coordinator_timeout)
+    data_split = getattr(args, "split", None)
+    if data_split == "all":  # --split all exists only for --data (no config key holds it)
+        if not getattr(args, "data", None):
+            raise ValueError("--split all: needs --data SOURCE (a config's dataset has train / val / test splits)")
+        args.split = None
+    _, checkpoint_dir = resolve_checkpoint(args.checkpoint)
+    if args.baseline:
+        resolve_checkpoint(args.baseline)
+    cfg, explicit_config = _eval_config(args)
+    ecfg = cfg.evaluation
+    check_output_dir(ecfg.output_dir)  # an --output that is a file fails before the evaluation
+    check_evaluation_work(ecfg)
+    plan = runner.plan_parts(ecfg, parts=runner.parse_parts(args.parts), asked=_asked_parts(args))
+    source = None
+    if getattr(args, "data", None):  # --data: the whole given source as the checkpoint's input (docs/DATA.md)
+        from robust_vision.data.sources import load_eval_source
+
+        meta = read_meta(checkpoint_dir)
+        # Only the asked split is opened; it is streamed (read batch by batch), never decoded whole.
+        source = load_eval_source(args.data, args.dataset, data_split or ecfg.split, meta["input_shape"],
+                                  int(meta["num_classes"]), log=print if not args.process_id else lambda s: None)
+    return {"cfg": cfg, "explicit_config": explicit_config, "plan": plan, "source": source}
 
 
 def _eval(args: argparse.Namespace) -> int:
     import builtins
     from pathlib import Path
 
+    checked = _check_eval_args(args)  # before JAX: a bad command line costs a fraction of a second
     from robust_vision import distributed
     from robust_vision.compile_cache import enable_compile_cache
-    from robust_vision.config import config_to_dict
     from robust_vision.evaluation import runner, suite
+    from robust_vision.interrupts import check_interrupt
     from robust_vision.runs.loading import load_trained_model
-    from robust_vision.evaluation.report import versions, write_json
 
-    data_split = getattr(args, "split", None)
-    if data_split == "all":  # --split all exists only for --data (no config key holds it)
-        if not getattr(args, "data", None):
-            raise ValueError("--split all: needs --data SOURCE (a config's dataset has train / val / test splits)")
-        args.split = None
     distributed.init_from_args(args)  # first: before anything touches a JAX device
+    if args.allow_unverified:
+        from robust_vision.runs.checkpoint import allow_unverified
+
+        allow_unverified()
     main = distributed.is_main_process()  # only process 0 prints and writes tables and figures
     print = distributed.main_only(builtins.print)  # noqa: A001
-    cfg, explicit_config = _eval_config(args)
+    cfg, explicit_config, plan = checked["cfg"], checked["explicit_config"], checked["plan"]
     enable_compile_cache("off" if args.no_compile_cache else cfg.training.compile_cache_dir)
     ecfg = cfg.evaluation
-    from robust_vision.preflight import check_output_dir
-
-    check_output_dir(ecfg.output_dir)  # an --output that is a file fails before the evaluation
     if ecfg.suite != "none" and ecfg.suite_data is None:
         suite.resolve_suite(ecfg.suite)  # a generated suite; published files are checked when opened
     suite.check_attacks(ecfg.attacks, ecfg.attack_norm)  # bad attack settings fail before any work
-    plan = runner.plan_parts(ecfg, parts=runner.parse_parts(args.parts), asked=_asked_parts(args))
+    check_interrupt()  # a Ctrl-C while JAX was imported waited for this point
+    from robust_vision.attacks.autoattack import parse_card
+
+    card = parse_card(args.card)
+    dataset = cfg.data.dataset_name
     model = load_trained_model(args.checkpoint, cfg if explicit_config else None)
+    check_interrupt()
     models = [model]
     if args.baseline:
         baseline = load_trained_model(args.baseline, None)
         if baseline.name == model.name:
             baseline.name = f"{baseline.name} (baseline)"
         models.append(baseline)
-    if getattr(args, "data", None):  # --data: the whole given source as the checkpoint's input (docs/DATA.md)
-        from robust_vision.data.sources import load_eval_source
+    if checked["source"] is not None:
+        from robust_vision.data.sources import detect_layout
 
-        # Only the asked split is opened; it is streamed (read batch by batch), never decoded whole.
-        source = load_eval_source(args.data, args.dataset, data_split or ecfg.split, model.input_shape,
-                                  model.num_classes)
+        source = checked["source"]
+        dataset = args.dataset or detect_layout(args.data)
         val_source = None  # no calibration split: temperature and conformal sets are skipped
     else:
         source, val_source = runner.config_split_sources(cfg.data, ecfg.split)
@@ -302,11 +386,26 @@ def _eval(args: argparse.Namespace) -> int:
         levels = sorted({*levels, 0.5})
     out_dir = Path(ecfg.output_dir)
     ctx = runner.EvalContext(cfg=cfg, models=models, source=source, val_source=val_source, noise_types=noise_types,
-                             levels=levels, where=f"{cfg.data.dataset_name} ({ecfg.split} split)", out_dir=out_dir,
-                             quiet=args.quiet, log=print)
-    outcome = runner.run_plan(ctx, plan)
+                             levels=levels, where=f"{dataset} ({ecfg.split} split)", out_dir=out_dir,
+                             quiet=args.quiet, log=print, dataset=dataset, card=card)
     if not main:  # tables, results.json and figures come from process 0 alone
+        runner.run_plan(ctx, plan)
         return 0
+    from robust_vision.preflight import RunLock
+
+    # One evaluation per output directory at a time: two writing one --output would leave
+    # results.json from one and the tables from the other.
+    with RunLock(out_dir, user="evaluation", other="pass another --output"):
+        outcome = runner.run_plan(ctx, plan)
+        _write_eval_results(out_dir, models, ecfg, cfg, ctx, plan, outcome, print)
+    return 0
+
+
+def _write_eval_results(out_dir, models, ecfg, cfg, ctx, plan, outcome, print) -> None:  # noqa: A002
+    """results.json and the figures of one finished evaluation (process 0)."""
+    from robust_vision.config import config_to_dict
+    from robust_vision.evaluation.report import versions, write_json
+
     write_json(out_dir / "results.json", {
         "models": [{"name": m.name, "run_dir": str(m.run_dir), "checkpoint": str(m.checkpoint_dir),
                     "epoch": m.meta.get("epoch"), "input_shape": list(m.input_shape)} for m in models],
@@ -320,7 +419,6 @@ def _eval(args: argparse.Namespace) -> int:
 
         paths = redraw([out_dir], None, style=ecfg.plot_style, dpi=ecfg.dpi, formats=ecfg.format)
         print(f"{len(paths)} figure files written to {out_dir / 'plots'}")
-    return 0
 
 
 def eval_main(argv: list[str] | None = None) -> int:
@@ -348,12 +446,14 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", help="figure formats, e.g. png,pdf")
     parser.add_argument("--no-plots", action="store_true", help="write tables only")
     parser.add_argument("--parts", metavar="LIST",
-                        help="comma list of grid, corruptions, attacks, certify, calibration to run (default: "
-                             "the parts asked for by --suite / --attacks / --certify / --calibration; with none "
+                        help="comma list of grid, corruptions, attacks, certify, verify, calibration to run (default: "
+                             "the parts asked for by --suite / --attacks / --certify / --verify / --calibration; with none "
                              "of them, the grid, calibration and the parts the config enables)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--no-compile-cache", dest="no_compile_cache", action="store_true",
                         help="do not use the persistent compilation cache (ROBUST_VISION_CACHE_DIR=off)")
+    parser.add_argument("--allow-unverified", dest="allow_unverified", action="store_true",
+                        help="load checkpoints that have no checksums.json manifest (written by an older version)")
     g = parser.add_argument_group("corruption benchmark")
     g.add_argument("--suite", nargs="+", metavar="NAME [DIR]",
                    help="imagenet-c (15 corruptions, mCE), imagenet-c-all (+4 held-out) or none; with DIR, the "
@@ -363,7 +463,9 @@ def eval_main(argv: list[str] | None = None) -> int:
     g.add_argument("--reference", metavar="RUN", help="run directory of the reference model for CE / mCE")
     g = parser.add_argument_group("adversarial attacks")
     g.add_argument("--attacks", nargs="+", metavar="LIST", help="comma list of fgsm, pgd, apgd, sparse, noise, apgd-t, apgd-dlr, fab-t, square, autoattack, autoattack-rand (none = off)")
-    g.add_argument("--eps", nargs="+", type=float, metavar="EPS", help="fgsm / pgd / apgd budgets in [0, 1] pixel units")
+    g.add_argument("--eps", nargs="+", metavar="EPS", help="fgsm / pgd / apgd budgets in [0, 1] pixel units (8/255 allowed)")
+    g.add_argument("--card", action="append", metavar="KEY=VALUE",
+                   help="autoattack.json model-card field: link, name, authors, additional_data, venue, reported, ...")
     g.add_argument("--attack-steps", dest="attack_steps", type=int, metavar="N", help="iterations of pgd / apgd / sparse / noise")
     g.add_argument("--attack-norm", dest="attack_norm", metavar="NORM", help="linf (default) or l2 (pgd / apgd)")
     g.add_argument("--attack-max-examples", dest="attack_max_examples", type=int, metavar="N",
@@ -380,13 +482,19 @@ def eval_main(argv: list[str] | None = None) -> int:
     g.add_argument("--alpha", type=float, metavar="A", help="failure probability of a certificate (default 0.001)")
     g.add_argument("--max-examples", dest="max_examples", type=int, metavar="N",
                    help="certify the first N examples of the split (default 100)")
+    g = parser.add_argument_group("verification (bound propagation, docs/VERIFY.md)")
+    g.add_argument("--verify", nargs="+", metavar="LIST",
+                   help="comma list of ibp, crown-ibp, crown, alpha-crown: verified accuracy at every --eps under "
+                        "--attack-norm, beside PGD on the same examples (none = off)")
+    g.add_argument("--verify-max-examples", dest="verify_max_examples", type=int, metavar="N",
+                   help="verify the first N examples of the split (default 200)")
     g = parser.add_argument_group("calibration")
     g.add_argument("--calibration", action=argparse.BooleanOptionalAction, default=None,
                    help="reliability, temperature, conformal and selective tables (default: on)")
     g.add_argument("--conformal-alpha", dest="conformal_alpha", nargs="+", type=float, metavar="A",
                    help="conformal miscoverage levels (default 0.1)")
     _add_distributed_args(parser)
-    return _run(_eval, parser.parse_args(argv))
+    return _run(_eval, parser.parse_args(argv), hard_exit_on_interrupt=argv is None, kept=EVAL_KEPT)
 
 
 # --------------------------------------------------------------------------- plot
@@ -394,6 +502,13 @@ def eval_main(argv: list[str] | None = None) -> int:
 
 def plot_main(argv: list[str] | None = None) -> int:
     """robust-vision-plot RESULTS_DIR... : redraw every figure from saved tables."""
+    items = list(sys.argv[1:] if argv is None else argv)
+    valued = {"--output", "--dpi", "--style", "--format"}
+    for i, item in enumerate(items):  # a missing directory fails before matplotlib and JAX are imported
+        if not item.startswith("-") and (i == 0 or items[i - 1] not in valued) and not os.path.exists(item):
+            print(f"robust-vision-plot: error: '{item}' does not exist; pass run or results directories "
+                  "(or their CSV tables)", file=sys.stderr)
+            return 2
     from robust_vision.viz import main
 
     return main(argv)

@@ -11,6 +11,10 @@ Where the cache lives, first match wins:
    ``"off"`` disables);
 3. ``$XDG_CACHE_HOME/robust-vision/jax`` (default ``~/.cache/robust-vision/jax``).
 
+A new cache directory is created private (0700). A directory is used only if it is owned by the
+current user and not writable by group or others (``untrusted_reason``); otherwise the cache is
+off for the run, with one warning line saying why: its entries are programs that will run as you.
+
 The cache is JAX's own (``jax_compilation_cache_dir``); we only choose the directory and
 cache every program (no minimum compile time or entry size), because on a CPU laptop many
 small programs together make up the wait. Nothing here is written by hand beyond that.
@@ -19,6 +23,8 @@ small programs together make up the wait. Nothing here is written by hand beyond
 from __future__ import annotations
 
 import os
+import stat
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -51,15 +57,59 @@ def resolve_cache_dir(path: str | os.PathLike | None = None) -> Path | None:
     return default_cache_dir()
 
 
+def untrusted_reason(directory: Path) -> str | None:
+    """Why ``directory`` must not hold cached programs, or None when it may.
+
+    Cache entries are programs this process will run (XLA entries are native code), so, as ssh
+    does with its keys, a directory is trusted only if it is a real directory owned by the
+    current user, not writable by group or others, and writable by us (a read-only cache makes
+    JAX print warnings on every write)."""
+    try:
+        info = os.lstat(directory)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if not stat.S_ISDIR(info.st_mode):
+        return "is not a directory"
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        return f"is owned by uid {info.st_uid}, not by you (uid {os.getuid()})"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"is writable by {'others' if info.st_mode & stat.S_IWOTH else 'its group'} (mode {stat.S_IMODE(info.st_mode):o})"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return "is not writable by you"
+    return None
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(cache_dir: Path, reason: str) -> None:
+    """One line on stderr per directory and process: the cache is off, and why."""
+    if str(cache_dir) not in _warned:
+        _warned.add(str(cache_dir))
+        print(f"warning: compilation cache {cache_dir} {reason}; caching is off for this run "
+              f"(fix: chmod 700 it as its owner, or set {ENV_VAR} to a private directory)", file=sys.stderr)
+
+
 def _usable_cache_dir(path: str | os.PathLike | None) -> Path | None:
-    """``resolve_cache_dir(path)``, created; None when the cache is off or the directory cannot
-    be created (the cache is an optimisation, never a reason to fail a run)."""
+    """``resolve_cache_dir(path)``, created private (0700); None when the cache is off, the
+    directory cannot be created, or it is not trusted (``untrusted_reason``: one warning line).
+    The cache is an optimisation, never a reason to fail a run."""
     cache_dir = resolve_cache_dir(path)
-    if cache_dir is not None:
+    if cache_dir is None:
+        return None
+    if not cache_dir.exists():
         try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-        except OSError:
+            cache_dir.parent.mkdir(parents=True, exist_ok=True)
+            cache_dir.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            _warn_once(cache_dir, f"cannot be created ({exc.strerror})")
             return None
+    reason = untrusted_reason(cache_dir)
+    if reason is not None:
+        _warn_once(cache_dir, reason)
+        return None
     return cache_dir
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -93,8 +94,8 @@ class ModelConfig:
     use_residual: bool = _f(True, help="cnn: residual (True) or plain (False) conv blocks")
     use_batch_norm: bool = _f(True, help="cnn: batch norm after each convolution")
     width: int = _f(64, min=1, help="resnet18, preact_resnet18: channels of the first stage (doubles each stage)")
-    normalize_mean: Optional[list[float]] = _f(None, help="preact_resnet18, wrn-*: per-channel mean subtracted from the [0, 1] input (RobustBench CIFAR-10: [0.4914, 0.4822, 0.4465]); null = no normalisation")
-    normalize_std: Optional[list[float]] = _f(None, help="preact_resnet18, wrn-*: per-channel std the input is divided by (RobustBench CIFAR-10: [0.2471, 0.2435, 0.2616]); set with normalize_mean")
+    normalize_mean: Optional[list[float]] = _f(None, help="preact_resnet18, wrn-*, cnn7, cnn_small: per-channel mean subtracted from the [0, 1] input (RobustBench CIFAR-10: [0.4914, 0.4822, 0.4465]); null = no normalisation")
+    normalize_std: Optional[list[float]] = _f(None, help="preact_resnet18, wrn-*, cnn7, cnn_small: per-channel std the input is divided by (RobustBench CIFAR-10: [0.2471, 0.2435, 0.2616]); set with normalize_mean")
     hidden_units: list[int] = _f(factory=list, help="linear: optional hidden layers (empty = a pure linear classifier)")
     perturb: PerturbConfig = field(default_factory=lambda: PerturbConfig(),
                                    metadata={"help": "lenet / cifarnet / perturb_resnet18 / resnet18_matched options"})
@@ -113,6 +114,7 @@ class DataConfig:
     test_fraction: float = _f(0.2, min=0.0, max=0.9, help="fraction held out for test where the source has no test split")
     split_seed: int = _f(0, help="seed of the fixed train/val/test split")
     max_train_examples: Optional[int] = _f(None, min=1, help="cap the training split (for quick runs)")
+    pixel_max: Optional[float] = _f(None, min=0.0, min_exclusive=True, help="npz: the value of a white pixel of integer or float images that are neither uint8 0..255 nor float [0, 1] (e.g. 255 for int64, 65535 for uint16); they are scaled by 1 / pixel_max")
 
 
 @dataclass
@@ -168,6 +170,41 @@ class RegularizerConfig:
 
 
 @dataclass
+class ValAttackConfig:
+    """Held-out robust accuracy during training: Linf PGD with a random start on ``max_examples``
+    validation images (evenly spaced over the split, so every class is in), eval-mode model (the evaluation weights), the same
+    attack key every epoch so that epochs are compared on the same draws."""
+
+    steps: int = _f(0, min=0, help="PGD iterations (0 = off; Rice et al. 2020: 10)")
+    eps: float = _f(8 / 255, min=0.0, min_exclusive=True, help="Linf budget in [0, 1] pixel units (8/255 allowed)")
+    step_size: Optional[float] = _f(None, min=0.0, min_exclusive=True, help="PGD step; null = 2.5 * eps / steps")
+    max_examples: int = _f(1000, min=1, help="attack N validation images, evenly spaced over the split")
+
+
+@dataclass
+class CertifiedConfig:
+    """Certified (bound-propagation) training, Linf (robust_vision.training.certified, docs/VERIFY.md)."""
+
+    method: Literal["none", "ibp", "crown-ibp"] = _f(
+        "none", help="ibp: cross-entropy of IBP margin bounds (Gowal et al. 2018); crown-ibp: of CROWN-IBP bounds "
+                     "mixed with IBP's (Zhang et al. 2020); none = off")
+    eps: float = _f(0.1, min=0.0, min_exclusive=True, help="training budget (Linf, pixel units); recipes train "
+                                                          "above the test budget (CROWN-IBP MNIST: 0.4 for 0.3)")
+    warmup_epochs: float = _f(1.0, min=0.0, help="natural training (eps = 0) before the ramp")
+    ramp_epochs: float = _f(10.0, min=0.0, min_exclusive=True, help="epochs over which eps grows to its value")
+    schedule: Literal["smooth", "linear"] = _f(
+        "smooth", help="eps ramp: smooth = polynomial (power 4) for the first quarter, then linear (Shi et al. 2021)")
+    kappa_start: float = _f(1.0, min=0.0, max=1.0, help="weight of the natural loss at the start of the ramp")
+    kappa_end: float = _f(0.0, min=0.0, max=1.0, help="... and from its end (the bound loss gets 1 - kappa)")
+    beta_start: float = _f(1.0, min=0.0, max=1.0, help="crown-ibp: weight of the CROWN-IBP bound (vs IBP) at the ramp's start")
+    beta_end: float = _f(0.0, min=0.0, max=1.0, help="crown-ibp: ... and from its end")
+    ibp_init: bool = _f(True, help="IBP initialisation (Shi et al. 2021): kernels ~ N(0, 2 pi / fan_in^2), biases 0")
+    regularizer_weight: float = _f(0.5, min=0.0, help="Shi et al.'s tightness + ReLU-balance regulariser weight at "
+                                                      "the ramp's start, decaying to 0 with eps (0 = off)")
+    regularizer_tau: float = _f(0.5, min=0.0, min_exclusive=True, help="target of both regularisers (paper: 0.5)")
+
+
+@dataclass
 class TrainingConfig:
     seed: int = _f(0, help="seed of initialisation, shuffling, dropout and augmentation")
     learning_rule: Literal["backprop", "hebbian", "sgd_mse"] = _f(
@@ -178,10 +215,19 @@ class TrainingConfig:
     eval_batch_size: int = _f(512, min=1, help="batch size of validation / evaluation passes")
     optimizer: Literal["adam", "adamw", "sgd"] = _f("adam", help="optimizer (Optax)")
     learning_rate: float = _f(1e-3, min=0.0, min_exclusive=True, help="peak learning rate")
-    momentum: float = _f(0.9, min=0.0, max=1.0, help="sgd momentum (Nesterov off)")
+    momentum: float = _f(0.9, min=0.0, max=1.0, help="sgd momentum")
+    nesterov: bool = _f(False, help="sgd: Nesterov momentum")
     weight_decay: float = _f(0.0, min=0.0, help="adamw: decoupled weight decay; adam/sgd: L2 added to the gradient")
-    lr_schedule: Literal["constant", "cosine", "warmup_cosine"] = _f("constant", help="learning-rate schedule (Optax)")
-    warmup_epochs: float = _f(0.0, min=0.0, help="warmup_cosine: linear warm-up length in epochs")
+    lr_schedule: Literal["constant", "cosine", "warmup_cosine", "cyclic", "piecewise"] = _f(
+        "constant", help="learning-rate schedule (Optax): cyclic = linear 0 -> learning_rate at warmup_epochs -> 0 at "
+                         "the end (Wong et al. 2020); piecewise = learning_rate times lr_decay_factor at each of "
+                         "lr_milestones (Rice et al. 2020)")
+    warmup_epochs: float = _f(0.0, min=0.0, help="warmup_cosine: linear warm-up length in epochs; cyclic: epoch of "
+                                                 "the peak (fractions allowed)")
+    lr_milestones: list[float] = _f(factory=list, min=0.0, help="piecewise: epochs (fractions allowed) at which the "
+                                                                "learning rate is multiplied by lr_decay_factor")
+    lr_decay_factor: float = _f(0.1, min=0.0, max=1.0, min_exclusive=True,
+                                help="piecewise: factor applied at each milestone")
     grad_clip_norm: Optional[float] = _f(None, min=0.0, min_exclusive=True, help="clip the global gradient norm (null = off)")
 
     loss_type: Literal["cross_entropy", "label_smoothing", "margin", "focal", "combined"] = _f(
@@ -204,6 +250,8 @@ class TrainingConfig:
     noise_augment_clip: bool = _f(True, help="clip noisy training images to [0, 1]; false = the unclipped isotropic noise of randomized smoothing")
     adversarial: AdversarialConfig = field(default_factory=lambda: AdversarialConfig(),
                                            metadata={"help": "adversarial training (pgd / trades) or augmentation"})
+    certified: CertifiedConfig = field(default_factory=lambda: CertifiedConfig(),
+                                       metadata={"help": "certified training by bound propagation (ibp / crown-ibp)"})
     augmix: AugMixConfig = field(default_factory=lambda: AugMixConfig(),
                                  metadata={"help": "AugMix + Jensen-Shannon consistency (not with adversarial training)"})
     regularizers: RegularizerConfig = field(default_factory=lambda: RegularizerConfig(),
@@ -214,6 +262,12 @@ class TrainingConfig:
     ema_enabled: bool = _f(False, help="keep an exponential moving average of the parameters and evaluate with it")
     ema_decay: float = _f(0.99, min=0.0, max=1.0, help="EMA decay per step")
 
+    val_attack: ValAttackConfig = field(default_factory=lambda: ValAttackConfig(),
+                                        metadata={"help": "PGD accuracy of the validation split each validation "
+                                                          "(metrics.csv val_pgd_accuracy; early stopping as Rice et al. 2020)"})
+    early_stop_patience: Optional[int] = _f(None, min=1, help="stop after this many validations without a better "
+                                                             "best_metric (null = train every epoch); the best "
+                                                             "checkpoint is kept either way")
     eval_every: int = _f(1, min=1, help="validate every N epochs (the last epoch is always validated)")
     save_every: int = _f(5, min=1, help="keep a periodic checkpoint every N epochs (the latest is always kept)")
     best_metric: str = _f("val_accuracy", help="metrics.csv column that picks the best checkpoint")
@@ -287,6 +341,12 @@ class EvaluationConfig:
                               help="failure probability of each certificate")
     certify_max_examples: int = _f(100, min=1, help="certify the first N examples of the split (it costs n "
                                                     "forward passes per example)")
+    verify: list[Literal["ibp", "crown-ibp", "crown", "alpha-crown"]] = _f(
+        factory=list, help="deterministic certification by bound propagation (docs/VERIFY.md) at every attack_eps "
+                           "under attack_norm: ibp, crown-ibp, crown, alpha-crown; empty = off")
+    verify_max_examples: int = _f(200, min=1, help="verify the first N examples of the split")
+    verify_batch_size: int = _f(32, min=1, help="images per bound computation (CROWN's memory grows with it)")
+    verify_alpha_steps: int = _f(20, min=1, help="alpha-CROWN: Adam steps on the ReLU slopes")
     calibration: bool = _f(True, help="reliability bins, temperature scaling, conformal sets and selective "
                                       "accuracy per noise condition (validation split calibrates)")
     conformal_alpha: list[float] = _f(factory=lambda: [0.1], min=0.0, max=1.0, min_exclusive=True,
@@ -333,6 +393,10 @@ def _type_name(tp: Any) -> str:
     if origin is dict:
         return "a mapping"
     return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
+
+
+# A number written as a fraction, "8/255" (attack budgets are quoted that way).
+_FRACTION = re.compile(r"([0-9]+(?:\.[0-9]*)?)\s*/\s*([0-9]+(?:\.[0-9]*)?)")
 
 
 def _convert(value: Any, tp: Any, key: str) -> Any:
@@ -391,12 +455,15 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             if not math.isfinite(float(value)):
                 raise ConfigError(f"{key}: got {value!r}; expected a finite number")
             return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; budgets are written 8/255
+            fraction = _FRACTION.fullmatch(value.strip())
+            if fraction and float(fraction[2]) != 0:
+                return _convert(float(fraction[1]) / float(fraction[2]), float, key)
             try:
                 return _convert(float(value), float, key)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: got {value!r}; expected a number")
+        raise ConfigError(f"{key}: got {value!r}; expected a number (or a fraction such as 8/255)")
     if tp is str:
         if isinstance(value, str):
             return value
@@ -492,6 +559,9 @@ def _cross_checks(cfg: Config) -> None:
     if adv.method == "augment" and adv.augment_source is None and cfg.training.init_from is None:
         raise ConfigError("training.adversarial.augment_source: adversarial augmentation attacks a trained model; "
                           "set training.adversarial.augment_source (or training.init_from) to its run directory")
+    if cfg.training.lr_schedule == "piecewise" and not cfg.training.lr_milestones:
+        raise ConfigError("training.lr_milestones: the piecewise schedule needs the epochs at which the learning rate "
+                          "drops, e.g. [100, 150]; set them or pick another training.lr_schedule")
     if cfg.data.val_fraction + cfg.data.test_fraction >= 1.0:
         raise ConfigError("data.val_fraction + data.test_fraction: must be < 1 so that a training split remains")
 

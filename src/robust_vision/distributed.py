@@ -185,14 +185,12 @@ def rendezvous(coordinator: str, num_processes: int, process_id: int, timeout_s:
 
 
 def _check_flags(coordinator: str, num_processes: int, process_id: int) -> None:
-    host, sep, port = coordinator.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise DistributedError(f"--coordinator: got {coordinator!r}; expected HOST:PORT, e.g. 10.0.0.1:1234")
-    if num_processes < 1:
-        raise DistributedError(f"--num-processes: got {num_processes}; expected a positive integer")
-    if not 0 <= process_id < num_processes:
-        raise DistributedError(f"--process-id: got {process_id}; expected 0 .. {num_processes - 1} "
-                               f"(one distinct id per process)")
+    from robust_vision.preflight import check_process_flags
+
+    try:
+        check_process_flags(coordinator, num_processes, process_id)
+    except ValueError as exc:
+        raise DistributedError(str(exc)) from None
 
 
 def init_from_args(args: argparse.Namespace) -> bool:

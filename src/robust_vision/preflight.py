@@ -138,19 +138,22 @@ def check_memory(cfg: "Config", *, available: Optional[int] = None) -> None:
 
 
 class RunLockedError(ValueError):
-    """Another process holds the run directory (exit code 2: choose another directory or wait)."""
+    """Another process holds the run (or output) directory (exit code 2: choose another directory or wait)."""
 
 
 class RunLock:
-    """An exclusive ``fcntl`` lock on ``<run_dir>/.lock`` held for the life of a training.
+    """An exclusive ``fcntl`` lock on ``<run_dir>/.lock`` held for the life of a training (or of
+    an evaluation writing an ``--output`` directory: ``user="evaluation"``, ``other`` the fix).
 
     The kernel drops the lock when the process exits, however it exits, so a crashed run never
     leaves a stale lock. ``acquire`` fails at once (no waiting) when another process holds it.
     """
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, user: str = "training",
+                 other: str = "set training.checkpoint_dir to another directory"):
         self.path = Path(run_dir) / ".lock"
         self._fd: Optional[int] = None
+        self._user, self._other = user, other
 
     def acquire(self) -> "RunLock":
         import fcntl
@@ -163,8 +166,8 @@ class RunLock:
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 holder = self.path.read_text().strip() or "another process"
-                raise RunLockedError(f"{self.path.parent} is in use by another training ({holder}); wait for it "
-                                     "to finish or set training.checkpoint_dir to another directory") from None
+                raise RunLockedError(f"{self.path.parent} is in use by another {self._user} ({holder}); wait for "
+                                     f"it to finish or {self._other}") from None
             raise
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()}".encode())
@@ -274,3 +277,139 @@ def check_data_source(data: "DataConfig") -> None:
     folder = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
     if not (folder / "data_batch_1").is_file() or not (folder / "test_batch").is_file():
         raise ValueError(f"cifar10: no CIFAR-10 batches in {data.data_dir} (data.data_dir); {CIFAR10_HELP}")
+
+
+# --------------------------------------------------------------------------- process-group flags
+
+
+def check_process_flags(coordinator: Optional[str], num_processes: Optional[int], process_id: Optional[int],
+                        timeout_s: Optional[int] = None) -> None:
+    """The values of the distributed flags that were given (``--coordinator``, ``--num-processes``,
+    ``--process-id``, ``--coordinator-timeout``), checked before JAX is imported; which of them
+    must come together is checked when the group is formed (``distributed.initialize``)."""
+    if coordinator is not None:
+        host, sep, port = coordinator.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or " " in host:
+            raise ValueError(f"--coordinator: got {coordinator!r}; expected HOST:PORT, e.g. 10.0.0.1:1234")
+    if num_processes is not None and num_processes < 1:
+        raise ValueError(f"--num-processes: got {num_processes}; expected a positive integer")
+    if process_id is not None and (process_id < 0 or (num_processes is not None and process_id >= num_processes)):
+        expected = f"0 .. {num_processes - 1}" if num_processes is not None else "an integer >= 0"
+        raise ValueError(f"--process-id: got {process_id}; expected {expected} (one distinct id per process)")
+    if timeout_s is not None and timeout_s < 1:
+        raise ValueError(f"--coordinator-timeout: got {timeout_s}; expected seconds >= 1")
+
+
+# --------------------------------------------------------------------------- bounded evaluation work
+
+# The noise types of the robustness grid (corruptions.noise.NOISES; tests/test_trust.py keeps
+# the two equal), named here so a misspelt one fails before JAX is imported.
+NOISE_TYPES = ("gaussian", "salt_pepper", "fog", "occlusion")
+# Forward passes per evaluated image that a single command may ask for. A CPU laptop does about
+# 1e3-1e4 small-model forward passes per second, so each limit is hours of work per image;
+# beyond it a typo (an extra zero or three) would run for days or exhaust memory first.
+MAX_PASSES_PER_IMAGE = {"grid": 100_000, "attacks": 1_000_000, "certify": 10_000_000}
+MAX_ATTACK_STEPS = 100_000
+
+
+def _too_much(what: str, estimate: float, limit: int, fix: str) -> None:
+    if estimate > limit:
+        raise SizeError(f"{what} asks for {estimate:.3g} forward passes per image (at most {limit:.0e}); {fix}")
+
+
+def check_evaluation_work(ecfg) -> None:
+    """Values of the evaluation section that are out of range or multiply into unbounded work,
+    refused before anything runs, with the estimate: noise types and levels, attack budgets (Linf
+    eps in [0, 1]), draws, steps, restarts and queries, certification draws."""
+    unknown = [t for t in ecfg.noise_types if t not in NOISE_TYPES]
+    if unknown:
+        raise ValueError(f"evaluation.noise_types: unknown noise type {unknown[0]!r}; valid types: "
+                         f"{', '.join(NOISE_TYPES)} (--noise-types)")
+    bad = [v for v in ecfg.noise_levels if not 0.0 <= v <= 1.0]
+    if bad:
+        raise ValueError(f"evaluation.noise_levels: {bad[0]} is outside [0, 1] (severity: Gaussian std, "
+                         "salt-and-pepper probability, fog intensity, occlusion area) (--levels)")
+    grid = len(ecfg.noise_types) * len(ecfg.noise_levels) * ecfg.n_draws
+    _too_much(f"evaluation.n_draws={ecfg.n_draws} x {len(ecfg.noise_types)} noise types x "
+              f"{len(ecfg.noise_levels)} levels", grid, MAX_PASSES_PER_IMAGE["grid"], "lower --n-draws")
+    if ecfg.attack_norm == "linf":
+        bad = [e for e in ecfg.attack_eps if not 0.0 <= e <= 1.0]
+        if bad:
+            raise ValueError(f"evaluation.attack_eps: {bad[0]} is outside [0, 1]: an Linf budget in pixel units "
+                             "of images in [0, 1] (e.g. 8/255 = 0.0314) (--eps)")
+    if ecfg.attacks:
+        steps = ecfg.attack_steps or 100
+        if steps > MAX_ATTACK_STEPS:
+            raise SizeError(f"evaluation.attack_steps: {steps} steps x {len(ecfg.attack_eps)} budgets (at most "
+                            f"{MAX_ATTACK_STEPS} steps); lower --attack-steps")
+        _too_much(f"evaluation.attack_steps={steps} x {len(ecfg.attack_eps)} budgets x "
+                  f"{len(ecfg.attacks)} attacks", 2 * steps * len(ecfg.attack_eps) * len(ecfg.attacks),
+                  MAX_PASSES_PER_IMAGE["attacks"], "lower --attack-steps or use fewer --eps values")
+    if ecfg.certify:
+        draws = (ecfg.certify_n0 + ecfg.certify_n) * len(ecfg.certify_sigma)
+        _too_much(f"evaluation.certify_n={ecfg.certify_n} + certify_n0={ecfg.certify_n0} draws x "
+                  f"{len(ecfg.certify_sigma)} sigmas", draws, MAX_PASSES_PER_IMAGE["certify"],
+                  "lower --n / --n0 (Cohen et al. certify with n = 100000)")
+
+
+# --------------------------------------------------------------------------- activations
+
+# Backpropagation keeps (about) every intermediate of the forward pass for the backward one; the
+# estimate below sums them. Below this many times the input batch, activations cannot matter on
+# a machine that passed check_memory, and the (tracing) estimate is skipped.
+_ACTIVATION_GATE = 1000
+
+
+def _jaxpr_bytes(jaxpr) -> int:
+    """Bytes of every intermediate an (open) jaxpr computes, nested jaxprs included."""
+    import numpy as np
+
+    total = 0
+    for eqn in jaxpr.eqns:
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    total += _jaxpr_bytes(inner)
+        for var in eqn.outvars:
+            aval = getattr(var, "aval", None)
+            shape, dtype = getattr(aval, "shape", None), getattr(aval, "dtype", None)
+            if shape is not None and dtype is not None:
+                try:
+                    total += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                except TypeError:  # extended dtypes (PRNG keys): negligible
+                    pass
+    return total
+
+
+def activations_may_matter(batch_shape: tuple[int, ...], available: Optional[int] = None) -> bool:
+    """Whether a float32 batch of ``batch_shape`` is large enough that its activations might not fit
+    (else ``check_activation_memory`` skips the trace, and a caller can skip building the model)."""
+    available = available_memory_bytes() if available is None else available
+    batch_bytes = 4
+    for d in batch_shape:
+        batch_bytes *= int(d)
+    return batch_bytes * _ACTIVATION_GATE >= available
+
+
+def check_activation_memory(forward, args: tuple, batch_shape: tuple[int, ...], *, key: str = "training.batch_size",
+                            available: Optional[int] = None) -> int | None:
+    """Refuse a training batch whose forward-pass intermediates (kept for backpropagation; traced
+    with ``jax.make_jaxpr``, nothing is computed or compiled) exceed the available memory, with the
+    estimate. ``forward(*args, images)``: images (B, H, W, C) float32 -> logits; ``args`` may be
+    ShapeDtypeStructs (an ``nnx.eval_shape`` model's parameters). Returns the estimate in bytes,
+    or None when the batch is too small for it to matter (not traced)."""
+    import jax
+    import numpy as np
+
+    available = available_memory_bytes() if available is None else available
+    batch_bytes = 4 * int(np.prod(batch_shape, dtype=np.int64))
+    if not activations_may_matter(batch_shape, available):
+        return None
+    need = _jaxpr_bytes(jax.make_jaxpr(forward)(*args, jax.ShapeDtypeStruct(batch_shape, np.float32)).jaxpr)
+    if need > available:
+        b, h, w, c = batch_shape
+        raise SizeError(f"{key}: a batch of {b} images of {h}x{w}x{c} keeps about {_gib(need)} of activations for "
+                        f"backpropagation ({_gib(batch_bytes)} of inputs), {_gib(available)} is available; use a "
+                        f"smaller {key} or data.image_size")
+    return need

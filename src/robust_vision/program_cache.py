@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterable, Sequence
 import jax
 import numpy as np
 
-FORMAT = 1
+FORMAT = 2  # 2: an entry's header holds its full key and the SHA-256 of its program
 SUFFIX = ".jaxexport"
 ENV_VAR = "ROBUST_VISION_PROGRAM_CACHE"
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -171,7 +171,15 @@ def cache_directory() -> Path | None:
         return None
     if jax.process_count() > 1:
         return None
-    return Path(jax.config.jax_compilation_cache_dir) / "programs"
+    directory = Path(jax.config.jax_compilation_cache_dir) / "programs"
+    if directory.exists():  # the XLA cache directory itself was checked by compile_cache
+        from robust_vision.compile_cache import _warn_once, untrusted_reason
+
+        reason = untrusted_reason(directory)
+        if reason is not None:
+            _warn_once(directory, reason)
+            return None
+    return directory
 
 
 # --------------------------------------------------------------------------- pytree structure
@@ -302,7 +310,7 @@ class CachedProgram:
         # The donated arguments' leaves, for the flat program.
         ends = np.cumsum([0] + [jax.tree.structure(a).num_leaves for a in args])
         donated = tuple(int(i) for a in self._donate for i in range(ends[a], ends[a + 1]))
-        stored = _read(path, tree, signatures)
+        stored = _read(path, digest, tree, signatures)
         if stored is not None:
             self.hits += 1
             exported, out_tree = stored
@@ -317,7 +325,7 @@ class CachedProgram:
                     pass
                 return self._jit
             self.misses += 1
-            _write(path, exported, out_tree, tree)
+            _write(path, digest, exported, out_tree, tree)
         return jax.jit(exported.call, donate_argnums=donated), out_tree
 
     def _export(self, tree: Any, args: tuple) -> tuple[Any, Any]:
@@ -333,14 +341,20 @@ class CachedProgram:
         return exported, out_trees[-1]
 
 
-def _read(path: Path, tree: Any, signatures: tuple) -> tuple[Any, Any] | None:
-    """(exported program, output structure) stored at ``path``, if it exists, reads back and
-    takes these arguments; None otherwise (a miss)."""
+def _read(path: Path, digest: str, tree: Any, signatures: tuple) -> tuple[Any, Any] | None:
+    """(exported program, output structure) stored at ``path``, if it exists, was written under
+    the key ``digest`` (the full hex key, not only the file name's prefix), its program's SHA-256
+    matches its header, and it takes these arguments; None otherwise (a miss, rewritten). A file
+    renamed, swapped with another entry or damaged is thus never run."""
     try:
         data = path.read_bytes()
         header = int.from_bytes(data[:8], "little")
         meta = json.loads(data[8:8 + header].decode())
-        exported = jax.export.deserialize(bytearray(data[8 + header:]))
+        payload = data[8 + header:]
+        if meta.get("format") != FORMAT or meta.get("key") != digest \
+                or meta.get("sha256") != hashlib.sha256(payload).hexdigest():
+            return None
+        exported = jax.export.deserialize(bytearray(payload))
         out_tree = decode_tree(meta["out_tree"], {**_known_types(), **node_types(tree)})
     except Exception:  # noqa: BLE001 - missing, damaged or foreign: a miss
         return None
@@ -357,22 +371,26 @@ def _safe_name(name: str) -> str:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.exists():  # private, like the cache directory above it
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
 
 
-def _write(path: Path, exported: Any, out_tree: Any, in_tree: Any) -> None:
-    """Store ``exported`` and its output structure at ``path`` atomically, only if the
-    structure reads back equal as ``_read`` will read it (else every later run would miss)."""
+def _write(path: Path, digest: str, exported: Any, out_tree: Any, in_tree: Any) -> None:
+    """Store ``exported`` and its output structure at ``path`` atomically under the key
+    ``digest``, with the SHA-256 of the program, only if the structure reads back equal as
+    ``_read`` will read it (else every later run would miss)."""
     try:
         encoded = encode_tree(out_tree)
         if decode_tree(encoded, {**_known_types(), **node_types(in_tree)}) != out_tree:
             return
-        meta = json.dumps({"format": FORMAT, "out_tree": encoded}).encode()
-        _write_atomic(path, len(meta).to_bytes(8, "little") + meta + bytes(exported.serialize()))
+        payload = bytes(exported.serialize())
+        meta = json.dumps({"format": FORMAT, "key": digest, "sha256": hashlib.sha256(payload).hexdigest(),
+                           "out_tree": encoded}).encode()
+        _write_atomic(path, len(meta).to_bytes(8, "little") + meta + payload)
     except Exception:  # noqa: BLE001 - the cache is an optimisation, never a reason to fail a run
         return
 
@@ -387,10 +405,13 @@ def cached_shapes(compute: Callable[[], Any], *, name: str, key: Any, sources: I
         return compute()
     name = _safe_name(name)
     empty = jax.tree.structure(())
-    path = directory / f"{name}-{program_digest(name, key, empty, (), (), fingerprint)[:40]}.shapes.json"
+    digest = program_digest(name, key, empty, (), (), fingerprint)
+    path = directory / f"{name}-{digest[:40]}.shapes.json"
     types = _known_types()
     try:
         stored = json.loads(path.read_text())
+        if stored.get("key") != digest:  # renamed or swapped: a miss, rewritten
+            raise KeyError("key")
         tree = decode_tree(stored["tree"], types)
         leaves = [jax.ShapeDtypeStruct(tuple(shape), jax.numpy.dtype(dtype), weak_type=weak)
                   for shape, dtype, weak in stored["leaves"]]
@@ -402,7 +423,7 @@ def cached_shapes(compute: Callable[[], Any], *, name: str, key: Any, sources: I
     try:
         if decode_tree(encode_tree(tree), types) != tree:
             return shapes
-        record = {"tree": encode_tree(tree),
+        record = {"key": digest, "tree": encode_tree(tree),
                   "leaves": [[list(s.shape), np.dtype(s.dtype).name, bool(s.weak_type)] for s in leaves]}
         _write_atomic(path, json.dumps(record).encode())
     except Exception:  # noqa: BLE001 - extended dtypes, unwritable directory: not kept

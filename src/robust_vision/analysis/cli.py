@@ -6,7 +6,8 @@ PNG/PDF, its table as CSV and a small JSON summary there):
 * ``spectrum``: eigenspectrum of a layer's representation and its power-law exponent;
 * ``boundary``: a 2-D slice of input space around one image, coloured by predicted class;
 * ``features``: per-layer mean-activation heatmaps of an image, clean vs corrupted;
-* ``prune``: accuracy and SNR, clean and noisy, after magnitude pruning.
+* ``prune``: accuracy and SNR, clean and noisy, after magnitude pruning;
+* ``tightness``: the tightness of interval bounds per depth (Mao et al. 2023, docs/VERIFY.md).
 
 See docs/ANALYSIS.md. Bad input prints one line ``error: ...`` and exits with code 2.
 """
@@ -88,11 +89,27 @@ def _prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tightness(args: argparse.Namespace) -> int:
+    from robust_vision.analysis.common import load_context
+    from robust_vision.analysis.tightness_cmd import run_tightness
+
+    if args.eps < 0 or args.max_examples < 1:
+        raise ValueError(f"--eps must be >= 0 and --max-examples >= 1; got {args.eps} and {args.max_examples}")
+    ctx = load_context(args)
+    s = run_tightness(ctx, eps=args.eps, max_examples=args.max_examples)
+    for row in s["depths"]:
+        print(f"depth {row['depth']} ({row['node']}): tightness {row['tightness']:.4f} "
+              f"(optimal radius {row['optimal_radius']:.4g}, IBP radius {row['ibp_radius']:.4g})")
+    print(f"{ctx.model.name}: overall tightness {s['overall_tightness']:.4f} at eps {args.eps:g} "
+          f"({s['n_examples']} {ctx.split_name} images); written to {ctx.out_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robust-vision-analyze",
                                      description="Spectra, decision boundaries, feature maps and pruning of a "
                                                  "trained model.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{spectrum,boundary,features,prune}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{spectrum,boundary,features,prune,tightness}")
 
     p = sub.add_parser("spectrum", help="eigenspectrum of a layer's representation and its power-law exponent")
     _common_args(p)
@@ -139,14 +156,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", dest="batch_size", type=int, help="images per compiled batch")
     p.add_argument("--seed", type=int, help="seed of the noise draws (default: evaluation.seed)")
     p.set_defaults(func=_prune)
+
+    p = sub.add_parser("tightness", help="tightness of interval bounds per depth (Mao et al. 2023)")
+    _common_args(p)
+    p.add_argument("--eps", type=float, default=0.1, help="Linf radius of the input box (default 0.1)")
+    p.add_argument("--max-examples", dest="max_examples", type=int, default=32,
+                   help="use the first N images of the split (default 32)")
+    p.set_defaults(func=_tightness)
     return parser
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """The checks that need neither JAX nor the model: the checkpoint's files, the output
+    directory and the values of the subcommand's flags (a bad one costs a fraction of a second)."""
+    from robust_vision.preflight import check_output_dir
+    from robust_vision.runs.paths import resolve_checkpoint
+
+    resolve_checkpoint(args.checkpoint)
+    check_output_dir(args.output)
+    resolution = getattr(args, "resolution", None)
+    if resolution is not None and (resolution < 3 or resolution % 2 == 0):
+        raise ValueError(f"--resolution {resolution}: use an odd number >= 3 so that the grid holds the image "
+                         "at its centre")
+    for flag in ("max_examples", "batch_size", "n_draws"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')}: got {value}; expected a positive integer")
+
+
 def analyze_main(argv: list[str] | None = None) -> int:
-    """robust-vision-analyze {spectrum,boundary,features,prune} --checkpoint RUN --output DIR ..."""
+    """robust-vision-analyze {spectrum,boundary,features,prune,tightness} --checkpoint RUN --output DIR ..."""
     _quiet_tensorflow_logs()
     args = build_parser().parse_args(argv)
-    return _run(args.func, args)
+    command = args.func
+
+    def checked(args: argparse.Namespace) -> int:
+        _check_args(args)
+        return command(args)
+    return _run(checked, args, hard_exit_on_interrupt=argv is None, kept="the analysis did not finish")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import time
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -35,6 +36,7 @@ from robust_vision.attacks.evaluate import _check_dataset
 from robust_vision.attacks.fab import fab_t
 from robust_vision.attacks.gradient import apgd_ce
 from robust_vision.attacks.square import square
+from robust_vision.data.datasets import CIFAR10_CLASSES
 
 VERSIONS = ("standard", "rand")
 GRADIENT_FREE = ("square",)
@@ -214,7 +216,8 @@ def run_autoattack(logits_fn: LogitsFn, images: Any, labels: Any, eps: float, no
       index_offset: the index of ``images[0]`` in the whole set (its examples' keys are
         fold_in(stage key, index_offset + j)), so a set attacked in parts gives the same points.
     Returns: dict with ``version, norm, eps, n_examples, clean_accuracy, robust_accuracy``,
-      ``stages`` (per stage: name, robust_accuracy after it, new_adversarial, and
+      ``stages`` (per stage: name, robust_accuracy after it, new_adversarial, wall_s (seconds,
+      compilation of a first call included), and
       standalone_robust_accuracy when asked) and ``flags`` (see ``autoattack_flags``).
     """
     images, labels = _check_dataset(images, labels, batch_size)
@@ -235,8 +238,10 @@ def run_autoattack(logits_fn: LogitsFn, images: Any, labels: Any, eps: float, no
     for name, attack, hyper in plan:
         stage_key = jax.random.fold_in(key, _crc(name))
         run = functools.partial(_run_attack, attack, hyper, logits_fn, norm, n_classes, images, labels)
+        t0 = time.perf_counter()  # _run_stage fetches its results: the stage has finished when it returns
         new = run(np.nonzero(robust)[0], stage_key, eps, batch_size, x_adv, robust, index_offset)
-        row = {"attack": name, "robust_accuracy": float(robust.mean()), "new_adversarial": new, **hyper}
+        row = {"attack": name, "robust_accuracy": float(robust.mean()), "new_adversarial": new,
+               "wall_s": time.perf_counter() - t0, **hyper}
         if standalone:
             alone = correct.copy()
             run(np.nonzero(correct)[0], stage_key, eps, batch_size, images.copy(), alone, index_offset)
@@ -275,32 +280,85 @@ def _pct(v: float) -> str:
     return f"{100.0 * v:.2f}"
 
 
-def robustbench_record(results: Sequence[dict], *, model_name: str = "", dataset: str = "") -> dict:
-    """The RobustBench-style record of one or more AutoAttack results (one per eps): their
-    ``clean_acc`` / ``autoattack_acc`` percent strings, ``threat_model`` (Linf / L2), ``eps``, plus
-    the numbers in [0, 1], the number of examples, the version and every stage."""
+# RobustBench's model-card fields (model_info/<dataset>/<threat model>/<name>.json), in its order;
+# ``threat_model`` is added (RobustBench keeps it in the folder name). The person-filled ones are
+# null until given (``--card KEY=VALUE``); the others are measured or taken from the model.
+CARD_KEYS = ("link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
+             "architecture", "eps", "clean_acc", "reported", "autoattack_acc", "threat_model")
+CARD_USER_KEYS = ("link", "name", "authors", "additional_data", "number_forward_passes", "venue", "reported",
+                  "architecture", "dataset", "footnote")
+# Our registry names -> RobustBench's architecture names.
+ARCHITECTURES = {"preact_resnet18": "PreActResNet-18", "resnet18": "ResNet-18", "wrn-28-10": "WideResNet-28-10",
+                 "wrn-34-10": "WideResNet-34-10", "wrn-34-20": "WideResNet-34-20", "wrn-70-16": "WideResNet-70-16"}
+
+
+def card_eps(eps: float) -> str:
+    """A budget as RobustBench writes it: "8/255" when eps is k/255 for an integer k, else "%g" (0.031, 0.5)."""
+    k = eps * 255
+    return f"{round(k)}/255" if round(k) > 0 and abs(k - round(k)) < 1e-4 else f"{eps:g}"
+
+
+def card_dataset(layout: str, class_names: Sequence[str], image_shape: Sequence[int]) -> str:
+    """RobustBench's dataset name of the evaluated data: the layout's name (cifar10, cifar100, ...),
+    and cifar10 also for any layout holding 32x32x3 images of the ten CIFAR-10 classes in their
+    standard order (the ImageFolder zips of CIFAR-10)."""
+    if tuple(image_shape) == (32, 32, 3) and tuple(class_names) == CIFAR10_CLASSES:
+        return "cifar10"
+    return layout
+
+
+def parse_card(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["authors=A, B", "additional_data=false", ...]`` -> card fields. Keys: CARD_USER_KEYS;
+    ``additional_data`` is true/false, ``number_forward_passes`` a positive integer, the rest text.
+    A bad item raises ValueError with a one-line message."""
+    card: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in CARD_USER_KEYS:
+            raise ValueError(f"--card {item!r}: expected KEY=VALUE with KEY one of {', '.join(CARD_USER_KEYS)}")
+        if key == "additional_data":
+            if value.strip().lower() not in ("true", "false"):
+                raise ValueError(f"--card {item!r}: additional_data is true or false")
+            card[key] = value.strip().lower() == "true"
+        elif key == "number_forward_passes":
+            if not value.strip().isdigit() or int(value) < 1:
+                raise ValueError(f"--card {item!r}: number_forward_passes is a positive integer")
+            card[key] = int(value)
+        else:
+            card[key] = value
+    return card
+
+
+def robustbench_record(results: Sequence[dict], *, model_name: str = "", dataset: str | None = None,
+                       architecture: str | None = None, card: dict | None = None) -> dict:
+    """The RobustBench model card of one or more AutoAttack results (one per eps; the card is the
+    largest eps): exactly CARD_KEYS (plus ``footnote`` when given), ``clean_acc`` / ``autoattack_acc``
+    percent strings with two decimals, ``eps`` as ``card_eps``; ``name`` defaults to ``model_name``;
+    ``architecture`` is RobustBench's name of a registry model; ``card`` (``parse_card``) overrides
+    any of CARD_USER_KEYS. The per-stage results and flags are in the evaluation's results.json."""
     if not results:
         raise ValueError("robustbench_record needs at least one AutoAttack result.")
     main = max(results, key=lambda r: r["eps"])
-    sweep = [r for r in results if r is not main]
-    flags = autoattack_flags(main, sweep)
-    return {
-        "name": model_name, **({"dataset": dataset} if dataset else {}), "threat_model": {"linf": "Linf", "l2": "L2"}[main["norm"]],
-        "eps": main["eps"], "clean_acc": _pct(main["clean_accuracy"]), "autoattack_acc": _pct(main["robust_accuracy"]),
-        "clean_accuracy": main["clean_accuracy"], "robust_accuracy": main["robust_accuracy"],
-        "n_examples": main["n_examples"], "attack_version": main["version"], "norm": main["norm"],
-        "stages": main["stages"], "flags": flags,
-        "per_eps": [{k: r[k] for k in ("eps", "clean_accuracy", "robust_accuracy", "stages")} for r in results],
-    }
+    measured = {"name": model_name or None, "number_forward_passes": 1, "dataset": dataset,
+                "architecture": ARCHITECTURES.get(architecture, architecture) if architecture else None,
+                "eps": card_eps(main["eps"]), "clean_acc": _pct(main["clean_accuracy"]),
+                "autoattack_acc": _pct(main["robust_accuracy"]),
+                "threat_model": {"linf": "Linf", "l2": "L2"}[main["norm"]]}
+    given = dict(card or {})
+    record = {key: given.get(key, measured.get(key)) for key in CARD_KEYS}
+    if "footnote" in given:
+        record["footnote"] = given["footnote"]
+    return record
 
 
-def write_autoattack_json(path: str | Path, result: dict | Sequence[dict], **meta: Any) -> Path:
-    """Write ``robustbench_record`` of ``result`` (one result or a list, one per eps) to ``path``."""
+def write_autoattack_json(path: str | Path, result: dict | Sequence[dict], **card: Any) -> Path:
+    """Write ``robustbench_record`` of ``result`` (one result or a list, one per eps) to ``path``;
+    ``card``: its keyword arguments (model_name, dataset, architecture, card)."""
     results = [result] if isinstance(result, dict) else list(result)
-    clean = [{k: v for k, v in r.items() if k not in ("x_adv", "robust")} for r in results]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(robustbench_record(clean, **meta), indent=2) + "\n")
+    path.write_text(json.dumps(robustbench_record(results, **card), indent=2) + "\n")
     return path
 
 
@@ -416,7 +474,8 @@ def _combine_autoattack(parts: list[dict], n: int) -> dict:
     for s, row in enumerate(first["stages"]):
         new = sum(p["stages"][s]["new_adversarial"] for p in parts)
         robust -= new
-        stages_out.append({**row, "robust_accuracy": robust / n, "new_adversarial": new})
+        stages_out.append({**row, "robust_accuracy": robust / n, "new_adversarial": new,
+                           "wall_s": sum(p["stages"][s]["wall_s"] for p in parts)})
     result = {"version": first["version"], "norm": first["norm"], "eps": first["eps"], "n_examples": int(n),
               "clean_accuracy": clean / n, "robust_accuracy": robust / n, "stages": stages_out}
     result["flags"] = autoattack_flags(result)

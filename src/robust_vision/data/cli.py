@@ -34,9 +34,9 @@ from robust_vision.data.sources import RecordSource, describe_splits, open_split
 
 
 def prepare(data_cfg, output: Path, *, workers: int = 0, batch_size: int = 256,
-            log=print, splits: tuple[str, ...] = SPLIT_NAMES) -> dict:
-    """Pack the train / val / test sources of ``data_cfg`` (or only ``splits``) into ``output``
-    (see the module doc).
+            log=print, splits: Sequence[str] = SPLIT_NAMES) -> dict:
+    """Pack the ``splits`` (default train / val / test) of ``data_cfg`` into ``output`` (see the
+    module doc); a training-only source (a train.zip) packs ``("train", "val")``.
 
     Returns the meta dict written to ``output/meta.json``. Raises DatasetError for bad input and
     FileExistsError when ``output`` exists (nothing is overwritten)."""
@@ -101,6 +101,17 @@ def _batches(src: RecordSource, batch_size: int, workers: int, size, channels, e
                            "data.image_size to resize them to one size") from None
 
 
+def _describe(data_cfg) -> list[str]:
+    """One line per split in plain words. A source without a test split (a zip holding only
+    ``train/``) trains as well as any: its test line says so instead of refusing the source."""
+    try:
+        return describe_splits(open_splits(data_cfg, SPLIT_NAMES))
+    except DatasetError:
+        sources = open_splits(data_cfg, ("train", "val"))  # what training opens; its own error if this fails too
+    return [*describe_splits(sources), f"  test  {'none':>8s}         this source has no test split (training uses "
+                                       "train and val only); evaluate with robust-vision-eval --data SOURCE"]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from robust_vision.config import ConfigError, load_config
 
@@ -117,8 +128,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.override)
+        if args.command == "prepare":
+            from robust_vision.preflight import check_output_dir
+
+            if Path(args.output).exists():
+                raise FileExistsError(f"--output: '{args.output}' already exists; choose a new directory "
+                                      "(nothing was overwritten)")
+            check_output_dir(args.output)  # a read-only place fails before any decoding
         if args.command == "describe":
-            for line in describe_splits(open_splits(cfg.data, SPLIT_NAMES)):
+            for line in _describe(cfg.data):
                 print(line)
             return 0
         prepare(cfg.data, Path(args.output), workers=args.workers)
@@ -127,6 +145,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:  # DatasetError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the disk filled up, or the output became unwritable, while writing
+        print(f"error: prepare: cannot write {getattr(exc, 'filename', None) or args.output} "
+              f"({exc.strerror or exc}); free space or choose a writable --output (nothing was kept)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written (the partial output was removed)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -383,6 +383,13 @@ _GRAY_MODES = ("1", "L", "LA", "F")
 _GRAY16_MODES = ("I", "I;16", "I;16B", "I;16L")
 
 
+def _zip_member(archive: zipfile.ZipFile, name: str, where: str) -> io.BytesIO:
+    """One member of an image zip, size-checked and read in chunks (``sources.read_zip_member``)."""
+    from robust_vision.data.sources import read_zip_member  # sources imports this module
+
+    return io.BytesIO(read_zip_member(archive, name, where))
+
+
 def _list_image_files(path: Path) -> tuple[list[tuple[tuple[str, ...], Callable[[], Any]]], Optional[zipfile.ZipFile]]:
     """(relative path parts, opener) of every image file in a directory or a .zip archive."""
     entries: list[tuple[tuple[str, ...], Callable[[], Any]]] = []
@@ -401,7 +408,7 @@ def _list_image_files(path: Path) -> tuple[list[tuple[tuple[str, ...], Callable[
             if info.is_dir():
                 folders.add(parts)
             elif parts[-1].lower().endswith(_IMAGE_SUFFIXES):
-                entries.append((parts, functools.partial(lambda n: io.BytesIO(archive.read(n)), info.filename)))
+                entries.append((parts, functools.partial(_zip_member, archive, info.filename, str(path))))
     else:
         folders = set()
         for file in sorted(path.rglob("*")):

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import io
 import json
+import functools
 import math
 import os
 import zipfile
@@ -69,6 +70,10 @@ class SourceInfo:
     class_names: tuple[str, ...]
     image_shape: Optional[tuple[int, int, int]]
     description: str
+    # Where the images of a held-out split or its remainder come from (the whole source's
+    # description) and what was held out of it, so descriptions never nest ("of [.. of [..]]").
+    origin: Optional[str] = None
+    held_out: tuple[str, ...] = ()
 
 
 class RecordSource:
@@ -139,6 +144,11 @@ class NpyRowSource(RecordSource):
         self.path = str(path)
         self.shape = tuple(int(d) for d in shape)
         self.row_bytes = int(np.prod(self.shape[1:]))
+        expected, actual = self.offset + self.shape[0] * self.row_bytes, os.path.getsize(path)
+        if actual < expected:  # a copy cut short: rows past the end would read as empty arrays
+            raise DatasetError(f"prepared: '{path}' is truncated ({actual} bytes, {expected} expected for "
+                               f"{self.shape[0]} images of {'x'.join(map(str, self.shape[1:]))}); prepare it again "
+                               "(robust-vision-data prepare) or copy it completely")
         self.labels = np.asarray(labels, np.int32)
         self.info = info
         self._fd: Optional[int] = None
@@ -164,6 +174,38 @@ class NpyRowSource(RecordSource):
         return out
 
 
+# One image file inside a zip: anything larger, or expanding more than MAX_ZIP_RATIO times its
+# compressed size beyond 1 MiB, is a decompression bomb rather than an image (a 37 MB member that
+# expands to 8 GiB was read whole into memory). PNG / JPEG barely compress; a flat BMP compresses
+# ~100x, hence the floor.
+MAX_ZIP_MEMBER_BYTES = 256 << 20
+MAX_ZIP_RATIO = 200
+_ZIP_CHUNK = 1 << 20
+
+
+def read_zip_member(archive: zipfile.ZipFile, name: str, where: str) -> bytes:
+    """The bytes of ``name`` in ``archive``, checked against its declared size and the ratio bound
+    before reading and read in 1 MiB chunks (never more than the declared size); a DatasetError
+    naming ``where``/``name`` otherwise."""
+    info = archive.getinfo(name)
+    size, packed = info.file_size, max(info.compress_size, 1)
+    if size > MAX_ZIP_MEMBER_BYTES or (size > _ZIP_CHUNK and size > MAX_ZIP_RATIO * packed):
+        raise DatasetError(f"'{where}/{name}' declares {size} bytes from {packed} compressed (ratio {size / packed:.0f}, "
+                           f"limits {MAX_ZIP_MEMBER_BYTES >> 20} MiB and {MAX_ZIP_RATIO}x): not an image file but a "
+                           "decompression bomb or a damaged archive; remove it from the zip")
+    chunks, total = [], 0
+    with archive.open(info) as member:
+        while True:
+            chunk = member.read(_ZIP_CHUNK)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > size:  # zipfile stops at the declared size; guard a foreign reader anyway
+                raise DatasetError(f"'{where}/{name}' holds more than its declared {size} bytes; the archive is damaged")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class FileSource(RecordSource):
     """Image files (PNG / JPEG / BMP) in a directory or a .zip, decoded when indexed.
 
@@ -186,7 +228,7 @@ class FileSource(RecordSource):
             return (self.root / name).read_bytes()
         if self._zip is None:
             self._zip = zipfile.ZipFile(self.root)
-        return self._zip.read(name)
+        return read_zip_member(self._zip, name, str(self.root))
 
     def _read(self, index: int) -> np.ndarray:
         name = self.names[index]
@@ -430,7 +472,54 @@ def _mnist(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
     return out
 
 
-def _npz(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
+def npz_images(x: np.ndarray, where: str, pixel_max: Optional[float] = None) -> np.ndarray:
+    """The images of an npz array as the pipeline reads them: uint8 as they are (0..255), float
+    in [0, 1] as they are, or, with ``pixel_max`` (``data.pixel_max``), any integer or float array
+    in [0, pixel_max] scaled to float32 [0, 1]. Anything else (int64 0..255 without pixel_max,
+    uint16, strings, NaN) is a DatasetError naming ``where``, the dtype and the range found: a
+    model trained on unscaled pixels reports wrong numbers without a word."""
+    if x.dtype.kind not in "biuf" or x.dtype.kind == "b":
+        raise DatasetError(f"{where} holds {x.dtype} values; expected images as numbers: uint8 0..255, float in "
+                           "[0, 1], or any numeric array with data.pixel_max set")
+    if x.dtype.kind == "f":
+        finite = np.isfinite(x)
+        if not finite.all():
+            first = tuple(int(i) for i in np.argwhere(~finite)[0])
+            raise DatasetError(f"{where} holds non-finite pixels (the first {x[first]} at index {first}); remove or "
+                               "repair those images")
+    if x.dtype == np.uint8 and pixel_max in (None, 255):
+        return x
+    low, high = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+    if pixel_max is None:
+        if x.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
+            return x
+        raise DatasetError(f"{where} holds {x.dtype} values in [{low:g}, {high:g}]; expected uint8 0..255 or float "
+                           "in [0, 1]; set data.pixel_max to the value of a white pixel (e.g. "
+                           f"--override data.pixel_max={255 if high <= 255 else 65535}) to scale them")
+    if low < 0.0 or high > pixel_max:
+        raise DatasetError(f"{where} holds {x.dtype} values in [{low:g}, {high:g}], outside [0, data.pixel_max="
+                           f"{pixel_max:g}]; set data.pixel_max to the value of a white pixel")
+    return (x.astype(np.float32) / np.float32(pixel_max)).astype(np.float32)
+
+
+def npz_labels(y: np.ndarray, where: str) -> np.ndarray:
+    """Labels of an npz array as int64 (N,): integers (or floats holding whole numbers) >= 0,
+    anything else a DatasetError naming ``where`` (0.5 would otherwise be truncated to 0)."""
+    y = np.ravel(y)
+    if y.dtype.kind not in "iuf":
+        raise DatasetError(f"{where} holds {y.dtype} labels; expected integer class indices 0..K-1")
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DatasetError(f"{where} label {i} is {y[i]}; expected integer class indices 0..K-1")
+    if y.size and y.min() < 0:
+        i = int(np.argmin(y))
+        raise DatasetError(f"{where} label {i} is {y[i]:g}; expected integer class indices 0..K-1")
+    return y.astype(np.int64)
+
+
+def _npz(path: Optional[str], wanted: set[str], coarse: bool, pixel_max: Optional[float] = None) -> _Parts:
     expected = "a .npz with x (N, H, W[, C]) and y (N,), or x_train, y_train, x_test, y_test[, x_val, y_val]"
     p = _need(path, "npz", expected)
     try:
@@ -438,7 +527,18 @@ def _npz(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
         files = set(z.files)
     except Exception as exc:
         raise DatasetError(f"npz: cannot read '{p}' ({type(exc).__name__}: {exc}); expected {expected}") from None
-    names_arr = z["class_names"] if "class_names" in files else None
+
+    def array(key: str) -> np.ndarray:
+        try:
+            return z[key]
+        except ValueError:  # numpy: "Object arrays cannot be loaded when allow_pickle=False"
+            raise DatasetError(f"npz: '{p}' {key} is an array of Python objects, which is not read (it could run "
+                               "code); store plain numeric arrays (np.savez with uint8 / float32 images)") from None
+        except Exception as exc:  # noqa: BLE001 - a damaged member: numpy's and zipfile's errors vary
+            raise DatasetError(f"npz: cannot read '{p}' {key} ({type(exc).__name__}: {exc}); the file is damaged "
+                               "or truncated") from None
+
+    names_arr = array("class_names") if "class_names" in files else None
     roles = {"pool": ("x", "y")} if {"x", "y"} <= files and "x_train" not in files else \
         {k: (f"x_{k}", f"y_{k}") for k in SPLIT_NAMES if f"x_{k}" in files}
     if not roles:
@@ -448,13 +548,14 @@ def _npz(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
     for role, (xk, yk) in roles.items():
         if yk not in files:
             raise DatasetError(f"npz: '{p}' has '{xk}' but no '{yk}'; expected labels (N,) next to every image array")
-        labels_all[role] = np.ravel(z[yk])
+        labels_all[role] = npz_labels(array(yk), f"npz: '{p}' {yk}")
     top = max(int(v.max()) + 1 if v.size else 1 for v in labels_all.values())
     names = tuple(str(n) for n in np.ravel(names_arr)) if names_arr is not None else tuple(str(i) for i in range(top))
     for role, (xk, yk) in roles.items():
         if role != "pool" and role not in wanted and not (role == "train" and "val" in wanted):
             continue
-        x, y = z[xk], labels_all[role]
+        x = npz_images(array(xk), f"npz: '{p}' {xk}", pixel_max)
+        y = labels_all[role]
         if y.size and (y.min() < 0 or y.max() >= len(names)):
             raise DatasetError(f"npz: '{p}' {yk} spans {int(y.min())}..{int(y.max())}; expected 0..{len(names) - 1}")
         out[role] = ArraySource(x, y, _info(names, _shape_of(x), f"npz '{p}' {xk}: {len(y)} images"))
@@ -566,13 +667,13 @@ def _hold_out(src: RecordSource, fraction: float, seed: int, held_name: str, fro
     # gives its arrays, so a streamed split holds the same examples at the same positions and the
     # (seed, epoch) shuffle picks the same batches as the in-memory path.
     rest, held = _partition(src.labels, n_held, seed)
-    base = src.info.description
-    held_src = SubsetSource(src, held, replace(src.info, description=(
-        f"{len(held)} images HELD OUT of [{base}] (data.{held_name}_fraction={fraction:g}, stratified, "
-        f"split_seed={seed})")))
-    rest_src = SubsetSource(src, rest, replace(src.info, description=(
-        f"{len(rest)} images left of [{base}] after holding out {len(held)} for {held_name} "
-        f"(data.{held_name}_fraction={fraction:g})")))
+    origin = src.info.origin or src.info.description
+    held_out = (*src.info.held_out, f"{len(held)} for {held_name} (data.{held_name}_fraction={fraction:g})")
+    held_src = SubsetSource(src, held, replace(src.info, origin=origin, held_out=(), description=(
+        f"{len(held)} images HELD OUT for {held_name} of {origin} (data.{held_name}_fraction={fraction:g} of "
+        f"{'the ' + str(len(src)) + ' left' if src.info.held_out else len(src)}, stratified, split_seed={seed})")))
+    rest_src = SubsetSource(src, rest, replace(src.info, origin=origin, held_out=held_out, description=(
+        f"{len(rest)} images of {origin}, the rest after holding out {' and '.join(held_out)}")))
     return rest_src, held_src
 
 
@@ -608,6 +709,8 @@ def open_splits(cfg: "DataConfig", splits: Sequence[str] = SPLIT_NAMES, *, coars
     for s in wanted:
         if s not in SPLIT_NAMES:
             raise DatasetError(f"unknown split {s!r}; expected one of {', '.join(SPLIT_NAMES)}")
+    if cfg.dataset_name == "npz":
+        reader = functools.partial(reader, pixel_max=cfg.pixel_max)
     parts = reader(cfg.data_dir, wanted, coarse)
     if cfg.classes is not None:
         parts = {k: _filter_classes(v, cfg.classes) for k, v in parts.items()}
@@ -665,7 +768,10 @@ def corruption_sources(path: str, suite: str) -> Iterator[tuple[str, int, Record
         names = CIFAR10_CLASSES if k == 10 else tuple(str(i) for i in range(k))
         for f in files:
             images = np.load(f, mmap_mode="r")
-            if images.ndim != 4 or len(images) % 5 or len(labels) not in (len(images), len(images) // 5):
+            if images.ndim != 4 or images.shape[-1] not in (1, 3):
+                raise DatasetError(f"{suite}: '{f}' holds an array of shape {images.shape}; expected (5 x N, H, W, C) "
+                                   "uint8 images with a channel axis C of 1 or 3 (add it with x[..., None])")
+            if len(images) % 5 or len(labels) not in (len(images), len(images) // 5):
                 raise DatasetError(f"{suite}: '{f}' holds {images.shape[0]} images and labels.npy {len(labels)} labels; "
                                    "expected 5 x N images (severities 1..5 stacked) and N or 5 x N labels "
                                    "(mismatched label file)")

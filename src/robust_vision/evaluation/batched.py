@@ -90,9 +90,12 @@ def prefetch_to_device(batches: Iterable[Batch], depth: int = 2, mesh: Mesh | No
     host-to-device copy of batch i+1 overlaps the computation of batch i. Device memory for
     inputs is bounded by ``depth`` x one batch. Each batch holds this process's rows; the results
     are global arrays (the mask too, so it can be gathered with the outputs)."""
+    from robust_vision.interrupts import check_interrupt
+
     mesh = mesh or data_mesh()
     queue: collections.deque = collections.deque()
     for batch in batches:
+        check_interrupt()  # a Ctrl-C swallowed inside a JAX callback still stops every evaluation loop
         queue.append(Batch(*shard_batch(mesh, np.asarray(batch.images), np.asarray(batch.labels, np.int32),
                                         np.asarray(batch.mask, np.float32))))
         if len(queue) > depth:

@@ -6,6 +6,7 @@ Parts (``PARTS``), in the order they run:
 * ``corruptions``: the ImageNet-C style suite with CE / mCE (``suite.corruption_suite``);
 * ``attacks``: robust accuracy vs budget and sanity checks (``suite.attack_suite``);
 * ``certify``: randomized-smoothing certification (``suite.certification``);
+* ``verify``: deterministic certification by bound propagation (``verified.verified_stream``);
 * ``calibration``: reliability, temperature, conformal, selective (``suite.calibration_tables``).
 
 :func:`plan_parts` decides which parts run: the ones asked for, and nothing else; the plain
@@ -23,10 +24,10 @@ from typing import Any, Callable, Sequence
 
 from robust_vision.compile_cache import timed
 
-PARTS = ("grid", "corruptions", "attacks", "certify", "calibration")
+PARTS = ("grid", "corruptions", "attacks", "certify", "verify", "calibration")
 # results.json / table names of the suite parts (the grid has its own tables).
 SUITE_KEYS = {"corruptions": "corruptions", "attacks": "attacks", "certify": "certification",
-              "calibration": "calibration"}
+              "verify": "verified", "calibration": "calibration"}
 
 
 def parse_parts(text: str | Sequence[str] | None) -> list[str] | None:
@@ -57,11 +58,11 @@ def plan_parts(ecfg, *, parts: Sequence[str] | None = None, asked: Sequence[str]
     ``ecfg.calibration``, and the suite parts the config enables.
     """
     enabled = {"grid": True, "corruptions": ecfg.suite != "none", "attacks": bool(ecfg.attacks),
-               "certify": bool(ecfg.certify), "calibration": bool(ecfg.calibration)}
+               "certify": bool(ecfg.certify), "verify": bool(ecfg.verify), "calibration": bool(ecfg.calibration)}
     if parts is None and not asked:
         return [p for p in PARTS if enabled[p]]
     chosen = set(parts or ()) | set(asked)
-    missing = {"corruptions": "--suite imagenet-c", "attacks": "--attacks fgsm,pgd"}
+    missing = {"corruptions": "--suite imagenet-c", "attacks": "--attacks fgsm,pgd", "verify": "--verify ibp,crown"}
     for p in chosen:
         if p in missing and not enabled[p]:
             raise ValueError(f"part {p!r} needs its settings: add {missing[p]} (or set it in the config)")
@@ -76,7 +77,9 @@ class EvalContext:
     it in fixed-size batches (:meth:`batches`), so no part holds the split's images.
     ``val_source`` opens the calibration (validation) split; it is called only when the
     calibration part runs (None: there is none). ``noise_types`` / ``levels`` are the grid's
-    conditions (calibration uses the same); ``where`` names the data in error messages."""
+    conditions (calibration uses the same); ``where`` names the data in error messages.
+    ``dataset`` is the layout name of the evaluated data (``--data``'s, else the config's) and
+    ``card`` the user's model-card fields (``attacks.autoattack.parse_card``), for autoattack.json."""
 
     cfg: Any
     models: list
@@ -89,6 +92,8 @@ class EvalContext:
     log: Callable[[str], None] = print
     quiet: bool = False
     logits_fns: dict = field(default_factory=dict)
+    dataset: str = ""
+    card: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # One logits function per model, reused by every part (jitted functions are cached on it).
@@ -129,8 +134,8 @@ def check_model_data(model, dataset, where: str) -> None:
     info = getattr(dataset, "info", dataset)
     check_input_shape(model, info.image_shape, where)
     if model.num_classes != info.num_classes:
-        raise ValueError(f"{model.name} predicts {model.num_classes} classes but the dataset has "
-                         f"{dataset.num_classes}; evaluate on the dataset the model was trained on")
+        raise ValueError(f"{model.name} predicts {model.num_classes} classes but {where} has {info.num_classes}; "
+                         "evaluate on data with the classes the model was trained on (data.classes, --data)")
 
 
 def _progress(ctx: EvalContext, total: int, desc: str):
@@ -291,7 +296,8 @@ def autoattack_part(ctx: EvalContext, batches: Callable, rows: list) -> dict:
     pass per call): per-stage results (printed), rows appended to the attack table, and
     ``autoattack.json`` in the RobustBench format (``autoattack_<i>.json`` for further models)
     written by process 0."""
-    from robust_vision.attacks.autoattack import autoattack_suite_stream, format_autoattack, write_autoattack_json
+    from robust_vision.attacks.autoattack import (autoattack_suite_stream, card_dataset, format_autoattack,
+                                                  write_autoattack_json)
     from robust_vision.distributed import is_main_process
     from robust_vision.evaluation import suite
 
@@ -310,7 +316,9 @@ def autoattack_part(ctx: EvalContext, batches: Callable, rows: list) -> dict:
             if results and is_main_process():
                 stem = name.replace("-", "_") + (f"_{i}" if i else "")
                 ctx.out_dir.mkdir(parents=True, exist_ok=True)
-                write_autoattack_json(ctx.out_dir / f"{stem}.json", results, model_name=m.name)
+                dataset = card_dataset(ctx.dataset, ctx.source.info.class_names, m.input_shape)
+                write_autoattack_json(ctx.out_dir / f"{stem}.json", results, model_name=m.name, dataset=dataset,
+                                      architecture=m.config.model.name, card=ctx.card)
     return out
 
 
@@ -332,6 +340,27 @@ def certify_part(ctx: EvalContext) -> dict:
     return {"sigma": list(ecfg.certify_sigma), "n0": ecfg.certify_n0, "n": ecfg.certify_n,
             "alpha": ecfg.certify_alpha, "n_examples": n, "examples": f"the first {n} of the {ecfg.split} split",
             "results": rows, "per_example": examples}
+
+
+def verify_part(ctx: EvalContext) -> dict:
+    """Verified accuracy of every model by bound propagation at every attack budget."""
+    from robust_vision.evaluation import suite
+    from robust_vision.evaluation.batched import source_batches
+    from robust_vision.evaluation.verified import verified_rows, verified_stream
+
+    ecfg = ctx.cfg.evaluation
+    n = min(ecfg.verify_max_examples, ctx.n_images)
+    rows = []
+    with _progress(ctx, len(ctx.models), "verification") as bar:
+        for m in ctx.models:
+            result = verified_stream(m, source_batches(ctx.source, ecfg.verify_batch_size, n), methods=ecfg.verify,
+                                     eps=ecfg.attack_eps, norm=ecfg.attack_norm,
+                                     key=suite.part_key(ecfg.seed, "verify"), pgd_steps=ecfg.attack_steps or 20,
+                                     alpha_steps=ecfg.verify_alpha_steps)
+            rows += verified_rows(result, model_name=m.name, norm=ecfg.attack_norm)
+            bar.update(1)
+    return {"methods": list(ecfg.verify), "norm": ecfg.attack_norm, "eps": list(ecfg.attack_eps), "n_examples": n,
+            "examples": f"the first {n} of the {ecfg.split} split", "results": rows}
 
 
 def calibration_part(ctx: EvalContext) -> tuple[dict, dict]:
@@ -367,6 +396,7 @@ def write_suite_tables(out_dir: Path, parts: dict) -> list:
     """The CSV tables of the suite parts present in ``parts`` (keys as in results.json)."""
     from robust_vision.evaluation import suite
     from robust_vision.evaluation.report import write_csv
+    from robust_vision.evaluation.verified import VERIFIED_COLUMNS
     from robust_vision.viz.suite import (
         ATTACK_RESULTS_CSV,
         CERTIFIED_CSV,
@@ -375,6 +405,7 @@ def write_suite_tables(out_dir: Path, parts: dict) -> list:
         CORRUPTION_SUMMARY_CSV,
         RELIABILITY_CSV,
         SELECTIVE_CSV,
+        VERIFIED_CSV,
     )
 
     tables = {
@@ -385,6 +416,7 @@ def write_suite_tables(out_dir: Path, parts: dict) -> list:
                     ("attack_sanity.csv", "sanity_checks", suite.SANITY_COLUMNS)],
         "certification": [(CERTIFIED_CSV, "results", suite.CERTIFIED_COLUMNS),
                           ("certified_examples.csv", "per_example", suite.CERTIFIED_EXAMPLE_COLUMNS)],
+        "verified": [(VERIFIED_CSV, "results", VERIFIED_COLUMNS)],
         "calibration": [(RELIABILITY_CSV, "reliability", suite.RELIABILITY_COLUMNS),
                         ("calibration_summary.csv", "calibration", suite.CALIBRATION_COLUMNS),
                         (CONFORMAL_CSV, "conformal", suite.CONFORMAL_COLUMNS),
@@ -440,6 +472,7 @@ def run_plan(ctx: EvalContext, plan: Sequence[str]) -> EvalOutcome:
     if unknown:
         raise ValueError(f"unknown evaluation part {unknown[0]!r}; valid parts: {', '.join(PARTS)}")
     from robust_vision.distributed import is_main_process
+    from robust_vision.interrupts import check_interrupt
 
     ecfg, log = ctx.cfg.evaluation, ctx.log
     write = is_main_process()  # every process computes; only process 0 writes tables
@@ -453,12 +486,11 @@ def run_plan(ctx: EvalContext, plan: Sequence[str]) -> EvalOutcome:
     for part in PARTS:
         if part not in plan:
             continue
+        check_interrupt()  # a Ctrl-C swallowed inside a JAX callback (while loading or compiling)
         if part == "grid":
             with timed(out.timings, "grid"):
                 grid = grid_part(ctx)
             out.rows, out.confidences = grid["results"], grid["confidences"]
-            if write:
-                write_robustness_tables(ctx.out_dir, out.rows, out.confidences)
             log(format_summary(out.rows))
             if len(ctx.models) > 1:
                 out.comparison = comparison_at(out.rows, ctx.models[0].name, ctx.models[1].name)
@@ -481,6 +513,14 @@ def run_plan(ctx: EvalContext, plan: Sequence[str]) -> EvalOutcome:
             log("")
             log(suite.format_certification_summary(out.suite["certification"]["results"]))
             log(f"  ({out.suite['certification']['examples']})")
+        elif part == "verify":
+            from robust_vision.evaluation.verified import format_verified_summary
+
+            with timed(out.timings, "verification"):
+                out.suite["verified"] = verify_part(ctx)
+            log("")
+            log(format_verified_summary(out.suite["verified"]["results"]))
+            log(f"  ({out.suite['verified']['examples']}, {out.suite['verified']['norm']})")
         elif part == "calibration":
             with timed(out.timings, "calibration"):
                 merged, out.calibration_per_model = calibration_part(ctx)
@@ -489,7 +529,10 @@ def run_plan(ctx: EvalContext, plan: Sequence[str]) -> EvalOutcome:
             log(suite.format_calibration_summary(out.calibration_per_model, ecfg.conformal_alpha))
             if merged["note"]:
                 log(f"  note: {merged['note']}")
-    if write:
+    check_interrupt()
+    if write:  # every table at the end, together: an interrupted evaluation leaves none of its own
+        if "grid" in plan:
+            write_robustness_tables(ctx.out_dir, out.rows, out.confidences)
         write_suite_tables(ctx.out_dir, out.suite)
     log("")
     log(format_timings(out.timings))

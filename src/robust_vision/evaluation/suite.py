@@ -709,8 +709,10 @@ def format_corruption_summary(aggregates: list[dict], summary_rows: list[dict], 
     lines = ["CORRUPTION BENCHMARK (ImageNet-C style)", "═" * 68]
     for agg in aggregates:
         ref = agg["reference"] or "none"
+        evaluated = sum(1 for r in summary_rows if r["model"] == agg["model"] and not r["held_out"])
         lines.append(f"  {agg['model']}: clean error {_fmt(agg['clean_error'])}, mean corruption error "
-                     f"{_fmt(agg['mean_error'])} (15 corruptions, severities {agg['severities']}, "
+                     f"{_fmt(agg['mean_error'])} ({evaluated} corruption{'' if evaluated == 1 else 's'}, "
+                     f"severities {agg['severities']}, "
                      f"{agg['scale']} table)"
                      + (f"; {_fmt(agg['mean_error_all'])} with the held-out ones"
                         if any(r["held_out"] for r in summary_rows if r["model"] == agg["model"]) else ""))

@@ -15,7 +15,10 @@ from robust_vision.cli import _quiet_tensorflow_logs, _run
 
 def _sweep(args: argparse.Namespace) -> int:
     from robust_vision.config import load_config
+    from robust_vision.experiments.optuna_search import check_storage
     from robust_vision.experiments.sweep import run_sweep
+
+    check_storage(args.storage)
 
     overrides = list(args.override)
     if args.epochs is not None:
@@ -64,7 +67,8 @@ def build_sweep_parser() -> argparse.ArgumentParser:
 def sweep_main(argv: list[str] | None = None) -> int:
     """robust-vision-sweep --config FILE --output DIR [--override K=V ...] [--max-trials N]"""
     _quiet_tensorflow_logs()
-    return _run(_sweep, build_sweep_parser().parse_args(argv), hard_exit_on_interrupt=argv is None)
+    return _run(_sweep, build_sweep_parser().parse_args(argv), hard_exit_on_interrupt=argv is None,
+                kept="finished trials are kept (rerun the same command to continue)")
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -96,7 +100,8 @@ def build_compare_parser() -> argparse.ArgumentParser:
 def compare_main(argv: list[str] | None = None) -> int:
     """robust-vision-compare --exp1 DIR --exp2 DIR [--exp DIR ...] --output DIR [--names A B ...]"""
     _quiet_tensorflow_logs()
-    return _run(_compare, build_compare_parser().parse_args(argv))
+    return _run(_compare, build_compare_parser().parse_args(argv), hard_exit_on_interrupt=argv is None,
+                kept="the comparison did not finish")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -360,12 +360,13 @@ def compare(paths: Sequence[str | Path], out_dir: str | Path, names: Sequence[st
             style: str = "publication", dpi: int = 150, formats: Sequence[str] = ("png", "pdf"),
             plots: bool = True, log: Log = print) -> CompareResult:
     """Compare experiments (the first is the reference); write tables and figures to ``out_dir``."""
-    from robust_vision.evaluation.report import write_csv, write_json
-
     if len(paths) < 2:
         raise CompareError("compare needs at least two experiments (--exp1 and --exp2)")
+    for i, p in enumerate(paths):  # before the names (their labels import the plotting stack)
+        find_experiment(p, str(i))
     names = check_names(list(names) if names else default_names([Path(p) for p in paths]), len(paths))
     experiments = [find_experiment(p, n) for p, n in zip(paths, names)]
+    from robust_vision.evaluation.report import write_csv, write_json  # after the path checks: it imports JAX
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for e in experiments:

@@ -61,6 +61,37 @@ def _distributions(optuna, factory: TrialFactory, spec: SweepSpec) -> tuple[dict
     return dists, encoded
 
 
+# SQLAlchemy's database dialects (optional "+driver"): any other scheme is a typo, refused
+# before anything runs (SQLAlchemy would otherwise fail deep inside the first trial).
+RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql", "cockroachdb")
+_STORAGE_HINT = "expected journal, a FILE.journal path or an RDB URL such as sqlite:///DIR/optuna.db or postgresql://host/db"
+
+
+def check_storage(storage: str | None) -> None:
+    """A SweepError for a ``--storage`` that ``open_storage`` cannot use (no optuna, no JAX imported)."""
+    if storage is None or storage == "journal" or storage.endswith(".journal"):
+        return
+    scheme = storage.split("://", 1)[0].split("+", 1)[0].lower() if "://" in storage else None
+    if scheme not in RDB_SCHEMES:
+        raise SweepError(f"--storage: got {storage!r}; {_STORAGE_HINT} (database schemes: {', '.join(RDB_SCHEMES)})")
+
+
+def _create_study(optuna, url, direction: str, storage: str | None):
+    """``optuna.create_study``; a storage that cannot be opened (SQLAlchemy's driver, connection and
+    URL errors) is a one-line SweepError naming it, not a library traceback."""
+    try:
+        return optuna.create_study(study_name=_STUDY, storage=url, direction=direction, load_if_exists=True)
+    except (ImportError, ValueError, OSError, RuntimeError) as exc:
+        raise SweepError(f"--storage: cannot open {storage or url!r} ({type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}); {_STORAGE_HINT}") from None
+    except Exception as exc:  # noqa: BLE001 - sqlalchemy.exc.* (an optional dependency): re-worded at the boundary
+        if type(exc).__module__.startswith("sqlalchemy"):
+            raise SweepError(f"--storage: cannot open {storage or url!r} ({type(exc).__name__}: "
+                             f"{str(exc).strip().splitlines()[0][:200]}); check the URL, the server and the "
+                             "database driver") from None
+        raise
+
+
 def open_storage(optuna, out_dir: Path, storage: str | None):
     """The study's storage: None -> ``DIR/optuna.db`` (SQLite, one machine); ``journal`` ->
     ``DIR/optuna.journal`` (JournalStorage, file backend: shared filesystems, no server); a path
@@ -76,8 +107,7 @@ def open_storage(optuna, out_dir: Path, storage: str | None):
         path = out_dir / "optuna.journal" if storage == "journal" else Path(storage)
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    raise SweepError(f"--storage: got {storage!r}; expected journal, a FILE.journal path or an RDB URL such as "
-                     "sqlite:///DIR/optuna.db or postgresql://host/db")
+    raise SweepError(f"--storage: got {storage!r}; {_STORAGE_HINT}")
 
 
 class _WorkerLease:
@@ -127,7 +157,7 @@ def run_optuna(optuna, factory: TrialFactory, spec: SweepSpec, runner: _Runner, 
     lease = _WorkerLease(out_dir)
     try:
         with file_lock(lock_path):
-            study = optuna.create_study(study_name=_STUDY, storage=url, direction=spec.direction, load_if_exists=True)
+            study = _create_study(optuna, url, spec.direction, storage)
             for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 if lease.alive(stale.user_attrs.get("worker")):
                     continue  # another worker is training it

@@ -12,6 +12,7 @@ from typing import Callable
 from flax import nnx
 
 from robust_vision.config import ModelConfig
+from robust_vision.models.certified import cnn7, cnn_small
 from robust_vision.models.cnn import ProductionCNN
 from robust_vision.models.crossbar import CrossbarModel, crossbar_options
 from robust_vision.models.linear import LinearClassifier
@@ -79,6 +80,9 @@ MODELS: dict[str, tuple[Callable[..., nnx.Module], Callable[[ModelConfig], dict]
     # RobustBench model-zoo architectures (models/robustbench.py)
     "preact_resnet18": (PreActResNet18, _preact_options),
     **{name: (wide_resnet(depth, widen), _normalize_options) for name, (depth, widen) in WIDE_RESNETS.items()},
+    # plain conv stacks of certified training (models/certified.py)
+    "cnn7": (cnn7, _normalize_options),
+    "cnn_small": (cnn_small, _normalize_options),
 }
 
 

@@ -97,6 +97,21 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
                                 "safetensors.torch.save_file(model.state_dict(), 'model.safetensors')") from None
 
 
+def torch_refusal(text: str) -> str:
+    """The cause in PyTorch's multi-paragraph refusal of a file, in whole words: the Python object
+    a pickle asked for (``Unsupported global: GLOBAL os.system``), else its first sentence."""
+    import re
+
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it asks for the Python object {found.group(1)}, which a file of weights never needs"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    sentence = re.split(r"(?<=[.!?])\s", first, maxsplit=1)[0]
+    if len(sentence) > 200:
+        return sentence[:200].rsplit(" ", 1)[0] + " ..."
+    return sentence.rstrip(".")
+
+
 def _read_torch(path: Path) -> dict[str, np.ndarray]:
     try:
         import torch
@@ -107,9 +122,9 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
         # weights_only=True: tensors and plain containers only; never executes pickled code.
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightImportError(f"--from {str(path)!r}: torch.load(weights_only=True) refused the file "
-                                f"({first[:200]}); save a plain state_dict or a .safetensors file") from None
+                                f"({torch_refusal(str(exc)) or type(exc).__name__}); nothing in it was run; save a "
+                                "plain state_dict or a .safetensors file") from None
     for wrapper in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

@@ -89,14 +89,22 @@ def _run_command(args: argparse.Namespace) -> int:
 
 def research_main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 1 run failure, 2 bad input)."""
+    from pathlib import Path
+
     from robust_vision.cli import _quiet_tensorflow_logs, _run
-    from robust_vision.research.protocols import StudyError
 
     _quiet_tensorflow_logs()
     args = build_parser().parse_args(argv)
     args.argv = argv
+    config = getattr(args, "config", None)
+    if config is not None and not Path(config).is_file():  # before JAX: a typo costs a fraction of a second
+        print(f"error: --config: '{config}' not found; pass a study settings YAML (e.g. configs/research/study.yaml)",
+              file=sys.stderr)
+        return 2
+    from robust_vision.research.protocols import StudyError
     try:
-        return _run(_run_command if args.command == "run" else _report_command, args)
+        return _run(_run_command if args.command == "run" else _report_command, args,
+                    hard_exit_on_interrupt=argv is None, kept="runs that finished are kept (rerun to continue)")
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

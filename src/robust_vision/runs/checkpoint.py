@@ -13,8 +13,10 @@ checkpoint intact; leftover temporary directories are removed on the next start.
 Orbax keeps no checksums, so flipped bytes would load silently. After every save a manifest
 ``<epoch>/checksums.json`` (SHA-256 and size of every file of the checkpoint) is written
 atomically; every restore verifies it first, and ``--resume`` falls back to the newest epoch
-checkpoint that verifies (:meth:`CheckpointStore.restore_latest_valid`). Checkpoints written
-before manifests existed have none and are restored unverified.
+checkpoint that verifies (:meth:`CheckpointStore.restore_latest_valid`) and removes the newer
+damaged ones it skipped, so the resumed run writes them again. A checkpoint without a manifest
+(written before manifests existed, or with the manifest deleted) is refused unless the command
+was given ``--allow-unverified`` (:func:`allow_unverified`).
 """
 
 from __future__ import annotations
@@ -29,9 +31,7 @@ from typing import Any, Callable
 import jax
 import orbax.checkpoint as ocp
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, unreadable or does not match the model."""
+from robust_vision.runs.paths import CheckpointError, read_meta  # noqa: F401 (re-exported)
 
 
 class CheckpointWriteError(RuntimeError):
@@ -39,6 +39,12 @@ class CheckpointWriteError(RuntimeError):
 
 
 MANIFEST = "checksums.json"
+_POLICY = {"allow_unverified": False}
+
+
+def allow_unverified(allowed: bool = True) -> None:
+    """Let restores load checkpoints that have no manifest (``--allow-unverified``), for this process."""
+    _POLICY["allow_unverified"] = bool(allowed)
 
 
 def _file_digests(checkpoint_dir: Path) -> dict[str, dict]:
@@ -64,17 +70,32 @@ def write_manifest(checkpoint_dir: Path) -> Path:
     return target
 
 
+def _read_manifest(path: Path) -> dict[str, dict] | None:
+    """{file: {"sha256", "bytes"}} of a manifest, or None when it is not one (damaged, edited)."""
+    try:
+        files = json.loads(path.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    ok = isinstance(files, dict) and files and all(
+        isinstance(v, dict) and isinstance(v.get("sha256"), str) and isinstance(v.get("bytes"), int)
+        for v in files.values())
+    return files if ok else None
+
+
 def verify_checkpoint(checkpoint_dir: Path) -> str | None:
-    """None when ``checkpoint_dir`` matches its manifest (or has none, an older checkpoint), else a
-    short reason: the first missing, resized or changed file."""
+    """None when ``checkpoint_dir`` matches its manifest, else a short reason: no manifest (None
+    instead when :func:`allow_unverified`), a damaged manifest, or the first missing, resized or
+    changed file."""
     checkpoint_dir = Path(checkpoint_dir)
     path = checkpoint_dir / MANIFEST
     if not path.is_file():
-        return None
-    try:
-        expected = json.loads(path.read_text())["files"]
-    except (ValueError, KeyError, TypeError):
-        return f"its manifest {MANIFEST} is unreadable"
+        if _POLICY["allow_unverified"]:
+            return None
+        return (f"it has no manifest {MANIFEST}, so its files cannot be verified (written by an older version, "
+                "or the manifest was deleted); pass --allow-unverified to load it anyway")
+    expected = _read_manifest(path)
+    if expected is None:
+        return f"its manifest {MANIFEST} is damaged (not the JSON robust-vision-train writes)"
     actual = _file_digests(checkpoint_dir)
     for name, want in expected.items():
         got = actual.get(name)
@@ -156,7 +177,7 @@ class CheckpointStore:
         steps = sorted(self.epochs.all_steps(), reverse=True)
         if not steps:
             raise CheckpointError(f"no checkpoint in {self.epochs.directory}")
-        reasons = []
+        reasons, skipped = [], []
         for step in steps:
             directory = Path(self.epochs.directory) / str(step)
             try:
@@ -165,10 +186,15 @@ class CheckpointStore:
                 if "cannot restore into this model" in str(exc):
                     raise  # a config mismatch is not damage: older checkpoints would not fit either
                 reasons.append(f"epoch {step}: {exc}")
+                skipped.append(step)
                 log(f"warning: checkpoint of epoch {step} is damaged ({exc}); trying an older one")
                 continue
             if reasons:
-                log(f"Resuming from epoch {step}, the newest checkpoint that verifies")
+                for bad in skipped:  # else saving would skip these epochs (they exist) and keep the damage
+                    self.epochs.delete(bad)
+                log(f"Resuming from epoch {step}, the newest checkpoint that verifies; removed the damaged "
+                    f"checkpoint{'s' if len(skipped) > 1 else ''} of epoch{'s' if len(skipped) > 1 else ''} "
+                    f"{', '.join(map(str, sorted(skipped)))}, written again as the run replays them")
             return out
         raise CheckpointError(f"no checkpoint in {self.epochs.directory} verifies ({'; '.join(reasons)}); "
                               "start a new run in another training.checkpoint_dir")
@@ -184,18 +210,6 @@ class CheckpointStore:
     def close(self) -> None:
         self.epochs.close()
         self.best.close()
-
-
-def read_meta(checkpoint_dir: Path) -> dict:
-    """The JSON metadata of one checkpoint directory (``.../<epoch>``)."""
-    path = Path(checkpoint_dir) / "meta" / "metadata"
-    if not path.is_file():
-        raise CheckpointError(f"{checkpoint_dir}: not a robust-vision checkpoint (no meta/metadata); "
-                              "pass a run directory or a checkpoints/best/<epoch> directory")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: corrupt checkpoint metadata ({exc.msg}); use another checkpoint") from None
 
 
 def restore_checkpoint(checkpoint_dir: Path, abstract_state: Any) -> tuple[Any, dict]:

@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Callable
 
 import jax
+import numpy as np
 from flax import nnx
 
 from robust_vision.config import Config, ConfigError, config_to_dict, load_config
 from robust_vision.data.pipeline import num_batches
 from robust_vision.models import MODELS, model_builder
 from robust_vision.program_cache import cached_jit, cached_shapes
-from robust_vision.runs.checkpoint import CheckpointError, read_meta, restore_checkpoint
+from robust_vision.runs.checkpoint import restore_checkpoint
+from robust_vision.runs.paths import CheckpointError, read_meta, resolve_checkpoint  # noqa: F401 (re-exported)
 from robust_vision.training.steps import (Graphs, ModelParts, ProgramKey, init_train_state, make_logits_fn,
                                           make_run_optimizer, model_program_key, split_model)
 
@@ -85,56 +87,6 @@ class BoundLogits:
         return self.forward(self.variables, images)
 
 
-def _latest_step_dir(manager_dir: Path) -> Path | None:
-    steps = sorted((int(p.name), p) for p in manager_dir.iterdir() if p.is_dir() and p.name.isdigit()
-                   and (p / "meta" / "metadata").is_file()) if manager_dir.is_dir() else []
-    return steps[-1][1] if steps else None
-
-
-def _seed_checkpoint_path(path: Path) -> Path:
-    """The seed document's spellings in this layout: ``RUN/best`` is ``RUN/checkpoints/best`` (its
-    latest), ``RUN/best_checkpoint_N`` is ``RUN/checkpoints/best/N`` (or ``checkpoints/epochs/N``).
-    A path that is neither raises CheckpointError showing the path to use."""
-    import re
-
-    run = path.parent
-    match = re.fullmatch(r"best_checkpoint_(\d+)", path.name)
-    if path.name == "best" and (run / "checkpoints" / "best").is_dir():
-        return run / "checkpoints" / "best"
-    if match:
-        for sub in ("best", "epochs"):
-            candidate = run / "checkpoints" / sub / match.group(1)
-            if (candidate / "meta" / "metadata").is_file():
-                return candidate
-        best = _latest_step_dir(run / "checkpoints" / "best")
-        if best is not None:
-            raise CheckpointError(f"checkpoint {str(path)!r} not found: this run's best checkpoint is epoch "
-                                  f"{best.name}; pass {run} (its best) or {best}")
-    if (path.name == "best" or match) and not run.exists():
-        raise CheckpointError(f"checkpoint {str(path)!r} not found: {run} does not exist; train first "
-                              "(robust-vision-train writes RUN/checkpoints/best/<epoch>) and pass the run directory")
-    raise CheckpointError(f"checkpoint {str(path)!r} not found; pass a run directory (training.checkpoint_dir) "
-                          "or one of its checkpoints/best/<epoch> directories")
-
-
-def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
-    """(run_dir, checkpoint_dir) for a run directory (its best checkpoint), a
-    ``checkpoints/best`` or ``checkpoints/epochs`` directory (its latest), or one
-    checkpoint directory ``.../<epoch>``; the seed's ``RUN/best`` and ``RUN/best_checkpoint_N``
-    are understood too (see ``_seed_checkpoint_path``)."""
-    path = Path(path)
-    if not path.exists():
-        path = _seed_checkpoint_path(path)
-    if (path / "meta" / "metadata").is_file():
-        return path.parent.parent.parent, path
-    for manager in (path / "checkpoints" / "best", path / "checkpoints" / "epochs", path):
-        step_dir = _latest_step_dir(manager)
-        if step_dir is not None:
-            return step_dir.parent.parent.parent, step_dir
-    raise CheckpointError(f"{path}: no checkpoint found (expected checkpoints/best/<epoch>/ written by "
-                          "robust-vision-train)")
-
-
 def _check_compatible(cfg: Config, meta: dict, checkpoint_dir: Path) -> None:
     saved_model = meta.get("model", {})
     wanted = config_to_dict(cfg)["model"]
@@ -171,10 +123,28 @@ def load_trained_model(checkpoint: str | Path, cfg: Config | None = None, *, nam
     abstract = jax.eval_shape(lambda p: init_train_state(dataclasses.replace(parts, params=p), tx, ema), parts.params)
     state, meta = restore_checkpoint(ckpt_dir, abstract)
     params = state["ema_params"] if state.get("ema_params") is not None else state["params"]
+    _check_finite({"params": params, "model_state": state["model_state"]}, ckpt_dir)
     parts = dataclasses.replace(parts, params=params, model_state=state["model_state"])
     return LoadedModel(name=name or run_dir.name, run_dir=run_dir, checkpoint_dir=ckpt_dir,
                        config=cfg or run_cfg, meta=meta, parts=parts, params=params,
                        model_state=state["model_state"])
+
+
+def _check_finite(tree, checkpoint_dir: Path) -> None:
+    """A CheckpointError when a weight is NaN or infinite: every number computed from it would be
+    meaningless (a run that diverged, or NaN pixels trained on). Checked on the host copy."""
+    bad, total = [], 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        value = np.asarray(leaf)
+        if value.dtype.kind != "f":
+            continue
+        total += 1
+        if not np.isfinite(value).all():
+            bad.append(jax.tree_util.keystr(path))
+    if bad:
+        raise CheckpointError(f"{checkpoint_dir}: {len(bad)} of {total} weight tensors hold NaN or infinite values "
+                              f"(first: {bad[0]}); the run diverged or trained on non-finite data: use an earlier "
+                              "checkpoint (checkpoints/epochs/<epoch>) or retrain")
 
 
 def _abstract_parts(run_cfg: Config, input_shape: tuple[int, int, int], num_classes: int) -> ModelParts:

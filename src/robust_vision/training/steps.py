@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from robust_vision.attacks.training import madry_pgd_examples
 from robust_vision.config import ModelConfig, TrainingConfig
 from robust_vision.data.pipeline import augment
 from robust_vision.evaluation.metrics import per_example_metrics
@@ -140,22 +141,38 @@ def model_program_key(parts: ModelParts, model_cfg: ModelConfig, training_cfg: T
     return ProgramKey(key, (*ordered, *sources))
 
 
-def make_optimizer(cfg: TrainingConfig, steps_per_epoch: int) -> tuple[optax.GradientTransformation, Callable]:
-    """The Optax optimizer and learning-rate schedule described by the config."""
+def make_schedule(cfg: TrainingConfig, steps_per_epoch: int) -> optax.Schedule:
+    """The learning rate of ``cfg.lr_schedule`` as a function of the step (0-based), over
+    ``cfg.epochs * steps_per_epoch`` steps; epoch-valued keys (warm-up, peak, milestones) are
+    converted to steps by rounding."""
     total_steps = max(cfg.epochs * steps_per_epoch, 1)
+    peak = cfg.learning_rate
     if cfg.lr_schedule == "constant":
-        schedule = optax.constant_schedule(cfg.learning_rate)
-    elif cfg.lr_schedule == "cosine":
-        schedule = optax.cosine_decay_schedule(cfg.learning_rate, total_steps)
-    else:  # warmup_cosine
-        warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total_steps - 1)
-        schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, total_steps)
+        return optax.constant_schedule(peak)
+    if cfg.lr_schedule == "cosine":
+        return optax.cosine_decay_schedule(peak, total_steps)
+    if cfg.lr_schedule == "piecewise":
+        drops: dict[int, float] = {}
+        for epoch in cfg.lr_milestones:
+            at = int(round(epoch * steps_per_epoch))
+            drops[at] = drops.get(at, 1.0) * cfg.lr_decay_factor  # equal milestones compound
+        return optax.piecewise_constant_schedule(peak, drops)
+    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total_steps - 1)
+    if cfg.lr_schedule == "cyclic":  # triangle 0 -> peak -> 0, as torch's CyclicLR of Wong et al. (2020)
+        return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup),
+                                     optax.linear_schedule(peak, 0.0, total_steps - warmup)], [warmup])
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total_steps)  # warmup_cosine
+
+
+def make_optimizer(cfg: TrainingConfig, steps_per_epoch: int) -> tuple[optax.GradientTransformation, Callable]:
+    """The Optax optimizer and learning-rate schedule (``make_schedule``) described by the config."""
+    schedule = make_schedule(cfg, steps_per_epoch)
     if cfg.optimizer == "adamw":
         core = optax.adamw(schedule, weight_decay=cfg.weight_decay)
     elif cfg.optimizer == "adam":
         core = optax.adam(schedule)
     else:
-        core = optax.sgd(schedule, momentum=cfg.momentum or None)
+        core = optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov and cfg.momentum > 0)
     chain = []
     if cfg.grad_clip_norm is not None:
         chain.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
@@ -206,7 +223,8 @@ def set_compute_dtype(model: nnx.Module, dtype: Any) -> nnx.Module:
 def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn: Callable,
                     cfg: TrainingConfig, *, example_transform: ExampleTransform | None = None,
                     pair_transform: ExampleTransform | None = None, pair_loss: PairLoss | None = None,
-                    extra_loss: Callable | None = None, program_key: ProgramKey | None = None):
+                    extra_loss: Callable | None = None, certified_loss: Callable | None = None,
+                    program_key: ProgramKey | None = None):
     """Build the jitted train step ``(state, images, labels, mask, key) -> (state, per_example)``.
 
     ``cfg.precision`` "bf16" runs the model in bfloat16 (``COMPUTE_DTYPES``); parameters,
@@ -216,6 +234,8 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn
     ``confidence``, ``margin`` of the training forward pass (train mode, augmented inputs;
     adversarial inputs under Madry training, clean inputs under TRADES).
     ``extra_loss(model, images, features, key) -> scalar`` adds a regularizer.
+    ``certified_loss(model, images, labels, per_example, step) -> per_example`` replaces the
+    per-example loss by its certified-training mix (``training.certified``).
     ``program_key`` (``model_program_key`` of these parts and the configs that built ``tx``,
     ``loss_fn`` and the hooks) keeps the traced step on disk (``program_cache``); None: plain jit.
     """
@@ -261,6 +281,8 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn
                 per_ex = loss_fn(logits, labels)
             if cfg.use_mixup:
                 per_ex = lam * per_ex + (1.0 - lam) * loss_fn(logits, labels_b)
+            if certified_loss is not None:
+                per_ex = certified_loss(model, images, labels, per_ex, state["step"])
             loss = jnp.sum(per_ex * mask) / jnp.maximum(jnp.sum(mask), 1.0)
             if extra_loss is not None:
                 loss = loss + extra_loss(model, images, features, reg_key)
@@ -282,7 +304,8 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn
         return new_state, {"loss": per_ex, "correct": metrics["correct"],
                            "confidence": metrics["confidence"], "margin": metrics["margin"]}
 
-    hooks = [f for f in (loss_fn, example_transform, pair_transform, pair_loss, extra_loss) if f is not None]
+    hooks = [f for f in (loss_fn, example_transform, pair_transform, pair_loss, extra_loss, certified_loss)
+             if f is not None]
     return model_jit(step, program_key, name="train_step", donate_argnums=(0,), sources=hooks)
 
 
@@ -321,3 +344,22 @@ def make_eval_step(parts: ModelParts, program_key: ProgramKey | None = None):
         return per_example_metrics(logits_fn(params, model_state, images), labels)
 
     return model_jit(eval_step, program_key, name="eval_step")
+
+
+def make_robust_eval_step(parts: ModelParts, eps: float, steps: int, step_size: float | None,
+                          program_key: ProgramKey | None = None):
+    """Jitted ``(params, model_state, images, labels, key) -> {"pgd_correct": (B,) float32}``: 1
+    where the eval-mode model still classifies the Linf PGD example (random start, ``steps``
+    steps of ``step_size``, budget ``eps`` in [0, 1] pixel units) of an image correctly. The
+    trainer's held-out robust accuracy (``training.val_attack``); kept on disk as ``make_eval_step``."""
+    logits_fn = make_logits_fn(parts)
+
+    def robust_eval_step(params, model_state, images, labels, key):
+        def model_logits(x):
+            return logits_fn(params, model_state, x)
+
+        x_adv = madry_pgd_examples(model_logits, images, labels, key, eps, steps=steps, step_size=step_size)
+        return {"pgd_correct": (jnp.argmax(model_logits(x_adv), -1) == labels).astype(jnp.float32)}
+
+    return model_jit(robust_eval_step, program_key, name="robust_eval_step",
+                     key={"eps": eps, "steps": steps, "step_size": step_size})

@@ -23,6 +23,7 @@ from typing import Callable
 import jax
 import numpy as np
 import yaml
+from flax import nnx
 from tqdm.auto import tqdm
 
 from robust_vision.config import Config, ConfigError, config_to_dict, save_config
@@ -30,8 +31,8 @@ from robust_vision.data.datasets import Dataset, load_dataset
 from robust_vision.data.batch import to_unit_float
 from robust_vision.data.pipeline import (check_batch_divisible, data_mesh, device_multiple, eval_batches, num_batches,
                                          replicate, train_batches)
-from robust_vision.data.sources import (ConcatSource, RecordSource, converted, describe_splits, open_splits,
-                                        stream_shape)
+from robust_vision.data.sources import (ConcatSource, RecordSource, SubsetSource, converted, describe_splits,
+                                        open_splits, stream_shape)
 from robust_vision.distributed import gather_batches, is_main_process, main_only
 from robust_vision.evaluation.batched import prefetch_to_device, stream_per_example
 from robust_vision.evaluation.metrics import summarize
@@ -44,12 +45,12 @@ from robust_vision.regularizers import make_regularizer
 from robust_vision.training.adversarial import adversarial_hooks, write_adversarial_examples
 from robust_vision.training.finetune import load_initial_weights
 from robust_vision.training.pretrain import pretrain_local_layer
-from robust_vision.training.steps import (init_train_state, make_eval_step, make_run_optimizer, make_train_step,
-                                          model_program_key, split_model)
+from robust_vision.training.steps import (init_train_state, make_eval_step, make_logits_fn, make_robust_eval_step,
+                                          make_run_optimizer, make_train_step, model_program_key, split_model)
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "train_margin", "train_snr",
                   "val_loss", "val_accuracy", "val_margin", "val_snr", "val_snr_median", "val_ece",
-                  "learning_rate", "epoch_time_s"]
+                  "learning_rate", "epoch_time_s", "val_pgd_accuracy"]
 
 # Config keys that may differ between a run and its resumption (they do not change the numbers).
 # training.checkpoint_dir: the run being resumed is read from it, so a different spelling of the same
@@ -73,6 +74,15 @@ def diverged(train_loss: float, reference_loss: float | None) -> bool:
         return True
     reference = reference_loss if reference_loss is not None and math.isfinite(reference_loss) else 1.0
     return train_loss > DIVERGENCE_FACTOR * max(reference, 1.0)
+
+
+def stop_early(history: list[dict], best_epoch: int | None, patience: int | None, metric: str) -> bool:
+    """Whether ``patience`` validations (rows that hold ``metric``) have passed since the best
+    epoch without a better value; never with ``patience`` None or before any best epoch."""
+    if patience is None or best_epoch is None:
+        return False
+    since = [r for r in history if int(r["epoch"]) > best_epoch and r.get(metric) is not None]
+    return len(since) >= patience
 
 
 class TrainingError(RuntimeError):
@@ -197,6 +207,9 @@ def check_run_request(cfg: Config, resume: bool) -> tuple[Path, bool]:
     if tcfg.best_metric not in METRIC_COLUMNS[1:]:
         raise ConfigError(f"training.best_metric: got {tcfg.best_metric!r}; expected a metrics.csv column: "
                           f"{', '.join(METRIC_COLUMNS[1:])}")
+    if tcfg.best_metric == "val_pgd_accuracy" and tcfg.val_attack.steps == 0:
+        raise ConfigError("training.best_metric: val_pgd_accuracy needs the held-out attack; set "
+                          "training.val_attack.steps (e.g. 10) or pick another best_metric")
     run_dir = Path(tcfg.checkpoint_dir)
     store_dir = run_dir / "checkpoints"
     has_checkpoints = store_dir.exists() and any(store_dir.rglob("meta"))
@@ -214,14 +227,40 @@ def _fmt_snr(value: float | None) -> str:
     return f"{value:.1f}" if value < 1e6 else f"{value:.3e}"
 
 
-def _train_hooks(tcfg) -> dict:
-    """Loss hooks of ``make_train_step``: AugMix (training.augmix) or adversarial training."""
+def _check_activations(cfg: Config, data) -> None:
+    """``preflight.check_activation_memory`` of one training batch, on the abstract model (nothing
+    allocated): the input-only estimate of ``check_memory`` misses activations, ~6x the inputs of
+    a 2000 px batch, and the process died with SIGSEGV instead of a message."""
+    from robust_vision.preflight import activations_may_matter, check_activation_memory
+
+    shape = (cfg.training.batch_size, *data.image_shape)
+    if not activations_may_matter(shape):  # the common case: no model is built for the estimate
+        return
+    abstract = split_model(nnx.eval_shape(lambda: create_model(cfg.model, input_shape=data.image_shape,
+                                                                   num_classes=data.num_classes, seed=0)))
+    logits = make_logits_fn(abstract)
+    check_activation_memory(lambda params, state, x: logits(params, state, x), (abstract.params, abstract.model_state),
+                            shape)
+
+
+def _train_hooks(tcfg, steps_per_epoch: int | None = None) -> dict:
+    """Loss hooks of ``make_train_step``: AugMix (training.augmix), adversarial training or
+    certified training (training.certified, whose eps ramp needs ``steps_per_epoch``)."""
     from robust_vision.training.augmix import augmix_hooks
+    from robust_vision.training.certified import certified_hooks
 
     if tcfg.augmix.enabled and tcfg.adversarial.method in ("pgd", "trades", "mart"):
         raise ConfigError(f"training.augmix.enabled with training.adversarial.method={tcfg.adversarial.method}: "
                           "pick one of them (both replace the training loss)")
-    return augmix_hooks(tcfg.augmix) or adversarial_hooks(tcfg.adversarial)
+    if tcfg.certified.method != "none" and (tcfg.augmix.enabled or tcfg.adversarial.method != "none" or tcfg.use_mixup):
+        raise ConfigError(f"training.certified.method={tcfg.certified.method} replaces the training loss: turn off "
+                          "training.augmix, training.adversarial and training.use_mixup")
+    hooks = augmix_hooks(tcfg.augmix) or adversarial_hooks(tcfg.adversarial)
+    if tcfg.certified.method != "none":
+        if steps_per_epoch is None:
+            raise ValueError("certified training needs steps_per_epoch (the eps ramp is in epochs)")
+        hooks = certified_hooks(tcfg.certified, steps_per_epoch)
+    return hooks
 
 
 def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = print) -> TrainResult:
@@ -257,7 +296,12 @@ def _train_backprop(cfg: Config, *, resume: bool, log: Callable[[str], None]) ->
     run_dir.mkdir(parents=True, exist_ok=True)
     if tcfg.adversarial.method == "augment":
         data = _with_adversarial_examples(cfg, data, run_dir, log)
+    _check_activations(cfg, data)
     model = create_model(cfg.model, input_shape=data.image_shape, num_classes=data.num_classes, seed=tcfg.seed)
+    if tcfg.certified.method != "none" and tcfg.certified.ibp_init:  # a resumed / init_from run loads over it
+        from robust_vision.training.certified import ibp_initialize
+
+        ibp_initialize(model, tcfg.seed)
     resuming = resume and has_checkpoints
     if not resuming and tcfg.init_from is None:
         pretrain_local_layer(model, cfg, data.train, run_dir, log)
@@ -285,13 +329,40 @@ def _train_backprop(cfg: Config, *, resume: bool, log: Callable[[str], None]) ->
 
 
 def _per_example(fn, source: RecordSource, batch_size: int, mesh) -> dict[str, np.ndarray]:
-    """``fn(images, labels) -> {name: (B,) array}`` over every record of ``source`` in order,
+    """``fn(images, labels, batch_index) -> {name: (B,) array}`` over every record of ``source`` in order,
     streamed (``eval_batches`` + device prefetch, ``evaluation.batched.stream_per_example``;
     images float32 [0, 1] on device); the real examples' values, (N,) each, gathered across
     processes. The batch size is rounded up to a multiple of the device count and, unlike the
     evaluators, not capped at N: validation keeps one compiled program whatever the split size."""
     batch_size = device_multiple(batch_size, mesh)
-    return stream_per_example(lambda x, y, _i: fn(to_unit_float(x), y), eval_batches(source, batch_size), mesh=mesh)
+    return stream_per_example(lambda x, y, i: fn(to_unit_float(x), y, i), eval_batches(source, batch_size), mesh=mesh)
+
+
+def _held_out(source: RecordSource, max_examples: int) -> RecordSource:
+    """``max_examples`` records of ``source`` evenly spaced over it (all of them when it has fewer):
+    hold-outs are stored class by class, so the first N would miss most classes."""
+    if len(source) <= max_examples:
+        return source
+    return SubsetSource(source, np.linspace(0, len(source) - 1, max_examples).round().astype(np.int64), source.info)
+
+
+def _validate(cfg: Config, data: TrainData, mesh, state, eval_step, robust_step, attack_key) -> dict:
+    """The validation columns of one metrics.csv row: loss, accuracy, margin, SNR, ECE of the
+    val split and, with ``training.val_attack``, PGD accuracy on ``max_examples`` of its images."""
+    tcfg = cfg.training
+    params = state["ema_params"] if tcfg.ema_enabled else state["params"]
+    val_pe = _per_example(lambda xb, yb, _i: eval_step(params, state["model_state"], xb, yb),
+                          data.val, tcfg.eval_batch_size, mesh)
+    vs = summarize(val_pe)
+    row = dict(val_loss=vs["loss"], val_accuracy=vs["accuracy"], val_margin=vs["margin"], val_snr=vs["snr"],
+               val_snr_median=vs["snr_median"], val_ece=vs["ece"])
+    if robust_step is not None:
+        held = _held_out(data.val, tcfg.val_attack.max_examples)
+        pgd_pe = _per_example(lambda xb, yb, i: robust_step(params, state["model_state"], xb, yb,
+                                                              jax.random.fold_in(attack_key, i)),
+                              held, tcfg.eval_batch_size, mesh)
+        row["val_pgd_accuracy"] = float(np.mean(pgd_pe["pgd_correct"], dtype=np.float64))
+    return row
 
 
 def _train_loop(cfg, resume, log, run_dir, store, data: TrainData, mesh, model, parts, tx, schedule, state,
@@ -325,8 +396,11 @@ def _train_loop(cfg, resume, log, run_dir, store, data: TrainData, mesh, model, 
     # learning-rate schedule): the key under which their traced programs are kept (program_cache).
     program_key = model_program_key(parts, cfg.model, tcfg, steps_per_epoch=steps_per_epoch)
     train_step = make_train_step(parts, tx, make_loss(tcfg), tcfg, extra_loss=make_regularizer(tcfg.regularizers),
-                                 program_key=program_key, **_train_hooks(tcfg))
+                                 program_key=program_key, **_train_hooks(tcfg, steps_per_epoch))
     eval_step = make_eval_step(parts, program_key)
+    vcfg = tcfg.val_attack
+    robust_step = make_robust_eval_step(parts, vcfg.eps, vcfg.steps, vcfg.step_size, program_key) if vcfg.steps else None
+    attack_key = jax.random.key(tcfg.seed + 0xA77AC)  # the same draws every epoch: epochs compare on equal terms
     base_key = jax.random.fold_in(jax.random.key(tcfg.seed), 0x5EED)
     reference_loss = None  # see diverged()
 
@@ -354,10 +428,12 @@ def _train_loop(cfg, resume, log, run_dir, store, data: TrainData, mesh, model, 
             first = slice(0, tcfg.batch_size)  # gathered rows are in batch order
             reference_loss = float(np.mean(gathered["loss"][first][keep[first]]))
         if diverged(train_summary["loss"], reference_loss):
+            last = store.latest_epoch()
+            kept = (f"the last good checkpoint (epoch {last}) is kept in {run_dir / 'checkpoints'}" if last is not None
+                    else "no checkpoint was written (it diverged before the first one)")
             raise TrainingError(f"training diverged at epoch {epoch} (train loss = {train_summary['loss']:.4g}, "
                                 f"{train_summary['loss'] / max(reference_loss, 1.0):.2g}x the first batch's "
-                                f"{reference_loss:.4g}); the "
-                                f"last good checkpoint is kept in {run_dir / 'checkpoints'}; lower training.learning_rate "
+                                f"{reference_loss:.4g}); {kept}; lower training.learning_rate "
                                 "(or training.margin_lambda) and start a new run")
 
         row = {"epoch": epoch, "train_loss": train_summary["loss"], "train_accuracy": train_summary["accuracy"],
@@ -365,12 +441,7 @@ def _train_loop(cfg, resume, log, run_dir, store, data: TrainData, mesh, model, 
                "learning_rate": float(schedule(int(state["step"]) - 1)), "epoch_time_s": None}
         validate = epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs
         if validate and len(data.val):
-            eval_params = state["ema_params"] if tcfg.ema_enabled else state["params"]
-            val_pe = _per_example(lambda xb, yb: eval_step(eval_params, state["model_state"], xb, yb),
-                                  data.val, tcfg.eval_batch_size, mesh)
-            vs = summarize(val_pe)
-            row.update(val_loss=vs["loss"], val_accuracy=vs["accuracy"], val_margin=vs["margin"],
-                       val_snr=vs["snr"], val_snr_median=vs["snr_median"], val_ece=vs["ece"])
+            row.update(_validate(cfg, data, mesh, state, eval_step, robust_step, attack_key))
         row["epoch_time_s"] = time.perf_counter() - t0
         history.append(row)
         if main:
@@ -382,6 +453,8 @@ def _train_loop(cfg, resume, log, run_dir, store, data: TrainData, mesh, model, 
         if row.get("val_loss") is not None:
             log(f"  Val Loss:   {row['val_loss']:.4f}  Val Acc:   {row['val_accuracy']:.4f}  "
                 f"SNR: {_fmt_snr(row['val_snr'])}")
+        if row.get("val_pgd_accuracy") is not None:
+            log(f"  Val PGD-{tcfg.val_attack.steps} Acc: {row['val_pgd_accuracy']:.4f}")
 
         metric_value = row.get(tcfg.best_metric)
         improved = is_better(metric_value, best_value, tcfg.best_mode)
@@ -392,6 +465,10 @@ def _train_loop(cfg, resume, log, run_dir, store, data: TrainData, mesh, model, 
                 "input_shape": list(data.image_shape), "num_classes": data.num_classes,
                 "class_names": list(data.class_names), "ema": tcfg.ema_enabled}
         store.save(epoch, state, meta, is_best=improved)
+        if stop_early(history, best_epoch, tcfg.early_stop_patience, tcfg.best_metric):
+            log(f"Early stop after epoch {epoch}: {tcfg.best_metric} has not improved on epoch {best_epoch}'s "
+                f"for {tcfg.early_stop_patience} validations")
+            break
 
     from robust_vision.training.run_outputs import write_run_outputs
 

@@ -62,7 +62,7 @@ def check_options(style: str, dpi: int, formats: Sequence[str]) -> list[str]:
 Table = dict[str, np.ndarray]
 
 # Columns that stay text; every other column of a table is parsed as float (empty -> nan).
-_TEXT_COLUMNS = {"model", "noise_type", "corruption", "attack", "method"}
+_TEXT_COLUMNS = {"model", "noise_type", "corruption", "attack", "method", "norm"}
 
 
 def read_table(path: str | Path, required: Iterable[str]) -> Table:

@@ -49,6 +49,7 @@ from robust_vision.viz.suite import (
     CORRUPTION_SUMMARY_CSV,
     RELIABILITY_CSV,
     SELECTIVE_CSV,
+    VERIFIED_CSV,
     plot_attack_curves,
     plot_certified_accuracy,
     plot_conformal,
@@ -56,10 +57,12 @@ from robust_vision.viz.suite import (
     plot_corruption_errors,
     plot_reliability,
     plot_selective_accuracy,
+    plot_verified_accuracy,
 )
 
 RESULT_FILES: tuple[str, ...] = (RESULTS_CSV, CONFIDENCES_NPZ, CORRUPTION_RESULTS_CSV, CORRUPTION_SUMMARY_CSV,
-                                 ATTACK_RESULTS_CSV, CERTIFIED_CSV, RELIABILITY_CSV, CONFORMAL_CSV, SELECTIVE_CSV)
+                                 ATTACK_RESULTS_CSV, CERTIFIED_CSV, VERIFIED_CSV, RELIABILITY_CSV, CONFORMAL_CSV,
+                                 SELECTIVE_CSV)
 _KNOWN_FILES = (METRICS_CSV, *RESULT_FILES)
 # Tables whose "model" column names the models of a result set (for consistent colours).
 _MODEL_TABLES = (RESULTS_CSV, CORRUPTION_SUMMARY_CSV, ATTACK_RESULTS_CSV, CERTIFIED_CSV, CONFORMAL_CSV)
@@ -112,6 +115,8 @@ def _results_figures(d: Path, out: Path, style: str, dpi: int, formats: list[str
         written += plot_attack_curves(d / ATTACK_RESULTS_CSV, out, model_styles=styles, **kw)
     if (d / CERTIFIED_CSV).is_file():
         written += plot_certified_accuracy(d / CERTIFIED_CSV, out, model_styles=styles, **kw)
+    if (d / VERIFIED_CSV).is_file():
+        written += plot_verified_accuracy(d / VERIFIED_CSV, out, **kw)
     if (d / RELIABILITY_CSV).is_file():
         written += plot_reliability(d / RELIABILITY_CSV, out, results_csv=d / RESULTS_CSV, **kw)
     if (d / CONFORMAL_CSV).is_file():

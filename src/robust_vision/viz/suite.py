@@ -41,6 +41,7 @@ CORRUPTION_RESULTS_CSV = "corruption_results.csv"
 CORRUPTION_SUMMARY_CSV = "corruption_summary.csv"
 ATTACK_RESULTS_CSV = "attack_results.csv"
 CERTIFIED_CSV = "certified_accuracy.csv"
+VERIFIED_CSV = "verified_results.csv"
 RELIABILITY_CSV = "reliability.csv"
 CONFORMAL_CSV = "conformal_results.csv"
 SELECTIVE_CSV = "selective_accuracy.csv"
@@ -172,6 +173,17 @@ def plot_attack_curves(attack_csv: str | Path, out_dir: str | Path, style: str =
         return save_figure(fig, out_dir, "attack_accuracy", dpi, formats)
 
 
+def _accuracy_panel(ax, k: int, title: str, xlabel: str, ylabel: str) -> None:
+    """Title, axis labels (the y label on the first panel of each row of 4), a [0, 1] accuracy
+    axis and the legend in the upper right (accuracy falls with the budget: the empty corner)."""
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    if k % 4 == 0:
+        ax.set_ylabel(ylabel)
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(loc="upper right", fontsize="small")
+
+
 def plot_certified_accuracy(certified_csv: str | Path, out_dir: str | Path, style: str = DEFAULT_STYLE,
                             dpi: int = DEFAULT_DPI, formats: Sequence[str] = DEFAULT_FORMATS, *,
                             model_styles: Mapping[str, SeriesStyle] | None = None) -> list[Path]:
@@ -196,16 +208,39 @@ def plot_certified_accuracy(certified_csv: str | Path, out_dir: str | Path, styl
                     label = f"{model} (abstains {np.nanmean(table['abstain_fraction'][mask]):.0%})"
                 st = styles[model]
                 ax.step(radius, acc, where="post", color=st["color"], linestyle=st["linestyle"], label=label)
-            ax.set_title(f"Smoothing σ = {sigma:g}")
-            ax.set_xlabel("L2 radius (pixel scale [0, 1])")
-            if k % 4 == 0:
-                ax.set_ylabel("Certified accuracy (fraction)")
-            ax.set_ylim(-0.02, 1.02)
             # Per-panel legends: the abstain fraction depends on sigma. Certified accuracy
             # falls with the radius, so the upper right is the empty corner.
-            ax.legend(loc="upper right", fontsize="small")
+            _accuracy_panel(ax, k, f"Smoothing σ = {sigma:g}", "L2 radius (pixel scale [0, 1])",
+                            "Certified accuracy (fraction)")
         fig.suptitle("Certified accuracy (randomized smoothing)")
         return save_figure(fig, out_dir, "certified_accuracy", dpi, formats)
+
+
+def plot_verified_accuracy(verified_csv: str | Path, out_dir: str | Path, style: str = DEFAULT_STYLE,
+                           dpi: int = DEFAULT_DPI, formats: Sequence[str] = DEFAULT_FORMATS) -> list[Path]:
+    """Verified accuracy vs eps (bound propagation), one panel per model, one line per method,
+    with the PGD accuracy on the same examples above them (dashed: an upper bound on the true
+    robust accuracy, the verified ones are lower bounds). Writes ``verified_accuracy``."""
+    formats = check_options(style, dpi, formats)
+    table = read_table(verified_csv, ("model", "method", "norm", "eps", "pgd_accuracy", "verified_accuracy"))
+    models = unique(table["model"])
+    methods = unique(table["method"])
+    colors = level_colors(len(methods))
+    with style_context(style):
+        fig, axes = panel_grid(len(models), sharey=True)
+        for k, (ax, model) in enumerate(zip(axes, models)):
+            for color, method in zip(colors, methods):
+                mask = select(table, model=model, method=method)
+                if mask.any():
+                    eps, acc = sorted_by(table, mask, "eps", "verified_accuracy")
+                    ax.plot(eps, acc, marker="o", color=color, label=f"verified ({method})")
+            eps, acc = sorted_by(table, select(table, model=model, method=methods[0]), "eps", "pgd_accuracy")
+            ax.plot(eps, acc, color="black", linestyle="--", marker="x", label="PGD (upper bound)")
+            norm = str(table["norm"][select(table, model=model)][0])
+            _accuracy_panel(ax, k, pretty(model), f"eps ({'Linf' if norm == 'linf' else 'L2'}, pixel scale [0, 1])",
+                            "Accuracy (fraction)")
+        fig.suptitle("Verified vs PGD accuracy")
+        return save_figure(fig, out_dir, "verified_accuracy", dpi, formats)
 
 
 # --------------------------------------------------------------------------- calibration
