@@ -190,42 +190,23 @@ def autoattack_part(run_dir: Path, test_zip: Path, args: argparse.Namespace) -> 
 
 
 def _torch_preact(width: int):
-    """RobustBench's PreActResNet-18 (robustbench/model_zoo/architectures/resnet.py) in PyTorch,
-    with the recipe's input normalisation."""
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
+    """RobustBench's PreActResNet-18 in PyTorch (the shared twin, ``models.torch_reference``)
+    behind the recipe's input normalisation, as our model normalises inside its forward."""
+    from robust_vision.models.torch_reference import torch_architectures
 
-    class Block(nn.Module):
-        def __init__(self, cin: int, cout: int, stride: int):
-            super().__init__()
-            self.bn1, self.bn2 = nn.BatchNorm2d(cin), nn.BatchNorm2d(cout)
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
+    torch, preact_resnet18, _ = torch_architectures()
 
-        def forward(self, x):
-            out = F.relu(self.bn1(x))
-            skip = self.shortcut(out) if self.shortcut is not None else x
-            return self.conv2(F.relu(self.bn2(self.conv1(out)))) + skip
-
-    class PreAct(nn.Module):
+    class Normalized(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            widths, strides, layers, cin = [width, 2 * width, 4 * width, 8 * width], [1, 2, 2, 2], [], width
-            self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
-            for w, s in zip(widths, strides):
-                layers += [Block(cin, w, s), Block(w, w, 1)]
-                cin = w
-            self.layers, self.bn, self.linear = nn.Sequential(*layers), nn.BatchNorm2d(cin), nn.Linear(cin, 10)
+            self.net = preact_resnet18(num_classes=10, width=width)
             self.register_buffer("mean", torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1))
             self.register_buffer("std", torch.tensor([0.2471, 0.2435, 0.2616]).view(1, 3, 1, 1))
 
         def forward(self, x):
-            out = F.relu(self.bn(self.layers(self.conv1((x - self.mean) / self.std))))
-            return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+            return self.net((x - self.mean) / self.std)
 
-    return PreAct()
+    return Normalized()
 
 
 def torch_part(batch_size: int, args: argparse.Namespace) -> dict:
