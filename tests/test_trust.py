@@ -536,3 +536,51 @@ def test_describe_a_zip_with_only_a_train_folder(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0] for line in lines] == ["train", "val", "test"]
     assert "no test split" in lines[2] and all("[" not in line for line in lines)
+
+
+def _mixed_size_folder(root: Path) -> Path:
+    """An image folder of two classes whose images are 8x8 except 'dog/3.png' (12x10)."""
+    from PIL import Image
+
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        for i in range(6):
+            size = (10, 12) if (cls, i) == ("dog", 3) else (8, 8)  # PIL sizes are (W, H)
+            Image.new("L", size, 40 * i).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_mixed_image_sizes_in_training_need_image_size(tmp_path, capsys):
+    """The finding: an image folder of mixed sizes was silently resized to its first image's size
+    for training, while docs/DATA.md says mixed sizes need ``data.image_size``."""
+    from conftest import tiny_overrides
+    from robust_vision.cli import train_main
+
+    folder = _mixed_size_folder(tmp_path / "mixed")
+    run = tmp_path / "run"
+    overrides = [o for o in tiny_overrides(run, epochs=1) if not o.startswith("data.image_size")]
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  name: cnn\n")
+    argv = ["--config", str(config)] + [a for o in overrides + ["data.dataset_name=image_folder", f"data.data_dir={folder}",
+                                    "data.test_fraction=0.25", "data.val_fraction=0.25"] for a in ("--override", o)]
+    assert train_main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert f"'{folder}/dog/3.png' is 12x10 but the first image is 8x8" in lines[0]
+    assert "data.image_size: [H, W]" in lines[0]
+    assert not run.exists()
+
+
+def test_mixed_image_sizes_are_resized_with_image_size_and_for_eval_data(tmp_path):
+    """With ``data.image_size`` every image is brought to it; evaluation ``--data`` converts to the
+    checkpoint's shape on purpose (no size check there)."""
+    from robust_vision.config import DataConfig
+    from robust_vision.data.sources import converted, load_eval_source, open_splits, read_images, stream_shape
+
+    folder = _mixed_size_folder(tmp_path / "mixed")
+    splits = open_splits(DataConfig(dataset_name="image_folder", data_dir=str(folder), image_size=[6, 6],
+                                    test_fraction=0.25), ("train",))
+    shape = stream_shape(splits["train"], [6, 6], None)
+    assert shape == (6, 6, 1) and read_images(converted(splits["train"], shape)).shape[1:] == (6, 6, 1)
+    source = load_eval_source(str(folder), "image_folder", "all", (8, 8, 1), log=lambda s: None)
+    assert read_images(source).shape == (12, 8, 8, 1)

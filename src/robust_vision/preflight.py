@@ -268,7 +268,14 @@ CIFAR10_HELP = ("download the python version of CIFAR-10 (cifar-10-python.tar.gz
 
 def check_data_source(data: "DataConfig") -> None:
     """The dataset files a config names exist (checked before JAX is imported). A missing
-    CIFAR-10 says which archive to put where; other sources are checked by their readers."""
+    CIFAR-10 says which archive to put where; an image folder without ``data.image_size`` must
+    hold images of one size (file headers read, nothing decoded but the first); other sources are
+    checked by their readers."""
+    if data.dataset_name == "image_folder" and data.image_size is None:
+        from robust_vision.data.sources import open_splits, stream_shape
+
+        splits = open_splits(data, ("train", "val"))
+        stream_shape(splits["train"], None, data.channels, also=(splits["val"],))
     if data.dataset_name != "cifar10":
         return
     if data.data_dir is None:
