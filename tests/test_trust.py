@@ -584,3 +584,43 @@ def test_mixed_image_sizes_are_resized_with_image_size_and_for_eval_data(tmp_pat
     assert shape == (6, 6, 1) and read_images(converted(splits["train"], shape)).shape[1:] == (6, 6, 1)
     source = load_eval_source(str(folder), "image_folder", "all", (8, 8, 1), log=lambda s: None)
     assert read_images(source).shape == (12, 8, 8, 1)
+
+
+def test_disk_full_during_training_is_one_line_and_exit_1(tmp_path, monkeypatch, capfd, caplog):
+    """The finding: a full disk while saving printed two tracebacks (~110 lines) before its one-line
+    error. Orbax's noise of a real ENOSPC (checked by hand on a 550 KiB tmpfs) is replayed here:
+    its writer threads' absl errors, an unawaited task's asyncio error, and TensorStore callbacks'
+    "Event loop is closed" unraisable errors, all around a save that raises ENOSPC."""
+    import errno
+    import logging
+
+    from conftest import tiny_overrides
+    from robust_vision.cli import train_main
+    from robust_vision.runs import checkpoint
+
+    class ClosedLoopCallback:
+        def __del__(self):
+            raise RuntimeError("Event loop is closed")
+
+    def full_disk_save(manager, epoch, args):
+        cause = OSError(errno.ENOSPC, "No space left on device")
+        error = ValueError(f"RESOURCE_EXHAUSTED: Failed writing {manager.directory}: No space left on device")
+        logging.getLogger("absl").error("_SignalingThread.run() raised an exception: %s", error, exc_info=error)
+        logging.getLogger("asyncio").error("Task exception was never retrieved", exc_info=error)
+        ClosedLoopCallback()  # dropped at once: its __del__ error goes to sys.unraisablehook
+        raise error from cause
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored after the test
+    monkeypatch.setattr(checkpoint.CheckpointStore, "_save", staticmethod(full_disk_save))
+    run = tmp_path / "run"
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  name: cnn\n")
+    argv = ["--config", str(config), "--no-compile-cache"] + [a for o in tiny_overrides(run, epochs=1)
+                                                              for a in ("--override", o)]
+    assert train_main(argv) == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err == [f"error: disk full while saving the epoch-1 checkpoint in {run}/checkpoints; no earlier "
+                   "checkpoint exists; free space and rerun with --resume"], err
+    assert not [r for r in caplog.records if r.name in ("absl", "asyncio")]  # pytest takes the log records
+    logging.getLogger("absl").error("an unrelated error")  # other records still reach the user
+    assert [r.getMessage() for r in caplog.records if r.name == "absl"] == ["an unrelated error"]
