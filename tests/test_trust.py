@@ -332,6 +332,7 @@ FAST_FAILURES = [  # (command line, words of its one error line); {tmp}: a fresh
      "--resolution"),
     (["research", "run", "--output", "{tmp}/res", "--config", "{tmp}/nope.yaml"], "{tmp}/nope.yaml"),
     (["import", "--from", "{tmp}/nope.safetensors", "--model", "wrn-28-10", "--output", "{tmp}/imp"], "nope.safetensors"),
+    (["import", "--from", "{tmp}/file", "--model", "wrn-28-11", "--output", "{tmp}/imp"], "'wrn-28-11'"),
     (["data", "describe", "--config", "{tmp}/nope.yaml"], "{tmp}/nope.yaml"),
     (["data", "prepare", "--config", "configs/quickstart.yaml", "--output", "{tmp}/file"], "already exists"),
     (["sweep", "--config", "{tmp}/nope.yaml", "--output", "{tmp}/sw"], "{tmp}/nope.yaml"),
@@ -374,6 +375,15 @@ def test_the_preflight_noise_names_are_the_registry():
     from robust_vision.preflight import NOISE_TYPES
 
     assert tuple(NOISES) == NOISE_TYPES
+
+
+def test_the_preflight_importable_names_are_the_registry():
+    from robust_vision.models.import_weights import IMPORTABLE, _family
+    from robust_vision.models.robustbench import WIDE_RESNETS
+    from robust_vision.preflight import IMPORTABLE_MODELS
+
+    assert IMPORTABLE is IMPORTABLE_MODELS and set(IMPORTABLE_MODELS) == {"preact_resnet18", *WIDE_RESNETS}
+    assert {_family(name) for name in IMPORTABLE_MODELS} == {"preact", "wrn"}
 
 
 # --------------------------------------------------------------------------- item 3: bounded work

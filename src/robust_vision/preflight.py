@@ -309,6 +309,10 @@ def check_process_flags(coordinator: Optional[str], num_processes: Optional[int]
 
 # --------------------------------------------------------------------------- bounded evaluation work
 
+# The architectures robust-vision-import converts weights of (models.import_weights.IMPORTABLE
+# is this tuple; tests/test_trust.py keeps it equal to the registry's WideResNets), named here so
+# a misspelt --model fails before JAX is imported.
+IMPORTABLE_MODELS = ("preact_resnet18", "wrn-28-10", "wrn-34-10", "wrn-34-20", "wrn-70-16")
 # The noise types of the robustness grid (corruptions.noise.NOISES; tests/test_trust.py keeps
 # the two equal), named here so a misspelt one fails before JAX is imported.
 NOISE_TYPES = ("gaussian", "salt_pepper", "fog", "occlusion")
