@@ -309,7 +309,8 @@ def _check_eval_args(args: argparse.Namespace) -> dict:
     the config and its values (bounded work), the checkpoint's files and the ``--data`` source
     (opened, not decoded). Returns what the run needs: cfg, explicit_config, plan, data source."""
     from robust_vision.evaluation import runner
-    from robust_vision.preflight import check_evaluation_work, check_output_dir, check_process_flags
+    from robust_vision.preflight import (check_attack_combination, check_evaluation_work, check_output_dir,
+                                         check_process_flags, check_published_suite)
     from robust_vision.runs.paths import read_meta, resolve_checkpoint
 
     check_process_flags(args.coordinator, args.num_processes, args.process_id, args.coordinator_timeout)
@@ -325,6 +326,8 @@ def _check_eval_args(args: argparse.Namespace) -> dict:
     ecfg = cfg.evaluation
     check_output_dir(ecfg.output_dir)  # an --output that is a file fails before the evaluation
     check_evaluation_work(ecfg)
+    check_attack_combination(ecfg.attacks, ecfg.attack_norm)
+    check_published_suite(ecfg.suite, ecfg.suite_data)
     plan = runner.plan_parts(ecfg, parts=runner.parse_parts(args.parts), asked=_asked_parts(args))
     source = None
     if getattr(args, "data", None):  # --data: the whole given source as the checkpoint's input (docs/DATA.md)

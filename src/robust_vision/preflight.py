@@ -19,7 +19,7 @@ import errno
 import os
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from robust_vision.config import Config, DataConfig
@@ -308,6 +308,29 @@ def check_process_flags(coordinator: Optional[str], num_processes: Optional[int]
 
 
 # --------------------------------------------------------------------------- bounded evaluation work
+
+def check_attack_combination(attacks: Sequence[str], norm: str) -> None:
+    """The attack norm is linf or l2, and no Linf-only attack is asked under l2 (checked before
+    JAX is imported; ``evaluation.suite.check_attacks`` adds the attack names)."""
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"attack norm must be linf or l2, got {norm!r}")
+    if norm == "l2" and "fgsm" in attacks:
+        raise ValueError("fgsm is an Linf attack; drop it from the attack list or use attack norm linf")
+
+
+def check_published_suite(suite: str, suite_data: Optional[str]) -> None:
+    """The published corruption files ``suite_data`` of ``suite`` (``--suite NAME DIR``) exist in
+    the suite's layout: its first corruption is opened (memory-mapped, nothing decoded)."""
+    if suite == "none" or suite_data is None:
+        return
+    from robust_vision.data.sources import corruption_sources
+
+    first = corruption_sources(suite_data, suite)
+    try:
+        next(first, None)
+    finally:
+        first.close()
+
 
 # The architectures robust-vision-import converts weights of (models.import_weights.IMPORTABLE
 # is this tuple; tests/test_trust.py keeps it equal to the registry's WideResNets), named here so
