@@ -317,6 +317,9 @@ FAST_FAILURES = [  # (command line, words of its one error line); {tmp}: a fresh
     (EVAL + ["--attacks", "pgd", "--attack-steps", "1000000000"], "attack_steps"),
     (EVAL + ["--attacks", "pgdd"], "pgdd"),
     (EVAL + ["--suite", "imagenet-d"], "imagenet-d"),
+    (EVAL + ["--suite", "cifar10-c", "{tmp}/nope"], "{tmp}/nope"),
+    (EVAL + ["--suite", "cifar10-c", "{tmp}/notes"], "labels.npy"),
+    (EVAL + ["--attacks", "fgsm", "--attack-norm", "l2"], "fgsm is an Linf attack"),
     (EVAL + ["--certify", "--n", "1000000000000"], "certify_n"),
     (EVAL + ["--batch-size", "0"], "batch_size"),
     (EVAL + ["--split", "all"], "--data"),
@@ -332,6 +335,7 @@ FAST_FAILURES = [  # (command line, words of its one error line); {tmp}: a fresh
      "--resolution"),
     (["research", "run", "--output", "{tmp}/res", "--config", "{tmp}/nope.yaml"], "{tmp}/nope.yaml"),
     (["import", "--from", "{tmp}/nope.safetensors", "--model", "wrn-28-10", "--output", "{tmp}/imp"], "nope.safetensors"),
+    (["import", "--from", "{tmp}/file", "--model", "wrn-28-11", "--output", "{tmp}/imp"], "'wrn-28-11'"),
     (["data", "describe", "--config", "{tmp}/nope.yaml"], "{tmp}/nope.yaml"),
     (["data", "prepare", "--config", "configs/quickstart.yaml", "--output", "{tmp}/file"], "already exists"),
     (["sweep", "--config", "{tmp}/nope.yaml", "--output", "{tmp}/sw"], "{tmp}/nope.yaml"),
@@ -374,6 +378,15 @@ def test_the_preflight_noise_names_are_the_registry():
     from robust_vision.preflight import NOISE_TYPES
 
     assert tuple(NOISES) == NOISE_TYPES
+
+
+def test_the_preflight_importable_names_are_the_registry():
+    from robust_vision.models.import_weights import IMPORTABLE, _family
+    from robust_vision.models.robustbench import WIDE_RESNETS
+    from robust_vision.preflight import IMPORTABLE_MODELS
+
+    assert IMPORTABLE is IMPORTABLE_MODELS and set(IMPORTABLE_MODELS) == {"preact_resnet18", *WIDE_RESNETS}
+    assert {_family(name) for name in IMPORTABLE_MODELS} == {"preact", "wrn"}
 
 
 # --------------------------------------------------------------------------- item 3: bounded work
@@ -536,3 +549,91 @@ def test_describe_a_zip_with_only_a_train_folder(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0] for line in lines] == ["train", "val", "test"]
     assert "no test split" in lines[2] and all("[" not in line for line in lines)
+
+
+def _mixed_size_folder(root: Path) -> Path:
+    """An image folder of two classes whose images are 8x8 except 'dog/3.png' (12x10)."""
+    from PIL import Image
+
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        for i in range(6):
+            size = (10, 12) if (cls, i) == ("dog", 3) else (8, 8)  # PIL sizes are (W, H)
+            Image.new("L", size, 40 * i).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_mixed_image_sizes_in_training_need_image_size(tmp_path, capsys):
+    """The finding: an image folder of mixed sizes was silently resized to its first image's size
+    for training, while docs/DATA.md says mixed sizes need ``data.image_size``."""
+    from conftest import tiny_overrides
+    from robust_vision.cli import train_main
+
+    folder = _mixed_size_folder(tmp_path / "mixed")
+    run = tmp_path / "run"
+    overrides = [o for o in tiny_overrides(run, epochs=1) if not o.startswith("data.image_size")]
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  name: cnn\n")
+    argv = ["--config", str(config)] + [a for o in overrides + ["data.dataset_name=image_folder", f"data.data_dir={folder}",
+                                    "data.test_fraction=0.25", "data.val_fraction=0.25"] for a in ("--override", o)]
+    assert train_main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert f"'{folder}/dog/3.png' is 12x10 but the first image is 8x8" in lines[0]
+    assert "data.image_size: [H, W]" in lines[0]
+    assert not run.exists()
+
+
+def test_mixed_image_sizes_are_resized_with_image_size_and_for_eval_data(tmp_path):
+    """With ``data.image_size`` every image is brought to it; evaluation ``--data`` converts to the
+    checkpoint's shape on purpose (no size check there)."""
+    from robust_vision.config import DataConfig
+    from robust_vision.data.sources import converted, load_eval_source, open_splits, read_images, stream_shape
+
+    folder = _mixed_size_folder(tmp_path / "mixed")
+    splits = open_splits(DataConfig(dataset_name="image_folder", data_dir=str(folder), image_size=[6, 6],
+                                    test_fraction=0.25), ("train",))
+    shape = stream_shape(splits["train"], [6, 6], None)
+    assert shape == (6, 6, 1) and read_images(converted(splits["train"], shape)).shape[1:] == (6, 6, 1)
+    source = load_eval_source(str(folder), "image_folder", "all", (8, 8, 1), log=lambda s: None)
+    assert read_images(source).shape == (12, 8, 8, 1)
+
+
+def test_disk_full_during_training_is_one_line_and_exit_1(tmp_path, monkeypatch, capfd, caplog):
+    """The finding: a full disk while saving printed two tracebacks (~110 lines) before its one-line
+    error. Orbax's noise of a real ENOSPC (checked by hand on a 550 KiB tmpfs) is replayed here:
+    its writer threads' absl errors, an unawaited task's asyncio error, and TensorStore callbacks'
+    "Event loop is closed" unraisable errors, all around a save that raises ENOSPC."""
+    import errno
+    import logging
+
+    from conftest import tiny_overrides
+    from robust_vision.cli import train_main
+    from robust_vision.runs import checkpoint
+
+    class ClosedLoopCallback:
+        def __del__(self):
+            raise RuntimeError("Event loop is closed")
+
+    def full_disk_save(manager, epoch, args):
+        cause = OSError(errno.ENOSPC, "No space left on device")
+        error = ValueError(f"RESOURCE_EXHAUSTED: Failed writing {manager.directory}: No space left on device")
+        logging.getLogger("absl").error("_SignalingThread.run() raised an exception: %s", error, exc_info=error)
+        logging.getLogger("asyncio").error("Task exception was never retrieved", exc_info=error)
+        ClosedLoopCallback()  # dropped at once: its __del__ error goes to sys.unraisablehook
+        raise error from cause
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored after the test
+    monkeypatch.setattr(checkpoint.CheckpointStore, "_save", staticmethod(full_disk_save))
+    run = tmp_path / "run"
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  name: cnn\n")
+    argv = ["--config", str(config), "--no-compile-cache"] + [a for o in tiny_overrides(run, epochs=1)
+                                                              for a in ("--override", o)]
+    assert train_main(argv) == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err == [f"error: disk full while saving the epoch-1 checkpoint in {run}/checkpoints; no earlier "
+                   "checkpoint exists; free space and rerun with --resume"], err
+    assert not [r for r in caplog.records if r.name in ("absl", "asyncio")]  # pytest takes the log records
+    logging.getLogger("absl").error("an unrelated error")  # other records still reach the user
+    assert [r.getMessage() for r in caplog.records if r.name == "absl"] == ["an unrelated error"]

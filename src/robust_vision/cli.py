@@ -185,24 +185,29 @@ def import_main(argv: list[str] | None = None) -> int:
     """robust-vision-import --from model.safetensors --model wrn-28-10 --output RUN [--config FILE] ..."""
     _quiet_tensorflow_logs()
     source = _flag_value(argv if argv is not None else sys.argv[1:], "--from")
-    if source is not None and not os.path.isfile(source):  # before JAX (the architecture list imports it)
+    if source is not None and not os.path.isfile(source):  # before the parser: a missing file is named first
         print(f"error: --from: '{source}' not found; pass a PyTorch state_dict file (.safetensors, or .pt with "
               "torch installed)", file=sys.stderr)
         return 2
-    from robust_vision.models.import_weights import IMPORTABLE
+    from robust_vision.preflight import IMPORTABLE_MODELS  # JAX-free: a bad --model costs no import
 
     parser = argparse.ArgumentParser(prog="robust-vision-import",
                                      description="Convert a PyTorch state_dict of a RobustBench architecture into a "
                                                  "run directory robust-vision-eval reads (docs/MODELS.md).")
     parser.add_argument("--from", dest="source", required=True, help="weights: .safetensors (or .pt with torch installed)")
-    parser.add_argument("--model", required=True, choices=IMPORTABLE, help="architecture of the weights")
+    parser.add_argument("--model", required=True, help=f"architecture of the weights: {', '.join(IMPORTABLE_MODELS)}")
     parser.add_argument("--output", required=True, help="new run directory")
     _add_config_args(parser, required=False)
     parser.add_argument("--image-size", dest="image_size", type=int, default=32, help="input height = width (default 32)")
     parser.add_argument("--channels", type=int, default=3, help="input channels (default 3)")
     parser.add_argument("--num-classes", dest="num_classes", type=int,
                         help="classes (default: rows of the file's classifier weight)")
-    return _run(_import, parser.parse_args(argv), hard_exit_on_interrupt=argv is None, kept="nothing was written")
+    args = parser.parse_args(argv)
+    if args.model not in IMPORTABLE_MODELS:  # one line, not argparse's usage block
+        print(f"error: --model {args.model!r}: weights can be imported for {', '.join(IMPORTABLE_MODELS)} only",
+              file=sys.stderr)
+        return 2
+    return _run(_import, args, hard_exit_on_interrupt=argv is None, kept="nothing was written")
 
 
 # --------------------------------------------------------------------------- eval
@@ -304,7 +309,8 @@ def _check_eval_args(args: argparse.Namespace) -> dict:
     the config and its values (bounded work), the checkpoint's files and the ``--data`` source
     (opened, not decoded). Returns what the run needs: cfg, explicit_config, plan, data source."""
     from robust_vision.evaluation import runner
-    from robust_vision.preflight import check_evaluation_work, check_output_dir, check_process_flags
+    from robust_vision.preflight import (check_attack_combination, check_evaluation_work, check_output_dir,
+                                         check_process_flags, check_published_suite)
     from robust_vision.runs.paths import read_meta, resolve_checkpoint
 
     check_process_flags(args.coordinator, args.num_processes, args.process_id, args.coordinator_timeout)
@@ -320,6 +326,8 @@ def _check_eval_args(args: argparse.Namespace) -> dict:
     ecfg = cfg.evaluation
     check_output_dir(ecfg.output_dir)  # an --output that is a file fails before the evaluation
     check_evaluation_work(ecfg)
+    check_attack_combination(ecfg.attacks, ecfg.attack_norm)
+    check_published_suite(ecfg.suite, ecfg.suite_data)
     plan = runner.plan_parts(ecfg, parts=runner.parse_parts(args.parts), asked=_asked_parts(args))
     source = None
     if getattr(args, "data", None):  # --data: the whole given source as the checkpoint's input (docs/DATA.md)

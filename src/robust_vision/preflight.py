@@ -19,7 +19,7 @@ import errno
 import os
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from robust_vision.config import Config, DataConfig
@@ -268,7 +268,14 @@ CIFAR10_HELP = ("download the python version of CIFAR-10 (cifar-10-python.tar.gz
 
 def check_data_source(data: "DataConfig") -> None:
     """The dataset files a config names exist (checked before JAX is imported). A missing
-    CIFAR-10 says which archive to put where; other sources are checked by their readers."""
+    CIFAR-10 says which archive to put where; an image folder without ``data.image_size`` must
+    hold images of one size (file headers read, nothing decoded but the first); other sources are
+    checked by their readers."""
+    if data.dataset_name == "image_folder" and data.image_size is None:
+        from robust_vision.data.sources import open_splits, stream_shape
+
+        splits = open_splits(data, ("train", "val"))
+        stream_shape(splits["train"], None, data.channels, also=(splits["val"],))
     if data.dataset_name != "cifar10":
         return
     if data.data_dir is None:
@@ -302,6 +309,33 @@ def check_process_flags(coordinator: Optional[str], num_processes: Optional[int]
 
 # --------------------------------------------------------------------------- bounded evaluation work
 
+def check_attack_combination(attacks: Sequence[str], norm: str) -> None:
+    """The attack norm is linf or l2, and no Linf-only attack is asked under l2 (checked before
+    JAX is imported; ``evaluation.suite.check_attacks`` adds the attack names)."""
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"attack norm must be linf or l2, got {norm!r}")
+    if norm == "l2" and "fgsm" in attacks:
+        raise ValueError("fgsm is an Linf attack; drop it from the attack list or use attack norm linf")
+
+
+def check_published_suite(suite: str, suite_data: Optional[str]) -> None:
+    """The published corruption files ``suite_data`` of ``suite`` (``--suite NAME DIR``) exist in
+    the suite's layout: its first corruption is opened (memory-mapped, nothing decoded)."""
+    if suite == "none" or suite_data is None:
+        return
+    from robust_vision.data.sources import corruption_sources
+
+    first = corruption_sources(suite_data, suite)
+    try:
+        next(first, None)
+    finally:
+        first.close()
+
+
+# The architectures robust-vision-import converts weights of (models.import_weights.IMPORTABLE
+# is this tuple; tests/test_trust.py keeps it equal to the registry's WideResNets), named here so
+# a misspelt --model fails before JAX is imported.
+IMPORTABLE_MODELS = ("preact_resnet18", "wrn-28-10", "wrn-34-10", "wrn-34-20", "wrn-70-16")
 # The noise types of the robustness grid (corruptions.noise.NOISES; tests/test_trust.py keeps
 # the two equal), named here so a misspelt one fails before JAX is imported.
 NOISE_TYPES = ("gaussian", "salt_pepper", "fog", "occlusion")

@@ -230,6 +230,20 @@ class FileSource(RecordSource):
             self._zip = zipfile.ZipFile(self.root)
         return read_zip_member(self._zip, name, str(self.root))
 
+    def header_size(self, index: int) -> tuple[int, int]:
+        """(H, W) of record ``index`` from its file header (Pillow does not decode the pixels)."""
+        from PIL import Image
+
+        name = self.names[index]
+        try:
+            with Image.open(io.BytesIO(self._bytes(name))) as im:
+                return int(im.size[1]), int(im.size[0])
+        except DatasetError:
+            raise
+        except Exception as exc:  # PIL raises several types for truncated / foreign files
+            raise DatasetError(f"cannot read the header of '{self.root}/{name}' ({type(exc).__name__}: {exc}); "
+                               "expected a PNG or JPEG image, remove or replace the file") from None
+
     def _read(self, index: int) -> np.ndarray:
         name = self.names[index]
         try:
@@ -841,18 +855,48 @@ class ConvertedSource(RecordSource):
         return preprocess(self.base._read(index), (h, w), c)
 
 
-def stream_shape(source: RecordSource, image_size: Optional[Sequence[int]], channels: Optional[int]
-                 ) -> tuple[int, int, int]:
-    """The (H, W, C) every record of ``source`` is brought to: ``image_size`` / ``channels`` where
-    set, else the source's common shape; a source of mixed sizes (``info.image_shape`` None, e.g.
-    an image folder) takes the missing parts from its first record, and the others are resized /
-    converted to it when read (``converted``)."""
+def _file_records(source: RecordSource) -> Optional[tuple[FileSource, np.ndarray]]:
+    """The image-file source under ``source`` (through subsets) and the file indices of its
+    records, or None when the records do not come from image files."""
+    indices = np.arange(len(source))
+    while isinstance(source, SubsetSource):
+        indices = source.indices[indices]
+        source = source.base
+    return (source, indices) if isinstance(source, FileSource) else None
+
+
+def check_one_size(sources: Sequence[RecordSource], size: tuple[int, int]) -> None:
+    """A DatasetError naming the first image file of ``sources`` whose (H, W), read from its header
+    (no decoding), is not ``size``: mixed sizes need ``data.image_size`` (docs/DATA.md)."""
+    for source in sources:
+        files = _file_records(source)
+        if files is None:
+            continue
+        base, indices = files
+        for index in indices:
+            found = base.header_size(int(index))
+            if found != size:
+                raise DatasetError(
+                    f"'{base.root}/{base.names[int(index)]}' is {found[0]}x{found[1]} but the first image is "
+                    f"{size[0]}x{size[1]}: images of mixed sizes need data.image_size: [H, W] in the config "
+                    "to resize them all to one size")
+
+
+def stream_shape(source: RecordSource, image_size: Optional[Sequence[int]], channels: Optional[int],
+                 also: Sequence[RecordSource] = ()) -> tuple[int, int, int]:
+    """The (H, W, C) every record of ``source`` (and of the sources ``also``, e.g. val) is brought
+    to: ``image_size`` / ``channels`` where set, else the source's common shape. A source of image
+    files (``info.image_shape`` None) takes the missing parts from its first record; without
+    ``image_size`` every file must have that size (headers checked, a DatasetError otherwise), so
+    only channels are converted when read (``converted``)."""
     shape = source.info.image_shape
     if shape is None:
         if len(source) == 0:
             raise DatasetError(f"{source.info.description}: no images; point data.data_dir to a non-empty source")
         first = source._read(0)
         shape = (int(first.shape[0]), int(first.shape[1]), int(first.shape[2]) if first.ndim == 3 else 1)
+        if image_size is None:
+            check_one_size([source, *also], (shape[0], shape[1]))
     h, w = (int(image_size[0]), int(image_size[1])) if image_size is not None else shape[:2]
     return h, w, int(channels or shape[2])
 

@@ -351,10 +351,9 @@ def check_attacks(attacks: Sequence[str], norm: str) -> None:
     unknown = [a for a in attacks if a not in ATTACK_NAMES and a not in AUTOATTACK_NAMES]
     if unknown:
         raise ValueError(f"unknown attack {unknown[0]!r}; valid attacks: {', '.join([*ATTACK_NAMES, *AUTOATTACK_NAMES])}")
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"attack norm must be linf or l2, got {norm!r}")
-    if norm == "l2" and "fgsm" in attacks:
-        raise ValueError("fgsm is an Linf attack; drop it from the attack list or use attack norm linf")
+    from robust_vision.preflight import check_attack_combination
+
+    check_attack_combination(attacks, norm)
 
 
 def _attack_plan(name: str, *, eps: Sequence[float], norm: str, steps: int | None,

@@ -43,13 +43,14 @@ import numpy as np
 from robust_vision.config import Config, ConfigError, config_to_dict, load_config, save_config
 from robust_vision.models.robustbench import WIDE_RESNETS
 from robust_vision.models.stages import path_names
+from robust_vision.preflight import IMPORTABLE_MODELS
 
 
 class WeightImportError(ValueError):
     """A weight file that cannot be read or does not match the architecture (exit code 2)."""
 
 
-IMPORTABLE = ("preact_resnet18", *WIDE_RESNETS)
+IMPORTABLE = IMPORTABLE_MODELS  # named without JAX for the command line (preflight)
 
 _LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
                   "var": "running_var"}

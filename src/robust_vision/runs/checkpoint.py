@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -120,6 +121,34 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+class _DiskFullNoise(logging.Filter):
+    """Drops the records that Orbax's writer threads (logger ``absl``) and its unawaited asyncio
+    tasks (``asyncio``) log, each with a traceback, when a save runs out of disk space: the
+    failed save is reported in one line (:meth:`CheckpointStore.save`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from robust_vision.preflight import is_disk_full
+
+        exc = record.exc_info[1] if record.exc_info else None
+        return not ("No space left on device" in record.getMessage() or (exc is not None and is_disk_full(exc)))
+
+
+for _name in ("absl", "asyncio"):
+    logging.getLogger(_name).addFilter(_DiskFullNoise())
+
+
+def _closed_loop_quiet(hook: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``hook`` (a ``sys.unraisablehook``) without the "Event loop is closed" errors that
+    TensorStore's write callbacks raise, one traceback each, once a failed save (disk full) has
+    closed Orbax's event loop; everything else goes to ``hook``."""
+
+    def quiet(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
+            hook(unraisable)
+    return quiet
+
+
 class CheckpointStore:
     """The epoch and best-checkpoint managers of one run directory."""
 
@@ -135,19 +164,30 @@ class CheckpointStore:
         The best copy is written first: if the process dies between the two writes, a
         resumed run replays this epoch and finds the best copy already there.
         """
+        import sys
+
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        hook = sys.unraisablehook
+        sys.unraisablehook = _closed_loop_quiet(hook)
         try:
             if is_best and epoch not in self.best.all_steps():
                 self._save(self.best, epoch, args)
             if epoch not in self.epochs.all_steps():
                 self._save(self.epochs, epoch, args)
+            sys.unraisablehook = hook
         except Exception as exc:  # Orbax wraps OS errors in several types; report the cause in one line
             from robust_vision.preflight import is_disk_full
+
+            # Keep the quiet hook: Orbax's callbacks may still fail after this; the run ends here.
 
             kept = self.epochs.latest_step()
             kept_s = f"the last complete checkpoint (epoch {kept}) is kept" if kept is not None else \
                 "no earlier checkpoint exists"
             if is_disk_full(exc):
+                import warnings
+
+                # Orbax's writes that the full disk stopped are never awaited: no warning per write at exit.
+                warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
                 raise CheckpointWriteError(f"disk full while saving the epoch-{epoch} checkpoint in {self.root}; "
                                            f"{kept_s}; free space and rerun with --resume") from None
             if isinstance(exc, OSError):

@@ -132,7 +132,7 @@ def training_sources(cfg: Config) -> TrainData:
     splits = open_splits(cfg.data, ("train", "val"))
     info = splits["train"].info
     _check_n_classes(cfg, info.num_classes)
-    shape = stream_shape(splits["train"], cfg.data.image_size, cfg.data.channels)
+    shape = stream_shape(splits["train"], cfg.data.image_size, cfg.data.channels, also=(splits["val"],))
     return TrainData(cfg.data.dataset_name, converted(splits["train"], shape), converted(splits["val"], shape), shape,
                      info.num_classes, info.class_names, tuple(describe_splits(splits)))
 
