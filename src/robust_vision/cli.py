@@ -118,6 +118,7 @@ def _add_distributed_args(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from robust_vision.config import load_config
+    from robust_vision.data.sources import check_image_sizes
     from robust_vision.preflight import check_data_source, check_memory, check_process_flags
 
     overrides = list(args.override)
@@ -128,6 +129,7 @@ def _train(args: argparse.Namespace) -> int:
     check_process_flags(args.coordinator, args.num_processes, args.process_id, args.coordinator_timeout)
     cfg = load_config(args.config, overrides)
     check_data_source(cfg.data)  # a bad path or size costs a fraction of a second: JAX is not imported yet
+    check_image_sizes(cfg.data)
     check_memory(cfg)
     from robust_vision import distributed
     from robust_vision.compile_cache import enable_compile_cache
@@ -309,8 +311,9 @@ def _check_eval_args(args: argparse.Namespace) -> dict:
     the config and its values (bounded work), the checkpoint's files and the ``--data`` source
     (opened, not decoded). Returns what the run needs: cfg, explicit_config, plan, data source."""
     from robust_vision.evaluation import runner
+    from robust_vision.data.sources import check_published_suite
     from robust_vision.preflight import (check_attack_combination, check_evaluation_work, check_output_dir,
-                                         check_process_flags, check_published_suite)
+                                         check_process_flags)
     from robust_vision.runs.paths import read_meta, resolve_checkpoint
 
     check_process_flags(args.coordinator, args.num_processes, args.process_id, args.coordinator_timeout)

@@ -268,14 +268,8 @@ CIFAR10_HELP = ("download the python version of CIFAR-10 (cifar-10-python.tar.gz
 
 def check_data_source(data: "DataConfig") -> None:
     """The dataset files a config names exist (checked before JAX is imported). A missing
-    CIFAR-10 says which archive to put where; an image folder without ``data.image_size`` must
-    hold images of one size (file headers read, nothing decoded but the first); other sources are
-    checked by their readers."""
-    if data.dataset_name == "image_folder" and data.image_size is None:
-        from robust_vision.data.sources import open_splits, stream_shape
-
-        splits = open_splits(data, ("train", "val"))
-        stream_shape(splits["train"], None, data.channels, also=(splits["val"],))
+    CIFAR-10 says which archive to put where; image folders are checked by
+    ``data.sources.check_image_sizes``, other sources by their readers."""
     if data.dataset_name != "cifar10":
         return
     if data.data_dir is None:
@@ -316,20 +310,6 @@ def check_attack_combination(attacks: Sequence[str], norm: str) -> None:
         raise ValueError(f"attack norm must be linf or l2, got {norm!r}")
     if norm == "l2" and "fgsm" in attacks:
         raise ValueError("fgsm is an Linf attack; drop it from the attack list or use attack norm linf")
-
-
-def check_published_suite(suite: str, suite_data: Optional[str]) -> None:
-    """The published corruption files ``suite_data`` of ``suite`` (``--suite NAME DIR``) exist in
-    the suite's layout: its first corruption is opened (memory-mapped, nothing decoded)."""
-    if suite == "none" or suite_data is None:
-        return
-    from robust_vision.data.sources import corruption_sources
-
-    first = corruption_sources(suite_data, suite)
-    try:
-        next(first, None)
-    finally:
-        first.close()
 
 
 # The architectures robust-vision-import converts weights of (models.import_weights.IMPORTABLE

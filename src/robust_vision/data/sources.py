@@ -901,6 +901,15 @@ def stream_shape(source: RecordSource, image_size: Optional[Sequence[int]], chan
     return h, w, int(channels or shape[2])
 
 
+def check_image_sizes(data: "DataConfig") -> None:
+    """An image folder / zip without ``data.image_size`` holds images of one size (train and val
+    file headers read, nothing decoded but the first; a DatasetError names the odd file). JAX-free:
+    the train command runs it before JAX is imported."""
+    if data.dataset_name == "image_folder" and data.image_size is None:
+        splits = open_splits(data, ("train", "val"))
+        stream_shape(splits["train"], None, data.channels, also=(splits["val"],))
+
+
 def converted(source: RecordSource, image_shape: Sequence[int]) -> RecordSource:
     """``source`` itself when its records already have ``image_shape`` (H, W, C) (array sources
     then keep their one-read batches), else a :class:`ConvertedSource` resizing / converting each
@@ -980,3 +989,15 @@ def eval_dataset(source: RecordSource, slot: str = "test", name: str = "data"):
     splits[slot] = Split(read_images(source), source.labels.astype(np.int32))
     return Dataset(name=name, num_classes=source.info.num_classes, class_names=source.info.class_names,
                    notes=source.info.description, **splits)
+
+
+def check_published_suite(suite: str, suite_data: Optional[str]) -> None:
+    """The published corruption files ``suite_data`` of ``suite`` (``--suite NAME DIR``) exist in
+    the suite's layout: its first corruption is opened (memory-mapped, nothing decoded)."""
+    if suite == "none" or suite_data is None:
+        return
+    first = corruption_sources(suite_data, suite)
+    try:
+        next(first, None)
+    finally:
+        first.close()
