@@ -11,9 +11,9 @@ import pytest
 
 from robust_vision.attacks import get_attack
 from robust_vision.attacks.apgd_t import apgd_t, dlr_loss, dlr_targeted_loss
-from robust_vision.attacks.autoattack import (CARD_KEYS, card_dataset, card_eps, parse_card, run_autoattack,
-                                              write_autoattack_json)
+from robust_vision.attacks.autoattack import CARD_KEYS, card_dataset, card_eps, run_autoattack, write_autoattack_json
 from robust_vision.attacks.fab import fab_t_minimal
+from robust_vision.preflight import parse_card
 from robust_vision.attacks.gradient import apgd_ce
 from robust_vision.attacks.square import square_trace
 

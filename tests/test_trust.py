@@ -320,6 +320,7 @@ FAST_FAILURES = [  # (command line, words of its one error line); {tmp}: a fresh
     (EVAL + ["--suite", "cifar10-c", "{tmp}/nope"], "{tmp}/nope"),
     (EVAL + ["--suite", "cifar10-c", "{tmp}/notes"], "labels.npy"),
     (EVAL + ["--attacks", "fgsm", "--attack-norm", "l2"], "fgsm is an Linf attack"),
+    (EVAL + ["--card", "colour=red"], "--card 'colour=red'"),
     (EVAL + ["--certify", "--n", "1000000000000"], "certify_n"),
     (EVAL + ["--batch-size", "0"], "batch_size"),
     (EVAL + ["--split", "all"], "--data"),

@@ -313,7 +313,7 @@ def _check_eval_args(args: argparse.Namespace) -> dict:
     from robust_vision.evaluation import runner
     from robust_vision.data.sources import check_published_suite
     from robust_vision.preflight import (check_attack_combination, check_evaluation_work, check_output_dir,
-                                         check_process_flags)
+                                         check_process_flags, parse_card)
     from robust_vision.runs.paths import read_meta, resolve_checkpoint
 
     check_process_flags(args.coordinator, args.num_processes, args.process_id, args.coordinator_timeout)
@@ -331,6 +331,7 @@ def _check_eval_args(args: argparse.Namespace) -> dict:
     check_evaluation_work(ecfg)
     check_attack_combination(ecfg.attacks, ecfg.attack_norm)
     check_published_suite(ecfg.suite, ecfg.suite_data)
+    card = parse_card(args.card)  # autoattack.json's user fields: a bad --card fails here, before JAX
     plan = runner.plan_parts(ecfg, parts=runner.parse_parts(args.parts), asked=_asked_parts(args))
     source = None
     if getattr(args, "data", None):  # --data: the whole given source as the checkpoint's input (docs/DATA.md)
@@ -340,7 +341,7 @@ def _check_eval_args(args: argparse.Namespace) -> dict:
         # Only the asked split is opened; it is streamed (read batch by batch), never decoded whole.
         source = load_eval_source(args.data, args.dataset, data_split or ecfg.split, meta["input_shape"],
                                   int(meta["num_classes"]), log=print if not args.process_id else lambda s: None)
-    return {"cfg": cfg, "explicit_config": explicit_config, "plan": plan, "source": source}
+    return {"cfg": cfg, "explicit_config": explicit_config, "plan": plan, "source": source, "card": card}
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -368,9 +369,7 @@ def _eval(args: argparse.Namespace) -> int:
         suite.resolve_suite(ecfg.suite)  # a generated suite; published files are checked when opened
     suite.check_attacks(ecfg.attacks, ecfg.attack_norm)  # bad attack settings fail before any work
     check_interrupt()  # a Ctrl-C while JAX was imported waited for this point
-    from robust_vision.attacks.autoattack import parse_card
-
-    card = parse_card(args.card)
+    card = checked["card"]
     dataset = cfg.data.dataset_name
     model = load_trained_model(args.checkpoint, cfg if explicit_config else None)
     check_interrupt()

@@ -19,7 +19,7 @@ import errno
 import os
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from robust_vision.config import Config, DataConfig
@@ -310,6 +310,34 @@ def check_attack_combination(attacks: Sequence[str], norm: str) -> None:
         raise ValueError(f"attack norm must be linf or l2, got {norm!r}")
     if norm == "l2" and "fgsm" in attacks:
         raise ValueError("fgsm is an Linf attack; drop it from the attack list or use attack norm linf")
+
+
+# autoattack.json's fields a user may fill (--card KEY=VALUE); the others are measured.
+CARD_USER_KEYS = ("link", "name", "authors", "additional_data", "number_forward_passes", "venue", "reported",
+                  "architecture", "dataset", "footnote")
+
+
+def parse_card(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["authors=A, B", "additional_data=false", ...]`` -> card fields. Keys: CARD_USER_KEYS;
+    ``additional_data`` is true/false, ``number_forward_passes`` a positive integer, the rest text.
+    A bad item raises ValueError with a one-line message."""
+    card: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in CARD_USER_KEYS:
+            raise ValueError(f"--card {item!r}: expected KEY=VALUE with KEY one of {', '.join(CARD_USER_KEYS)}")
+        if key == "additional_data":
+            if value.strip().lower() not in ("true", "false"):
+                raise ValueError(f"--card {item!r}: additional_data is true or false")
+            card[key] = value.strip().lower() == "true"
+        elif key == "number_forward_passes":
+            if not value.strip().isdigit() or int(value) < 1:
+                raise ValueError(f"--card {item!r}: number_forward_passes is a positive integer")
+            card[key] = int(value)
+        else:
+            card[key] = value
+    return card
 
 
 # The architectures robust-vision-import converts weights of (models.import_weights.IMPORTABLE

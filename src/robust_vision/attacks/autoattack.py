@@ -285,8 +285,6 @@ def _pct(v: float) -> str:
 # null until given (``--card KEY=VALUE``); the others are measured or taken from the model.
 CARD_KEYS = ("link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
              "architecture", "eps", "clean_acc", "reported", "autoattack_acc", "threat_model")
-CARD_USER_KEYS = ("link", "name", "authors", "additional_data", "number_forward_passes", "venue", "reported",
-                  "architecture", "dataset", "footnote")
 # Our registry names -> RobustBench's architecture names.
 ARCHITECTURES = {"preact_resnet18": "PreActResNet-18", "resnet18": "ResNet-18", "wrn-28-10": "WideResNet-28-10",
                  "wrn-34-10": "WideResNet-34-10", "wrn-34-20": "WideResNet-34-20", "wrn-70-16": "WideResNet-70-16"}
@@ -307,36 +305,13 @@ def card_dataset(layout: str, class_names: Sequence[str], image_shape: Sequence[
     return layout
 
 
-def parse_card(items: Sequence[str] | None) -> dict[str, Any]:
-    """``["authors=A, B", "additional_data=false", ...]`` -> card fields. Keys: CARD_USER_KEYS;
-    ``additional_data`` is true/false, ``number_forward_passes`` a positive integer, the rest text.
-    A bad item raises ValueError with a one-line message."""
-    card: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or key not in CARD_USER_KEYS:
-            raise ValueError(f"--card {item!r}: expected KEY=VALUE with KEY one of {', '.join(CARD_USER_KEYS)}")
-        if key == "additional_data":
-            if value.strip().lower() not in ("true", "false"):
-                raise ValueError(f"--card {item!r}: additional_data is true or false")
-            card[key] = value.strip().lower() == "true"
-        elif key == "number_forward_passes":
-            if not value.strip().isdigit() or int(value) < 1:
-                raise ValueError(f"--card {item!r}: number_forward_passes is a positive integer")
-            card[key] = int(value)
-        else:
-            card[key] = value
-    return card
-
-
 def robustbench_record(results: Sequence[dict], *, model_name: str = "", dataset: str | None = None,
                        architecture: str | None = None, card: dict | None = None) -> dict:
     """The RobustBench model card of one or more AutoAttack results (one per eps; the card is the
     largest eps): exactly CARD_KEYS (plus ``footnote`` when given), ``clean_acc`` / ``autoattack_acc``
     percent strings with two decimals, ``eps`` as ``card_eps``; ``name`` defaults to ``model_name``;
-    ``architecture`` is RobustBench's name of a registry model; ``card`` (``parse_card``) overrides
-    any of CARD_USER_KEYS. The per-stage results and flags are in the evaluation's results.json."""
+    ``architecture`` is RobustBench's name of a registry model; ``card`` (``preflight.parse_card``) overrides
+    any of ``preflight.CARD_USER_KEYS``. The per-stage results and flags are in the evaluation's results.json."""
     if not results:
         raise ValueError("robustbench_record needs at least one AutoAttack result.")
     main = max(results, key=lambda r: r["eps"])

@@ -79,7 +79,7 @@ class EvalContext:
     calibration part runs (None: there is none). ``noise_types`` / ``levels`` are the grid's
     conditions (calibration uses the same); ``where`` names the data in error messages.
     ``dataset`` is the layout name of the evaluated data (``--data``'s, else the config's) and
-    ``card`` the user's model-card fields (``attacks.autoattack.parse_card``), for autoattack.json."""
+    ``card`` the user's model-card fields (``preflight.parse_card``), for autoattack.json."""
 
     cfg: Any
     models: list
