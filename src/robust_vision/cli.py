@@ -414,7 +414,8 @@ def _eval(args: argparse.Namespace) -> int:
 def _write_eval_results(out_dir, models, ecfg, cfg, ctx, plan, outcome, print) -> None:  # noqa: A002
     """results.json and the figures of one finished evaluation (process 0)."""
     from robust_vision.config import config_to_dict
-    from robust_vision.evaluation.report import versions, write_json
+    from robust_vision.evaluation.report import versions
+    from robust_vision.io import write_json
 
     write_json(out_dir / "results.json", {
         "models": [{"name": m.name, "run_dir": str(m.run_dir), "checkpoint": str(m.checkpoint_dir),

@@ -644,7 +644,7 @@ def read_config_file(path: str | Path) -> dict:
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise ConfigError(f"config file {name!r} is {path.stat().st_size / 2**20:.0f} MiB; a config is a small "
                           "YAML file (pass the right file)")
-    from robust_vision.preflight import decode_text  # no heavy imports: preflight runs before JAX
+    from robust_vision.io import decode_text  # no heavy imports: preflight runs before JAX
 
     text = decode_text(path.read_bytes(), f"config file {name!r} is a binary file, not YAML text; pass a YAML "
                        "config, e.g. configs/quickstart.yaml",

@@ -205,40 +205,6 @@ def is_disk_full(exc: BaseException) -> bool:
 # --------------------------------------------------------------------------- user-supplied tables
 
 
-def decode_text(data: bytes, binary_message: str, encoding_message: str,
-                error: type[Exception] = ValueError) -> str:
-    """``data`` (the bytes of a file a user passed: a config, a CSV table) as UTF-8 text.
-
-    A NUL byte (a binary file) raises ``error(binary_message)``, undecodable bytes
-    ``error(encoding_message)``: each message names the file and the fix."""
-    if b"\x00" in data:
-        raise error(binary_message)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise error(encoding_message) from None
-
-
-def read_csv_rows(path: str | Path) -> tuple[list[dict[str, str]], list[str]]:
-    """Rows and header of a CSV table a user passed (metrics.csv, robustness_results.csv, ...).
-
-    A binary or non-UTF-8 file, or one the csv module cannot parse, raises ValueError naming the
-    file (exit code 2), instead of a UnicodeDecodeError / csv.Error traceback.
-    """
-    import csv
-
-    path = Path(path)
-    text = decode_text(path.read_bytes(), f"{path}: a binary file, not a CSV table; pass the table written by "
-                       "robust-vision (or regenerate it)",
-                       f"{path}: not UTF-8 text, so not a CSV table written by robust-vision; regenerate it")
-    try:
-        reader = csv.DictReader(text.splitlines())
-        rows = list(reader)
-        return rows, list(reader.fieldnames or [])
-    except csv.Error as exc:
-        raise ValueError(f"{path}: not a valid CSV table ({exc}); regenerate it") from None
-
-
 def check_output_dir(path: str | Path, key: str = "--output") -> Path:
     """Fail before any work when an output directory cannot be used: it is an existing file, or
     it could not be created / written. Writes nothing: a run that fails later leaves no empty

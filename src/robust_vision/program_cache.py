@@ -38,12 +38,12 @@ import inspect
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import numpy as np
+from robust_vision.io import atomic_write
 
 FORMAT = 2  # 2: an entry's header holds its full key and the SHA-256 of its program
 SUFFIX = ".jaxexport"
@@ -373,10 +373,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file, so a reader never sees half a file."""
     if not path.parent.exists():  # private, like the cache directory above it
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    atomic_write(path, data, private=True)
 
 
 def _write(path: Path, digest: str, exported: Any, out_tree: Any, in_tree: Any) -> None:

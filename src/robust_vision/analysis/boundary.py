@@ -31,7 +31,7 @@ from matplotlib.patches import Patch
 
 from robust_vision.analysis.common import Context, check_index, class_name, parse_noise, write_summary
 from robust_vision.attacks._common import get_attack_loss, loss_grad_logits
-from robust_vision.evaluation.report import write_csv
+from robust_vision.io import write_csv
 from robust_vision.viz._common import figure_legend, save_figure, style_context
 
 BOUNDARY_COLUMNS = ["center", "alpha", "beta", "predicted", "predicted_class", "confidence"]

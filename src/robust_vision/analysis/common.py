@@ -12,7 +12,8 @@ import numpy as np
 from robust_vision.config import Config, config_to_dict, load_config
 from robust_vision.data.datasets import Dataset, Split, load_dataset
 from robust_vision.runs.loading import LoadedModel, check_input_shape, load_trained_model, resolve_checkpoint
-from robust_vision.evaluation.report import versions, write_json
+from robust_vision.evaluation.report import versions
+from robust_vision.io import write_json
 from robust_vision.viz._common import check_options
 
 

@@ -21,7 +21,7 @@ from robust_vision.analysis.common import (Context, check_index, check_model_dat
                                            parse_noise, write_summary)
 from robust_vision.analysis.features import features_forward, layer_shapes
 from robust_vision.runs.loading import LoadedModel
-from robust_vision.evaluation.report import write_csv
+from robust_vision.io import write_csv
 from robust_vision.viz._common import save_figure, style_context
 
 FEATURE_COLUMNS = ["model", "layer", "shape", "condition", "mean", "std", "relative_change"]

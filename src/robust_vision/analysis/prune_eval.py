@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from robust_vision.analysis.common import Context, write_summary
-from robust_vision.evaluation.report import write_csv
+from robust_vision.io import write_csv
 from robust_vision.evaluation.robustness import evaluate_robustness
 from robust_vision.pruning import is_kernel, magnitude_prune
 from robust_vision.viz._common import (ACCURACY_LABEL, SNR_LABEL, figure_legend, legend_handle, level_colors,

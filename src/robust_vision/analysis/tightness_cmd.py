@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from robust_vision.analysis.common import Context, model_info, write_summary
-from robust_vision.evaluation.report import write_csv
+from robust_vision.io import write_csv
 from robust_vision.verify.convert import to_graph
 from robust_vision.verify.tightness import depth_nodes, mean_radii_by_depth
 

@@ -2,57 +2,17 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
 from robust_vision.evaluation.robustness import RESULT_COLUMNS
+from robust_vision.io import write_csv, write_npz
 
 _NAMES = {"gaussian": "GAUSSIAN NOISE", "salt_pepper": "SALT & PEPPER", "fog": "FOG", "occlusion": "OCCLUSION"}
-
-
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else str(value)
-    return str(value)
-
-
-def write_csv(path: Path, rows: Iterable[dict], columns: list[str]) -> Path:
-    """Write rows atomically (temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([_cell(row.get(c)) for c in columns])
-    os.replace(tmp, path)
-    return path
-
-
-def write_json(path: Path, payload: dict) -> Path:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_json_default, allow_nan=True))
-    os.replace(tmp, path)
-    return path
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def versions() -> dict[str, str]:
@@ -76,10 +36,7 @@ def write_robustness_tables(out_dir: Path, rows: list[dict], confidences: dict[s
     for noise_type in dict.fromkeys(r["noise_type"] for r in rows):
         written.append(write_csv(out_dir / f"robustness_{noise_type}.csv",
                                  [r for r in rows if r["noise_type"] == noise_type], RESULT_COLUMNS))
-    tmp = out_dir / "confidences.tmp.npz"
-    np.savez_compressed(tmp, **confidences)
-    os.replace(tmp, out_dir / "confidences.npz")
-    written.append(out_dir / "confidences.npz")
+    written.append(write_npz(out_dir / "confidences.npz", confidences))
     return written
 
 

@@ -395,7 +395,7 @@ def calibration_part(ctx: EvalContext) -> tuple[dict, dict]:
 def write_suite_tables(out_dir: Path, parts: dict) -> list:
     """The CSV tables of the suite parts present in ``parts`` (keys as in results.json)."""
     from robust_vision.evaluation import suite
-    from robust_vision.evaluation.report import write_csv
+    from robust_vision.io import write_csv
     from robust_vision.evaluation.verified import VERIFIED_COLUMNS
     from robust_vision.viz.suite import (
         ATTACK_RESULTS_CSV,

@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from robust_vision.io import write_npz
 from robust_vision.config import ConfigError
 
 Log = Callable[[str], None]
@@ -126,7 +127,7 @@ def check_names(names: Sequence[str], n: int) -> list[str]:
 
 
 def _read_csv(path: Path) -> tuple[list[dict[str, str]], list[str]]:
-    from robust_vision.preflight import read_csv_rows
+    from robust_vision.io import read_csv_rows
 
     try:
         return read_csv_rows(path)
@@ -294,7 +295,7 @@ def format_markdown(table: Sequence[dict], names: Sequence[str]) -> str:
 def write_merged_inputs(out_dir: Path, experiments: Sequence[Experiment], evals: dict) -> dict[str, Any]:
     """Copy metrics.csv per experiment and merge the robustness tables / confidences under
     the experiment names, so the figures (and a later redraw) read them from ``out_dir``."""
-    from robust_vision.evaluation.report import write_csv
+    from robust_vision.io import write_csv
 
     written: dict[str, Any] = {"runs": []}
     for e in experiments:
@@ -318,10 +319,7 @@ def write_merged_inputs(out_dir: Path, experiments: Sequence[Experiment], evals:
                     if m == model:
                         arrays["|".join([e.name, *rest])] = np.asarray(data[key])
         if arrays:
-            tmp = out_dir / "confidences.tmp.npz"
-            np.savez_compressed(tmp, **arrays)
-            tmp.replace(out_dir / CONFIDENCES_NPZ)
-            written["confidences"] = out_dir / CONFIDENCES_NPZ
+            written["confidences"] = write_npz(out_dir / CONFIDENCES_NPZ, arrays)
     return written
 
 
@@ -366,7 +364,7 @@ def compare(paths: Sequence[str | Path], out_dir: str | Path, names: Sequence[st
         find_experiment(p, str(i))
     names = check_names(list(names) if names else default_names([Path(p) for p in paths]), len(paths))
     experiments = [find_experiment(p, n) for p, n in zip(paths, names)]
-    from robust_vision.evaluation.report import write_csv, write_json  # after the path checks: it imports JAX
+    from robust_vision.io import write_csv, write_json  # after the path checks: it imports JAX
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for e in experiments:

@@ -49,6 +49,7 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
+from robust_vision.io import write_csv, write_json
 from robust_vision.config import (LEGACY_KEYS, Config, ConfigError, apply_overrides, config_from_dict, config_to_dict,
                                    load_config, parse_override, read_config_file)
 
@@ -438,9 +439,7 @@ def check_sweep_state(out_dir: Path, base: Config, spec: SweepSpec) -> None:
                              "use a new --output directory")
     payload = {"method": spec.method, "swept_keys": sorted(swept), "fingerprint": current}
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(path)
+    write_json(path, payload, default=str)
 
 
 # --------------------------------------------------------------------------- one trial
@@ -458,7 +457,7 @@ def evaluate_trial(trial: Trial, spec: SweepSpec) -> dict[str, Any]:
     write its results directory and return the clean_* / noisy_* metrics."""
     from robust_vision.data.datasets import load_dataset
     from robust_vision.runs.loading import check_input_shape, load_trained_model
-    from robust_vision.evaluation.report import versions, write_json, write_robustness_tables
+    from robust_vision.evaluation.report import versions, write_robustness_tables
     from robust_vision.evaluation.robustness import evaluate_robustness
 
     ecfg = trial.cfg.evaluation
@@ -573,7 +572,6 @@ class _Table:
     """trials.csv, rewritten atomically after every change."""
 
     def __init__(self, out_dir: Path, param_keys: Sequence[str]):
-        from robust_vision.evaluation.report import write_csv
 
         self._write_csv = write_csv
         self.path = out_dir / "trials.csv"
@@ -752,7 +750,7 @@ def run_sweep(config_path: str | Path, out_dir: str | Path, overrides: Sequence[
 
 def _write_summary(out_dir: Path, config_path: str | Path, overrides: Sequence[str], spec: SweepSpec,
                    rows: list[dict], best: dict | None, trained: int, elapsed: float) -> None:
-    from robust_vision.evaluation.report import versions, write_json
+    from robust_vision.evaluation.report import versions
 
     params = {k: (v if isinstance(v, list) else {"low": v.low, "high": v.high, "log": v.log})
               for k, v in spec.parameters.items()}

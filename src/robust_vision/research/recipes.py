@@ -374,7 +374,8 @@ def run_recipes(settings: dict, out_dir: str | Path, *, quiet: bool = False, log
 
     from robust_vision.data.datasets import load_dataset
     from robust_vision.runs.loading import load_trained_model
-    from robust_vision.evaluation.report import versions, write_csv
+    from robust_vision.evaluation.report import versions
+    from robust_vision.io import write_csv
     from robust_vision.research.tables import write_table
     from robust_vision.training.trainer import train
 

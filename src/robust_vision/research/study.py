@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from robust_vision.evaluation.report import versions, write_csv, write_json
+from robust_vision.evaluation.report import versions
+
+from robust_vision.io import write_csv, write_json
 from robust_vision.research import figures as figs
 from robust_vision.research import render, tables, verdicts
 from robust_vision.research.methods import EXPERIMENTS, methods_for

@@ -38,7 +38,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from robust_vision.evaluation.report import write_csv
+from robust_vision.io import write_csv
 from robust_vision.research.methods import EXPERIMENTS, MASTER_ORDER, METHODS, Experiment, method_by_key
 from robust_vision.research.protocols import RunRecord
 

@@ -25,13 +25,13 @@ import hashlib
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
 
+from robust_vision.io import write_json
 from robust_vision.runs.paths import CheckpointError, read_meta  # noqa: F401 (re-exported)
 
 
@@ -65,10 +65,7 @@ def write_manifest(checkpoint_dir: Path) -> Path:
     """Write ``checksums.json`` for a finished checkpoint (temp file + rename: never half a manifest)."""
     checkpoint_dir = Path(checkpoint_dir)
     target = checkpoint_dir / MANIFEST
-    tmp = checkpoint_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"algorithm": "sha256", "files": _file_digests(checkpoint_dir)}, indent=1))
-    os.replace(tmp, target)
-    return target
+    return write_json(target, {"algorithm": "sha256", "files": _file_digests(checkpoint_dir)}, indent=1)
 
 
 def _read_manifest(path: Path) -> dict[str, dict] | None:

@@ -13,6 +13,27 @@ import json
 from pathlib import Path
 
 
+# The names inside a run directory. Only runs/ spells them; everything else asks these.
+CONFIG_FILE = "config.yaml"        # the config exactly as trained
+METRICS_FILE = "metrics.csv"       # one row per epoch
+CHECKPOINTS_DIR = "checkpoints"    # best/<epoch>/ and epochs/<epoch>/ (runs/checkpoint.CheckpointStore)
+
+
+def config_file(run_dir: str | Path) -> Path:
+    """RUN/config.yaml."""
+    return Path(run_dir) / CONFIG_FILE
+
+
+def metrics_file(run_dir: str | Path) -> Path:
+    """RUN/metrics.csv."""
+    return Path(run_dir) / METRICS_FILE
+
+
+def checkpoints_dir(run_dir: str | Path) -> Path:
+    """RUN/checkpoints."""
+    return Path(run_dir) / CHECKPOINTS_DIR
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or does not match the model."""
 

@@ -28,7 +28,7 @@ from flax import nnx
 from robust_vision.config import CertifiedConfig
 from robust_vision.verify.backward import backward_lower, crown_relaxations
 from robust_vision.verify.convert import to_graph
-from robust_vision.verify.graph import Graph, Linear, ReLU
+from robust_vision.verify.graph import Graph, Linear
 from robust_vision.verify.interval import Box, interval_bounds, interval_spec_lower
 from robust_vision.verify.spec import InputSet, margin_matrix
 

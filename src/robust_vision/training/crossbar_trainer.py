@@ -54,7 +54,7 @@ from flax import nnx
 
 from robust_vision.config import Config, ConfigError, config_to_dict, save_config
 from robust_vision.evaluation.metrics import log_snr_from_scores, logit_margin, snr_summary
-from robust_vision.evaluation.report import write_json
+from robust_vision.io import write_json
 from robust_vision.models import create_model
 from robust_vision.runs.checkpoint import CheckpointStore, is_better
 from robust_vision.training.hebbian import ClipRange, get_rule, init_crossbar, weight_stats

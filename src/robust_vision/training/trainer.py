@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ import yaml
 from flax import nnx
 from tqdm.auto import tqdm
 
+from robust_vision.io import write_csv
 from robust_vision.config import Config, ConfigError, config_to_dict, save_config
 from robust_vision.data.datasets import Dataset, load_dataset
 from robust_vision.data.batch import to_unit_float
@@ -172,14 +172,8 @@ def read_history(path: Path, up_to_epoch: int) -> list[dict]:
 
 def write_history(path: Path, rows: list[dict]) -> None:
     """Rewrite metrics.csv atomically (temp file + rename): a crash never leaves half a file."""
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else (int(row[k]) if k == "epoch" else row[k]))
-                             for k in METRIC_COLUMNS})
-    os.replace(tmp, path)
+    write_csv(path, rows, METRIC_COLUMNS,
+              cell=lambda column, value: int(value) if column == "epoch" and value is not None else value)
 
 
 def check_resume_config(run_dir: Path, cfg: Config) -> None:

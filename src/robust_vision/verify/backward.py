@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from robust_vision.verify.graph import Add, Graph, Linear, ReLU, bias_dot, transpose
+from robust_vision.verify.graph import Graph, Linear, ReLU, bias_dot, transpose
 from robust_vision.verify.interval import Box
 from robust_vision.verify.spec import InputSet, concretize_lower
 

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from robust_vision.config import EvaluationConfig
-from robust_vision.preflight import read_csv_rows
+from robust_vision.io import read_csv_rows
 
 _DEFAULTS = EvaluationConfig()
 DEFAULT_STYLE: str = _DEFAULTS.plot_style
