@@ -977,6 +977,16 @@ def read_images(source: RecordSource, batch_size: int = 256) -> np.ndarray:
     return images
 
 
+def read_examples(source: RecordSource, max_examples: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``max_examples`` records of ``source`` (all when None) as in-memory arrays:
+    images float32 (N, H, W, C) in [0, 1] and labels int32 (N,). The one way a small workload
+    (local-rule trainers, analysis on a few hundred images) materialises a bounded sample;
+    everything else streams through ``pipeline.eval_batches`` / ``train_batches``."""
+    if max_examples is not None and max_examples < len(source):
+        source = SubsetSource(source, np.arange(max_examples), source.info)
+    return read_images(source), np.asarray(source.labels, np.int32)
+
+
 def eval_dataset(source: RecordSource, slot: str = "test", name: str = "data"):
     """A :class:`~robust_vision.data.datasets.Dataset` holding ``source`` decoded as float32 [0, 1]
     in split ``slot`` (the others empty), for evaluators that take in-memory splits. Memory is the
