@@ -79,7 +79,7 @@ _FIGURE_SUFFIXES = {".png", ".pdf", ".svg"}
 # Columns / keys / lines that measure time or describe the machine: they differ between any
 # two runs and are not behaviour.
 _VOLATILE = re.compile(
-    r"(second|time|_s$|elapsed|wall|duration|throughput|per_s|date|created|timestamp|"
+    r"(second|time|timing|_s$|elapsed|wall|duration|throughput|per_s|date|created|timestamp|"
     r"host|version|cache|pid|path)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
 
@@ -134,11 +134,15 @@ def _csv_rows(path: Path) -> list[list[str]]:
     return [[row[i] if i < len(row) else "" for i in keep] for row in rows]
 
 
-def _file_differs(a: Path, b: Path, tol: float) -> str | None:
-    """None when equal (bytes, or numbers within tol); else a one-line reason."""
+def _file_differs(a: Path, b: Path, tol: float, roots: tuple[Path, Path] | None = None) -> str | None:
+    """None when equal (bytes, or numbers within tol); else a one-line reason. ``roots``: the two
+    snapshot directories, which the files may name (run_dir, output_dir); each reads "<root>"."""
     da, db = a.read_bytes(), b.read_bytes()
     if da == db:
         return None
+    if roots is not None:
+        da = da.replace(str(roots[0]).encode(), b"<root>")
+        db = db.replace(str(roots[1]).encode(), b"<root>")
     if a.suffix == ".json":
         try:
             ja = json.dumps(_strip_volatile_json(json.loads(da)), sort_keys=True)
@@ -178,7 +182,7 @@ def compare(before: Path, after: Path, tol: float) -> int:
         problems.append(f"{name}: only in {'before' if name in tables_a | figures_a else 'after'}")
     identical = 0
     for name in sorted(tables_a & tables_b):
-        reason = _file_differs(before / name, after / name, tol)
+        reason = _file_differs(before / name, after / name, tol, (before.resolve(), after.resolve()))
         if reason is None:
             identical += (before / name).read_bytes() == (after / name).read_bytes()
         else:
