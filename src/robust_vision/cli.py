@@ -401,7 +401,7 @@ def _eval(args: argparse.Namespace) -> int:
     if not main:  # tables, results.json and figures come from process 0 alone
         runner.run_plan(ctx, plan)
         return 0
-    from robust_vision.preflight import RunLock
+    from robust_vision.runs.lock import RunLock
 
     # One evaluation per output directory at a time: two writing one --output would leave
     # results.json from one and the tables from the other.
