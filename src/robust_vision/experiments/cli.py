@@ -16,7 +16,7 @@ from robust_vision.cli import _quiet_tensorflow_logs, _run
 def _sweep(args: argparse.Namespace) -> int:
     from robust_vision.config import load_config
     from robust_vision.experiments.optuna_search import check_storage
-    from robust_vision.experiments.sweep import run_sweep
+    from robust_vision.experiments.sweep import SweepOptions, run_sweep
 
     check_storage(args.storage)
 
@@ -26,9 +26,9 @@ def _sweep(args: argparse.Namespace) -> int:
     out = args.output
     if out is None:  # the config's evaluation.output_dir names the sweep directory
         out = load_config(args.config, overrides).evaluation.output_dir
-    result = run_sweep(args.config, out, overrides, max_trials=args.max_trials, retry_failed=args.retry_failed,
-                       verbose=args.verbose, plots=not args.no_plots, dry_run=args.dry_run, storage=args.storage,
-                       progress=not args.quiet)
+    result = run_sweep(args.config, out, overrides, SweepOptions(
+        max_trials=args.max_trials, retry_failed=args.retry_failed, verbose=args.verbose, plots=not args.no_plots,
+        dry_run=args.dry_run, progress=not args.quiet, storage=args.storage))
     if args.dry_run:
         return 0
     if not any(r.get("status") == "complete" for r in result.rows) and result.rows:
