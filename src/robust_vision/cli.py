@@ -297,9 +297,7 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def eval_main(argv: list[str] | None = None) -> int:
-    """robust-vision-eval --checkpoint RUN [--config FILE] --output DIR [--baseline RUN] [suite flags] ..."""
-    _quiet_tensorflow_logs()
+def _eval_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robust-vision-eval",
                                      description="Evaluate a checkpoint under noise, corruptions and attacks; "
                                                  "certify and calibrate it (docs/EVALUATION.md).")
@@ -331,6 +329,13 @@ def eval_main(argv: list[str] | None = None) -> int:
                         help="do not use the persistent compilation cache (ROBUST_VISION_CACHE_DIR=off)")
     parser.add_argument("--allow-unverified", dest="allow_unverified", action="store_true",
                         help="load checkpoints that have no checksums.json manifest (written by an older version)")
+    _add_suite_flags(parser)
+    _add_distributed_args(parser)
+    return parser
+
+
+def _add_suite_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of the robustness-suite parts (docs/EVALUATION.md)."""
     g = parser.add_argument_group("corruption benchmark")
     g.add_argument("--suite", nargs="+", metavar="NAME [DIR]",
                    help="imagenet-c (15 corruptions, mCE), imagenet-c-all (+4 held-out) or none; with DIR, the "
@@ -370,8 +375,12 @@ def eval_main(argv: list[str] | None = None) -> int:
                    help="reliability, temperature, conformal and selective tables (default: on)")
     g.add_argument("--conformal-alpha", dest="conformal_alpha", nargs="+", type=float, metavar="A",
                    help="conformal miscoverage levels (default 0.1)")
-    _add_distributed_args(parser)
-    return _run(_eval, parser.parse_args(argv), hard_exit_on_interrupt=argv is None, kept=EVAL_KEPT)
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """robust-vision-eval --checkpoint RUN [--config FILE] --output DIR [--baseline RUN] [suite flags] ..."""
+    _quiet_tensorflow_logs()
+    return _run(_eval, _eval_parser().parse_args(argv), hard_exit_on_interrupt=argv is None, kept=EVAL_KEPT)
 
 
 # --------------------------------------------------------------------------- plot
