@@ -34,10 +34,10 @@ import numpy as np
 
 from robust_vision.io import write_npz
 from robust_vision.config import ConfigError
+from robust_vision.runs.paths import METRICS_FILE, config_file
 
 Log = Callable[[str], None]
 
-METRICS_CSV = "metrics.csv"
 RESULTS_CSV = "robustness_results.csv"
 CONFIDENCES_NPZ = "confidences.npz"
 
@@ -73,18 +73,18 @@ def _run_of_results(results_dir: Path) -> Path | None:
         run_dir = Path(info["models"][0]["run_dir"])
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None
-    return run_dir if (run_dir / METRICS_CSV).is_file() else None
+    return run_dir if (run_dir / METRICS_FILE).is_file() else None
 
 
 def find_experiment(path: str | Path, name: str) -> Experiment:
     """Detect the run and/or results directory of ``path`` (see the module docstring)."""
     path = Path(path)
-    if path.is_file() and path.name in (METRICS_CSV, RESULTS_CSV):
+    if path.is_file() and path.name in (METRICS_FILE, RESULTS_CSV):
         path = path.parent
     if not path.is_dir():
-        raise CompareError(f"{path}: not found; pass a run directory (with {METRICS_CSV}) or a results directory "
+        raise CompareError(f"{path}: not found; pass a run directory (with {METRICS_FILE}) or a results directory "
                            f"(with {RESULTS_CSV})")
-    run_dir = path if (path / METRICS_CSV).is_file() else None
+    run_dir = path if (path / METRICS_FILE).is_file() else None
     results_dir = path if (path / RESULTS_CSV).is_file() else None
     subdirs = sorted(p for p in path.iterdir() if p.is_dir())
     if results_dir is None:
@@ -92,9 +92,9 @@ def find_experiment(path: str | Path, name: str) -> Experiment:
     if run_dir is None and results_dir is not None:
         run_dir = _run_of_results(results_dir)
     if run_dir is None:
-        run_dir = _only([p for p in subdirs if (p / METRICS_CSV).is_file()], "run directories", path)
+        run_dir = _only([p for p in subdirs if (p / METRICS_FILE).is_file()], "run directories", path)
     if run_dir is None and results_dir is None:
-        raise CompareError(f"{path}: neither {METRICS_CSV} (a run directory of robust-vision-train) nor {RESULTS_CSV} "
+        raise CompareError(f"{path}: neither {METRICS_FILE} (a run directory of robust-vision-train) nor {RESULTS_CSV} "
                            "(a results directory of robust-vision-eval) found there or in its subdirectories; "
                            "pass one of those directories")
     return Experiment(name, path, run_dir, results_dir)
@@ -147,7 +147,7 @@ def _best_metric(run_dir: Path) -> tuple[str, str]:
     import yaml
 
     try:
-        training = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("training", {})
+        training = (yaml.safe_load(config_file(run_dir).read_text()) or {}).get("training", {})
         return str(training.get("best_metric", "val_accuracy")), str(training.get("best_mode", "max"))
     except (OSError, yaml.YAMLError, AttributeError):
         return "val_accuracy", "max"
@@ -155,7 +155,7 @@ def _best_metric(run_dir: Path) -> tuple[str, str]:
 
 def training_summary(run_dir: Path) -> dict[str, float]:
     """Epochs, final and best validation accuracy / SNR from a run's metrics.csv."""
-    rows, _ = _read_csv(run_dir / METRICS_CSV)
+    rows, _ = _read_csv(run_dir / METRICS_FILE)
     validated = [r for r in rows if not math.isnan(_num(r.get("val_accuracy")))]
     out = {"epochs": float(len(rows))}
     if not validated:
@@ -302,7 +302,7 @@ def write_merged_inputs(out_dir: Path, experiments: Sequence[Experiment], evals:
         if e.run_dir is not None:
             dest = out_dir / "runs" / e.name
             dest.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(e.run_dir / METRICS_CSV, dest / METRICS_CSV)
+            shutil.copyfile(e.run_dir / METRICS_FILE, dest / METRICS_FILE)
             written["runs"].append(dest)
     if evals:
         header = list(dict.fromkeys(c for _, h, _ in evals.values() for c in h))
