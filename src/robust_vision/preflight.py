@@ -156,7 +156,6 @@ def check_output_dir(path: str | Path, key: str = "--output") -> Path:
 
 # --------------------------------------------------------------------------- data sources
 
-CIFAR10_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
 CIFAR10_HELP = ("download the python version of CIFAR-10 (cifar-10-python.tar.gz, "
                 "https://www.cs.toronto.edu/~kriz/cifar.html), extract it so that "
                 "DIR/cifar-10-batches-py/ holds data_batch_1..5 and test_batch, and set data.data_dir: DIR "

@@ -104,25 +104,26 @@ def parse_noisy_condition(text: Any) -> tuple[str, float]:
     return name, level
 
 
+def _finite(where: str, text: Any) -> float:
+    """A range end as a finite number (YAML 1.1 reads 1e-3 as a string)."""
+    value = text
+    if isinstance(text, str):
+        try:
+            value = float(text)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SweepError(f"{where}: got {text!r}; expected a finite number")
+    return value
+
+
 def _parse_range(key: str, spec: dict) -> Range:
     where = f"sweep.parameters.{key}"
     unknown = set(spec) - {"low", "high", "log"}
     if unknown or "low" not in spec or "high" not in spec:
         raise SweepError(f"{where}: got {spec!r}; expected a list of values or a range {{low: A, high: B, log: false}}"
                          " (name each parameter by its dotted key, e.g. training.margin_lambda)")
-    low, high, log = spec["low"], spec["high"], spec.get("log", False)
-    for name, v in (("low", low), ("high", high)):
-        if isinstance(v, str):  # YAML 1.1 reads 1e-3 as a string
-            try:
-                v = float(v)
-            except ValueError:
-                pass
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise SweepError(f"{where}.{name}: got {spec[name]!r}; expected a finite number")
-        if name == "low":
-            low = v
-        else:
-            high = v
+    low, high, log = _finite(f"{where}.low", spec["low"]), _finite(f"{where}.high", spec["high"]), spec.get("log", False)
     if not isinstance(log, bool):
         raise SweepError(f"{where}.log: got {log!r}; expected true/false")
     if not low < high:
