@@ -381,6 +381,13 @@ def test_the_preflight_noise_names_are_the_registry():
     assert tuple(NOISES) == NOISE_TYPES
 
 
+def test_the_preflight_suite_names_are_the_generated_suites():
+    from robust_vision.evaluation.suite import SUITES
+    from robust_vision.preflight import GENERATED_SUITES
+
+    assert tuple(SUITES) == GENERATED_SUITES
+
+
 def test_the_preflight_importable_names_are_the_registry():
     from robust_vision.models.import_weights import IMPORTABLE, _family
     from robust_vision.models.robustbench import WIDE_RESNETS

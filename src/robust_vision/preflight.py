@@ -208,6 +208,17 @@ def check_attack_combination(attacks: Sequence[str], norm: str) -> None:
         raise ValueError("fgsm is an Linf attack; drop it from the attack list or use attack norm linf")
 
 
+# The corruption suites generated on the fly (evaluation.suite.SUITES; tests/test_trust.py keeps
+# the two equal); the other suite names are published files, read from ``--suite NAME DIR``.
+GENERATED_SUITES = ("imagenet-c", "imagenet-c-all")
+
+
+def check_suite(suite: str, suite_data: Optional[str]) -> None:
+    """A suite without published files (``evaluation.suite_data``) is one that is generated."""
+    if suite != "none" and suite_data is None and suite not in GENERATED_SUITES:
+        raise ValueError(f"unknown corruption suite {suite!r}; valid suites: {', '.join(GENERATED_SUITES)}")
+
+
 # autoattack.json's fields a user may fill (--card KEY=VALUE); the others are measured.
 CARD_USER_KEYS = ("link", "name", "authors", "additional_data", "number_forward_passes", "venue", "reported",
                   "architecture", "dataset", "footnote")

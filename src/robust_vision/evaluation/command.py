@@ -76,7 +76,8 @@ def check_request(req: EvalRequest, log: Callable[[str], None] = print) -> Check
     from robust_vision.config import load_config
     from robust_vision.data.sources import check_published_suite
     from robust_vision.evaluation import runner
-    from robust_vision.preflight import check_attack_combination, check_evaluation_work, check_output_dir, parse_card
+    from robust_vision.preflight import (check_attack_combination, check_evaluation_work, check_output_dir, check_suite,
+                                         parse_card)
     from robust_vision.runs.paths import config_file, read_meta, resolve_checkpoint
 
     overrides = list(req.overrides)
@@ -93,6 +94,7 @@ def check_request(req: EvalRequest, log: Callable[[str], None] = print) -> Check
     check_output_dir(ecfg.output_dir)  # an --output that is a file fails before the evaluation
     check_evaluation_work(ecfg)
     check_attack_combination(ecfg.attacks, ecfg.attack_norm)
+    check_suite(ecfg.suite, ecfg.suite_data)
     check_published_suite(ecfg.suite, ecfg.suite_data)
     card = parse_card(req.card)  # autoattack.json's user fields: a bad --card fails here, before JAX
     plan = runner.plan_parts(ecfg, parts=runner.parse_parts(req.parts), asked=req.asked)
@@ -110,14 +112,10 @@ def check_request(req: EvalRequest, log: Callable[[str], None] = print) -> Check
 def run_request(req: EvalRequest, checked: CheckedRequest, log: Callable[[str], None] = print):
     """Load the checkpoint (and baseline) of a checked request and evaluate them; returns the
     runner's EvalOutcome."""
-    from robust_vision.evaluation import suite
     from robust_vision.interrupts import check_interrupt
     from robust_vision.runs.loading import load_trained_model
 
-    cfg, ecfg = checked.cfg, checked.cfg.evaluation
-    if ecfg.suite != "none" and ecfg.suite_data is None:
-        suite.resolve_suite(ecfg.suite)  # a generated suite; published files are checked when opened
-    suite.check_attacks(ecfg.attacks, ecfg.attack_norm)  # bad attack settings fail before any work
+    cfg = checked.cfg
     check_interrupt()  # a Ctrl-C while JAX was imported waited for this point
     models = [load_trained_model(req.checkpoint, cfg if checked.explicit_config else None)]
     check_interrupt()
