@@ -216,26 +216,9 @@ def import_main(argv: list[str] | None = None) -> int:
 
 EVAL_KEPT = "the evaluation did not finish and wrote no tables or results.json"
 
-# The config key each eval flag sets (flag dest -> key); values are validated by the config
-# schema, so an unknown suite or attack name fails there with the list of valid names.
-EVAL_FLAG_KEYS = {
-    "noise_types": "evaluation.noise_types", "levels": "evaluation.noise_levels", "n_draws": "evaluation.n_draws",
-    "seed": "evaluation.seed", "batch_size": "evaluation.batch_size", "dpi": "evaluation.dpi",
-    "style": "evaluation.plot_style", "format": "evaluation.format", "output": "evaluation.output_dir",
-    "generate_plots": "evaluation.generate_plots", "suite": "evaluation.suite", "suite_data": "evaluation.suite_data",
-    "severities": "evaluation.severities", "corruption_scale": "evaluation.corruption_scale",
-    "reference": "evaluation.reference_checkpoint", "attacks": "evaluation.attacks", "eps": "evaluation.attack_eps",
-    "attack_steps": "evaluation.attack_steps", "attack_norm": "evaluation.attack_norm",
-    "attack_max_examples": "evaluation.attack_max_examples", "sparse_fractions": "evaluation.attack_sparse_fractions",
-    "noise_radii": "evaluation.attack_noise_radii", "certify": "evaluation.certify", "sigma": "evaluation.certify_sigma",
-    "n0": "evaluation.certify_n0", "certify_n": "evaluation.certify_n", "alpha": "evaluation.certify_alpha",
-    "max_examples": "evaluation.certify_max_examples", "verify": "evaluation.verify",
-    "verify_max_examples": "evaluation.verify_max_examples", "calibration": "evaluation.calibration",
-    "conformal_alpha": "evaluation.conformal_alpha",
-}
 # Flags whose own presence asks for a suite part (the plan runs only those, plus --parts).
-_PART_FLAGS = {"suite": "corruptions", "attacks": "attacks", "certify": "certify", "verify": "verify",
-               "calibration": "calibration"}
+_PART_FLAGS = {"evaluation.suite": "corruptions", "evaluation.attacks": "attacks", "evaluation.certify": "certify",
+               "evaluation.verify": "verify", "evaluation.calibration": "calibration"}
 
 
 class _NameList(argparse.Action):
@@ -256,19 +239,20 @@ def _yaml_text(value) -> str:
 
 
 def _eval_request(args: argparse.Namespace):
-    """The parsed eval flags as an EvalRequest: every flag of ``EVAL_FLAG_KEYS`` that was given
-    becomes a config override (after the user's ``--override``s, so the flag wins)."""
+    """The parsed eval flags as an EvalRequest: every flag whose dest is a config key
+    (``evaluation.*``) and was given becomes an override, after the user's ``--override``s."""
     from robust_vision.evaluation.command import EvalRequest
 
-    args.suite_data = None
-    if args.suite is not None:  # --suite NAME [DIR]: DIR holds published corrupted files
-        if len(args.suite) > 2:
-            raise ValueError(f"--suite: got {' '.join(args.suite)}; expected NAME or NAME DIR "
+    flags = vars(args)
+    suite = flags["evaluation.suite"]
+    if suite is not None:  # --suite NAME [DIR]: DIR holds published corrupted files
+        if len(suite) > 2:
+            raise ValueError(f"--suite: got {' '.join(suite)}; expected NAME or NAME DIR "
                              "(e.g. --suite imagenet-c, or --suite cifar10-c ./CIFAR-10-C)")
-        args.suite, args.suite_data = args.suite[0], (args.suite[1:] or [None])[0]
-    overrides = list(args.override) + [f"{key}={_yaml_text(getattr(args, dest))}"
-                                       for dest, key in EVAL_FLAG_KEYS.items() if getattr(args, dest) is not None]
-    asked = [part for dest, part in _PART_FLAGS.items() if getattr(args, dest) not in (None, [], "none", False)]
+        flags["evaluation.suite"], flags["evaluation.suite_data"] = suite[0], (suite[1:] or [None])[0]
+    overrides = list(args.override) + [f"{key}={_yaml_text(value)}" for key, value in flags.items()
+                                       if key.startswith("evaluation.") and value is not None]
+    asked = [part for key, part in _PART_FLAGS.items() if flags[key] not in (None, [], "none", False)]
     return EvalRequest(checkpoint=args.checkpoint, config=args.config, overrides=overrides, baseline=args.baseline,
                        data=args.data, dataset=args.dataset, split=args.split, parts=args.parts, asked=asked,
                        card=args.card, quiet=args.quiet)
@@ -283,7 +267,7 @@ def _eval(args: argparse.Namespace) -> int:
     check_process_flags(args.coordinator, args.num_processes, args.process_id, args.coordinator_timeout)
     request = _eval_request(args)
     # Before JAX: a bad command line costs a fraction of a second.
-    checked = check_request(request, log=print if not args.process_id else lambda s: None)
+    job = check_request(request, log=print if not args.process_id else lambda s: None)
     from robust_vision import distributed
     from robust_vision.compile_cache import enable_compile_cache
 
@@ -292,43 +276,48 @@ def _eval(args: argparse.Namespace) -> int:
         from robust_vision.runs.checkpoint import allow_unverified
 
         allow_unverified()
-    enable_compile_cache("off" if args.no_compile_cache else checked.cfg.training.compile_cache_dir)
-    run_request(request, checked, log=distributed.main_only(builtins.print))  # only process 0 prints
+    enable_compile_cache("off" if args.no_compile_cache else job.cfg.training.compile_cache_dir)
+    run_request(request, job, log=distributed.main_only(builtins.print))  # only process 0 prints
     return 0
 
 
 def _eval_parser() -> argparse.ArgumentParser:
+    """The eval flags. A flag whose dest is a config key (``evaluation.*``) sets that key when
+    given (:func:`_eval_request`); values are validated by the config schema."""
     parser = argparse.ArgumentParser(prog="robust-vision-eval",
                                      description="Evaluate a checkpoint under noise, corruptions and attacks; "
                                                  "certify and calibrate it (docs/EVALUATION.md).")
-    parser.add_argument("--checkpoint", required=True, help="run directory (uses its best checkpoint) or checkpoint")
+    add = parser.add_argument
+    add("--checkpoint", required=True, help="run directory (uses its best checkpoint) or checkpoint")
     _add_config_args(parser, required=False)
-    parser.add_argument("--output", help="output directory (default: evaluation.output_dir)")
-    parser.add_argument("--baseline", help="a second run directory to compare against")
-    parser.add_argument("--split", choices=["train", "val", "test", "all"],
-                        help="split to evaluate (default: test; all = every image of --data)")
-    parser.add_argument("--data", metavar="SOURCE", help="evaluate this dataset (dir, .zip, .npz) instead of the "
-                        "config's, converted to the checkpoint's input shape (docs/DATA.md)")
-    parser.add_argument("--dataset", metavar="NAME", help="layout of --data (default: detected)")
-    parser.add_argument("--noise-types", dest="noise_types", nargs="+", help="e.g. gaussian salt_pepper fog occlusion")
-    parser.add_argument("--levels", nargs="+", type=float, help="severities in [0, 1], e.g. 0 0.1 0.3 0.5")
-    parser.add_argument("--n-draws", dest="n_draws", type=int, help="noise draws per image")
-    parser.add_argument("--seed", type=int, help="seed of the noise draws (and of every suite part)")
-    parser.add_argument("--batch-size", dest="batch_size", type=int, help="images per compiled batch")
-    parser.add_argument("--dpi", type=int, help="figure resolution")
-    parser.add_argument("--style", choices=["publication", "default"], help="figure style")
-    parser.add_argument("--format", help="figure formats, e.g. png,pdf")
-    parser.add_argument("--no-plots", dest="generate_plots", action="store_false", default=None,
-                        help="write tables only")
-    parser.add_argument("--parts", metavar="LIST",
-                        help="comma list of grid, corruptions, attacks, certify, verify, calibration to run (default: "
-                             "the parts asked for by --suite / --attacks / --certify / --verify / --calibration; with none "
-                             "of them, the grid, calibration and the parts the config enables)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--no-compile-cache", dest="no_compile_cache", action="store_true",
-                        help="do not use the persistent compilation cache (ROBUST_VISION_CACHE_DIR=off)")
-    parser.add_argument("--allow-unverified", dest="allow_unverified", action="store_true",
-                        help="load checkpoints that have no checksums.json manifest (written by an older version)")
+    add("--output", dest="evaluation.output_dir", metavar="OUTPUT", help="output directory (default: "
+        "evaluation.output_dir)")
+    add("--baseline", help="a second run directory to compare against")
+    add("--split", choices=["train", "val", "test", "all"],
+        help="split to evaluate (default: test; all = every image of --data)")
+    add("--data", metavar="SOURCE", help="evaluate this dataset (dir, .zip, .npz) instead of the config's, converted "
+        "to the checkpoint's input shape (docs/DATA.md)")
+    add("--dataset", metavar="NAME", help="layout of --data (default: detected)")
+    add("--noise-types", dest="evaluation.noise_types", metavar="NOISE_TYPES", nargs="+",
+        help="e.g. gaussian salt_pepper fog occlusion")
+    add("--levels", dest="evaluation.noise_levels", metavar="LEVELS", nargs="+", type=float,
+        help="severities in [0, 1], e.g. 0 0.1 0.3 0.5")
+    add("--n-draws", dest="evaluation.n_draws", metavar="N_DRAWS", type=int, help="noise draws per image")
+    add("--seed", dest="evaluation.seed", metavar="SEED", type=int,
+        help="seed of the noise draws (and of every suite part)")
+    add("--batch-size", dest="evaluation.batch_size", metavar="BATCH_SIZE", type=int, help="images per compiled batch")
+    add("--dpi", dest="evaluation.dpi", metavar="DPI", type=int, help="figure resolution")
+    add("--style", dest="evaluation.plot_style", choices=["publication", "default"], help="figure style")
+    add("--format", dest="evaluation.format", metavar="FORMAT", help="figure formats, e.g. png,pdf")
+    add("--no-plots", dest="evaluation.generate_plots", action="store_false", default=None, help="write tables only")
+    add("--parts", metavar="LIST", help="comma list of grid, corruptions, attacks, certify, verify, calibration to run "
+        "(default: the parts asked for by --suite / --attacks / --certify / --verify / --calibration; with none of "
+        "them, the grid, calibration and the parts the config enables)")
+    add("--quiet", action="store_true", help="no progress bars")
+    add("--no-compile-cache", dest="no_compile_cache", action="store_true",
+        help="do not use the persistent compilation cache (ROBUST_VISION_CACHE_DIR=off)")
+    add("--allow-unverified", dest="allow_unverified", action="store_true",
+        help="load checkpoints that have no checksums.json manifest (written by an older version)")
     _add_suite_flags(parser)
     _add_distributed_args(parser)
     return parser
@@ -336,45 +325,55 @@ def _eval_parser() -> argparse.ArgumentParser:
 
 def _add_suite_flags(parser: argparse.ArgumentParser) -> None:
     """The flags of the robustness-suite parts (docs/EVALUATION.md)."""
-    g = parser.add_argument_group("corruption benchmark")
-    g.add_argument("--suite", nargs="+", metavar="NAME [DIR]",
-                   help="imagenet-c (15 corruptions, mCE), imagenet-c-all (+4 held-out) or none; with DIR, the "
-                        "published files there: cifar10-c DIR, cifar100-c DIR, imagenet-c DIR, tiny-imagenet-c DIR")
-    g.add_argument("--severities", nargs="+", type=int, metavar="S", help="ImageNet-C severities, e.g. 1 2 3 4 5")
-    g.add_argument("--corruption-scale", dest="corruption_scale", metavar="SCALE", help="parameter table: auto, imagenet or cifar")
-    g.add_argument("--reference", metavar="RUN", help="run directory of the reference model for CE / mCE")
-    g = parser.add_argument_group("adversarial attacks")
-    g.add_argument("--attacks", nargs="+", action=_NameList, metavar="LIST", help="comma list of fgsm, pgd, apgd, sparse, noise, apgd-t, apgd-dlr, fab-t, square, autoattack, autoattack-rand (none = off)")
-    g.add_argument("--eps", nargs="+", metavar="EPS", help="fgsm / pgd / apgd budgets in [0, 1] pixel units (8/255 allowed)")
-    g.add_argument("--card", action="append", metavar="KEY=VALUE",
-                   help="autoattack.json model-card field: link, name, authors, additional_data, venue, reported, ...")
-    g.add_argument("--attack-steps", dest="attack_steps", type=int, metavar="N", help="iterations of pgd / apgd / sparse / noise")
-    g.add_argument("--attack-norm", dest="attack_norm", metavar="NORM", help="linf (default) or l2 (pgd / apgd)")
-    g.add_argument("--attack-max-examples", dest="attack_max_examples", type=int, metavar="N",
-                   help="attack the first N examples only")
-    g.add_argument("--sparse-fractions", dest="sparse_fractions", nargs="+", type=float, metavar="F",
-                   help="sparse attack budgets (fraction of pixels)")
-    g.add_argument("--noise-radii", dest="noise_radii", nargs="+", type=float, metavar="R",
-                   help="noise attack budgets (L2 radius)")
-    g = parser.add_argument_group("certification (randomized smoothing)")
-    g.add_argument("--certify", action="store_true", default=None, help="certify L2 robustness by randomized smoothing")
-    g.add_argument("--sigma", nargs="+", type=float, metavar="SIGMA", help="smoothing noise std, e.g. 0.12 0.25 0.5")
-    g.add_argument("--n0", type=int, metavar="N", help="selection draws (default 100)")
-    g.add_argument("--n", dest="certify_n", type=int, metavar="N", help="estimation draws (default 10000)")
-    g.add_argument("--alpha", type=float, metavar="A", help="failure probability of a certificate (default 0.001)")
-    g.add_argument("--max-examples", dest="max_examples", type=int, metavar="N",
-                   help="certify the first N examples of the split (default 100)")
-    g = parser.add_argument_group("verification (bound propagation, docs/VERIFY.md)")
-    g.add_argument("--verify", nargs="+", action=_NameList, metavar="LIST",
-                   help="comma list of ibp, crown-ibp, crown, alpha-crown: verified accuracy at every --eps under "
-                        "--attack-norm, beside PGD on the same examples (none = off)")
-    g.add_argument("--verify-max-examples", dest="verify_max_examples", type=int, metavar="N",
-                   help="verify the first N examples of the split (default 200)")
-    g = parser.add_argument_group("calibration")
-    g.add_argument("--calibration", action=argparse.BooleanOptionalAction, default=None,
-                   help="reliability, temperature, conformal and selective tables (default: on)")
-    g.add_argument("--conformal-alpha", dest="conformal_alpha", nargs="+", type=float, metavar="A",
-                   help="conformal miscoverage levels (default 0.1)")
+    add = parser.add_argument_group("corruption benchmark").add_argument
+    add("--suite", dest="evaluation.suite", nargs="+", metavar="NAME [DIR]",
+        help="imagenet-c (15 corruptions, mCE), imagenet-c-all (+4 held-out) or none; with DIR, the published files "
+             "there: cifar10-c DIR, cifar100-c DIR, imagenet-c DIR, tiny-imagenet-c DIR")
+    add("--severities", dest="evaluation.severities", nargs="+", type=int, metavar="S",
+        help="ImageNet-C severities, e.g. 1 2 3 4 5")
+    add("--corruption-scale", dest="evaluation.corruption_scale", metavar="SCALE",
+        help="parameter table: auto, imagenet or cifar")
+    add("--reference", dest="evaluation.reference_checkpoint", metavar="RUN",
+        help="run directory of the reference model for CE / mCE")
+    add = parser.add_argument_group("adversarial attacks").add_argument
+    add("--attacks", dest="evaluation.attacks", nargs="+", action=_NameList, metavar="LIST",
+        help="comma list of fgsm, pgd, apgd, sparse, noise, apgd-t, apgd-dlr, fab-t, square, autoattack, "
+             "autoattack-rand (none = off)")
+    add("--eps", dest="evaluation.attack_eps", nargs="+", metavar="EPS",
+        help="fgsm / pgd / apgd budgets in [0, 1] pixel units (8/255 allowed)")
+    add("--card", action="append", metavar="KEY=VALUE",
+        help="autoattack.json model-card field: link, name, authors, additional_data, venue, reported, ...")
+    add("--attack-steps", dest="evaluation.attack_steps", type=int, metavar="N",
+        help="iterations of pgd / apgd / sparse / noise")
+    add("--attack-norm", dest="evaluation.attack_norm", metavar="NORM", help="linf (default) or l2 (pgd / apgd)")
+    add("--attack-max-examples", dest="evaluation.attack_max_examples", type=int, metavar="N",
+        help="attack the first N examples only")
+    add("--sparse-fractions", dest="evaluation.attack_sparse_fractions", nargs="+", type=float, metavar="F",
+        help="sparse attack budgets (fraction of pixels)")
+    add("--noise-radii", dest="evaluation.attack_noise_radii", nargs="+", type=float, metavar="R",
+        help="noise attack budgets (L2 radius)")
+    add = parser.add_argument_group("certification (randomized smoothing)").add_argument
+    add("--certify", dest="evaluation.certify", action="store_true", default=None,
+        help="certify L2 robustness by randomized smoothing")
+    add("--sigma", dest="evaluation.certify_sigma", nargs="+", type=float, metavar="SIGMA",
+        help="smoothing noise std, e.g. 0.12 0.25 0.5")
+    add("--n0", dest="evaluation.certify_n0", type=int, metavar="N", help="selection draws (default 100)")
+    add("--n", dest="evaluation.certify_n", type=int, metavar="N", help="estimation draws (default 10000)")
+    add("--alpha", dest="evaluation.certify_alpha", type=float, metavar="A",
+        help="failure probability of a certificate (default 0.001)")
+    add("--max-examples", dest="evaluation.certify_max_examples", type=int, metavar="N",
+        help="certify the first N examples of the split (default 100)")
+    add = parser.add_argument_group("verification (bound propagation, docs/VERIFY.md)").add_argument
+    add("--verify", dest="evaluation.verify", nargs="+", action=_NameList, metavar="LIST",
+        help="comma list of ibp, crown-ibp, crown, alpha-crown: verified accuracy at every --eps under --attack-norm, "
+             "beside PGD on the same examples (none = off)")
+    add("--verify-max-examples", dest="evaluation.verify_max_examples", type=int, metavar="N",
+        help="verify the first N examples of the split (default 200)")
+    add = parser.add_argument_group("calibration").add_argument
+    add("--calibration", dest="evaluation.calibration", action=argparse.BooleanOptionalAction, default=None,
+        help="reliability, temperature, conformal and selective tables (default: on)")
+    add("--conformal-alpha", dest="evaluation.conformal_alpha", nargs="+", type=float, metavar="A",
+        help="conformal miscoverage levels (default 0.1)")
 
 
 def eval_main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ runner's parts (docs/EVALUATION.md). ``cli.py`` only parses flags into an :class
 * :func:`check_request`: every check that needs neither JAX nor a model (flags, paths, the
   config and its values, the plan, the ``--data`` source opened, not decoded);
 * :func:`run_request`: loads the checkpoint (and the ``--baseline``, renamed when both carry one
-  name), chooses the data (``--data`` or the config's split) and evaluates them;
+  name) and evaluates them on ``--data`` or the config's split;
 * :func:`evaluate`: one evaluation of loaded models (the sweep's trials call it with
   ``plan=["grid"]``): the runner's plan under the output directory's lock, then results.json
   and the figures.
@@ -40,18 +40,6 @@ class EvalRequest:
 
 
 @dataclass
-class CheckedRequest:
-    """What :func:`check_request` found: the config (and whether ``--config`` gave it), the parts
-    to run, the opened ``--data`` source (None: the config's split) and the model-card fields."""
-
-    cfg: Any
-    explicit_config: bool
-    plan: list[str]
-    source: Any = None
-    card: dict = field(default_factory=dict)
-
-
-@dataclass
 class EvalJob:
     """One evaluation of loaded models. ``source``: the evaluated records (None: the config's
     ``evaluation.split``), ``dataset`` their layout name; ``conditions``: (noise type, level)
@@ -70,9 +58,9 @@ class EvalJob:
     record: dict = field(default_factory=dict)
 
 
-def check_request(req: EvalRequest, log: Callable[[str], None] = print) -> CheckedRequest:
-    """Every check of an eval request that needs neither JAX nor the model; raises a one-line
-    ValueError (or ConfigError / CheckpointError) for bad input."""
+def check_request(req: EvalRequest, log: Callable[[str], None] = print) -> EvalJob:
+    """Every check of an eval request that needs neither JAX nor the model (one-line ValueError,
+    ConfigError or CheckpointError for bad input); returns the job, without its models."""
     from robust_vision.config import load_config
     from robust_vision.data.sources import check_published_suite
     from robust_vision.evaluation import runner
@@ -106,32 +94,30 @@ def check_request(req: EvalRequest, log: Callable[[str], None] = print) -> Check
         # Only the asked split is opened; it is streamed (read batch by batch), never decoded whole.
         source = load_eval_source(req.data, req.dataset, req.split or ecfg.split, meta["input_shape"],
                                   int(meta["num_classes"]), log=log)
-    return CheckedRequest(cfg, req.config is not None, plan, source, card)
+    return EvalJob(cfg, [], plan, source=source, card=card, quiet=req.quiet)
 
 
-def run_request(req: EvalRequest, checked: CheckedRequest, log: Callable[[str], None] = print):
-    """Load the checkpoint (and baseline) of a checked request and evaluate them; returns the
-    runner's EvalOutcome."""
+def run_request(req: EvalRequest, job: EvalJob, log: Callable[[str], None] = print):
+    """Load the checkpoint (and baseline) of a checked request's job and evaluate them; returns
+    the runner's EvalOutcome."""
     from robust_vision.interrupts import check_interrupt
     from robust_vision.runs.loading import load_trained_model
 
-    cfg = checked.cfg
     check_interrupt()  # a Ctrl-C while JAX was imported waited for this point
-    models = [load_trained_model(req.checkpoint, cfg if checked.explicit_config else None)]
+    job.models = [load_trained_model(req.checkpoint, job.cfg if req.config is not None else None)]
     check_interrupt()
     if req.baseline:
         baseline = load_trained_model(req.baseline, None)
-        if baseline.name == models[0].name:
+        if baseline.name == job.models[0].name:
             baseline.name = f"{baseline.name} (baseline)"
-        models.append(baseline)
-    dataset = ""
-    if checked.source is not None:
+        job.models.append(baseline)
+        job.conditions = [BASELINE_CONDITION]
+    if job.source is not None:
         from robust_vision.data.sources import detect_layout
 
-        dataset = req.dataset or detect_layout(req.data)
-    return evaluate(EvalJob(cfg, models, checked.plan, source=checked.source, dataset=dataset,
-                            conditions=[BASELINE_CONDITION] if req.baseline else [], card=checked.card,
-                            quiet=req.quiet, log=log))
+        job.dataset = req.dataset or detect_layout(req.data)
+    job.log = log
+    return evaluate(job)
 
 
 def with_conditions(noise_types: Sequence[str], levels: Sequence[float],

@@ -1,8 +1,7 @@
 """Entry points ``robust-vision-sweep`` and ``robust-vision-compare``.
 
-Also runnable as ``python -m robust_vision.experiments.cli sweep|compare ARGS``. Errors map
-to exit codes as in :mod:`robust_vision.cli`: bad input prints one ``error: ...`` line and
-exits with 2.
+Also ``python -m robust_vision sweep|compare ARGS``. Errors map to exit codes as in
+:mod:`robust_vision.cli`: bad input prints one ``error: ...`` line and exits with 2.
 """
 
 from __future__ import annotations
@@ -112,18 +111,3 @@ def compare_main(argv: list[str] | None = None) -> int:
     _quiet_tensorflow_logs()
     return _run(_compare, build_compare_parser().parse_args(argv), hard_exit_on_interrupt=argv is None,
                 kept="the comparison did not finish")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m robust_vision.experiments.cli sweep|compare ARGS``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"sweep": sweep_main, "compare": compare_main}
-    if not argv or argv[0] not in commands:
-        print("usage: python -m robust_vision.experiments.cli {sweep,compare} ARGS (see --help of each)",
-              file=sys.stderr)
-        return 2
-    return commands[argv[0]](argv[1:])
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

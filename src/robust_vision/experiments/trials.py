@@ -8,7 +8,6 @@ a sweep directory is described in ``sweep.py``.
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
 import itertools
 import json
@@ -22,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 from robust_vision.config import LEGACY_KEYS, Config, ConfigError, apply_overrides, config_from_dict, config_to_dict, \
     read_config_file
-from robust_vision.io import write_csv
+from robust_vision.io import read_csv_rows, write_csv
 
 Log = Callable[[str], None]
 
@@ -295,10 +294,8 @@ def read_trials(path: Path) -> tuple[dict[str, dict[str, str]], list[str]]:
     """Rows of an existing trials.csv keyed by trial id, and its header."""
     if not path.is_file():
         return {}, []
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        rows = {row["trial_id"]: dict(row) for row in reader if row.get("trial_id")}
-        return rows, list(reader.fieldnames or [])
+    rows, header = read_csv_rows(path)
+    return {row["trial_id"]: row for row in rows if row.get("trial_id")}, header
 
 
 def trial_columns(param_keys: Sequence[str], old_header: Sequence[str] = ()) -> list[str]:
