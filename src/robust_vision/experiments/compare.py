@@ -34,6 +34,7 @@ import numpy as np
 
 from robust_vision.io import write_npz
 from robust_vision.config import ConfigError
+from robust_vision.experiments.trials import to_float
 from robust_vision.runs.paths import METRICS_FILE, config_file
 
 Log = Callable[[str], None]
@@ -135,13 +136,6 @@ def _read_csv(path: Path) -> tuple[list[dict[str, str]], list[str]]:
         raise CompareError(str(exc)) from None
 
 
-def _num(value: Any) -> float:
-    try:
-        return float(value) if value not in (None, "") else math.nan
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def _best_metric(run_dir: Path) -> tuple[str, str]:
     """The run's training.best_metric / best_mode (the checkpoint an evaluation uses)."""
     import yaml
@@ -156,18 +150,18 @@ def _best_metric(run_dir: Path) -> tuple[str, str]:
 def training_summary(run_dir: Path) -> dict[str, float]:
     """Epochs, final and best validation accuracy / SNR from a run's metrics.csv."""
     rows, _ = _read_csv(run_dir / METRICS_FILE)
-    validated = [r for r in rows if not math.isnan(_num(r.get("val_accuracy")))]
+    validated = [r for r in rows if not math.isnan(to_float(r.get("val_accuracy")))]
     out = {"epochs": float(len(rows))}
     if not validated:
         return out
     last = validated[-1]
     metric, mode = _best_metric(run_dir)
-    scored = [r for r in validated if not math.isnan(_num(r.get(metric)))] or validated
-    key = (lambda r: _num(r.get(metric))) if any(metric in r for r in scored) else (lambda r: _num(r["val_accuracy"]))
+    scored = [r for r in validated if not math.isnan(to_float(r.get(metric)))] or validated
+    key = (lambda r: to_float(r.get(metric))) if any(metric in r for r in scored) else (lambda r: to_float(r["val_accuracy"]))
     best = (max if mode == "max" else min)(scored, key=key)  # first of equals: the epoch the trainer kept
-    out.update(final_val_accuracy=_num(last["val_accuracy"]), final_val_snr=_num(last.get("val_snr")),
-               best_epoch=_num(best["epoch"]), best_val_accuracy=_num(best["val_accuracy"]),
-               best_val_snr=_num(best.get("val_snr")))
+    out.update(final_val_accuracy=to_float(last["val_accuracy"]), final_val_snr=to_float(last.get("val_snr")),
+               best_epoch=to_float(best["epoch"]), best_val_accuracy=to_float(best["val_accuracy"]),
+               best_val_snr=to_float(best.get("val_snr")))
     return out
 
 
@@ -186,9 +180,9 @@ def conditions(rows: Sequence[dict[str, str]]) -> dict[tuple[str, float], dict[s
     """{(noise_type, level): {accuracy, snr}}; the clean split is one entry ("clean", 0.0)."""
     out: dict[tuple[str, float], dict[str, float]] = {}
     for r in rows:
-        level = _num(r["level"])
+        level = to_float(r["level"])
         key = ("clean", 0.0) if level == 0.0 else (r["noise_type"], level)
-        out.setdefault(key, {"accuracy": _num(r["accuracy"]), "snr": _num(r.get("snr"))})
+        out.setdefault(key, {"accuracy": to_float(r["accuracy"]), "snr": to_float(r.get("snr"))})
     return out
 
 

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from robust_vision.config import LEGACY_KEYS, Config, ConfigError, apply_overrides, config_from_dict, config_to_dict, \
-    read_config_file
+from robust_vision.config import (LEGACY_KEYS, Config, ConfigError, apply_overrides, config_from_dict, config_to_dict,
+                                   read_config_file)
 from robust_vision.io import read_csv_rows, write_csv
 
 Log = Callable[[str], None]
+
 
 class SweepError(ConfigError):
     """A problem with the sweep section, the output directory or its recorded state."""
