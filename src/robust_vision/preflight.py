@@ -1,7 +1,8 @@
 """Checks a run makes before it allocates or imports anything heavy.
 
-Nothing here imports JAX: a user error (a size that cannot fit, a run directory that another
-training holds) costs a fraction of a second, not the seconds of the JAX / Orbax imports.
+Nothing here imports JAX: a user error (a size that cannot fit, a bad flag or evaluation setting)
+costs a fraction of a second, not the seconds of the JAX / Orbax imports. The run directory's
+lock and disk-full detection live in ``runs/lock.py``.
 
 Memory rule (``check_memory``): backprop training streams its splits through the input
 pipeline (``data/pipeline.py``), so host memory holds the batches in flight, not the dataset: a
