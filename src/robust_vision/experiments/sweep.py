@@ -17,7 +17,8 @@ them::
 Layout of the output directory ``DIR``::
 
     DIR/trials/<trial_id>/run/       the trial's run directory (config.yaml, metrics.csv, checkpoints/)
-    DIR/trials/<trial_id>/results/   its robustness evaluation (robustness_results.csv, confidences.npz, results.json)
+    DIR/trials/<trial_id>/results/   its evaluation: robust-vision-eval's noise grid (robustness_results.csv,
+                                     confidences.npz, results.json)
     DIR/trials.csv, DIR/trials.md    one row per trial
     DIR/sweep.json                   spec, rows, best trial, versions
     DIR/sweep_state.json             the base config the trials were trained with (resume check)
@@ -27,7 +28,8 @@ Layout of the output directory ``DIR``::
 Trial ids are derived from the trial's parameter values alone (``margin_lambda=10.0``), so a
 trial keeps its id and directory when grid values are added. A trial is finished when its
 row in trials.csv says ``complete``; a rerun never retrains it. A trial whose row is missing
-or says ``interrupted`` (Ctrl-C) or ``running`` (a killed run) is resumed from its last checkpoint.
+or says ``interrupted`` (Ctrl-C) or ``running`` (a killed run) is resumed from its last checkpoint
+(when the trainer's resume check accepts its run directory; else it restarts cleanly).
 The base config file is read once at the start: editing it while the sweep runs does not
 change the trials of that run.
 """
@@ -49,7 +51,7 @@ from robust_vision.experiments.sweep_plot import numeric_column, plot_sweep
 from robust_vision.io import write_json
 
 
-# --------------------------------------------------------------------------- resume check
+# --------------------------------------------------------------------------- the sweep directory's state
 
 # Keys that do not change a trial's numbers: a rerun may change them freely.
 _FREE_KEYS = ("training.checkpoint_dir", "training.progress_bar", "training.log_dir", "evaluation.output_dir",
