@@ -140,7 +140,7 @@ def test_two_evals_cannot_write_one_output(tiny_run, tmp_path, capsys):
     """The finding: two evals on one --output both exited 0, results.json from one and the CSV
     from the other. The second now stops before writing anything."""
     from robust_vision.cli import eval_main
-    from robust_vision.preflight import RunLock
+    from robust_vision.runs.lock import RunLock
 
     out = tmp_path / "eval"
     with RunLock(out, user="evaluation", other="pass another --output"):
@@ -379,6 +379,13 @@ def test_the_preflight_noise_names_are_the_registry():
     from robust_vision.preflight import NOISE_TYPES
 
     assert tuple(NOISES) == NOISE_TYPES
+
+
+def test_the_preflight_suite_names_are_the_generated_suites():
+    from robust_vision.evaluation.suite import SUITES
+    from robust_vision.preflight import GENERATED_SUITES
+
+    assert tuple(SUITES) == GENERATED_SUITES
 
 
 def test_the_preflight_importable_names_are_the_registry():

@@ -124,7 +124,7 @@ class _DiskFullNoise(logging.Filter):
     failed save is reported in one line (:meth:`CheckpointStore.save`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from robust_vision.preflight import is_disk_full
+        from robust_vision.runs.lock import is_disk_full
 
         exc = record.exc_info[1] if record.exc_info else None
         return not ("No space left on device" in record.getMessage() or (exc is not None and is_disk_full(exc)))
@@ -173,7 +173,7 @@ class CheckpointStore:
                 self._save(self.epochs, epoch, args)
             sys.unraisablehook = hook
         except Exception as exc:  # Orbax wraps OS errors in several types; report the cause in one line
-            from robust_vision.preflight import is_disk_full
+            from robust_vision.runs.lock import is_disk_full
 
             # Keep the quiet hook: Orbax's callbacks may still fail after this; the run ends here.
 

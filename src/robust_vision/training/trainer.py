@@ -266,7 +266,8 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
     """
     from contextlib import nullcontext
 
-    from robust_vision.preflight import RunLock, check_memory
+    from robust_vision.preflight import check_memory
+    from robust_vision.runs.lock import RunLock
 
     check_run_request(cfg, resume)
     check_memory(cfg)
