@@ -515,7 +515,7 @@ def run_trial(trial: Trial, spec: SweepSpec, *, log: Log, train_log: Log) -> dic
     A diverged run (TrainingError) gives a ``failed`` row with the error; other errors
     propagate and leave the trial to be resumed by the next run of the sweep.
     """
-    from robust_vision.training.trainer import TrainingError
+    from robust_vision.runs.resume import TrainingError
 
     t0 = time.perf_counter()
     store = trial.run_dir / "checkpoints"

@@ -32,7 +32,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from robust_vision.io import write_json
-from robust_vision.runs.paths import CheckpointError, read_meta  # noqa: F401 (re-exported)
+from robust_vision.runs.paths import CheckpointError, checkpoints_dir, read_meta  # noqa: F401 (re-exported)
 
 
 class CheckpointWriteError(RuntimeError):
@@ -150,7 +150,7 @@ class CheckpointStore:
     """The epoch and best-checkpoint managers of one run directory."""
 
     def __init__(self, run_dir: str | Path, *, save_every: int = 5, best_mode: str = "max"):
-        self.root = Path(run_dir) / "checkpoints"
+        self.root = checkpoints_dir(run_dir)
         self.best_mode = best_mode
         self.epochs = _manager(self.root / "epochs", max_to_keep=2, keep_period=save_every)
         self.best = _manager(self.root / "best", max_to_keep=1)

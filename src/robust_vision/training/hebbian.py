@@ -47,16 +47,17 @@ import numpy as np
 from robust_vision.corruptions import get_noise
 from robust_vision.corruptions._common import lookup
 from robust_vision.evaluation.metrics import log_snr_from_scores, snr_summary
+from robust_vision.models.crossbar import init_crossbar
 
 __all__ = [
     "RULES",
     "ClipRange",
     "clip_weights",
     "crossbar_accuracy",
+    "crossbar_epoch",
     "crossbar_scores",
     "get_rule",
     "hebbian_update",
-    "init_crossbar",
     "is_diverged",
     "pattern_protocol",
     "sgd_mse_update",
@@ -95,11 +96,6 @@ def _flatten(x: jax.Array) -> jax.Array:
 
 
 # ------------------------------------------------------------------------------- model
-
-
-def init_crossbar(key: jax.Array, in_dim: int, num_outputs: int, init_scale: float = 0.01) -> jax.Array:
-    """Crossbar weights W (in_dim, num_outputs) float32 drawn U[0, init_scale) from ``key``."""
-    return jax.random.uniform(key, (in_dim, num_outputs), jnp.float32, 0.0, init_scale)
 
 
 def crossbar_scores(W: jax.Array, x: jax.Array) -> jax.Array:
@@ -386,35 +382,41 @@ def pattern_protocol(key: jax.Array, images: jax.Array, rule: str = "hebbian", c
 # ---------------------------------------------------------------- classification protocol
 
 
+@functools.partial(jax.jit, static_argnames=("rule", "batch_size"))
+def crossbar_epoch(W: jax.Array, x: jax.Array, t: jax.Array, key: jax.Array, eta: jax.Array, clip_range: ClipRange,
+                   *, rule: str, batch_size: int) -> jax.Array:
+    """One shuffled pass of ``rule`` over x (N, D) with targets t (N, K): W (D, K) -> W.
+
+    The order is permutation(key), padded to whole batches with masked rows (zeros: they add
+    nothing); each batch applies ``rule`` once, its batch mean rescaled to a mean over the real
+    rows only (eta * B / count)."""
+    n = x.shape[0]
+    n_batches = -(-n // batch_size)
+    pad = n_batches * batch_size - n
+    perm = jnp.concatenate([jax.random.permutation(key, n), jnp.zeros((pad,), jnp.int32)])
+    valid = jnp.concatenate([jnp.ones((n,), jnp.float32), jnp.zeros((pad,), jnp.float32)])
+    update = get_rule(rule)
+
+    def body(W: jax.Array, idx_valid: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
+        idx, ok = idx_valid
+        xb, tb = x[idx] * ok[:, None], t[idx] * ok[:, None]
+        scale = batch_size / jnp.maximum(ok.sum(), 1.0)
+        return update(W, xb, tb, eta * scale, clip_range), None
+
+    W, _ = jax.lax.scan(body, W, (perm.reshape(n_batches, batch_size), valid.reshape(n_batches, batch_size)))
+    return W
+
+
 @functools.partial(jax.jit, static_argnames=("rule", "epochs", "batch_size", "num_classes"))
 def _train_crossbar(key: jax.Array, x: jax.Array, y: jax.Array, eta: jax.Array, clip_range: ClipRange,
                     *, rule: str, epochs: int, batch_size: int, num_classes: int) -> jax.Array:
-    n, d = x.shape
     init_key, shuffle_key = jax.random.split(key)
-    W0 = init_crossbar(init_key, d, num_classes)
-    t_all = jax.nn.one_hot(y, num_classes, dtype=jnp.float32)
-    n_batches = -(-n // batch_size)
-    pad = n_batches * batch_size - n
-
-    def masked_update(W: jax.Array, idx_valid: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
-        idx, valid = idx_valid
-        xb = x[idx] * valid[:, None]
-        tb = t_all[idx] * valid[:, None]
-        count = jnp.maximum(valid.sum(), 1.0)
-        if rule == "hebbian":
-            dW = eta * (xb.T @ tb) / count
-        else:  # sgd_mse; padded rows have xb = 0 and contribute nothing
-            dW = -eta * (xb.T @ (xb @ W - tb)) / count
-        return clip_weights(W + dW, clip_range), None
+    t = jax.nn.one_hot(y, num_classes, dtype=jnp.float32)
 
     def epoch(W: jax.Array, k: jax.Array) -> tuple[jax.Array, None]:
-        perm = jnp.concatenate([jax.random.permutation(k, n), jnp.zeros((pad,), jnp.int32)])
-        valid = jnp.concatenate([jnp.ones((n,), jnp.float32), jnp.zeros((pad,), jnp.float32)])
-        W, _ = jax.lax.scan(masked_update, W, (perm.reshape(n_batches, batch_size),
-                                               valid.reshape(n_batches, batch_size)))
-        return W, None
+        return crossbar_epoch(W, x, t, k, eta, clip_range, rule=rule, batch_size=batch_size), None
 
-    W, _ = jax.lax.scan(epoch, W0, jax.random.split(shuffle_key, epochs))
+    W, _ = jax.lax.scan(epoch, init_crossbar(init_key, x.shape[1], num_classes), jax.random.split(shuffle_key, epochs))
     return W
 
 

@@ -1,22 +1,12 @@
 """Pure, jitted training and evaluation steps.
 
-The model is split once into a static graph and three pieces of state
-(``nnx.split(model, nnx.Param, nnx.RngState, ...)``): trainable parameters, the RNG streams
-(re-seeded every step from an explicit key, so they never need to be saved) and the rest
-(batch-norm statistics, fixed noise masks, ...). The train state is a plain dict pytree::
-
-    {"params": State, "model_state": State, "opt_state": optax state,
-     "ema_params": State (or None), "step": int32 scalar}
-
-so the whole training run is a sequence of pure functions of (state, batch, key).
+A step is a pure function of (train state, batch, key): the model is split into graphs and
+state once (``models.state.split_model``), the train state is ``optim.init_train_state``'s dict
+pytree, and every random draw (augmentation, dropout, mixup, attacks) comes from the key.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import re
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import jax
@@ -25,174 +15,12 @@ import optax
 from flax import nnx
 
 from robust_vision.attacks.training import madry_pgd_examples
-from robust_vision.config import ModelConfig, TrainingConfig
+from robust_vision.config import TrainingConfig
 from robust_vision.data.pipeline import augment
 from robust_vision.evaluation.metrics import per_example_metrics
-from robust_vision.models.stages import frozen_labels
-from robust_vision.program_cache import array_digest, model_jit
-
-TrainState = dict[str, Any]
-
-
-def merge_fresh(graph: nnx.GraphDef, *states: nnx.State) -> nnx.Module:
-    """``nnx.merge`` on copies of ``states``, for use inside a traced function.
-
-    nnx.merge reuses the Variable objects it is given; copying the states makes fresh ones at
-    the current trace level, so batch-norm updates and re-seeding inside the traced function
-    never mutate Variables that belong to an outer trace.
-    """
-    return nnx.merge(graph, *(jax.tree.map(lambda leaf: leaf, state) for state in states))
-
-
-class Graphs:
-    """A model's static graphs (train mode, eval mode), or a function that builds them when first
-    asked: a loaded model whose every program is read from disk (``program_cache``) never traces
-    its constructor."""
-
-    def __init__(self, train: nnx.GraphDef | None = None, eval: nnx.GraphDef | None = None, *,
-                 build: Callable[[], tuple[nnx.GraphDef, nnx.GraphDef]] | None = None):
-        if (train is None or eval is None) and build is None:
-            raise ValueError("Graphs needs both graphs or a function that builds them")
-        self._graphs = None if build is not None else (train, eval)
-        self._build = build
-
-    @property
-    def built(self) -> bool:
-        return self._graphs is not None
-
-    def get(self) -> tuple[nnx.GraphDef, nnx.GraphDef]:
-        if self._graphs is None:
-            self._graphs = self._build()
-        return self._graphs
-
-
-@dataclass(frozen=True)
-class ModelParts:
-    """A model split into its static graphs (train and eval mode) and its state."""
-
-    graphs: Graphs
-    params: nnx.State
-    rng_state: nnx.State
-    model_state: nnx.State
-
-    @property
-    def train_graph(self) -> nnx.GraphDef:
-        return self.graphs.get()[0]
-
-    @property
-    def eval_graph(self) -> nnx.GraphDef:
-        return self.graphs.get()[1]
-
-    def merge(self, params: nnx.State, model_state: nnx.State, *, train: bool,
-              dropout_key: jax.Array | None = None) -> nnx.Module:
-        """A model object for use inside a traced function; ``dropout_key`` seeds its dropout."""
-        graph = self.train_graph if train else self.eval_graph
-        model = merge_fresh(graph, params, self.rng_state, model_state)
-        if dropout_key is not None:
-            nnx.reseed(model, dropout=dropout_key)
-        return model
-
-
-def split_model(model: nnx.Module) -> ModelParts:
-    """Split ``model`` into train/eval graphs and state. The model object itself is left in eval mode."""
-    model.train()
-    train_graph, params, rng_state, model_state = nnx.split(model, nnx.Param, nnx.RngState, ...)
-    model.eval()
-    eval_graph, _, _, _ = nnx.split(model, nnx.Param, nnx.RngState, ...)
-    return ModelParts(Graphs(train_graph, eval_graph), params, rng_state, model_state)
-
-
-# Run-config keys that say where a run writes or how it reports, never what a step computes:
-# left out of program keys, so one run's cached programs serve a run in another directory.
-_UNTRACED_TRAINING_KEYS = frozenset({"checkpoint_dir", "log_dir", "progress_bar", "compile_cache_dir", "write_figures",
-                                     "eval_every", "save_every", "best_metric", "best_mode", "init_from"})
-
-
-@dataclass(frozen=True)
-class ProgramKey:
-    """What a model's traced programs depend on beyond their arguments (``program_cache``):
-    ``key`` (JSON-able) and ``sources``, the model's node types, whose source files count too."""
-
-    key: dict
-    sources: tuple
-
-
-def model_program_key(parts: ModelParts, model_cfg: ModelConfig, training_cfg: TrainingConfig | None = None,
-                      *, sources: tuple = (), **extra: Any) -> ProgramKey:
-    """The key of programs that close over ``parts`` (its graphs and RNG streams, which are
-    baked in as constants) built from these configs. ``extra``: anything else they close over
-    (JSON-able); ``sources``: code they depend on beyond the package's own.
-
-    With its graphs built, the key also holds the graph text, which names every static attribute
-    of every module (the addresses in the text of function attributes dropped: they change from
-    process to process), and the module types count as sources. Graphs not built yet (a loaded
-    model) stay unbuilt: the model config, the input shape and the constructor name them.
-    """
-    training = {} if training_cfg is None else dataclasses.asdict(training_cfg)
-    key = {"rng": array_digest(parts.rng_state), "model": dataclasses.asdict(model_cfg),
-           "training": {k: v for k, v in training.items() if k not in _UNTRACED_TRAINING_KEYS}, **extra}
-    types = set()
-    if parts.graphs.built:
-        graphs = re.sub(r" at 0x[0-9a-fA-F]+", "", f"{parts.train_graph}\n{parts.eval_graph}")
-        key["graphs"] = hashlib.sha256(graphs.encode()).hexdigest()
-        types = {node.type for graph in parts.graphs.get() for node in graph.nodes
-                 if isinstance(getattr(node, "type", None), type)}
-    ordered = sorted(types, key=lambda t: f"{t.__module__}.{t.__qualname__}")
-    return ProgramKey(key, (*ordered, *sources))
-
-
-def make_schedule(cfg: TrainingConfig, steps_per_epoch: int) -> optax.Schedule:
-    """The learning rate of ``cfg.lr_schedule`` as a function of the step (0-based), over
-    ``cfg.epochs * steps_per_epoch`` steps; epoch-valued keys (warm-up, peak, milestones) are
-    converted to steps by rounding."""
-    total_steps = max(cfg.epochs * steps_per_epoch, 1)
-    peak = cfg.learning_rate
-    if cfg.lr_schedule == "constant":
-        return optax.constant_schedule(peak)
-    if cfg.lr_schedule == "cosine":
-        return optax.cosine_decay_schedule(peak, total_steps)
-    if cfg.lr_schedule == "piecewise":
-        drops: dict[int, float] = {}
-        for epoch in cfg.lr_milestones:
-            at = int(round(epoch * steps_per_epoch))
-            drops[at] = drops.get(at, 1.0) * cfg.lr_decay_factor  # equal milestones compound
-        return optax.piecewise_constant_schedule(peak, drops)
-    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total_steps - 1)
-    if cfg.lr_schedule == "cyclic":  # triangle 0 -> peak -> 0, as torch's CyclicLR of Wong et al. (2020)
-        return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup),
-                                     optax.linear_schedule(peak, 0.0, total_steps - warmup)], [warmup])
-    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total_steps)  # warmup_cosine
-
-
-def make_optimizer(cfg: TrainingConfig, steps_per_epoch: int) -> tuple[optax.GradientTransformation, Callable]:
-    """The Optax optimizer and learning-rate schedule (``make_schedule``) described by the config."""
-    schedule = make_schedule(cfg, steps_per_epoch)
-    if cfg.optimizer == "adamw":
-        core = optax.adamw(schedule, weight_decay=cfg.weight_decay)
-    elif cfg.optimizer == "adam":
-        core = optax.adam(schedule)
-    else:
-        core = optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov and cfg.momentum > 0)
-    chain = []
-    if cfg.grad_clip_norm is not None:
-        chain.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
-    if cfg.weight_decay > 0 and cfg.optimizer != "adamw":
-        chain.append(optax.add_decayed_weights(cfg.weight_decay))  # classic L2 for adam / sgd
-    chain.append(core)
-    return optax.chain(*chain), schedule
-
-
-def init_train_state(parts: ModelParts, tx: optax.GradientTransformation, ema_enabled: bool) -> TrainState:
-    params = parts.params
-    return {
-        "params": params,
-        "model_state": parts.model_state,
-        "opt_state": tx.init(params),
-        # A copy, not an alias, so that donated / updated buffers never share storage.
-        "ema_params": jax.tree.map(jnp.array, params) if ema_enabled else None,
-        "step": jnp.zeros((), jnp.int32),
-    }
-
+from robust_vision.models.state import ModelParts, ProgramKey, make_logits_fn
+from robust_vision.optim import TrainState
+from robust_vision.program_cache import model_jit
 
 # Adversarial-training hooks. Both receive the *eval-mode* logits function of the current
 # parameters (batch-norm running statistics, no dropout), as the TRADES reference code
@@ -307,32 +135,6 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, loss_fn
     hooks = [f for f in (loss_fn, example_transform, pair_transform, pair_loss, extra_loss, certified_loss)
              if f is not None]
     return model_jit(step, program_key, name="train_step", donate_argnums=(0,), sources=hooks)
-
-
-def freeze(tx: optax.GradientTransformation, labels: Any) -> optax.GradientTransformation:
-    """Wrap ``tx`` so that leaves labelled "frozen" get zero updates (and no optimizer state)."""
-    return optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, labels)
-
-
-def make_run_optimizer(tcfg: TrainingConfig, model_cfg: ModelConfig, params: nnx.State,
-                       steps_per_epoch: int) -> tuple[optax.GradientTransformation, Callable]:
-    """The run's optimizer: ``make_optimizer`` with the first ``tcfg.freeze_stages`` stages of
-    the model frozen. The trainer and the checkpoint loader both build it here, so the
-    optimizer state they save and restore has the same structure."""
-    tx, schedule = make_optimizer(tcfg, steps_per_epoch)
-    if tcfg.freeze_stages:
-        tx = freeze(tx, frozen_labels(params, model_cfg, tcfg.freeze_stages))
-    return tx, schedule
-
-
-def make_logits_fn(parts: ModelParts) -> Callable[[nnx.State, nnx.State, jax.Array], jax.Array]:
-    """Pure eval-mode forward ``(params, model_state, images) -> logits`` (not jitted: callers
-    close over it inside their own jitted computations)."""
-
-    def logits_fn(params: nnx.State, model_state: nnx.State, images: jax.Array) -> jax.Array:
-        return parts.merge(params, model_state, train=False)(images)
-
-    return logits_fn
 
 
 def make_eval_step(parts: ModelParts, program_key: ProgramKey | None = None):
