@@ -40,13 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robust_vision.config import (
-    Config,
-    ConfigError,
-    config_to_dict,
-    load_config,
-    save_config,
-)
+from robust_vision.config import Config, ConfigError, config_to_dict, load_config, save_config
 from robust_vision.models.robustbench import WIDE_RESNETS
 from robust_vision.models.stages import path_names
 from robust_vision.preflight import IMPORTABLE_MODELS

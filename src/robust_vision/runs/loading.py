@@ -15,23 +15,11 @@ from flax import nnx
 from robust_vision.config import Config, ConfigError, config_to_dict, load_config
 from robust_vision.data.pipeline import num_batches
 from robust_vision.models import MODELS, model_builder
-from robust_vision.models.state import (
-    Graphs,
-    ModelParts,
-    ProgramKey,
-    make_logits_fn,
-    model_program_key,
-    split_model,
-)
+from robust_vision.models.state import Graphs, ModelParts, ProgramKey, make_logits_fn, model_program_key, split_model
 from robust_vision.optim import init_train_state, make_run_optimizer
 from robust_vision.program_cache import cached_jit, cached_shapes
 from robust_vision.runs.checkpoint import restore_checkpoint
-from robust_vision.runs.paths import (  # noqa: F401 (re-exported)
-    CheckpointError,
-    config_file,
-    read_meta,
-    resolve_checkpoint,
-)
+from robust_vision.runs.paths import CheckpointError, config_file, read_meta, resolve_checkpoint  # noqa: F401 (re-exported)
 
 
 @dataclass

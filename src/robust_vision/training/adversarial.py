@@ -28,12 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robust_vision.attacks import (
-    get_attack,
-    madry_pgd_examples,
-    trades_examples,
-    trades_objective,
-)
+from robust_vision.attacks import get_attack, madry_pgd_examples, trades_examples, trades_objective
 from robust_vision.config import AdversarialConfig
 from robust_vision.data.batch import Batch, to_unit_float
 from robust_vision.data.pipeline import eval_batches

@@ -54,11 +54,7 @@ from flax import nnx
 
 from robust_vision.config import Config, ConfigError
 from robust_vision.data.sources import RecordSource, read_examples
-from robust_vision.evaluation.metrics import (
-    log_snr_from_scores,
-    logit_margin,
-    snr_summary,
-)
+from robust_vision.evaluation.metrics import log_snr_from_scores, logit_margin, snr_summary
 from robust_vision.io import write_json
 from robust_vision.models import create_model
 from robust_vision.models.crossbar import init_crossbar
@@ -66,13 +62,7 @@ from robust_vision.models.state import split_model
 from robust_vision.optim import init_train_state, make_optimizer
 from robust_vision.runs.resume import check_run_request
 from robust_vision.training.hebbian import crossbar_epoch, weight_stats
-from robust_vision.training.loop import (
-    RunBook,
-    TrainResult,
-    checkpoint_store,
-    describe_data,
-    training_sources,
-)
+from robust_vision.training.loop import RunBook, TrainResult, checkpoint_store, describe_data, training_sources
 
 __all__ = ["LOCAL_RULES", "local_rule_settings", "train_local_rule"]
 

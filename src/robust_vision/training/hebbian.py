@@ -302,6 +302,32 @@ def _condition_key(key: jax.Array, noise_type: str, level_index: int) -> jax.Arr
     return jax.random.fold_in(jax.random.fold_in(key, zlib.crc32(noise_type.encode()) & 0x7FFFFFFF), level_index)
 
 
+def _condition_rows(W: jax.Array, images: jax.Array, noise_key: jax.Array, noise_types: Sequence[str],
+                    levels: Sequence[float], n_noisy: int) -> tuple[list[dict], list[dict]]:
+    """``pattern_protocol``'s rows and per-image arrays, one per (noise_type, level)."""
+    rows, per_image = [], []
+    for name in noise_types:
+        for i, level in enumerate(levels):
+            log_snr, correct = _eval_condition(W, images, _condition_key(noise_key, name, i),
+                                               jnp.float32(level), noise_type=name, n_noisy=n_noisy)
+            draws = np.asarray(log_snr, np.float64)  # (N, n_noisy)
+            log_snr = draws.ravel()
+            finite = np.isfinite(log_snr)
+            ok = np.isfinite(draws)
+            count = ok.sum(axis=1)
+            # mean over an image's finite draws; nan for an image without any (diverged model)
+            image_log_snr = np.where(count > 0, np.where(ok, draws, 0.0).sum(axis=1) / np.maximum(count, 1), np.nan)
+            rows.append({
+                "noise_type": name, "level": float(level), "n": int(log_snr.size),
+                "accuracy": float(np.asarray(correct).mean()),
+                **snr_summary(log_snr[finite]),
+                "n_nonfinite": int((~finite).sum()),
+            })
+            # per image (N,): the resampling units of the study's bootstrap intervals
+            per_image.append({"log_snr": image_log_snr, "accuracy": np.asarray(correct, np.float64).mean(axis=1)})
+    return rows, per_image
+
+
 def pattern_protocol(key: jax.Array, images: jax.Array, rule: str = "hebbian", clip_range: ClipRange = None,
                      eta: Optional[float] = None, iterations: int = 30,
                      noise_types: Sequence[str] = ("gaussian", "salt_pepper", "fog", "occlusion"),
@@ -350,26 +376,7 @@ def pattern_protocol(key: jax.Array, images: jax.Array, rule: str = "hebbian", c
     x = images.reshape(images.shape[0], -1)
     W, diverged = _train_patterns(init_key, x, jnp.float32(eta), clip_range, jnp.float32(bound),
                                   rule=rule, iterations=int(iterations), num_outputs=int(num_outputs))
-    rows, per_image = [], []
-    for name in noise_types:
-        for i, level in enumerate(levels):
-            log_snr, correct = _eval_condition(W, images, _condition_key(noise_key, name, i),
-                                               jnp.float32(level), noise_type=name, n_noisy=int(n_noisy))
-            draws = np.asarray(log_snr, np.float64)  # (N, n_noisy)
-            log_snr = draws.ravel()
-            finite = np.isfinite(log_snr)
-            ok = np.isfinite(draws)
-            count = ok.sum(axis=1)
-            # mean over an image's finite draws; nan for an image without any (diverged model)
-            image_log_snr = np.where(count > 0, np.where(ok, draws, 0.0).sum(axis=1) / np.maximum(count, 1), np.nan)
-            rows.append({
-                "noise_type": name, "level": float(level), "n": int(log_snr.size),
-                "accuracy": float(np.asarray(correct).mean()),
-                **snr_summary(log_snr[finite]),
-                "n_nonfinite": int((~finite).sum()),
-            })
-            # per image (N,): the resampling units of the study's bootstrap intervals
-            per_image.append({"log_snr": image_log_snr, "accuracy": np.asarray(correct, np.float64).mean(axis=1)})
+    rows, per_image = _condition_rows(W, images, noise_key, noise_types, levels, int(n_noisy))
     diverged = np.asarray(diverged)
     return {
         "rule": rule, "clip_range": None if clip_range is None else list(clip_range), "eta": eta,
@@ -407,16 +414,16 @@ def crossbar_epoch(W: jax.Array, x: jax.Array, t: jax.Array, key: jax.Array, eta
     return W
 
 
-@functools.partial(jax.jit, static_argnames=("rule", "epochs", "batch_size", "num_classes"))
-def _train_crossbar(key: jax.Array, x: jax.Array, y: jax.Array, eta: jax.Array, clip_range: ClipRange,
-                    *, rule: str, epochs: int, batch_size: int, num_classes: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("rule", "epochs", "batch_size"))
+def _train_crossbar(key: jax.Array, x: jax.Array, t: jax.Array, eta: jax.Array, clip_range: ClipRange,
+                    *, rule: str, epochs: int, batch_size: int) -> jax.Array:
+    """``epochs`` of ``crossbar_epoch`` from ``init_crossbar``: x (N, D), one-hot targets t (N, K) -> W (D, K)."""
     init_key, shuffle_key = jax.random.split(key)
-    t = jax.nn.one_hot(y, num_classes, dtype=jnp.float32)
 
     def epoch(W: jax.Array, k: jax.Array) -> tuple[jax.Array, None]:
         return crossbar_epoch(W, x, t, k, eta, clip_range, rule=rule, batch_size=batch_size), None
 
-    W, _ = jax.lax.scan(epoch, init_crossbar(init_key, x.shape[1], num_classes), jax.random.split(shuffle_key, epochs))
+    W, _ = jax.lax.scan(epoch, init_crossbar(init_key, x.shape[1], t.shape[1]), jax.random.split(shuffle_key, epochs))
     return W
 
 
@@ -460,8 +467,8 @@ def train_crossbar(key: jax.Array, x_train: jax.Array, y_train: jax.Array, rule:
     if batch_size < 1 or epochs < 1:
         raise ValueError(f"batch_size and epochs must be >= 1, got {batch_size}, {epochs}.")
     batch_size = min(int(batch_size), x.shape[0])
-    W = _train_crossbar(key, x, y, jnp.float32(eta), clip_range, rule=rule, epochs=int(epochs),
-                        batch_size=batch_size, num_classes=int(num_classes))
+    t = jax.nn.one_hot(y, int(num_classes), dtype=jnp.float32)
+    W = _train_crossbar(key, x, t, jnp.float32(eta), clip_range, rule=rule, epochs=int(epochs), batch_size=batch_size)
     stats = weight_stats(W, bound)
     stats["train_accuracy"] = crossbar_accuracy(W, x, y)
     return W, stats

@@ -25,13 +25,7 @@ from typing import Any, Callable, Iterator
 import jax
 
 from robust_vision.config import Config, TrainingConfig, config_to_dict, save_config
-from robust_vision.data.sources import (
-    RecordSource,
-    converted,
-    describe_splits,
-    open_splits,
-    stream_shape,
-)
+from robust_vision.data.sources import RecordSource, converted, describe_splits, open_splits, stream_shape
 from robust_vision.runs.checkpoint import CheckpointStore, is_better
 from robust_vision.runs.history import read_history, write_history
 from robust_vision.runs.paths import config_file

@@ -57,9 +57,7 @@ def pretrain_local_layer(model, cfg: Config, train_source: RecordSource, run_dir
         f"{time.perf_counter() - t0:.1f} s; p-norms of the rows: median {np.median(norms):.3f} "
         f"(the rule's fixed point is 1)")
     if kc.plot_fields:
-        from robust_vision.viz._common import (
-            save_figure,  # matplotlib only when a figure is drawn
-        )
+        from robust_vision.viz._common import save_figure  # matplotlib only when a figure is drawn
 
         fig = receptive_fields_figure(W, train_images.shape[1:])
         written = save_figure(fig, run_dir / "plots", "receptive_fields", cfg.evaluation.dpi, cfg.evaluation.format)

@@ -25,15 +25,8 @@ from tqdm.auto import tqdm
 
 from robust_vision.config import Config, ConfigError, TrainingConfig
 from robust_vision.data.batch import to_unit_float
-from robust_vision.data.pipeline import (
-    check_batch_divisible,
-    data_mesh,
-    device_multiple,
-    eval_batches,
-    num_batches,
-    replicate,
-    train_batches,
-)
+from robust_vision.data.pipeline import (check_batch_divisible, data_mesh, device_multiple, eval_batches, num_batches,
+                                         replicate, train_batches)
 from robust_vision.data.sources import ConcatSource, RecordSource, SubsetSource
 from robust_vision.distributed import gather_batches, is_main_process, main_only
 from robust_vision.evaluation.batched import prefetch_to_device, stream_per_example
@@ -42,38 +35,20 @@ from robust_vision.interrupts import check_interrupt
 from robust_vision.losses import make_loss
 from robust_vision.models import create_model
 from robust_vision.models.stages import stage_names
-from robust_vision.models.state import (
-    ModelParts,
-    make_logits_fn,
-    model_program_key,
-    split_model,
-)
+from robust_vision.models.state import ModelParts, make_logits_fn, model_program_key, split_model
 from robust_vision.optim import init_train_state, make_run_optimizer
 from robust_vision.regularizers import make_regularizer
 from robust_vision.runs.loading import check_input_shape, load_trained_model
 from robust_vision.runs.paths import checkpoints_dir
 from robust_vision.runs.resume import TrainingError, check_run_request
-from robust_vision.training.adversarial import (
-    adversarial_hooks,
-    write_adversarial_examples,
-)
+from robust_vision.training.adversarial import adversarial_hooks, write_adversarial_examples
 from robust_vision.training.crossbar_trainer import train_local_rule
 from robust_vision.training.finetune import load_initial_weights
-from robust_vision.training.loop import (
-    RunBook,
-    TrainData,
-    TrainResult,
-    checkpoint_store,
-    describe_data,
-    training_sources,
-)
+from robust_vision.training.loop import (RunBook, TrainData, TrainResult, checkpoint_store, describe_data,
+                                         training_sources)
 from robust_vision.training.pretrain import pretrain_local_layer
 from robust_vision.training.run_outputs import write_run_outputs
-from robust_vision.training.steps import (
-    make_eval_step,
-    make_robust_eval_step,
-    make_train_step,
-)
+from robust_vision.training.steps import make_eval_step, make_robust_eval_step, make_train_step
 
 # Divergence beyond NaN. The reference is the mean loss of the first training batch this process
 # sees, i.e. the loss of the starting weights (at initialisation a cross-entropy is ~log K), floored at
