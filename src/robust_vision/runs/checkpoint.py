@@ -236,14 +236,6 @@ class CheckpointStore:
         raise CheckpointError(f"no checkpoint in {self.epochs.directory} verifies ({'; '.join(reasons)}); "
                               "start a new run in another training.checkpoint_dir")
 
-    def restore(self, abstract_state: Any, *, epoch: int | None = None, best: bool = False) -> tuple[Any, dict]:
-        """Restore (state, meta) into the structure of ``abstract_state``."""
-        manager = self.best if best else self.epochs
-        step = epoch if epoch is not None else manager.latest_step()
-        if step is None:
-            raise CheckpointError(f"no checkpoint in {manager.directory}")
-        return restore_checkpoint(Path(manager.directory) / str(step), abstract_state)
-
     def close(self) -> None:
         self.epochs.close()
         self.best.close()

@@ -163,8 +163,9 @@ class _LocalLoop:
                        val_snr=va["snr"], val_snr_median=va["snr_median"], val_ece=None)
         row["epoch_time_s"] = time.perf_counter() - t0
         improved = self.book.record(row)
-        self.log(f"Epoch {epoch}/{s['epochs']}  Train Acc: {row['train_accuracy']:.4f}  SNR: {row['train_snr']:.4g}"
-                 + (f"  Val Acc: {row['val_accuracy']:.4f}  SNR: {row['val_snr']:.4g}" if "val_accuracy" in row else ""))
+        val = f"  Val Acc: {row['val_accuracy']:.4f}  SNR: {row['val_snr']:.4g}" if "val_accuracy" in row else ""
+        self.log(f"Epoch {epoch}/{s['epochs']}  Train Acc: {row['train_accuracy']:.4f}  "
+                 f"SNR: {row['train_snr']:.4g}{val}")
         self._note_divergence(W, epoch)
         if improved or epoch % tcfg.save_every == 0 or epoch == s["epochs"]:
             steps = -(-len(self.train.y) // self.batch_size)
@@ -186,20 +187,10 @@ class _LocalLoop:
 def train_local_rule(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = print) -> TrainResult:
     """Train the crossbar of ``cfg`` with its local rule and write ``cfg.training.checkpoint_dir``.
 
-    Args:
-        cfg: a config with ``model.name: crossbar`` and ``training.learning_rule`` hebbian or
-            sgd_mse (e.g. configs/hebbian.yaml).
-        resume: continue a run from its latest checkpoint that verifies (same config; identical
-            result to an uninterrupted run, as every epoch's shuffling key is fixed by the seed).
-        log: receives the progress lines.
-
-    Returns:
-        TrainResult(run_dir, history (one dict per epoch, METRIC_COLUMNS), best_epoch, best_value).
-
-    Raises:
-        ConfigError: not a crossbar / local-rule config, or an unknown best_metric.
-        TrainingError: the run directory already holds checkpoints and ``resume`` is False, or
-            ``resume`` with a config that differs from the saved one.
+    ``cfg``: ``model.name: crossbar`` and ``training.learning_rule`` hebbian or sgd_mse (e.g.
+    configs/hebbian.yaml), else ConfigError. ``resume`` continues from the latest checkpoint that
+    verifies (same config, else TrainingError; the same result as an uninterrupted run, as every
+    epoch's shuffling key is fixed by the seed). Returns the TrainResult (one history row per epoch).
     """
     s = local_rule_settings(cfg)
     tcfg = cfg.training
@@ -245,11 +236,13 @@ def _write_weight_stats(loop: _LocalLoop, W: jax.Array) -> None:
     s, book = loop.settings, loop.book
     stats = weight_stats(W, s["bound"])
     write_json(book.run_dir / WEIGHT_STATS_JSON, {
-        **stats, "rule": s["rule"], "eta": s["eta"], "clip_range": None if s["clip_range"] is None else list(s["clip_range"]),
-        "epochs": s["epochs"], "bound": s["bound"], "diverged_epoch": loop.diverged_epoch,
+        **stats, "rule": s["rule"], "eta": s["eta"],
+        "clip_range": None if s["clip_range"] is None else list(s["clip_range"]), "epochs": s["epochs"],
+        "bound": s["bound"], "diverged_epoch": loop.diverged_epoch,
     })
     verdict = (f"DIVERGED (first at epoch {loop.diverged_epoch})" if stats["diverged"] else "stable")
     loop.log(f"Weights: mean {stats['mean']:.4g}, std {stats['std']:.4g}, range [{stats['min']:.4g}, "
              f"{stats['max']:.4g}]; {verdict}")
     if book.best_epoch is not None:
-        loop.log(f"Best checkpoint saved: epoch {book.best_epoch}, {loop.cfg.training.best_metric}={book.best_value:.4f}")
+        metric = loop.cfg.training.best_metric
+        loop.log(f"Best checkpoint saved: epoch {book.best_epoch}, {metric}={book.best_value:.4f}")

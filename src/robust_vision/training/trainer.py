@@ -40,7 +40,7 @@ from robust_vision.optim import init_train_state, make_run_optimizer
 from robust_vision.regularizers import make_regularizer
 from robust_vision.runs.loading import check_input_shape, load_trained_model
 from robust_vision.runs.paths import checkpoints_dir
-from robust_vision.runs.resume import TrainingError, check_run_request
+from robust_vision.runs.resume import TrainingError, check_run_request, run_finished
 from robust_vision.training.adversarial import adversarial_hooks, write_adversarial_examples
 from robust_vision.training.crossbar_trainer import train_local_rule
 from robust_vision.training.finetune import load_initial_weights
@@ -157,6 +157,9 @@ def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = pri
     check_memory(cfg)
     # One lock per run: process 0 holds it for the whole process group (the others share the run).
     with RunLock(cfg.training.checkpoint_dir) if is_main_process() else nullcontext():
+        if resume and run_finished(cfg.training.checkpoint_dir, cfg):
+            main_only(log)(f"--resume: {cfg.training.checkpoint_dir} holds every epoch of this run; nothing is "
+                           "left to train (its outputs are written again)")
         if cfg.training.learning_rule != "backprop":
             return train_local_rule(cfg, resume=resume, log=log)
         return _train_backprop(cfg, resume=resume, log=log)
@@ -247,7 +250,8 @@ def _make_steps(cfg: Config, parts: ModelParts, tx, steps_per_epoch: int) -> _St
     train_step = make_train_step(parts, tx, make_loss(tcfg), tcfg, extra_loss=make_regularizer(tcfg.regularizers),
                                  program_key=program_key, **_train_hooks(tcfg, steps_per_epoch))
     vcfg = tcfg.val_attack
-    robust_step = make_robust_eval_step(parts, vcfg.eps, vcfg.steps, vcfg.step_size, program_key) if vcfg.steps else None
+    robust_step = (make_robust_eval_step(parts, vcfg.eps, vcfg.steps, vcfg.step_size, program_key)
+                   if vcfg.steps else None)
     return _Steps(train_step, make_eval_step(parts, program_key), robust_step)
 
 
@@ -348,7 +352,7 @@ class _Loop:
         row = dict(val_loss=vs["loss"], val_accuracy=vs["accuracy"], val_margin=vs["margin"], val_snr=vs["snr"],
                    val_snr_median=vs["snr_median"], val_ece=vs["ece"])
         if self.steps.robust is not None:
-            attack_key = jax.random.key(tcfg.seed + 0xA77AC)  # the same draws every epoch: epochs compare on equal terms
+            attack_key = jax.random.key(tcfg.seed + 0xA77AC)  # the same draws every epoch: epochs compare fairly
             held = _held_out(self.data.val, tcfg.val_attack.max_examples)
             pgd_pe = _per_example(lambda xb, yb, i: self.steps.robust(params, state["model_state"], xb, yb,
                                                                       jax.random.fold_in(attack_key, i)),
