@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -125,3 +126,16 @@ def test_bad_config_names_the_key(repo_root, tmp_path):
         train_local_rule(_cfg(repo_root, tmp_path / "x", "model.name=cnn"), log=_quiet)
     with pytest.raises(ConfigError, match="learning_rule"):
         train_local_rule(_cfg(repo_root, tmp_path / "y", "training.learning_rule=backprop"), log=_quiet)
+
+
+def test_run_finished_needs_the_last_epoch_and_the_same_config(repo_root, tmp_path):
+    from robust_vision.runs.resume import run_finished
+
+    run = tmp_path / "heb"
+    cfg = _cfg(repo_root, run)
+    assert not run_finished(run, cfg)
+    train_local_rule(cfg, log=_quiet)
+    assert run_finished(run, cfg)
+    assert not run_finished(run, _cfg(repo_root, run, "training.hebbian.eta=0.1"))  # another run's config
+    shutil.rmtree(run / "checkpoints" / "epochs" / "3")  # the last epoch's checkpoint is missing
+    assert not run_finished(run, cfg)
