@@ -10,17 +10,18 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import tiny_overrides
 
 import robust_vision.data.datasets as datasets_module
 import robust_vision.training.trainer as trainer_module
-from conftest import tiny_overrides
 from robust_vision.config import AdversarialConfig, load_config
 from robust_vision.data.datasets import load_dataset
 from robust_vision.data.pipeline import resize_linear
 from robust_vision.data.sources import ArraySource, SourceInfo
 from robust_vision.runs.loading import load_trained_model
 from robust_vision.training.adversarial import adversarial_examples, write_adversarial_examples
-from robust_vision.training.trainer import TrainData, train
+from robust_vision.training.loop import TrainData
+from robust_vision.training.trainer import train
 
 QUIET = dict(log=lambda _msg: None)
 RESIZED = ["data.image_size=[10, 10]", "data.channels=3"]  # float resize + gray -> RGB in the pipeline's workers
@@ -50,7 +51,6 @@ def _metrics(run_dir: Path) -> list[dict]:
 def _streamed(cfg, log=QUIET["log"]):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(datasets_module, "load_dataset", _no_load_dataset)
-        mp.setattr(trainer_module, "load_dataset", _no_load_dataset)
         return train(cfg, log=log)
 
 

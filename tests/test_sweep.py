@@ -11,7 +11,7 @@ from conftest import REPO_ROOT, tiny_overrides
 from robust_vision.experiments import trials as trials_mod
 from robust_vision.experiments.cli import sweep_main
 from robust_vision.experiments.trials import TrialFactory, make_trial_id, parse_sweep_section
-from robust_vision.training.trainer import TrainingError
+from robust_vision.runs.resume import TrainingError
 
 CONFIG = REPO_ROOT / "configs" / "research" / "lambda_sweep.yaml"
 HAS_OPTUNA = importlib.util.find_spec("optuna") is not None

@@ -30,7 +30,7 @@ def _exit_code(exc: BaseException) -> int | None:
                   + classes("robust_vision.runs.paths", "CheckpointError")):
         return 2
     if isinstance(exc, classes("robust_vision.runs.checkpoint", "CheckpointWriteError")
-                  + classes("robust_vision.training.trainer", "TrainingError")):
+                  + classes("robust_vision.runs.resume", "TrainingError")):
         return 1
     if isinstance(exc, _USER_ERRORS):
         return 2
@@ -163,7 +163,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from robust_vision.models.import_weights import import_weights
+    from robust_vision.runs.import_weights import import_weights
 
     run_dir = import_weights(args.source, args.model, args.output, config_path=args.config, overrides=args.override,
                              image_size=args.image_size, channels=args.channels, num_classes=args.num_classes)

@@ -248,7 +248,7 @@ def parse_card(items: Sequence[str] | None) -> dict[str, Any]:
     return card
 
 
-# The architectures robust-vision-import converts weights of (models.import_weights.IMPORTABLE
+# The architectures robust-vision-import converts weights of (runs.import_weights.IMPORTABLE
 # is this tuple; tests/test_trust.py keeps it equal to the registry's WideResNets), named here so
 # a misspelt --model fails before JAX is imported.
 IMPORTABLE_MODELS = ("preact_resnet18", "wrn-28-10", "wrn-34-10", "wrn-34-20", "wrn-70-16")

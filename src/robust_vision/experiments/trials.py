@@ -395,10 +395,8 @@ def train(cfg: Config, *, resume: bool = False, log: Log = print):
 def _resumable(trial: Trial, log: Log) -> bool:
     """Whether the trial's run directory holds checkpoints of a run with this trial's config (the
     trainer's resume check); leftovers of another config are removed so the trial restarts cleanly."""
-    from robust_vision.runs.paths import checkpoints_dir
-    from robust_vision.training.trainer import TrainingError, check_resume_config
+    from robust_vision.runs.resume import TrainingError, check_resume_config, has_checkpoints
 
-    store = checkpoints_dir(trial.run_dir)
     if not trial.run_dir.exists():
         return False
     try:
@@ -407,7 +405,7 @@ def _resumable(trial: Trial, log: Log) -> bool:
         log(f"  {trial.trial_id}: its run directory holds a run with another config; restarting it cleanly")
         shutil.rmtree(trial.run_dir)
         return False
-    resume = store.is_dir() and any(store.rglob("meta"))
+    resume = has_checkpoints(trial.run_dir)
     if resume:
         log(f"  {trial.trial_id}: resuming the interrupted run in {trial.run_dir}")
     return resume
@@ -419,7 +417,7 @@ def run_trial(trial: Trial, spec: SweepSpec, *, log: Log, train_log: Log) -> dic
     A diverged run (TrainingError) gives a ``failed`` row with the error; other errors
     propagate and leave the trial to be resumed by the next run of the sweep.
     """
-    from robust_vision.training.trainer import TrainingError
+    from robust_vision.runs.resume import TrainingError
 
     t0 = time.perf_counter()
     resume = _resumable(trial, log)

@@ -3,7 +3,7 @@ against PyTorch on the same weights (never imported by the training or evaluatio
 
 The modules follow RobustBench's definitions (``robustbench/model_zoo/architectures/resnet.py``
 ``PreActResNet``, ``wide_resnet.py`` ``WideResNet``) layer for layer, so their ``state_dict``
-is what ``models/import_weights.py`` reads. torch is an optional extra
+is what ``runs/import_weights.py`` reads. torch is an optional extra
 (``pip install 'robust-vision[torch]'``) and this module imports it: import the module only
 where torch is installed (tests and benchmarks do so inside their torch-only paths).
 """
