@@ -7,7 +7,7 @@ import pytest
 from robust_vision.cli import eval_main
 from robust_vision.data.datasets import load_dataset
 from robust_vision.runs.loading import load_trained_model
-from robust_vision.evaluation.metrics import expected_calibration_error, snr_summary, summarize
+from robust_vision.metrics import expected_calibration_error, snr_summary, summarize
 from robust_vision.evaluation.robustness import evaluate_robustness
 
 

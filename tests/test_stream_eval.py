@@ -23,7 +23,7 @@ from robust_vision.data.datasets import load_dataset
 from robust_vision.data.sources import ArraySource, SourceInfo
 from robust_vision.evaluation import batched, runner, suite
 from robust_vision.evaluation.certify import certify
-from robust_vision.evaluation.metrics import per_example_metrics
+from robust_vision.metrics import per_example_metrics
 
 N, B = 22, 8  # three batches, the last one padded
 CORRUPTIONS = ["gaussian_noise", "contrast"]

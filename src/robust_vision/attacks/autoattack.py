@@ -363,7 +363,7 @@ AUTOATTACK_NAMES = {"autoattack": "standard", "autoattack-rand": "rand"}  # CLI 
 
 def adversarial_margins(logits_fn: LogitsFn, x_adv: np.ndarray, labels: np.ndarray, batch_size: int) -> np.ndarray:
     """Logit margin z_y - max_{j != y} z_j at the adversarial points, (N,)."""
-    from robust_vision.evaluation.metrics import logit_margin
+    from robust_vision.metrics import logit_margin
 
     fn = jax.jit(lambda x, y: logit_margin(logits_fn(x).astype(jnp.float32), y))
     return np.concatenate([np.asarray(fn(jnp.asarray(x_adv[i:i + batch_size]), jnp.asarray(labels[i:i + batch_size])))
@@ -394,7 +394,7 @@ def autoattack_suite_stream(logits_fn: LogitsFn, batches: Iterable[Any], *, mode
     from robust_vision.data.batch import to_unit_float
     from robust_vision.distributed import gather_batches
     from robust_vision.evaluation.batched import prefetch_to_device
-    from robust_vision.evaluation.metrics import snr_summary
+    from robust_vision.metrics import snr_summary
 
     version = AUTOATTACK_NAMES[name]
     budget = {} if steps is None else {"steps": int(steps), "fab_steps": int(steps)}

@@ -19,7 +19,7 @@ import numpy as np
 
 from robust_vision.attacks._common import LogitsFn, ce_loss, loss_grad_logits
 from robust_vision.attacks.registry import get_attack
-from robust_vision.evaluation.metrics import per_example_metrics, snr_summary
+from robust_vision.metrics import per_example_metrics, snr_summary
 from robust_vision.program_cache import logits_program
 
 

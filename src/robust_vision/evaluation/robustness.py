@@ -29,7 +29,7 @@ from robust_vision.data.batch import Batch, to_unit_float
 from robust_vision.data.pipeline import data_mesh, device_multiple, num_batches, replicate, shard_global_batch
 from robust_vision.distributed import gather_batches, to_host
 from robust_vision.evaluation.batched import array_batches, prefetch_to_device
-from robust_vision.evaluation.metrics import degradation_percent, per_example_metrics, summarize
+from robust_vision.metrics import degradation_percent, per_example_metrics, summarize
 from robust_vision.program_cache import cached_jit, model_jit
 
 RESULT_COLUMNS = ["model", "noise_type", "level", "accuracy", "confidence", "margin", "snr", "snr_median", "ece",

@@ -53,7 +53,7 @@ import numpy as np
 from flax import nnx
 
 from robust_vision.config import Config, ConfigError, config_to_dict, save_config
-from robust_vision.evaluation.metrics import log_snr_from_scores, logit_margin, snr_summary
+from robust_vision.metrics import log_snr_from_scores, logit_margin, snr_summary
 from robust_vision.io import write_json
 from robust_vision.models import create_model
 from robust_vision.runs.checkpoint import CheckpointStore, is_better

@@ -27,7 +27,7 @@ from flax import nnx
 from robust_vision.attacks.training import madry_pgd_examples
 from robust_vision.config import ModelConfig, TrainingConfig
 from robust_vision.data.pipeline import augment
-from robust_vision.evaluation.metrics import per_example_metrics
+from robust_vision.metrics import per_example_metrics
 from robust_vision.models.stages import frozen_labels
 from robust_vision.program_cache import array_digest, model_jit
 

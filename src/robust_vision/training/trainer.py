@@ -35,7 +35,7 @@ from robust_vision.data.sources import (ConcatSource, RecordSource, SubsetSource
                                         open_splits, stream_shape)
 from robust_vision.distributed import gather_batches, is_main_process, main_only
 from robust_vision.evaluation.batched import prefetch_to_device, stream_per_example
-from robust_vision.evaluation.metrics import summarize
+from robust_vision.metrics import summarize
 from robust_vision.interrupts import check_interrupt
 from robust_vision.losses import make_loss
 from robust_vision.models import create_model

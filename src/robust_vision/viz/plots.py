@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from robust_vision.evaluation.metrics import degradation_percent
+from robust_vision.metrics import degradation_percent
 from robust_vision.viz._common import (
     ACCURACY_LABEL,
     DEFAULT_DPI,
@@ -138,7 +138,7 @@ def _degradation(table: dict, mask: np.ndarray) -> np.ndarray:
     """Degradation (%) of the masked rows, sorted by level; 0 at the clean level by definition.
 
     Uses the table's column when present, else derives it with the one definition in
-    :func:`robust_vision.evaluation.metrics.degradation_percent`.
+    :func:`robust_vision.metrics.degradation_percent`.
     """
     level, acc = sorted_by(table, mask, "level", "accuracy")
     if "degradation" in table:
