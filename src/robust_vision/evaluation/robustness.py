@@ -32,9 +32,6 @@ from robust_vision.evaluation.batched import array_batches, prefetch_to_device
 from robust_vision.metrics import degradation_percent, per_example_metrics, summarize
 from robust_vision.program_cache import cached_jit, model_jit
 
-RESULT_COLUMNS = ["model", "noise_type", "level", "accuracy", "confidence", "margin", "snr", "snr_median", "ece",
-                  "loss", "degradation", "n_images", "n_draws"]
-
 # forward(variables, images) -> logits: a pure function; the variables (parameters and
 # model state) are passed as arguments so they are not baked into the compiled program.
 Forward = Callable[[object, jax.Array], jax.Array]

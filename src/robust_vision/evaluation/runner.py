@@ -394,37 +394,12 @@ def calibration_part(ctx: EvalContext) -> tuple[dict, dict]:
 
 def write_suite_tables(out_dir: Path, parts: dict) -> list:
     """The CSV tables of the suite parts present in ``parts`` (keys as in results.json)."""
-    from robust_vision.evaluation import suite
     from robust_vision.io import write_csv
-    from robust_vision.evaluation.verified import VERIFIED_COLUMNS
-    from robust_vision.viz.suite import (
-        ATTACK_RESULTS_CSV,
-        CERTIFIED_CSV,
-        CONFORMAL_CSV,
-        CORRUPTION_RESULTS_CSV,
-        CORRUPTION_SUMMARY_CSV,
-        RELIABILITY_CSV,
-        SELECTIVE_CSV,
-        VERIFIED_CSV,
-    )
+    from robust_vision.tables import SUITE_TABLES
 
-    tables = {
-        "corruptions": [(CORRUPTION_RESULTS_CSV, "results", suite.CORRUPTION_COLUMNS),
-                        (CORRUPTION_SUMMARY_CSV, "summary", suite.CORRUPTION_SUMMARY_COLUMNS),
-                        ("corruption_mce.csv", "aggregate", suite.CORRUPTION_MCE_COLUMNS)],
-        "attacks": [(ATTACK_RESULTS_CSV, "results", suite.ATTACK_COLUMNS),
-                    ("attack_sanity.csv", "sanity_checks", suite.SANITY_COLUMNS)],
-        "certification": [(CERTIFIED_CSV, "results", suite.CERTIFIED_COLUMNS),
-                          ("certified_examples.csv", "per_example", suite.CERTIFIED_EXAMPLE_COLUMNS)],
-        "verified": [(VERIFIED_CSV, "results", VERIFIED_COLUMNS)],
-        "calibration": [(RELIABILITY_CSV, "reliability", suite.RELIABILITY_COLUMNS),
-                        ("calibration_summary.csv", "calibration", suite.CALIBRATION_COLUMNS),
-                        (CONFORMAL_CSV, "conformal", suite.CONFORMAL_COLUMNS),
-                        (SELECTIVE_CSV, "selective", suite.SELECTIVE_COLUMNS)],
-    }
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for part, specs in tables.items():
+    for part, specs in SUITE_TABLES.items():
         if part not in parts:
             continue
         for filename, key, columns in specs:

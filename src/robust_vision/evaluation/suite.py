@@ -60,28 +60,6 @@ ATTACK_NAMES: dict[str, str] = {"fgsm": "fgsm", "pgd": "pgd", "apgd": "apgd_ce",
 AUTOATTACK_NAMES = ("autoattack", "autoattack-rand")
 GRADIENT_ATTACKS = ("fgsm", "pgd", "apgd", "apgd-t", "apgd-dlr", "fab-t", "autoattack", "autoattack-rand")
 
-# Tables the figures read (robust_vision.viz.suite) hold text only in the model / corruption /
-# attack / method / noise_type columns; other text (scale, reference, norm) is in the JSON,
-# in corruption_mce.csv and in the attack name (pgd_l2).
-CORRUPTION_COLUMNS = ["model", "corruption", "severity", "error", "accuracy", "n", "held_out"]
-CORRUPTION_SUMMARY_COLUMNS = ["model", "corruption", "mean_error", "ce", "relative_ce", "clean_error",
-                              "held_out"]
-CORRUPTION_MCE_COLUMNS = ["model", "reference", "clean_error", "mean_error", "mce", "relative_mce",
-                          "n_corruptions", "n_relative", "mean_error_all", "severities", "scale"]
-ATTACK_COLUMNS = ["model", "attack", "eps", "steps", "accuracy", "margin", "snr", "snr_median", "n"]
-SANITY_COLUMNS = ["model", "check", "passed", "eps", "n", "message"]
-CERTIFIED_COLUMNS = ["model", "sigma", "radius", "certified_accuracy", "abstain_fraction", "n", "n0", "n_samples",
-                     "alpha"]
-CERTIFIED_EXAMPLE_COLUMNS = ["model", "sigma", "index", "label", "prediction", "radius"]
-RELIABILITY_COLUMNS = ["model", "noise_type", "level", "bin", "bin_lower", "bin_upper", "count", "mean_confidence",
-                       "accuracy", "ece"]
-CALIBRATION_COLUMNS = ["model", "noise_type", "level", "accuracy", "temperature", "ece", "ece_temperature", "nll",
-                       "nll_temperature", "n"]
-CONFORMAL_COLUMNS = ["model", "method", "noise_type", "level", "alpha", "coverage", "mean_set_size",
-                     "empty_fraction", "threshold", "n", "n_calibration"]
-SELECTIVE_COLUMNS = ["model", "noise_type", "level", "target_coverage", "coverage", "threshold",
-                     "selective_accuracy", "n_kept"]
-
 SELECTIVE_COVERAGES: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 21))
 
 

@@ -20,6 +20,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from robust_vision.metrics import degradation_percent
+from robust_vision.runs.paths import METRICS_FILE
+from robust_vision.tables import ROBUSTNESS_CSV
 from robust_vision.viz._common import (
     ACCURACY_LABEL,
     DEFAULT_DPI,
@@ -45,10 +47,6 @@ from robust_vision.viz._common import (
     style_context,
     unique,
 )
-
-METRICS_CSV = "metrics.csv"
-RESULTS_CSV = "robustness_results.csv"
-CONFIDENCES_NPZ = "confidences.npz"
 
 _ROBUSTNESS_REQUIRED = ("model", "noise_type", "level", "accuracy")
 
@@ -89,7 +87,7 @@ def plot_training_curves(run_dirs: Sequence[str | Path], out_dir: str | Path, st
     if not run_dirs:
         raise PlotError("no run directory given; pass directories that hold metrics.csv")
     run_dirs = [Path(d) for d in run_dirs]
-    tables = [read_table(d / METRICS_CSV, ("epoch", "train_loss", "train_accuracy")) for d in run_dirs]
+    tables = [read_table(d / METRICS_FILE, ("epoch", "train_loss", "train_accuracy")) for d in run_dirs]
     labels = run_labels(run_dirs)
     styles = resolve_styles(model_styles, labels)
     panels = [("loss", "Loss", "Loss (training objective, mean per example)", False),
@@ -250,7 +248,7 @@ def plot_confidence_histograms(confidences_npz: str | Path, out_dir: str | Path,
     formats = check_options(style, dpi, formats)
     path = Path(confidences_npz)
     if not path.is_file():
-        raise PlotError(f"{str(path)!r} not found; robust-vision-eval writes it next to {RESULTS_CSV}")
+        raise PlotError(f"{str(path)!r} not found; robust-vision-eval writes it next to {ROBUSTNESS_CSV}")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: np.asarray(data[k], dtype=np.float64).ravel() for k in data.files}
@@ -313,9 +311,9 @@ def plot_comparison(results_dirs: Sequence[str | Path], out_dir: str | Path, sty
     """
     formats = check_options(style, dpi, formats)
     if not results_dirs:
-        raise PlotError(f"no results directory given; pass directories that hold {RESULTS_CSV}")
+        raise PlotError(f"no results directory given; pass directories that hold {ROBUSTNESS_CSV}")
     dirs = [Path(d) for d in results_dirs]
-    tables = [read_table(d / RESULTS_CSV, _ROBUSTNESS_REQUIRED) for d in dirs]
+    tables = [read_table(d / ROBUSTNESS_CSV, _ROBUSTNESS_REQUIRED) for d in dirs]
     series = []  # (label, table, model)
     for label, table in zip(run_labels(dirs), tables):
         models = unique(table["model"])
