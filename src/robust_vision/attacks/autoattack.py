@@ -456,16 +456,3 @@ def _combine_autoattack(parts: list[dict], n: int) -> dict:
     result["flags"] = autoattack_flags(result)
     return result
 
-
-def autoattack_suite(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *, model_name: str, name: str,
-                     eps: Sequence[float], norm: str, key: jax.Array, batch_size: int = 256,
-                     steps: int | None = None, verbose: bool = True) -> tuple[list[dict], list[dict]]:
-    """:func:`autoattack_suite_stream` over in-memory arrays (images (N, H, W, C) float in [0, 1],
-    labels (N,) int) cut into batches of ``batch_size`` (the same results as one run on the whole
-    set: each example is keyed by its index)."""
-    from robust_vision.evaluation.batched import array_batches
-
-    images, labels = _check_dataset(images, labels, batch_size)
-    return autoattack_suite_stream(logits_fn, array_batches(images, labels, batch_size),
-                                   model_name=model_name, name=name, eps=eps, norm=norm, key=key,
-                                   batch_size=batch_size, steps=steps, verbose=verbose)

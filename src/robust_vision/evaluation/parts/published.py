@@ -1,20 +1,23 @@
-"""Errors of a model on published pre-corrupted files (CIFAR-10-C / CIFAR-100-C folders,
-ImageNet-C / Tiny-ImageNet-C trees), in the same :class:`~robust_vision.evaluation.suite.CorruptionErrors`
-as the generated suite, so ``suite.corruption_summary`` writes the same per-corruption x severity
-tables and CE / mCE and both can be put side by side."""
+"""The corruption part on published pre-corrupted files (CIFAR-10-C / CIFAR-100-C folders,
+ImageNet-C / Tiny-ImageNet-C trees; ``evaluation.suite_data``, layout ``evaluation.suite``):
+the same :class:`~robust_vision.evaluation.parts.corruptions.CorruptionErrors`, per-corruption x
+severity tables and CE / mCE as the generated suite, so both can be put side by side."""
 
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
-
 from robust_vision.data.batch import to_unit_float
 from robust_vision.data.pipeline import eval_batches
 from robust_vision.data.sources import ConvertedSource, RecordSource, corruption_sources
+from robust_vision.evaluation.parts.corruptions import (CorruptionErrors, corruption_errors_stream, load_reference,
+                                                        summarise)
+
 
 
 @functools.lru_cache(maxsize=8)
@@ -45,7 +48,6 @@ def published_corruption_errors(logits_fn: Callable, path: str, suite: str, imag
     Images are converted to the checkpoint's ``image_shape``; ``clean`` (the uncorrupted test
     split, optional) gives ``clean_error`` (NaN without it: relative CE then needs it)."""
     from robust_vision.data.datasets import DatasetError
-    from robust_vision.evaluation.suite import CorruptionErrors
 
     errors: dict[tuple[str, int], float] = {}
     n = None
@@ -63,3 +65,29 @@ def published_corruption_errors(logits_fn: Callable, path: str, suite: str, imag
     severities = sorted({s for _, s in errors})
     return CorruptionErrors(model=model_name, clean_error=clean_error, errors=errors, n=int(n or 0),
                             scale=suite, corruptions=corruptions, severities=severities)
+
+
+
+def run(ctx) -> dict:
+    """Errors of every model (and of the reference model) on the published files; the clean
+    error is that of the evaluated split (``--data`` / the config's), streamed."""
+    ecfg = ctx.cfg.evaluation
+
+    def errors_of(model, logits_fn) -> CorruptionErrors:
+        errors = published_corruption_errors(logits_fn, ecfg.suite_data, ecfg.suite, model.input_shape,
+                                             model.num_classes, model_name=model.name, batch_size=ecfg.batch_size)
+        clean = corruption_errors_stream(logits_fn, ctx.batches(), model_name=model.name, corruptions=[],
+                                         severities=[], scale=ecfg.suite, key=jax.random.key(0))
+        return replace(errors, clean_error=clean.clean_error)  # streamed: wrong / N of the evaluated split
+
+    ref_model = load_reference(ctx)
+    reference = None if ref_model is None else errors_of(ref_model, ref_model.logits_fn())
+    errors = []
+    with ctx.progress(len(ctx.models), "corruptions (published)") as bar:
+        for m in ctx.models:
+            errors.append(errors_of(m, ctx.logits_fns[m.name]))
+            bar.update(1)
+    tail = summarise(errors, reference, ecfg.reference_checkpoint)
+    severities = sorted({r["severity"] for r in tail["results"]}) if tail["results"] else []
+    return {"suite": ecfg.suite, "suite_data": ecfg.suite_data, "scale": "published", "severities": severities,
+            **tail}
