@@ -162,63 +162,77 @@ def plot_robustness_curves(results_csv: str | Path, out_dir: str | Path, style: 
     formats = check_options(style, dpi, formats)
     table = read_table(results_csv, _ROBUSTNESS_REQUIRED)
     models = unique(table["model"])
-    noise_types = unique(table["noise_type"])
     styles = resolve_styles(model_styles, models)
-    written: list[Path] = []
     # Interval bands help with a few models and only clutter beyond that.
     show_bands = "n_images" in table and len(models) <= 4
-
-    specs = [("robustness_accuracy", "Accuracy under degraded input", ACCURACY_LABEL),
-             ("robustness_snr", "SNR (true class vs strongest rival) under degraded input", SNR_LABEL),
-             ("robustness_degradation", "Accuracy degradation relative to clean input",
-              "Degradation (% of clean accuracy)")]
-    for stem, title, ylabel in specs:
+    written: list[Path] = []
+    for stem in _ROBUSTNESS_FIGURES:
         if stem == "robustness_snr" and "snr" not in table:
             continue
         with style_context(style):
-            fig, axes = panel_grid(len(noise_types), sharey=stem != "robustness_snr")
-            for ax, noise in zip(axes, noise_types):
-                for model in models:
-                    mask = select(table, model=model, noise_type=noise)
-                    if not mask.any():
-                        continue
-                    st = styles[model]
-                    if stem == "robustness_accuracy":
-                        level, acc = sorted_by(table, mask, "level", "accuracy")
-                        plot_series(ax, level, acc, st)
-                        if show_bands:
-                            (_, n) = sorted_by(table, mask, "level", "n_images")
-                            with np.errstate(invalid="ignore", divide="ignore"):
-                                half = 1.96 * np.sqrt(acc * (1 - acc) / n)
-                            ok = np.isfinite(half)
-                            ax.fill_between(level[ok], (acc - half)[ok], (acc + half)[ok],
-                                            color=st["color"], alpha=0.15, linewidth=0)
-                    elif stem == "robustness_snr":
-                        level, snr = sorted_by(table, mask, "level", "snr")
-                        _warn_dropped_snr(snr, f"{model} {noise} snr")
-                        plot_series(ax, level, snr, st, log=True)
-                    else:
-                        level = sorted_by(table, mask, "level")[0]
-                        plot_series(ax, level, _degradation(table, mask), st)
-                ax.set_title(noise_title(noise))
-                ax.set_xlabel(noise_axis_label(noise))
-                # Shared y axes: one label per row is enough (and leaves the panels wider).
-                if stem == "robustness_snr" or axes.index(ax) % min(len(noise_types), 4) == 0:
-                    ax.set_ylabel(ylabel)
-                if stem == "robustness_accuracy":
-                    ax.set_ylim(-0.02, 1.02)
-                elif stem == "robustness_snr":
-                    ax.set_yscale("log")
-                else:
-                    ax.axhline(0.0, color="0.5", linewidth=0.8)
-            fig.suptitle(title)
-            handles = [legend_handle(m, color=styles[m]["color"], marker=styles[m]["marker"],
-                                     linestyle=styles[m]["linestyle"]) for m in models]
-            if stem == "robustness_accuracy" and show_bands:
-                handles.append(Patch(facecolor="0.5", alpha=0.3, label="95% interval (binomial, n images)"))
-            figure_legend(fig, handles)
+            fig = _robustness_figure(stem, table, models, styles, show_bands)
             written += save_figure(fig, out_dir, stem, dpi, formats)
     return written
+
+
+def _accuracy_series(ax, table, mask, st: SeriesStyle, label: str, bands: bool) -> None:
+    """Accuracy vs level, with its 95% binomial band over ``n_images`` when ``bands``."""
+    level, acc = sorted_by(table, mask, "level", "accuracy")
+    plot_series(ax, level, acc, st)
+    if bands:
+        (_, n) = sorted_by(table, mask, "level", "n_images")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            half = 1.96 * np.sqrt(acc * (1 - acc) / n)
+        ok = np.isfinite(half)
+        ax.fill_between(level[ok], (acc - half)[ok], (acc + half)[ok], color=st["color"], alpha=0.15, linewidth=0)
+
+
+def _snr_series(ax, table, mask, st: SeriesStyle, label: str, bands: bool) -> None:
+    level, snr = sorted_by(table, mask, "level", "snr")
+    _warn_dropped_snr(snr, f"{label} snr")
+    plot_series(ax, level, snr, st, log=True)
+
+
+def _degradation_series(ax, table, mask, st: SeriesStyle, label: str, bands: bool) -> None:
+    level = sorted_by(table, mask, "level")[0]
+    plot_series(ax, level, _degradation(table, mask), st)
+
+
+# The robustness figures: stem -> (title, y label, one model's series, the finish of each panel).
+_ROBUSTNESS_FIGURES = {
+    "robustness_accuracy": ("Accuracy under degraded input", ACCURACY_LABEL, _accuracy_series,
+                            lambda ax: ax.set_ylim(-0.02, 1.02)),
+    "robustness_snr": ("SNR (true class vs strongest rival) under degraded input", SNR_LABEL, _snr_series,
+                       lambda ax: ax.set_yscale("log")),
+    "robustness_degradation": ("Accuracy degradation relative to clean input", "Degradation (% of clean accuracy)",
+                               _degradation_series, lambda ax: ax.axhline(0.0, color="0.5", linewidth=0.8)),
+}
+
+
+def _robustness_figure(stem: str, table, models: Sequence[str], styles: Mapping[str, SeriesStyle],
+                       show_bands: bool):
+    """One robustness figure: a panel per noise type, a line per model."""
+    title, ylabel, series, finish = _ROBUSTNESS_FIGURES[stem]
+    noise_types = unique(table["noise_type"])
+    fig, axes = panel_grid(len(noise_types), sharey=stem != "robustness_snr")
+    for ax, noise in zip(axes, noise_types):
+        for model in models:
+            mask = select(table, model=model, noise_type=noise)
+            if mask.any():
+                series(ax, table, mask, styles[model], f"{model} {noise}", show_bands)
+        ax.set_title(noise_title(noise))
+        ax.set_xlabel(noise_axis_label(noise))
+        # Shared y axes: one label per row is enough (and leaves the panels wider).
+        if stem == "robustness_snr" or axes.index(ax) % min(len(noise_types), 4) == 0:
+            ax.set_ylabel(ylabel)
+        finish(ax)
+    fig.suptitle(title)
+    handles = [legend_handle(m, color=styles[m]["color"], marker=styles[m]["marker"],
+                             linestyle=styles[m]["linestyle"]) for m in models]
+    if stem == "robustness_accuracy" and show_bands:
+        handles.append(Patch(facecolor="0.5", alpha=0.3, label="95% interval (binomial, n images)"))
+    figure_legend(fig, handles)
+    return fig
 
 
 # --------------------------------------------------------------------------- confidence histograms
