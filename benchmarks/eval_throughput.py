@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from robust_vision.config import ModelConfig
-from robust_vision.evaluation.batched import array_batches
+from robust_vision.batched import array_batches
 from robust_vision.evaluation.robustness import evaluate_conditions_stream
 from robust_vision.models import create_model
 from robust_vision.training.steps import make_logits_fn, split_model

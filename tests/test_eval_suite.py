@@ -14,7 +14,7 @@ from robust_vision.config import load_config
 from robust_vision.data.datasets import load_dataset
 from robust_vision.data.sources import ArraySource, SourceInfo
 from robust_vision.evaluation import suite
-from robust_vision.evaluation.batched import source_batches
+from robust_vision.batched import source_batches
 from robust_vision.evaluation.parts.attacks import attack_suite_stream
 from robust_vision.evaluation.parts.calibration import CalibrationSettings, calibration_tables_stream
 from robust_vision.evaluation.parts.certify import certification_stream

@@ -145,7 +145,7 @@ def test_streaming_grid_equals_whole_split_scan_bit_for_bit():
     import jax
 
     from robust_vision.data.batch import to_unit_float
-    from robust_vision.evaluation.batched import array_batches
+    from robust_vision.batched import array_batches
     from robust_vision.evaluation.robustness import evaluate_conditions_stream
 
     rng = np.random.default_rng(0)

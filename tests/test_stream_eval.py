@@ -21,7 +21,8 @@ from robust_vision.corruptions import get_corruption
 from robust_vision.data.batch import Batch
 from robust_vision.data.datasets import load_dataset
 from robust_vision.data.sources import ArraySource, SourceInfo
-from robust_vision.evaluation import batched, runner, suite
+from robust_vision import batched
+from robust_vision.evaluation import runner, suite
 from robust_vision.evaluation.parts.attacks import attack_suite_stream
 from robust_vision.evaluation.parts.calibration import (CalibrationSettings, calibration_tables_stream,
                                                         conditions_logits_stream)

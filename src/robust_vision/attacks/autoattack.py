@@ -393,7 +393,7 @@ def autoattack_suite_stream(logits_fn: LogitsFn, batches: Iterable[Any], *, mode
     reference's); ``batch_size`` is the stages' batch (at most the stream's)."""
     from robust_vision.data.batch import to_unit_float
     from robust_vision.distributed import gather_batches
-    from robust_vision.evaluation.batched import prefetch_to_device
+    from robust_vision.batched import prefetch_to_device
     from robust_vision.metrics import snr_summary
 
     version = AUTOATTACK_NAMES[name]

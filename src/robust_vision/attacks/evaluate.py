@@ -144,7 +144,7 @@ def per_example_robustness_stream(logits_fn: LogitsFn, batches: Iterable[Any], k
     differences between eps are not noise). See ``robust_accuracy``.
     """
     from robust_vision.data.batch import to_unit_float
-    from robust_vision.evaluation.batched import stream_per_example
+    from robust_vision.batched import stream_per_example
 
     attack_fn, _ = _attack_fn(attack)
     for eps in eps_list:
@@ -172,7 +172,7 @@ def per_example_robustness(logits_fn: LogitsFn, images: Any, labels: Any, key: j
     """:func:`per_example_robustness_stream` over in-memory arrays: images (N, H, W, C) float in
     [0, 1], labels (N,) int, in batches of ``batch_size`` (capped at N; the last padded, the
     padding dropped). See ``robust_accuracy``."""
-    from robust_vision.evaluation.batched import array_batches
+    from robust_vision.batched import array_batches
 
     images, labels = _check_dataset(images, labels, batch_size)
     return per_example_robustness_stream(logits_fn, array_batches(images, labels, batch_size), key, attack,
@@ -278,7 +278,7 @@ class _SanityRun:
     results: dict[str, bool]
 
     def __post_init__(self) -> None:
-        from robust_vision.evaluation.batched import array_batches, prefetch_to_device
+        from robust_vision.batched import array_batches, prefetch_to_device
 
         self.tol = 1.0 / self.images.shape[0]
         self.first = next(iter(prefetch_to_device(array_batches(self.images, self.labels, self.batch_size))))
@@ -358,7 +358,7 @@ def _check_pgd_vs_fgsm(run: _SanityRun, _) -> None:
 
 def _check_gradients(run: _SanityRun, max_zero_grad_fraction: float) -> None:
     from robust_vision.distributed import to_host
-    from robust_vision.evaluation.batched import array_batches, prefetch_to_device
+    from robust_vision.batched import array_batches, prefetch_to_device
 
     zero = []
     for batch in prefetch_to_device(array_batches(run.images, run.labels, run.batch_size)):

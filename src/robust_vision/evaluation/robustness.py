@@ -26,7 +26,7 @@ from robust_vision.corruptions import get_noise
 from robust_vision.data.batch import Batch, to_unit_float
 from robust_vision.data.pipeline import data_mesh, replicate
 from robust_vision.distributed import gather_batches
-from robust_vision.evaluation.batched import array_batches, prefetch_to_device
+from robust_vision.batched import array_batches, prefetch_to_device
 from robust_vision.metrics import degradation_percent, per_example_metrics, summarize
 from robust_vision.program_cache import cached_jit, model_jit
 

@@ -99,7 +99,7 @@ class EvalContext:
     def batches(self, n: int | None = None, source: Any = None):
         """A fresh pass over the first ``n`` examples (all: None) of ``source`` (default the
         evaluated split), in batches of ``evaluation.batch_size`` (``batched.source_batches``)."""
-        from robust_vision.evaluation.batched import source_batches
+        from robust_vision.batched import source_batches
 
         return source_batches(self.source if source is None else source, self.cfg.evaluation.batch_size, n)
 
@@ -194,7 +194,7 @@ def run_plan(ctx: EvalContext, plan: Sequence[str]) -> EvalOutcome:
     for part in parts:
         check_interrupt()  # a Ctrl-C swallowed inside a JAX callback (while loading or compiling)
         with timed(out.timings, part.timing):
-            result = part.module.run(ctx)
+            result = part.run(ctx)
         part.record(out, result)
         for line in part.module.summary(ctx, out):
             ctx.log(line)

@@ -33,10 +33,17 @@ class Part:
     timing: str
     enabled: Callable[[Any], bool]
     needs: str = ""
+    # The module that runs instead of ``name``'s, chosen by the eval config (None: ``name``'s).
+    variant: Callable[[Any], str] | None = None
 
     @property
     def module(self) -> ModuleType:
         return import_module(f"{__name__}.{self.name}")
+
+    def run(self, ctx) -> Any:
+        """The part's results on ``ctx`` (``run(ctx)`` of its module, or of its variant's)."""
+        name = self.variant(ctx.cfg.evaluation) if self.variant else self.name
+        return import_module(f"{__name__}.{name}").run(ctx)
 
     def record(self, out, result) -> None:
         """Put ``result`` into the ``EvalOutcome`` ``out`` (default: ``out.suite[key]``)."""
@@ -66,7 +73,8 @@ def write_tables(out_dir: Path, key: str, section: dict) -> list[Path]:
 # The parts, in the order they run.
 PARTS: dict[str, Part] = {p.name: p for p in (
     Part("grid", "grid", "grid", lambda e: True),
-    Part("corruptions", "corruptions", "corruptions", lambda e: e.suite != "none", "--suite imagenet-c"),
+    Part("corruptions", "corruptions", "corruptions", lambda e: e.suite != "none", "--suite imagenet-c",
+         variant=lambda e: "corruptions" if e.suite_data is None else "published"),
     Part("attacks", "attacks", "attacks", lambda e: bool(e.attacks), "--attacks fgsm,pgd"),
     Part("certify", "certification", "certification", lambda e: bool(e.certify)),
     Part("verify", "verified", "verification", lambda e: bool(e.verify), "--verify ibp,crown"),

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable, Sequence
 import jax
 
 from robust_vision.data.batch import Batch, to_unit_float
-from robust_vision.evaluation.batched import take_examples
+from robust_vision.batched import take_examples
 from robust_vision.evaluation.suite import (ATTACK_NAMES, AUTOATTACK_NAMES, GRADIENT_ATTACKS, LogitsFn, _crc,
                                             check_attacks, part_key)
 

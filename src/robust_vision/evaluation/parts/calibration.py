@@ -18,7 +18,7 @@ from scipy import special
 from robust_vision.corruptions import get_noise
 from robust_vision.data.batch import Batch, to_unit_float
 from robust_vision.evaluation import calibration as cal_math
-from robust_vision.evaluation.batched import stream_per_example
+from robust_vision.batched import stream_per_example
 from robust_vision.evaluation.robustness import condition_key
 from robust_vision.evaluation.suite import LogitsFn, _crc, fmt, part_key
 from robust_vision.program_cache import logits_program

@@ -48,7 +48,7 @@ def certification_stream(logits_fn: LogitsFn, batches: Iterable[Batch], *, model
       index, label, prediction (-1 = abstain), radius).
     """
     from robust_vision.distributed import gather_batches
-    from robust_vision.evaluation.batched import prefetch_to_device
+    from robust_vision.batched import prefetch_to_device
     from robust_vision.evaluation.certify import certified_accuracy_curve, certify
 
     grid = list(radii) if radii is not None else radii_grid(sigmas, n, alpha)

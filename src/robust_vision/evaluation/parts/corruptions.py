@@ -17,7 +17,7 @@ import numpy as np
 
 from robust_vision.corruptions import HELD_OUT, default_scale, get_corruption
 from robust_vision.data.batch import Batch, to_unit_float
-from robust_vision.evaluation.batched import stream_per_example
+from robust_vision.batched import stream_per_example
 from robust_vision.evaluation.suite import LogitsFn, _crc, fmt, part_key, resolve_suite
 from robust_vision.program_cache import logits_program
 
@@ -242,12 +242,8 @@ def summarise(errors: list[CorruptionErrors], reference: CorruptionErrors | None
 
 def run(ctx) -> dict:
     """Corruption benchmark of every model (and of the reference model, for CE / mCE), each one
-    streamed pass over the evaluated split; the published files instead with ``suite_data``."""
+    streamed pass over the evaluated split (``parts/published.py`` runs instead with ``suite_data``)."""
     ecfg = ctx.cfg.evaluation
-    if ecfg.suite_data is not None:
-        from robust_vision.evaluation.parts import published
-
-        return published.run(ctx)
     scale = resolve_scale(ecfg.corruption_scale, ctx.source.info.image_shape)
     kw = dict(corruptions=resolve_suite(ecfg.suite), severities=list(ecfg.severities), scale=scale,
               key=part_key(ecfg.seed, "corruptions"))

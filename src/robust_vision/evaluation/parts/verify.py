@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 def run(ctx) -> dict:
-    from robust_vision.evaluation.batched import source_batches
+    from robust_vision.batched import source_batches
     from robust_vision.evaluation.suite import part_key
     from robust_vision.evaluation.verified import verified_rows, verified_stream
 
