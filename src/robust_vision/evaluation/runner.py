@@ -107,6 +107,13 @@ class EvalContext:
         """``model`` fits the evaluated data (:func:`check_model_data`)."""
         check_model_data(model, self.source, self.where)
 
+    def per_model(self, desc: str):
+        """The models one by one, with a progress bar over them."""
+        with self.progress(len(self.models), desc) as bar:
+            for model in self.models:
+                yield model
+                bar.update(1)
+
     def progress(self, total: int, desc: str):
         """A progress bar of ``total`` steps (off with ``quiet``)."""
         from tqdm.auto import tqdm

@@ -237,12 +237,10 @@ def run(ctx) -> tuple[dict, dict]:
                                    key=part_key(ecfg.seed, "calibration"), alphas=ecfg.conformal_alpha,
                                    n_bins=ecfg.ece_bins)
     per_model = {}
-    with ctx.progress(len(ctx.models), "calibration") as bar:
-        for m in ctx.models:
-            per_model[m.name] = calibration_tables_stream(
-                ctx.logits_fns[m.name], None if cal is None else ctx.batches(source=cal), ctx.batches(),
-                model_name=m.name, settings=settings)
-            bar.update(1)
+    for m in ctx.per_model("calibration"):
+        per_model[m.name] = calibration_tables_stream(
+            ctx.logits_fns[m.name], None if cal is None else ctx.batches(source=cal), ctx.batches(),
+            model_name=m.name, settings=settings)
     merged = {k: [r for res in per_model.values() for r in res[k]]
               for k in ("reliability", "calibration", "conformal", "selective")}
     merged["temperature"] = {name: res["temperature"] for name, res in per_model.items()}

@@ -99,15 +99,13 @@ def run(ctx) -> dict:
     ecfg = ctx.cfg.evaluation
     n = min(ecfg.certify_max_examples, ctx.n_images)
     rows, examples = [], []
-    with ctx.progress(len(ctx.models), "certification") as bar:
-        for m in ctx.models:
-            r, e = certification_stream(ctx.logits_fns[m.name], ctx.batches(n), model_name=m.name,
-                                        sigmas=ecfg.certify_sigma, key=part_key(ecfg.seed, "certify"),
-                                        n0=ecfg.certify_n0, n=ecfg.certify_n, alpha=ecfg.certify_alpha,
-                                        batch_size=ecfg.batch_size)
-            rows += r
-            examples += e
-            bar.update(1)
+    for m in ctx.per_model("certification"):
+        r, e = certification_stream(ctx.logits_fns[m.name], ctx.batches(n), model_name=m.name,
+                                    sigmas=ecfg.certify_sigma, key=part_key(ecfg.seed, "certify"),
+                                    n0=ecfg.certify_n0, n=ecfg.certify_n, alpha=ecfg.certify_alpha,
+                                    batch_size=ecfg.batch_size)
+        rows += r
+        examples += e
     return {"sigma": list(ecfg.certify_sigma), "n0": ecfg.certify_n0, "n": ecfg.certify_n,
             "alpha": ecfg.certify_alpha, "n_examples": n, "examples": f"the first {n} of the {ecfg.split} split",
             "results": rows, "per_example": examples}

@@ -14,15 +14,13 @@ def run(ctx) -> dict:
 
     ecfg = ctx.cfg.evaluation
     rows, confidences = [], {}
-    with ctx.progress(len(ctx.models), "noise grid") as bar:
-        for m in ctx.models:
-            res = evaluate_robustness(m.forward, m.variables, None, None, model_name=m.name,
-                                      noise_types=ctx.noise_types, levels=ctx.levels, n_draws=ecfg.n_draws,
-                                      batch_size=ecfg.batch_size, seed=ecfg.seed, ece_bins=ecfg.ece_bins,
-                                      batches=ctx.batches)
-            rows += res.rows
-            confidences.update(res.confidences)
-            bar.update(1)
+    for m in ctx.per_model("noise grid"):
+        res = evaluate_robustness(m.forward, m.variables, None, None, model_name=m.name,
+                                  noise_types=ctx.noise_types, levels=ctx.levels, n_draws=ecfg.n_draws,
+                                  batch_size=ecfg.batch_size, seed=ecfg.seed, ece_bins=ecfg.ece_bins,
+                                  batches=ctx.batches)
+        rows += res.rows
+        confidences.update(res.confidences)
     comparison = comparison_at(rows, ctx.models[0].name, ctx.models[1].name) if len(ctx.models) > 1 else None
     return {"results": rows, "confidences": confidences, "comparison": comparison}
 

@@ -83,10 +83,8 @@ def run(ctx) -> dict:
     ref_model = load_reference(ctx)
     reference = None if ref_model is None else errors_of(ref_model, ref_model.logits_fn())
     errors = []
-    with ctx.progress(len(ctx.models), "corruptions (published)") as bar:
-        for m in ctx.models:
-            errors.append(errors_of(m, ctx.logits_fns[m.name]))
-            bar.update(1)
+    for m in ctx.per_model("corruptions (published)"):
+        errors.append(errors_of(m, ctx.logits_fns[m.name]))
     tail = summarise(errors, reference, ecfg.reference_checkpoint)
     severities = sorted({r["severity"] for r in tail["results"]}) if tail["results"] else []
     return {"suite": ecfg.suite, "suite_data": ecfg.suite_data, "scale": "published", "severities": severities,

@@ -13,14 +13,12 @@ def run(ctx) -> dict:
     ecfg = ctx.cfg.evaluation
     n = min(ecfg.verify_max_examples, ctx.n_images)
     rows = []
-    with ctx.progress(len(ctx.models), "verification") as bar:
-        for m in ctx.models:
-            result = verified_stream(m, source_batches(ctx.source, ecfg.verify_batch_size, n), methods=ecfg.verify,
-                                     eps=ecfg.attack_eps, norm=ecfg.attack_norm,
-                                     key=part_key(ecfg.seed, "verify"), pgd_steps=ecfg.attack_steps or 20,
-                                     alpha_steps=ecfg.verify_alpha_steps)
-            rows += verified_rows(result, model_name=m.name, norm=ecfg.attack_norm)
-            bar.update(1)
+    for m in ctx.per_model("verification"):
+        result = verified_stream(m, source_batches(ctx.source, ecfg.verify_batch_size, n), methods=ecfg.verify,
+                                 eps=ecfg.attack_eps, norm=ecfg.attack_norm,
+                                 key=part_key(ecfg.seed, "verify"), pgd_steps=ecfg.attack_steps or 20,
+                                 alpha_steps=ecfg.verify_alpha_steps)
+        rows += verified_rows(result, model_name=m.name, norm=ecfg.attack_norm)
     return {"methods": list(ecfg.verify), "norm": ecfg.attack_norm, "eps": list(ecfg.attack_eps), "n_examples": n,
             "examples": f"the first {n} of the {ecfg.split} split", "results": rows}
 
