@@ -53,28 +53,16 @@ def attack_suite_stream(logits_fn: LogitsFn, batches: Callable[[], Iterable[Batc
                         sanity_examples: int = 256, unroll: bool = False) -> tuple[list[dict], list[dict]]:
     """Robust accuracy of ``logits_fn`` under each attack, for each budget, over a stream.
 
-    Args:
-      batches: ``batches()`` returns a fresh pass of fixed-size masked ``Batch``es of the
-        examples to attack (images uint8 or float32 in [0, 1]); each attack reads one pass
-        (prefetched to the device: device memory for inputs is bounded by prefetch x one batch).
-      attacks: names in ``ATTACK_NAMES`` (fgsm, pgd, apgd, sparse, noise, ...); the AutoAttack
-        names are skipped (``parts/autoattack.py`` runs them).
-      eps: budgets of the gradient attacks in [0, 1] pixel units (Linf, or the L2 radius for
-        ``norm="l2"``); sparse uses ``sparse_fractions`` (fraction of pixels), noise
-        ``noise_radii`` (L2 radius): their budgets are in other units.
-      key: the part key; attack a uses fold_in(key, crc32(a)) (and ``robust_accuracy`` folds
-        in the batch index, the same for every budget).
-      steps: iterations of the iterative attacks (None = each attack's default).
-      batch_size: the sanity checks' batch (the stream's batches are already cut).
-      sanity: run :func:`attack_sanity_stream` on the first ``sanity_examples`` examples.
-      unroll: unroll the pgd / apgd iterations (``lax.fori_loop(unroll=True)``); default off.
-        Unrolled, the compile time grows with the steps (APGD-100 compiled for minutes on CPU,
-        the cause of issue 11's 8-minute first run) while the rolled loop compiles one body;
-        benchmarks/compile_time.py measures both.
-    Returns: (rows of attack_results.csv: ``attack`` is the name above, ``pgd_l2`` /
-      ``apgd_l2`` for the L2 threat model, ``norm`` the budget's unit (linf, l2,
-      l0_fraction), ``steps`` the iterations used; rows of attack_sanity.csv: one per check
-      with ``passed`` and the warning message of a failed check).
+    ``batches()`` returns a fresh pass of fixed-size masked ``Batch``es (images uint8 or float32
+    in [0, 1]), one pass per attack. ``attacks``: names in ``ATTACK_NAMES`` (the AutoAttack names
+    are left to ``parts/autoattack.py``); ``eps``: budgets of the gradient attacks in [0, 1] pixel
+    units (Linf, or the L2 radius with ``norm="l2"``), sparse uses ``sparse_fractions`` (fraction
+    of pixels) and noise ``noise_radii`` (L2); ``key``: the part key, attack a uses
+    fold_in(key, crc32(a)); ``steps``: None = each attack's default; ``batch_size``: the sanity
+    checks' batch; ``sanity``: :func:`attack_sanity_stream` on the first ``sanity_examples``;
+    ``unroll``: unroll the pgd / apgd loops (compile time grows with the steps, issue 11).
+    Returns (rows of attack_results.csv: ``attack`` gets ``_l2`` for the L2 threat model, ``norm``
+    is the budget's unit, ``steps`` the iterations used; rows of attack_sanity.csv).
     """
     from robust_vision.attacks.evaluate import robust_accuracy_stream
 

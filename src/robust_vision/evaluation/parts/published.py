@@ -5,48 +5,22 @@ severity tables and CE / mCE as the generated suite, so both can be put side by 
 
 from __future__ import annotations
 
-import functools
 from dataclasses import replace
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 
-from robust_vision.data.batch import to_unit_float
-from robust_vision.data.pipeline import eval_batches
-from robust_vision.data.sources import ConvertedSource, RecordSource, corruption_sources
+from robust_vision.data.sources import ConvertedSource, corruption_sources
 from robust_vision.evaluation.parts.corruptions import (CorruptionErrors, corruption_errors_stream, load_reference,
                                                         summarise)
 
 
-
-@functools.lru_cache(maxsize=8)
-def _correct_fn(logits_fn: Callable) -> Callable:
-    """One jitted counter per logits function, so every (corruption, severity) reuses its compilation."""
-    @jax.jit
-    def correct(images, labels, mask):
-        pred = jnp.argmax(logits_fn(to_unit_float(images)), axis=-1)
-        return jnp.sum((pred == labels) * mask)
-
-    return correct
-
-
-def count_correct(logits_fn: Callable, source: RecordSource, batch_size: int = 256, workers: int = 0) -> int:
-    """Examples of ``source`` that ``logits_fn`` (float32 (B, H, W, C) in [0, 1] -> (B, K)) classifies
-    correctly; streamed in fixed-size masked batches (padding never counts)."""
-    correct = _correct_fn(logits_fn)
-    total = [correct(b.images, b.labels, b.mask) for b in eval_batches(source, batch_size, shard_index=0,
-                                                                         shard_count=1, workers=workers, threads=2)]
-    return int(round(float(sum(jax.device_get(total))))) if total else 0
-
-
 def published_corruption_errors(logits_fn: Callable, path: str, suite: str, image_shape: Sequence[int],
-                                num_classes: int, *, model_name: str, clean: Optional[RecordSource] = None,
-                                batch_size: int = 256, workers: int = 0):
-    """Top-1 error on every (corruption, severity) of the published set at ``path``.
-
-    Images are converted to the checkpoint's ``image_shape``; ``clean`` (the uncorrupted test
-    split, optional) gives ``clean_error`` (NaN without it: relative CE then needs it)."""
+                                num_classes: int, *, model_name: str, batch_size: int = 256) -> CorruptionErrors:
+    """Top-1 error on every (corruption, severity) of the published set at ``path``, each file
+    streamed like the evaluated split (:func:`corruption_errors_stream` of its clean error:
+    wrong / N, padding never counts). Images are converted to the checkpoint's ``image_shape``;
+    ``clean_error`` is NaN (the part sets that of the evaluated split)."""
     from robust_vision.data.datasets import DatasetError
 
     errors: dict[tuple[str, int], float] = {}
@@ -56,16 +30,18 @@ def published_corruption_errors(logits_fn: Callable, path: str, suite: str, imag
             raise DatasetError(f"{suite}: '{path}' has labels up to {int(src.labels.max())} but the checkpoint "
                                f"predicts {num_classes} classes; evaluate a model trained on the same classes")
         n = len(src)
-        wrong = n - count_correct(logits_fn, ConvertedSource(src, tuple(image_shape)), batch_size, workers)
-        errors[(corruption, severity)] = wrong / n
-    clean_error = float("nan")
-    if clean is not None:
-        clean_error = 1.0 - count_correct(logits_fn, ConvertedSource(clean, tuple(image_shape)), batch_size) / len(clean)
-    corruptions = sorted({c for c, _ in errors})
-    severities = sorted({s for _, s in errors})
-    return CorruptionErrors(model=model_name, clean_error=clean_error, errors=errors, n=int(n or 0),
-                            scale=suite, corruptions=corruptions, severities=severities)
+        errors[(corruption, severity)] = _clean_error(logits_fn, ConvertedSource(src, tuple(image_shape)), batch_size,
+                                                      model_name, suite)
+    return CorruptionErrors(model=model_name, clean_error=float("nan"), errors=errors, n=int(n or 0), scale=suite,
+                            corruptions=sorted({c for c, _ in errors}), severities=sorted({s for _, s in errors}))
 
+
+def _clean_error(logits_fn: Callable, source, batch_size: int, model_name: str, suite: str) -> float:
+    """Top-1 error (wrong / N) of ``logits_fn`` on the records of ``source``, streamed."""
+    from robust_vision.batched import source_batches
+
+    return corruption_errors_stream(logits_fn, source_batches(source, batch_size), model_name=model_name,
+                                    corruptions=[], severities=[], scale=suite, key=jax.random.key(0)).clean_error
 
 
 def run(ctx) -> dict:
@@ -76,9 +52,8 @@ def run(ctx) -> dict:
     def errors_of(model, logits_fn) -> CorruptionErrors:
         errors = published_corruption_errors(logits_fn, ecfg.suite_data, ecfg.suite, model.input_shape,
                                              model.num_classes, model_name=model.name, batch_size=ecfg.batch_size)
-        clean = corruption_errors_stream(logits_fn, ctx.batches(), model_name=model.name, corruptions=[],
-                                         severities=[], scale=ecfg.suite, key=jax.random.key(0))
-        return replace(errors, clean_error=clean.clean_error)  # streamed: wrong / N of the evaluated split
+        clean = _clean_error(logits_fn, ctx.source, ecfg.batch_size, model.name, ecfg.suite)
+        return replace(errors, clean_error=clean)  # wrong / N of the evaluated split
 
     ref_model = load_reference(ctx)
     reference = None if ref_model is None else errors_of(ref_model, ref_model.logits_fn())
