@@ -89,7 +89,7 @@ def ours_engine(source, batch: int, width: int):
     from robust_vision.config import ModelConfig, TrainingConfig
     from robust_vision.data.batch import to_unit_float
     from robust_vision.data.pipeline import train_batches
-    from robust_vision.evaluation.batched import prefetch_to_device
+    from robust_vision.batched import prefetch_to_device
     from robust_vision.losses import make_loss
     from robust_vision.models import create_model
     from robust_vision.models.state import split_model

@@ -1,7 +1,8 @@
 """Evaluator throughput against its bound, the bare forward pass of the same model.
 
-For each noise type the evaluator runs `n_levels` conditions over the split (noise +
-forward + per-example metrics, as compiled scans). The reference is the same model's jitted
+For each noise type the evaluator (the streaming grid, `evaluate_conditions_stream`) runs
+`n_levels` conditions over the split (noise + forward + per-example metrics, one program per
+batch). The reference is the same model's jitted
 forward pass over the same number of images with no noise and no metrics. The printed ratio
 is (image-conditions per second of the evaluator) / (images per second of the bare forward).
 
@@ -20,7 +21,8 @@ import jax
 import numpy as np
 
 from robust_vision.config import ModelConfig
-from robust_vision.evaluation.robustness import batch_split, evaluate_condition
+from robust_vision.batched import array_batches
+from robust_vision.evaluation.robustness import evaluate_conditions_stream
 from robust_vision.models import create_model
 from robust_vision.models.state import make_logits_fn, split_model
 
@@ -56,7 +58,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     images = rng.random((args.n, *shape), dtype=np.float32)
     labels = rng.integers(0, 10, args.n).astype(np.int32)
-    split = batch_split(images, labels, args.batch_size)
+    n_batches = -(-args.n // args.batch_size)  # the split padded to whole batches, on the device
+    padded = jax.device_put(np.resize(images, (n_batches, args.batch_size, *shape)))
 
     # Reference: the bare forward pass over the same batches, as one compiled scan.
     @jax.jit
@@ -67,7 +70,7 @@ def main() -> None:
         # One bare pass per level, so both sides process the same number of images.
         def run():
             for _ in args.levels:
-                jax.block_until_ready(bare(variables, split.images))
+                jax.block_until_ready(bare(variables, padded))
         return _best_time(run, args.repeats)
 
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  model: cnn {args.features}  "
@@ -75,8 +78,8 @@ def main() -> None:
     print(f"{'noise type':<14}{'image-conditions/s':>20}{'bare forward img/s':>20}{'ratio to bound':>16}")
     for noise in args.noise_types:
         def grid():
-            for level in args.levels:
-                evaluate_condition(forward, variables, split, noise, level, seed=0, n_draws=1)
+            evaluate_conditions_stream(forward, variables, array_batches(images, labels, args.batch_size),
+                                       noise_types=[noise], levels=args.levels, seed=0, n_draws=1)
         # Reference measured right before and after, best of both: robust to load on a shared machine.
         t_ref = min(reference(), 1e9)
         t = _best_time(grid, args.repeats)

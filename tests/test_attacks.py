@@ -21,7 +21,7 @@ from robust_vision.attacks import (
     pgd, robust_accuracy,
     sanity_checks, sparse_pixel, trades_loss,
 )
-from robust_vision.evaluation.metrics import logit_margin
+from robust_vision.metrics import logit_margin
 
 H, W, C, K = 6, 6, 2, 4
 D = H * W * C

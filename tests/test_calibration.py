@@ -17,7 +17,7 @@ from robust_vision.evaluation.calibration import (
     conformal_scores, conformal_threshold, fit_temperature, predicted_class_log_snr, prediction_sets,
     reliability_bins, selective_accuracy_curve, set_metrics,
 )
-from robust_vision.evaluation.metrics import expected_calibration_error
+from robust_vision.metrics import expected_calibration_error
 
 
 def calibrated_data(n: int, k: int = 10, scale: float = 2.5, seed: int = 0):

@@ -12,7 +12,13 @@ import pytest
 from robust_vision.cli import eval_main
 from robust_vision.config import load_config
 from robust_vision.data.datasets import load_dataset
+from robust_vision.data.sources import ArraySource, SourceInfo
 from robust_vision.evaluation import suite
+from robust_vision.batched import source_batches
+from robust_vision.evaluation.parts.attacks import attack_suite_stream
+from robust_vision.evaluation.parts.calibration import CalibrationSettings, calibration_tables_stream
+from robust_vision.evaluation.parts.certify import certification_stream
+from robust_vision.evaluation.parts.corruptions import CorruptionErrors, corruption_errors_stream, corruption_summary
 from robust_vision.runs.loading import load_trained_model
 
 CHEAP_CORRUPTIONS = ["gaussian_noise", "impulse_noise", "contrast", "brightness"]
@@ -26,6 +32,13 @@ def trained(tiny_run):
     return run, model, model.logits_fn(), data
 
 
+def _batches(images, labels, batch_size):
+    """A small in-memory split as the streaming parts read it (a record source, batched)."""
+    info = SourceInfo(num_classes=10, class_names=tuple(map(str, range(10))), image_shape=images.shape[1:],
+                      description="test")
+    return source_batches(ArraySource(np.asarray(images, np.float32), labels, info), batch_size)
+
+
 def _rows(path):
     with open(path) as f:
         return list(csv.DictReader(f))
@@ -35,9 +48,10 @@ def test_corruption_ce_of_a_model_against_itself_is_one(trained):
     _, _, logits_fn, data = trained
     test = data.split("test")
     kw = dict(model_name="tiny", corruptions=CHEAP_CORRUPTIONS, severities=[1, 2, 3, 4, 5], scale="cifar",
-              key=suite.part_key(0, "corruptions"), batch_size=512)
-    errors = suite.corruption_errors(logits_fn, test.images, test.labels, **kw)
-    again, rows, agg = suite.corruption_suite(logits_fn, test.images, test.labels, reference=errors, **kw)
+              key=suite.part_key(0, "corruptions"))
+    errors = corruption_errors_stream(logits_fn, _batches(test.images, test.labels, 512), **kw)
+    again = corruption_errors_stream(logits_fn, _batches(test.images, test.labels, 512), **kw)
+    rows, agg = corruption_summary(again, errors)
     assert again.errors == errors.errors  # same keys -> same corrupted images -> same numbers
     table = errors.rows()
     assert len(table) == len(CHEAP_CORRUPTIONS) * 5
@@ -48,19 +62,19 @@ def test_corruption_ce_of_a_model_against_itself_is_one(trained):
     assert agg["mce"] == pytest.approx(1.0) and agg["relative_mce"] == pytest.approx(1.0)
     assert agg["n_corruptions"] == len(CHEAP_CORRUPTIONS)
     # Without a reference the CE columns are empty and the aggregate says why.
-    rows_none, agg_none = suite.corruption_summary(errors, None)
+    rows_none, agg_none = corruption_summary(errors, None)
     assert all(r["ce"] is None and r["relative_ce"] is None for r in rows_none)
     assert agg_none["mce"] is None and "reference" in agg_none["note"]
     # CE is the ratio of summed errors: a reference twice as wrong gives CE 1/2.
-    worse = suite.CorruptionErrors("ref", errors.clean_error, {k: min(1.0, 2 * v) for k, v in errors.errors.items()},
+    worse = CorruptionErrors("ref", errors.clean_error, {k: min(1.0, 2 * v) for k, v in errors.errors.items()},
                                    errors.n, "cifar", errors.corruptions, errors.severities)
     # A reference whose error never grows has no relative CE (NaN, left out of the mean).
-    flat = suite.CorruptionErrors("flat", 0.5, {k: 0.5 for k in errors.errors}, errors.n, "cifar",
+    flat = CorruptionErrors("flat", 0.5, {k: 0.5 for k in errors.errors}, errors.n, "cifar",
                                   errors.corruptions, errors.severities)
-    rows_flat, agg_flat = suite.corruption_summary(errors, flat)
+    rows_flat, agg_flat = corruption_summary(errors, flat)
     assert all(math.isnan(r["relative_ce"]) for r in rows_flat) and agg_flat["n_relative"] == 0
     assert math.isnan(agg_flat["relative_mce"]) and agg_flat["n_corruptions"] == len(CHEAP_CORRUPTIONS)
-    half, _ = suite.corruption_summary(errors, worse)
+    half, _ = corruption_summary(errors, worse)
     for r in half:
         num = sum(errors.errors[(r["corruption"], s)] for s in range(1, 6))
         den = sum(worse.errors[(r["corruption"], s)] for s in range(1, 6))
@@ -73,9 +87,9 @@ def test_attack_table_starts_at_clean_accuracy_and_pgd_is_monotone(trained):
     x, y = test.images[:128], test.labels[:128]
     clean = float(np.mean(np.argmax(np.asarray(logits_fn(x)), -1) == y))
     eps = [0.0, 0.05, 0.1, 0.2]
-    rows, sanity = suite.attack_suite(logits_fn, x, y, model_name="tiny", attacks=["fgsm", "pgd"], eps=eps,
-                                      key=suite.part_key(0, "attacks"), steps=5, batch_size=128,
-                                      sanity_examples=64)
+    rows, sanity = attack_suite_stream(logits_fn, lambda: _batches(x, y, 128), model_name="tiny",
+                                       attacks=["fgsm", "pgd"], eps=eps, key=suite.part_key(0, "attacks"), steps=5,
+                                       batch_size=128, sanity_examples=64)
     assert [(r["attack"], r["eps"]) for r in rows] == [(a, e) for a in ("fgsm", "pgd") for e in eps]
     for attack in ("fgsm", "pgd"):
         assert next(r for r in rows if r["attack"] == attack and r["eps"] == 0.0)["accuracy"] == clean
@@ -94,9 +108,9 @@ def test_certified_accuracy_curve_is_monotone(trained):
     _, _, logits_fn, data = trained
     test = data.split("test")
     n, alpha, sigma = 200, 0.01, 0.25
-    rows, examples = suite.certification(logits_fn, test.images[:30], test.labels[:30], model_name="tiny",
-                                         sigmas=[sigma], key=suite.part_key(0, "certify"), n0=20, n=n, alpha=alpha,
-                                         batch_size=16)  # 2 chunks, the last one padded
+    rows, examples = certification_stream(logits_fn, _batches(test.images[:30], test.labels[:30], 16),
+                                          model_name="tiny", sigmas=[sigma], key=suite.part_key(0, "certify"), n0=20,
+                                          n=n, alpha=alpha, batch_size=16)  # 2 chunks, the last one padded
     acc = [r["certified_accuracy"] for r in sorted(rows, key=lambda r: r["radius"])]
     assert rows[0]["radius"] == 0.0 and 0.5 in [r["radius"] for r in rows]
     assert all(b <= a for a, b in zip(acc, acc[1:]))
@@ -109,9 +123,10 @@ def test_certified_accuracy_curve_is_monotone(trained):
 def test_conformal_coverage_on_clean_data_is_near_target(trained):
     _, _, logits_fn, data = trained
     val, test = data.split("val"), data.split("test")
-    out = suite.calibration_tables(logits_fn, val.images, val.labels, test.images, test.labels, model_name="tiny",
-                                   noise_types=["gaussian"], levels=[0.0, 0.5], seed=0,
+    settings = CalibrationSettings(noise_types=["gaussian"], levels=[0.0, 0.5], seed=0,
                                    key=suite.part_key(0, "calibration"), alphas=[0.1])
+    out = calibration_tables_stream(logits_fn, _batches(val.images, val.labels, 512),
+                                    _batches(test.images, test.labels, 512), model_name="tiny", settings=settings)
     assert out["temperature"] > 0 and out["n_calibration"] == len(val.labels)
     clean = [r for r in out["conformal"] if r["level"] == 0.0]
     assert {r["method"] for r in clean} == {"lac", "aps"}

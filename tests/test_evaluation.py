@@ -7,7 +7,7 @@ import pytest
 from robust_vision.cli import eval_main
 from robust_vision.data.datasets import load_dataset
 from robust_vision.runs.loading import load_trained_model
-from robust_vision.evaluation.metrics import expected_calibration_error, snr_summary, summarize
+from robust_vision.metrics import expected_calibration_error, per_example_metrics, snr_summary, summarize
 from robust_vision.evaluation.robustness import evaluate_robustness
 
 
@@ -111,6 +111,31 @@ def _linear_forward(variables, images):
     return images.reshape(images.shape[0], -1) @ variables["w"] + variables["b"]
 
 
+def _whole_split(variables, images, labels, noise_type, level, *, seed, n_draws, batch_size=16):
+    """Per-example metrics of one condition computed the way the grid did before streaming: the
+    split padded to whole batches, batch i of draw d corrupted with
+    fold_in(condition_key(seed, type, level, d), i), concatenated over draws (N * n_draws,)."""
+    import jax
+
+    from robust_vision.corruptions import get_noise
+    from robust_vision.evaluation.robustness import METRIC_NAMES, condition_key
+
+    n = len(labels)
+    n_batches = -(-n // batch_size)
+    idx = np.resize(np.arange(n), n_batches * batch_size)
+    x, y = images[idx].reshape(n_batches, batch_size, *images.shape[1:]), labels[idx].reshape(n_batches, -1)
+    noise_fn = None if noise_type is None or level == 0.0 else get_noise(noise_type)
+    out = []
+    for draw in range(1 if noise_fn is None else n_draws):
+        key = condition_key(seed, noise_type or "clean", level, draw)
+        per = []
+        for i in range(n_batches):
+            xb = x[i] if noise_fn is None else noise_fn(jax.random.fold_in(key, i), x[i], jax.numpy.float32(level))
+            per.append(per_example_metrics(_linear_forward(variables, xb), y[i]))
+        out.append({k: np.concatenate([np.asarray(p[k]) for p in per])[:n] for k in METRIC_NAMES})
+    return {k: np.concatenate([o[k] for o in out]) for k in METRIC_NAMES}
+
+
 def test_streaming_grid_equals_whole_split_scan_bit_for_bit():
     """The streaming grid (batches prefetched to device, data read once for all conditions)
     gives the per-example values of the whole-split scan (the path before streaming) for
@@ -120,8 +145,8 @@ def test_streaming_grid_equals_whole_split_scan_bit_for_bit():
     import jax
 
     from robust_vision.data.batch import to_unit_float
-    from robust_vision.evaluation.batched import array_batches
-    from robust_vision.evaluation.robustness import batch_split, evaluate_condition, evaluate_conditions_stream
+    from robust_vision.batched import array_batches
+    from robust_vision.evaluation.robustness import evaluate_conditions_stream
 
     rng = np.random.default_rng(0)
     n, k = 37, 5
@@ -131,13 +156,12 @@ def test_streaming_grid_equals_whole_split_scan_bit_for_bit():
     variables = {"w": jax.numpy.asarray(rng.normal(size=(64, k)), jax.numpy.float32),
                  "b": jax.numpy.zeros((k,), jax.numpy.float32)}
     noise_types, levels = ["gaussian", "salt_pepper"], [0.0, 0.3]
-    split = batch_split(images, labels, 16)
     for source in (images, images_u8):
         stream = evaluate_conditions_stream(_linear_forward, variables, array_batches(source, labels, 16),
                                             noise_types=noise_types, levels=levels, seed=3, n_draws=2)
-        old = {(None, 0.0): evaluate_condition(_linear_forward, variables, split, None, 0.0, seed=3, n_draws=1)}
+        old = {(None, 0.0): _whole_split(variables, images, labels, None, 0.0, seed=3, n_draws=1)}
         for nt in noise_types:
-            old[(nt, 0.3)] = evaluate_condition(_linear_forward, variables, split, nt, 0.3, seed=3, n_draws=2)
+            old[(nt, 0.3)] = _whole_split(variables, images, labels, nt, 0.3, seed=3, n_draws=2)
         assert set(stream) == set(old)
         for cond, metrics in old.items():
             for name, values in metrics.items():

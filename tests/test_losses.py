@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from robust_vision.config import TrainingConfig
-from robust_vision.evaluation.metrics import logit_margin
+from robust_vision.metrics import logit_margin
 from robust_vision.losses import cross_entropy, focal, label_smoothing, make_loss, margin
 
 LOGITS = jnp.array([[2.0, 1.0, -1.0], [0.5, 0.5, 3.0]])

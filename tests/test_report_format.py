@@ -1,6 +1,6 @@
 """Printed reports agree with the tables (issue 14, item 6)."""
 
-from robust_vision.evaluation.metrics import degradation_percent
+from robust_vision.metrics import degradation_percent
 from robust_vision.evaluation.report import accuracy_interval, comparison_at, format_comparison, format_summary
 
 

@@ -55,9 +55,9 @@ def test_eval_data_zip_with_only_test_evaluates_every_image(digits_run, tmp_path
 
 
 def test_published_cifar10_c_table(digits_run, tmp_path):
-    from robust_vision.data.published import published_corruption_errors
+    from robust_vision.evaluation.parts.published import published_corruption_errors
     from robust_vision.runs.loading import load_trained_model
-    from robust_vision.evaluation.suite import corruption_summary
+    from robust_vision.evaluation.parts.corruptions import corruption_summary
     from sklearn.datasets import load_digits
 
     digits = load_digits()

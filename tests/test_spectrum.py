@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from robust_vision.evaluation.spectrum import eigenspectrum, fit_power_law, plot_spectrum, spectrum_table
+from robust_vision.evaluation.spectrum import eigenspectrum, fit_power_law, spectrum_table
+from robust_vision.viz.spectrum import plot_spectrum
 
 
 def _features(alpha: float, n: int = 20000, d: int = 64, seed: int = 0) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Streaming evaluation (issue 10 items 4-5): every suite part consumes fixed-size masked batches
 through ``prefetch_to_device``. On the same data the streamed parts give the whole-array results
-(hand-written whole-array references, and the in-memory wrappers against a record source read by
+(hand-written whole-array references, and uint8 records against their float32 twin, both read by
 the input pipeline); device memory holds at most prefetch depth + 2 input batches; an eval that
 does not calibrate never opens the validation split.
 
@@ -21,9 +21,15 @@ from robust_vision.corruptions import get_corruption
 from robust_vision.data.batch import Batch
 from robust_vision.data.datasets import load_dataset
 from robust_vision.data.sources import ArraySource, SourceInfo
-from robust_vision.evaluation import batched, runner, suite
+from robust_vision import batched
+from robust_vision.evaluation import runner, suite
+from robust_vision.evaluation.parts.attacks import attack_suite_stream
+from robust_vision.evaluation.parts.calibration import (CalibrationSettings, calibration_tables_stream,
+                                                        conditions_logits_stream)
+from robust_vision.evaluation.parts.certify import certification_stream
+from robust_vision.evaluation.parts.corruptions import corruption_errors_stream
 from robust_vision.evaluation.certify import certify
-from robust_vision.evaluation.metrics import per_example_metrics
+from robust_vision.metrics import per_example_metrics
 
 N, B = 22, 8  # three batches, the last one padded
 CORRUPTIONS = ["gaussian_noise", "contrast"]
@@ -60,10 +66,10 @@ def _chunks(x, size=B):
 def test_corruption_stream_equals_whole_array_reference(data):
     logits_fn, q, x, y, _ = data
     key = jax.random.key(1)
-    got = suite.corruption_errors_stream(logits_fn, _stream(q, y), model_name="m", corruptions=CORRUPTIONS,
-                                         severities=[3], scale="cifar", key=key)
-    arrays = suite.corruption_errors(logits_fn, x, y, model_name="m", corruptions=CORRUPTIONS, severities=[3],
-                                     scale="cifar", key=key, batch_size=B)
+    got = corruption_errors_stream(logits_fn, _stream(q, y), model_name="m", corruptions=CORRUPTIONS,
+                                   severities=[3], scale="cifar", key=key)
+    arrays = corruption_errors_stream(logits_fn, _stream(x, y), model_name="m", corruptions=CORRUPTIONS,
+                                      severities=[3], scale="cifar", key=key)
     # The reference: batch b of (c, s) corrupted with fold_in(fold_in(fold_in(key, crc c), s), b).
     for c in CORRUPTIONS:
         for s in (3,):
@@ -80,8 +86,8 @@ def test_attacks_stream_equal_whole_array_reference(data):
     logits_fn, q, x, y, _ = data
     key = jax.random.key(2)
     kw = dict(model_name="m", attacks=["fgsm", "pgd"], eps=[0.0, 0.1], key=key, steps=2, batch_size=B)
-    rows, _ = suite.attack_suite_stream(logits_fn, lambda: _stream(q, y), sanity=False, **kw)
-    rows_a, _ = suite.attack_suite(logits_fn, x, y, sanity=False, **kw)
+    rows, _ = attack_suite_stream(logits_fn, lambda: _stream(q, y), sanity=False, **kw)
+    rows_a, _ = attack_suite_stream(logits_fn, lambda: _stream(x, y), sanity=False, **kw)
     pgd = jax.jit(lambda xb, yb, k, eps: get_attack("pgd")(logits_fn, xb, yb, k, eps, steps=2, norm="linf"))
     ref = []  # PGD's batch i keyed fold_in(fold_in(key, crc "pgd"), i), for every eps
     for eps in (0.0, 0.1):
@@ -115,8 +121,8 @@ def test_certification_stream_equals_whole_array_reference(data):
     logits_fn, q, x, y, _ = data
     key = jax.random.key(5)
     kw = dict(model_name="m", sigmas=[0.25], key=key, n0=8, n=32, alpha=0.01, batch_size=B)
-    curve, examples = suite.certification_stream(logits_fn, batched.source_batches(_source(q, y), B, n=12), **kw)
-    curve_a, examples_a = suite.certification(logits_fn, x[:12], y[:12], **kw)
+    curve, examples = certification_stream(logits_fn, batched.source_batches(_source(q, y), B, n=12), **kw)
+    curve_a, examples_a = certification_stream(logits_fn, _stream(x[:12], y[:12]), **kw)
     sk = jax.random.fold_in(key, 250_000)
     ref = [certify(logits_fn, jnp.asarray(np.resize(xb, (B,) + xb.shape[1:]) if len(xb) < B else xb),
                    jax.random.fold_in(sk, j), 0.25, n0=8, n=32, alpha=0.01, batch_size=B)
@@ -130,10 +136,11 @@ def test_certification_stream_equals_whole_array_reference(data):
 def test_calibration_stream_equals_arrays(data):
     logits_fn, q, x, y, d = data
     cv = np.rint(d.val.images[:13] * 255).astype(np.uint8)
-    kw = dict(model_name="m", noise_types=["gaussian"], levels=[0.0, 0.3], seed=0, key=jax.random.key(6))
-    got = suite.calibration_tables_stream(logits_fn, _stream(cv, d.val.labels[:13]), _stream(q, y), **kw)
-    ref = suite.calibration_tables(logits_fn, cv.astype(np.float32) / np.float32(255), d.val.labels[:13], x, y,
-                                   batch_size=B, **kw)
+    kw = dict(model_name="m", settings=CalibrationSettings(noise_types=["gaussian"], levels=[0.0, 0.3], seed=0,
+                                                          key=jax.random.key(6)))
+    got = calibration_tables_stream(logits_fn, _stream(cv, d.val.labels[:13]), _stream(q, y), **kw)
+    ref = calibration_tables_stream(logits_fn, _stream(cv.astype(np.float32) / np.float32(255), d.val.labels[:13]),
+                                    _stream(x, y), **kw)
     assert got["temperature"] == pytest.approx(ref["temperature"], rel=1e-6)
     for table in ("calibration", "conformal", "selective", "reliability"):
         assert len(got[table]) == len(ref[table]) > 0
@@ -145,7 +152,7 @@ def test_calibration_stream_equals_arrays(data):
                 else:
                     assert v == b[k], (table, k)
     # Clean logits are the model's on the images, batch by batch.
-    logits, labels = suite.conditions_logits_stream(logits_fn, _stream(q, y), [(None, 0.0)], 0)
+    logits, labels = conditions_logits_stream(logits_fn, _stream(q, y), [(None, 0.0)], 0)
     np.testing.assert_allclose(logits[(None, 0.0)], np.asarray(logits_fn(jnp.asarray(x))), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(labels, y)
 
@@ -164,9 +171,9 @@ def test_device_memory_is_bounded_by_prefetch_depth(data):
             seen.append(sum(1 for a in jax.live_arrays() if a.shape == shape and a.dtype == jnp.uint8))
             yield b
 
-    suite.corruption_errors_stream(logits_fn, counting(batched.array_batches(images, labels, B)), model_name="m",
-                                   corruptions=["contrast"], severities=[1], scale="cifar", key=jax.random.key(0),
-                                   prefetch=2)
+    corruption_errors_stream(logits_fn, counting(batched.array_batches(images, labels, B)), model_name="m",
+                             corruptions=["contrast"], severities=[1], scale="cifar", key=jax.random.key(0),
+                             prefetch=2)
     assert len(seen) == 11 and max(seen) <= 2 + 2
 
 

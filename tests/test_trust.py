@@ -498,7 +498,7 @@ def test_divergence_before_any_checkpoint_does_not_claim_one_is_kept(tmp_path):
 
 def test_corruption_summary_counts_the_corruptions_evaluated():
     """The finding: the CIFAR-10-C summary said "15 corruptions" when 2 were evaluated."""
-    from robust_vision.evaluation.suite import format_corruption_summary
+    from robust_vision.evaluation.parts.corruptions import format_corruption_summary
 
     agg = {"model": "m", "reference": None, "clean_error": 0.1, "mean_error": 0.3, "mean_error_all": 0.3,
            "severities": [1, 2], "scale": "cifar", "mce": None, "relative_mce": None, "n_relative": 0,

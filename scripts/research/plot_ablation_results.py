@@ -17,13 +17,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from robust_vision.viz import main as plot_main  # noqa: E402
-from robust_vision.viz.plots import METRICS_CSV, RESULTS_CSV  # noqa: E402
+from robust_vision.runs.paths import METRICS_FILE  # noqa: E402
+from robust_vision.tables import ROBUSTNESS_CSV  # noqa: E402
 
 
 def result_dirs(root: Path) -> list[Path]:
     """``root`` itself if it holds tables, else its sub-directories that do (sorted)."""
     def has_tables(d: Path) -> bool:
-        return (d / RESULTS_CSV).is_file() or (d / METRICS_CSV).is_file()
+        return (d / ROBUSTNESS_CSV).is_file() or (d / METRICS_FILE).is_file()
 
     if has_tables(root):
         return [root]
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.results_dir)
     dirs = result_dirs(root)
     if not dirs:
-        print(f"error: {root} holds no results directories ({RESULTS_CSV} or {METRICS_CSV}); run "
+        print(f"error: {root} holds no results directories ({ROBUSTNESS_CSV} or {METRICS_FILE}); run "
               f"robust-vision-eval --output {root}/<name> first", file=sys.stderr)
         return 2
     return plot_main([*map(str, dirs), "--output", args.output, "--style", args.style, "--dpi", str(args.dpi),

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from robust_vision.config import TrainingConfig
-from robust_vision.evaluation.metrics import logit_margin
+from robust_vision.metrics import logit_margin
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 

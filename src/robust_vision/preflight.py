@@ -30,7 +30,7 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".w
 # Bytes per batch example besides the image: an int64 index, an int32 label, a float32 mask.
 _PER_EXAMPLE_OVERHEAD = 8 + 4 + 4
 # Batches a streamed training holds on the host at once: Grain's prefetch buffer (2), the device
-# prefetch queue (2, evaluation.batched.prefetch_to_device) and the batch being consumed.
+# prefetch queue (2, batched.prefetch_to_device) and the batch being consumed.
 BATCHES_IN_FLIGHT = 5
 
 

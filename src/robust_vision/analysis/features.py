@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robust_vision.evaluation.batched import collect_per_example
+from robust_vision.batched import collect_per_example
 from robust_vision.runs.loading import LoadedModel
 
 # (variables, images) -> (logits (B, K), {layer: (B, ...)})

@@ -18,7 +18,8 @@ import numpy as np
 from robust_vision.analysis.common import Context, write_summary
 from robust_vision.analysis.features import check_layer, collect_layers, layer_shapes
 from robust_vision.io import write_csv
-from robust_vision.evaluation.spectrum import eigenspectrum, fit_power_law, spectrum_figure
+from robust_vision.evaluation.spectrum import eigenspectrum, fit_power_law
+from robust_vision.viz.spectrum import spectrum_figure
 from robust_vision.viz._common import save_figure, style_context
 
 # Stringer et al. (2019) fit ranks 11..500: the top ranks carry the few dominant

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from robust_vision.evaluation.metrics import logit_margin
+from robust_vision.metrics import logit_margin
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 

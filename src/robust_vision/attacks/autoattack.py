@@ -363,7 +363,7 @@ AUTOATTACK_NAMES = {"autoattack": "standard", "autoattack-rand": "rand"}  # CLI 
 
 def adversarial_margins(logits_fn: LogitsFn, x_adv: np.ndarray, labels: np.ndarray, batch_size: int) -> np.ndarray:
     """Logit margin z_y - max_{j != y} z_j at the adversarial points, (N,)."""
-    from robust_vision.evaluation.metrics import logit_margin
+    from robust_vision.metrics import logit_margin
 
     fn = jax.jit(lambda x, y: logit_margin(logits_fn(x).astype(jnp.float32), y))
     return np.concatenate([np.asarray(fn(jnp.asarray(x_adv[i:i + batch_size]), jnp.asarray(labels[i:i + batch_size])))
@@ -393,8 +393,8 @@ def autoattack_suite_stream(logits_fn: LogitsFn, batches: Iterable[Any], *, mode
     reference's); ``batch_size`` is the stages' batch (at most the stream's)."""
     from robust_vision.data.batch import to_unit_float
     from robust_vision.distributed import gather_batches
-    from robust_vision.evaluation.batched import prefetch_to_device
-    from robust_vision.evaluation.metrics import snr_summary
+    from robust_vision.batched import prefetch_to_device
+    from robust_vision.metrics import snr_summary
 
     version = AUTOATTACK_NAMES[name]
     budget = {} if steps is None else {"steps": int(steps), "fab_steps": int(steps)}
@@ -456,16 +456,3 @@ def _combine_autoattack(parts: list[dict], n: int) -> dict:
     result["flags"] = autoattack_flags(result)
     return result
 
-
-def autoattack_suite(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *, model_name: str, name: str,
-                     eps: Sequence[float], norm: str, key: jax.Array, batch_size: int = 256,
-                     steps: int | None = None, verbose: bool = True) -> tuple[list[dict], list[dict]]:
-    """:func:`autoattack_suite_stream` over in-memory arrays (images (N, H, W, C) float in [0, 1],
-    labels (N,) int) cut into batches of ``batch_size`` (the same results as one run on the whole
-    set: each example is keyed by its index)."""
-    from robust_vision.evaluation.batched import array_batches
-
-    images, labels = _check_dataset(images, labels, batch_size)
-    return autoattack_suite_stream(logits_fn, array_batches(images, labels, batch_size),
-                                   model_name=model_name, name=name, eps=eps, norm=norm, key=key,
-                                   batch_size=batch_size, steps=steps, verbose=verbose)

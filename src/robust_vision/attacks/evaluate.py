@@ -9,6 +9,7 @@ correct / total over the whole set (DESIGN.md), never a mean of per-batch accura
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import warnings
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -19,7 +20,7 @@ import numpy as np
 
 from robust_vision.attacks._common import LogitsFn, ce_loss, loss_grad_logits
 from robust_vision.attacks.registry import get_attack
-from robust_vision.evaluation.metrics import per_example_metrics, snr_summary
+from robust_vision.metrics import per_example_metrics, snr_summary
 from robust_vision.program_cache import logits_program
 
 
@@ -143,7 +144,7 @@ def per_example_robustness_stream(logits_fn: LogitsFn, batches: Iterable[Any], k
     differences between eps are not noise). See ``robust_accuracy``.
     """
     from robust_vision.data.batch import to_unit_float
-    from robust_vision.evaluation.batched import stream_per_example
+    from robust_vision.batched import stream_per_example
 
     attack_fn, _ = _attack_fn(attack)
     for eps in eps_list:
@@ -171,7 +172,7 @@ def per_example_robustness(logits_fn: LogitsFn, images: Any, labels: Any, key: j
     """:func:`per_example_robustness_stream` over in-memory arrays: images (N, H, W, C) float in
     [0, 1], labels (N,) int, in batches of ``batch_size`` (capped at N; the last padded, the
     padding dropped). See ``robust_accuracy``."""
-    from robust_vision.evaluation.batched import array_batches
+    from robust_vision.batched import array_batches
 
     images, labels = _check_dataset(images, labels, batch_size)
     return per_example_robustness_stream(logits_fn, array_batches(images, labels, batch_size), key, attack,
@@ -251,82 +252,127 @@ def sanity_checks(logits_fn: LogitsFn, images: Any, labels: Any, key: jax.Array,
     unknown = set(checks) - set(SANITY_CHECKS)
     if unknown:
         raise ValueError(f"unknown sanity checks {sorted(unknown)}; valid checks: {', '.join(SANITY_CHECKS)}")
-    n = images.shape[0]
-    tol = 1.0 / n
-    results: dict[str, bool] = {c: True for c in checks}
+    run = _SanityRun(logits_fn, images, labels, key, eps, norm, pgd_steps, batch_size, {c: True for c in checks})
+    for check, names in _CHECKS:
+        if set(names) & set(checks):
+            check(run, max_zero_grad_fraction)
+    return run.results
 
-    def fail(check: str, message: str) -> None:
-        results[check] = False
-        warnings.warn(f"attack sanity check '{check}' failed: {message}", AttackSanityWarning, stacklevel=3)
 
-    # The first batch placed exactly as the robust-accuracy pass places its batches (sharded over
-    # the data mesh), so the checks below reuse its compiled attack programs instead of
-    # specialising new ones to another input sharding.
+@dataclasses.dataclass
+class _SanityRun:
+    """What the checks of one ``sanity_checks`` call share: the data, the keys, the first batch
+    (placed exactly as the robust-accuracy pass places its batches, sharded over the data mesh,
+    so the checks reuse its compiled attack programs instead of specialising new ones to another
+    input sharding), one (input gradient, logits) program, the PGD accuracies at
+    eps * (0, 1/4, 1/2, 1) (computed once) and the results."""
+
+    logits_fn: LogitsFn
+    images: np.ndarray
+    labels: np.ndarray
+    key: jax.Array
+    eps: float
+    norm: str
+    pgd_steps: int
+    batch_size: int
+    results: dict[str, bool]
+
+    def __post_init__(self) -> None:
+        from robust_vision.batched import array_batches, prefetch_to_device
+
+        self.tol = 1.0 / self.images.shape[0]
+        self.first = next(iter(prefetch_to_device(array_batches(self.images, self.labels, self.batch_size))))
+        self.k_eps0, self.k_acc = jax.random.split(self.key)
+        self.grad_and_logits = logits_program(_grad_and_logits, self.logits_fn, name="sanity_grad_logits")
+        self.eps_grid = [0.0, self.eps / 4, self.eps / 2, self.eps]
+        self._pgd_rows = None
+
+    def fail(self, check: str, message: str) -> None:
+        self.results[check] = False
+        warnings.warn(f"attack sanity check '{check}' failed: {message}", AttackSanityWarning, stacklevel=4)
+
+    def accuracy(self, attack: str, eps_list: Sequence[float], **hyper: Any) -> list[dict[str, Any]]:
+        return robust_accuracy(self.logits_fn, self.images, self.labels, self.k_acc, attack, eps_list,
+                               self.batch_size, **hyper)
+
+    @property
+    def pgd_rows(self) -> list[dict[str, Any]]:
+        if self._pgd_rows is None:
+            self._pgd_rows = self.accuracy("pgd", self.eps_grid, steps=self.pgd_steps, norm=self.norm)
+        return self._pgd_rows
+
+
+def _check_outputs(run: _SanityRun, _) -> None:
+    """``deterministic`` and ``outputs_are_logits`` (one pair of forward passes for both)."""
     from robust_vision.distributed import to_host
-    from robust_vision.evaluation.batched import array_batches, prefetch_to_device
 
-    first = next(iter(prefetch_to_device(array_batches(images, labels, batch_size))))
-    xb, yb = first.images, first.labels
-    k_eps0, k_acc = jax.random.split(key)
-    # (input gradient of the CE loss, logits): one program for the forward and gradient checks
-    grad_and_logits = logits_program(_grad_and_logits, logits_fn, name="sanity_grad_logits")
-
-    if "deterministic" in checks or "outputs_are_logits" in checks:
-        out1, out2 = (to_host(grad_and_logits(xb, yb)[1]) for _ in range(2))
-        if "deterministic" in checks and not np.array_equal(out1, out2):
-            fail("deterministic", f"logits_fn is random (max change {np.max(np.abs(out1 - out2)):.3g} between "
+    out1, out2 = (to_host(run.grad_and_logits(run.first.images, run.first.labels)[1]) for _ in range(2))
+    if "deterministic" in run.results and not np.array_equal(out1, out2):
+        run.fail("deterministic", f"logits_fn is random (max change {np.max(np.abs(out1 - out2)):.3g} between "
                  "two calls); evaluate randomised models with expectation over transformation, or fix the "
                  "randomness.")
-        if ("outputs_are_logits" in checks and out1.min() >= 0.0 and out1.max() <= 1.0
-                and np.allclose(out1.sum(-1), 1.0, atol=1e-4)):
-            fail("outputs_are_logits", "logits_fn returns probabilities (rows in [0,1] summing to 1); pass the "
+    if ("outputs_are_logits" in run.results and out1.min() >= 0.0 and out1.max() <= 1.0
+            and np.allclose(out1.sum(-1), 1.0, atol=1e-4)):
+        run.fail("outputs_are_logits", "logits_fn returns probabilities (rows in [0,1] summing to 1); pass the "
                  "logits (before softmax), otherwise cross-entropy gradients vanish and attacks look weak.")
 
-    pgd_rows = None
-    eps_grid = [0.0, eps / 4, eps / 2, eps]
-    if {"eps0_unchanged", "monotone_in_eps", "pgd_stronger_than_fgsm"} & set(checks):
-        pgd_rows = robust_accuracy(logits_fn, images, labels, k_acc, "pgd", eps_grid, batch_size,
-                                   steps=pgd_steps, norm=norm)
 
-    if "eps0_unchanged" in checks:
-        for name, hyper in (("fgsm", {}), ("pgd", {"steps": 3, "step_size": 0.1, "norm": norm}),
-                            ("apgd_ce", {"steps": 5, "norm": norm})):
-            if name == "fgsm" and norm != "linf":
-                continue
-            static, traced = _split_hyper(hyper)
-            attack_fn = _jitted(get_attack(name), logits_fn, static)
-            x0, _, _ = attack_fn(xb, yb, k_eps0, jnp.float32(0.0), traced)
-            x0, x_in = to_host((x0, xb))  # global arrays: gathered on every process
-            if not np.array_equal(x0, x_in):
-                fail("eps0_unchanged", f"{name} with eps=0 changed the input (max change "
+def _check_eps0(run: _SanityRun, _) -> None:
+    from robust_vision.distributed import to_host
+
+    pgd_rows = run.pgd_rows
+    for name, hyper in (("fgsm", {}), ("pgd", {"steps": 3, "step_size": 0.1, "norm": run.norm}),
+                        ("apgd_ce", {"steps": 5, "norm": run.norm})):
+        if name == "fgsm" and run.norm != "linf":
+            continue
+        static, traced = _split_hyper(hyper)
+        attack_fn = _jitted(get_attack(name), run.logits_fn, static)
+        x0, _, _ = attack_fn(run.first.images, run.first.labels, run.k_eps0, jnp.float32(0.0), traced)
+        x0, x_in = to_host((x0, run.first.images))  # global arrays: gathered on every process
+        if not np.array_equal(x0, x_in):
+            run.fail("eps0_unchanged", f"{name} with eps=0 changed the input (max change "
                      f"{float(np.max(np.abs(x0 - x_in))):.3g}).")
-        clean = robust_accuracy(logits_fn, images, labels, k_acc, "fgsm", [0.0], batch_size)[0]["accuracy"]
-        if pgd_rows[0]["accuracy"] != clean:
-            fail("eps0_unchanged", f"PGD accuracy at eps=0 ({pgd_rows[0]['accuracy']:.4f}) differs from clean "
+    clean = run.accuracy("fgsm", [0.0])[0]["accuracy"]
+    if pgd_rows[0]["accuracy"] != clean:
+        run.fail("eps0_unchanged", f"PGD accuracy at eps=0 ({pgd_rows[0]['accuracy']:.4f}) differs from clean "
                  f"accuracy ({clean:.4f}).")
 
-    if "monotone_in_eps" in checks:
-        accs = [r["accuracy"] for r in pgd_rows]
-        if any(b > a + tol for a, b in zip(accs, accs[1:])):
-            fail("monotone_in_eps", f"PGD accuracy rises with eps: {dict(zip(eps_grid, accs))}; the attack is "
+
+def _check_monotone(run: _SanityRun, _) -> None:
+    accs = [r["accuracy"] for r in run.pgd_rows]
+    if any(b > a + run.tol for a, b in zip(accs, accs[1:])):
+        run.fail("monotone_in_eps", f"PGD accuracy rises with eps: {dict(zip(run.eps_grid, accs))}; the attack is "
                  "not converging (more steps / restarts, or a smaller step size).")
 
-    if "pgd_stronger_than_fgsm" in checks and norm == "linf":
-        fg = robust_accuracy(logits_fn, images, labels, k_acc, "fgsm", [eps], batch_size)[0]
-        pg = pgd_rows[-1]
-        if pg["accuracy"] > fg["accuracy"] + tol or pg["margin"] > fg["margin"] + 1e-6:
-            fail("pgd_stronger_than_fgsm", f"PGD-{pgd_steps} (acc {pg['accuracy']:.4f}, margin "
-                 f"{pg['margin']:.4g}) is weaker than FGSM (acc {fg['accuracy']:.4f}, margin {fg['margin']:.4g}) "
-                 f"at eps={eps}: gradients are unreliable (masking) or the PGD step size is wrong.")
 
-    if "gradients_nonzero" in checks:
-        zero = []
-        for batch in prefetch_to_device(array_batches(images, labels, batch_size)):
-            g, mask = to_host((grad_and_logits(batch.images, batch.labels)[0], batch.mask))
-            zero.append(np.all(g.reshape(g.shape[0], -1) == 0, axis=1)[mask > 0])
-        zero_frac = float(np.mean(np.concatenate(zero)))
-        if zero_frac > max_zero_grad_fraction:
-            fail("gradients_nonzero", f"{zero_frac:.1%} of the examples have an exactly-zero input gradient "
+def _check_pgd_vs_fgsm(run: _SanityRun, _) -> None:
+    if run.norm != "linf":
+        return
+    pg = run.pgd_rows[-1]
+    fg = run.accuracy("fgsm", [run.eps])[0]
+    if pg["accuracy"] > fg["accuracy"] + run.tol or pg["margin"] > fg["margin"] + 1e-6:
+        run.fail("pgd_stronger_than_fgsm", f"PGD-{run.pgd_steps} (acc {pg['accuracy']:.4f}, margin "
+                 f"{pg['margin']:.4g}) is weaker than FGSM (acc {fg['accuracy']:.4f}, margin {fg['margin']:.4g}) "
+                 f"at eps={run.eps}: gradients are unreliable (masking) or the PGD step size is wrong.")
+
+
+def _check_gradients(run: _SanityRun, max_zero_grad_fraction: float) -> None:
+    from robust_vision.distributed import to_host
+    from robust_vision.batched import array_batches, prefetch_to_device
+
+    zero = []
+    for batch in prefetch_to_device(array_batches(run.images, run.labels, run.batch_size)):
+        g, mask = to_host((run.grad_and_logits(batch.images, batch.labels)[0], batch.mask))
+        zero.append(np.all(g.reshape(g.shape[0], -1) == 0, axis=1)[mask > 0])
+    zero_frac = float(np.mean(np.concatenate(zero)))
+    if zero_frac > max_zero_grad_fraction:
+        run.fail("gradients_nonzero", f"{zero_frac:.1%} of the examples have an exactly-zero input gradient "
                  "(saturated softmax, non-differentiable layers or gradient masking); the attacks cannot move "
                  "them, so robust accuracy is overestimated. Try loss='margin' or check the model.")
-    return results
+
+
+# The checks' functions in the order they run, each with the checks it decides (the two output
+# checks share one pair of forward passes).
+_CHECKS = ((_check_outputs, ("deterministic", "outputs_are_logits")), (_check_eps0, ("eps0_unchanged",)),
+           (_check_monotone, ("monotone_in_eps",)), (_check_pgd_vs_fgsm, ("pgd_stronger_than_fgsm",)),
+           (_check_gradients, ("gradients_nonzero",)))

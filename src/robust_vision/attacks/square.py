@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from robust_vision.attacks._common import (LogitsFn, bwhere, check_count, check_inputs, check_norm, count, l2_norm,
                                           loop_until)
-from robust_vision.evaluation.metrics import logit_margin
+from robust_vision.metrics import logit_margin
 
 # p_selection: iteration thresholds (of 10,000) after which p is divided by 2, 4, ..., 512.
 _P_THRESHOLDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import optimize, special
 
-from robust_vision.evaluation.metrics import confidence_bin_index, expected_calibration_error, logit_margin
+from robust_vision.metrics import confidence_bin_index, expected_calibration_error, logit_margin
 
 CONFORMAL_METHODS = ("lac", "aps")
 

@@ -3,7 +3,7 @@
 At deployment there is no label, so the SNR of a decision is the odds of the *predicted*
 class against its strongest competitor, p_top / p_second = exp(z_top - z_second), i.e.
 the logit margin with the prediction standing in for the label. It is computed with
-:func:`robust_vision.evaluation.metrics.per_example_metrics` (margin and max-softmax
+:func:`robust_vision.metrics.per_example_metrics` (margin and max-softmax
 confidence), so the monitor and the evaluator share one definition.
 
     monitor = ConfidenceMonitor(snr_threshold=10.0)
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robust_vision.evaluation.metrics import per_example_metrics
+from robust_vision.metrics import per_example_metrics
 
 HIGH, LOW = "HIGH", "LOW"
 PROCEED, REVIEW_REQUIRED = "PROCEED", "REVIEW_REQUIRED"

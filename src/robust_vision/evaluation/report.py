@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from robust_vision.evaluation.robustness import RESULT_COLUMNS
 from robust_vision.io import write_csv, write_npz
+from robust_vision.tables import CONFIDENCES_NPZ, RESULT_COLUMNS, ROBUSTNESS_CSV, robustness_type_csv
 
 _NAMES = {"gaussian": "GAUSSIAN NOISE", "salt_pepper": "SALT & PEPPER", "fog": "FOG", "occlusion": "OCCLUSION"}
 
@@ -32,11 +32,11 @@ def versions() -> dict[str, str]:
 def write_robustness_tables(out_dir: Path, rows: list[dict], confidences: dict[str, np.ndarray]) -> list[Path]:
     """robustness_results.csv (all rows), robustness_<type>.csv, confidences.npz."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = [write_csv(out_dir / "robustness_results.csv", rows, RESULT_COLUMNS)]
+    written = [write_csv(out_dir / ROBUSTNESS_CSV, rows, RESULT_COLUMNS)]
     for noise_type in dict.fromkeys(r["noise_type"] for r in rows):
-        written.append(write_csv(out_dir / f"robustness_{noise_type}.csv",
+        written.append(write_csv(out_dir / robustness_type_csv(noise_type),
                                  [r for r in rows if r["noise_type"] == noise_type], RESULT_COLUMNS))
-    written.append(write_npz(out_dir / "confidences.npz", confidences))
+    written.append(write_npz(out_dir / CONFIDENCES_NPZ, confidences))
     return written
 
 

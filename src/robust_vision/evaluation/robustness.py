@@ -4,9 +4,7 @@
 through the device with a prefetch of 2, reading the data once and evaluating every condition
 on each batch, so device memory is bounded by batch size x prefetch depth. The severity is a
 traced argument, and all conditions of a batch run in one program (a scan over conditions, a
-switch over noise types), so one compilation serves the whole grid. ``evaluate_condition``
-(the whole split uploaded as (n_batches, batch, H, W, C), one ``lax.scan`` per condition)
-gives the same numbers and is kept for callers that hold a ``BatchedSplit``.
+switch over noise types), so one compilation serves the whole grid.
 
 Noise draws are keyed by (seed, noise type, level, draw, batch), never by the position of
 a condition in the grid, so a condition gives the same numbers whatever else is evaluated
@@ -26,48 +24,15 @@ import numpy as np
 
 from robust_vision.corruptions import get_noise
 from robust_vision.data.batch import Batch, to_unit_float
-from robust_vision.data.pipeline import data_mesh, device_multiple, num_batches, replicate, shard_global_batch
-from robust_vision.distributed import gather_batches, to_host
-from robust_vision.evaluation.batched import array_batches, prefetch_to_device
-from robust_vision.evaluation.metrics import degradation_percent, per_example_metrics, summarize
+from robust_vision.data.pipeline import data_mesh, replicate
+from robust_vision.distributed import gather_batches
+from robust_vision.batched import array_batches, prefetch_to_device
+from robust_vision.metrics import degradation_percent, per_example_metrics, summarize
 from robust_vision.program_cache import cached_jit, model_jit
-
-RESULT_COLUMNS = ["model", "noise_type", "level", "accuracy", "confidence", "margin", "snr", "snr_median", "ece",
-                  "loss", "degradation", "n_images", "n_draws"]
 
 # forward(variables, images) -> logits: a pure function; the variables (parameters and
 # model state) are passed as arguments so they are not baked into the compiled program.
 Forward = Callable[[object, jax.Array], jax.Array]
-
-
-@dataclass
-class BatchedSplit:
-    """A split on device: images (n_batches, B, H, W, C), labels (n_batches, B), mask
-    (n_batches, B) with 0 for the padding of the last batch."""
-
-    images: jax.Array
-    labels: jax.Array
-    mask: np.ndarray
-    num_examples: int
-
-    @property
-    def keep(self) -> np.ndarray:
-        return self.mask.reshape(-1) > 0
-
-
-def batch_split(images: np.ndarray, labels: np.ndarray, batch_size: int) -> BatchedSplit:
-    """Pad to a whole number of batches (repeating the first examples; masked out) and shard."""
-    mesh = data_mesh()
-    batch_size = device_multiple(max(1, min(batch_size, len(labels))), mesh)
-    n = len(labels)
-    n_batches = num_batches(n, batch_size)
-    pad = n_batches * batch_size - n
-    idx = np.concatenate([np.arange(n), np.resize(np.arange(n), pad)]) if pad else np.arange(n)
-    mask = (np.arange(n_batches * batch_size) < n).astype(np.float32).reshape(n_batches, batch_size)
-    # Sharded along the batch axis; on many processes each one places its own rows of it.
-    x, y = shard_global_batch(mesh, images[idx].reshape(n_batches, batch_size, *images.shape[1:]),
-                              labels[idx].reshape(n_batches, batch_size).astype(np.int32), axis=1)
-    return BatchedSplit(x, y, mask, n)
 
 
 # The per-example metrics every grid program returns, (B,) each.
@@ -102,35 +67,6 @@ def _key_data_of_conditions(seed: jax.Array, numbers: jax.Array) -> jax.Array:
 _conditions_key_data = cached_jit(_key_data_of_conditions, name="condition_keys", key={})
 
 
-@partial(jax.jit, static_argnames=("forward", "noise_fn"))
-def _run_condition(forward: Forward, noise_fn, variables, images: jax.Array, labels: jax.Array, key: jax.Array,
-                   level: jax.Array) -> dict[str, jax.Array]:
-    def body(carry, inputs):
-        x, y, i = inputs
-        noisy = x if noise_fn is None else noise_fn(jax.random.fold_in(key, i), x, level)
-        m = per_example_metrics(forward(variables, noisy), y)
-        return carry, {k: m[k] for k in METRIC_NAMES}
-
-    _, out = jax.lax.scan(body, None, (images, labels, jnp.arange(images.shape[0])))
-    return out
-
-
-def evaluate_condition(forward: Forward, variables, split: BatchedSplit, noise_type: str | None, level: float,
-                       *, seed: int, n_draws: int) -> dict[str, np.ndarray]:
-    """Per-example metrics of one condition over the whole split, concatenated over draws:
-    arrays of shape (N * n_draws,) (N when the condition is clean)."""
-    noise_fn = None if noise_type is None or level == 0.0 else get_noise(noise_type)
-    draws = 1 if noise_fn is None else n_draws
-    outputs = []
-    for draw in range(draws):
-        key = condition_key(seed, noise_type or "clean", level, draw)
-        out = _run_condition(forward, noise_fn, variables, split.images, split.labels, key, jnp.float32(level))
-        outputs.append(out)
-    fetched = to_host(outputs)  # gathered across processes: every example exactly once
-    keep = split.keep
-    return {k: np.concatenate([o[k].reshape(-1)[keep] for o in fetched]) for k in fetched[0]}
-
-
 @dataclass
 class RobustnessResult:
     rows: list[dict]
@@ -143,8 +79,8 @@ def _batch_conditions(forward: Forward, noise_fns: tuple, variables, images: jax
     """Per-example metrics (B, C) of one batch under C conditions, in one program.
 
     Condition c corrupts the batch with ``noise_fns[kinds[c]]`` (None: clean) at ``levels[c]``
-    with key ``fold_in(wrap_key_data(key_data[c]), index)``, exactly as the whole-split scan
-    (``_run_condition``) keys batch ``index``. A ``lax.scan`` over the conditions with a
+    with key ``fold_in(wrap_key_data(key_data[c]), index)``: batch ``index`` of a condition sees
+    the same noise whatever else is evaluated. A ``lax.scan`` over the conditions with a
     ``lax.switch`` over the noise types: the model's forward pass is traced and lowered once for
     the whole grid instead of once per noise type (what a cached second run still pays), and the
     device holds one noisy batch at a time. kinds (C,) int32, key_data (C, ...) uint32, levels (C,).
@@ -186,8 +122,7 @@ def evaluate_conditions_stream(forward: Forward, variables, batches: Iterable[Ba
     e.g. ``batched.array_batches`` or the input pipeline; they are prefetched to the device
     ``prefetch`` deep, so input memory on device is bounded by prefetch x batch size. Every
     batch is read once and evaluated under all conditions. Returns {(None, 0.0): clean,
-    (noise_type, level): metrics concatenated over draws, (N * n_draws,)}: the same values as
-    ``evaluate_condition`` on the whole split (same keys per batch index).
+    (noise_type, level): metrics concatenated over draws, (N * n_draws,)}.
     """
     conditions: list[tuple[str | None, float, int]] = [(None, 0.0, 0)]
     for noise_type in noise_types:

@@ -4,7 +4,7 @@ One entry point, :func:`verified_stream`: for every batch of the first N example
 prediction, PGD at every budget (the upper bound on robust accuracy on the same points) and,
 per method and budget, the lower bound of the logit margin over the eps-ball & [0, 1]; an
 example is verified when that bound is > 0. One table, ``verified_results.csv``
-(``viz.suite.VERIFIED_CSV``; :data:`VERIFIED_COLUMNS`, :func:`verified_rows`).
+(``tables.VERIFIED_CSV``, ``tables.VERIFIED_COLUMNS``; :func:`verified_rows`).
 
 A verified example that PGD breaks would be a wrong certificate: it stops the run with
 :class:`CertificateViolation` (never a warning).
@@ -23,9 +23,6 @@ from robust_vision.attacks.gradient import pgd
 from robust_vision.data.batch import Batch, to_unit_float
 from robust_vision.verify import check_method, margin_bounds, worst_margin
 from robust_vision.verify.convert import check_supported
-
-VERIFIED_COLUMNS = ["model", "method", "norm", "eps", "n_examples", "clean_accuracy", "pgd_accuracy",
-                    "verified_accuracy", "mean_margin_lower_bound", "seconds_per_image"]
 
 
 class CertificateViolation(RuntimeError):

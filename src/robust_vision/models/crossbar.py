@@ -11,7 +11,7 @@ interface so that a crossbar run is checkpointed, restored and evaluated like an
 
 The outputs are non-negative *scores* (conductance-weighted currents) while W and x are, not
 softmax logits: the project's SNR of such a model is s_y / max_{j != y} s_j (DESIGN.md,
-:func:`robust_vision.evaluation.metrics.log_snr_from_scores`), which
+:func:`robust_vision.metrics.log_snr_from_scores`), which
 :func:`crossbar_log_scores` turns into "logits" whose logit margin is exactly that log-SNR.
 """
 
@@ -80,7 +80,7 @@ def crossbar_log_scores(scores: jax.Array, eps: float = SNR_EPS) -> jax.Array:
     """log(max(s, 0) + eps), (B, K): "logits" whose logit margin is the crossbar's log-SNR.
 
     z_y - max_{j != y} z_j = log(s_y + eps) - log(max_{j != y} s_j + eps), i.e. exactly
-    :func:`robust_vision.evaluation.metrics.log_snr_from_scores`, so a softmax-based evaluator
+    :func:`robust_vision.metrics.log_snr_from_scores`, so a softmax-based evaluator
     (accuracy = argmax, SNR = exp(margin)) reports the crossbar's SNR s_y / s_control. The
     argmax is that of the scores wherever the scores are non-negative (always for Hebbian
     weights); non-finite scores (diverged weights) stay non-finite, so SNR is reported as nan.

@@ -40,8 +40,8 @@ import yaml
 from robust_vision.config import config_from_dict, config_to_dict
 from robust_vision.data.datasets import Dataset, load_dataset
 from robust_vision.data.pipeline import data_mesh, replicate
-from robust_vision.evaluation.batched import array_batches
-from robust_vision.evaluation.metrics import degradation_percent, summarize
+from robust_vision.batched import array_batches
+from robust_vision.metrics import degradation_percent, summarize
 from robust_vision.evaluation.robustness import evaluate_conditions_stream
 from robust_vision.models.crossbar import crossbar_log_scores
 from robust_vision.research.methods import Method

@@ -54,7 +54,7 @@ from flax import nnx
 
 from robust_vision.config import Config, ConfigError
 from robust_vision.data.sources import RecordSource, read_examples
-from robust_vision.evaluation.metrics import log_snr_from_scores, logit_margin, snr_summary
+from robust_vision.metrics import log_snr_from_scores, logit_margin, snr_summary
 from robust_vision.io import write_json
 from robust_vision.models import create_model
 from robust_vision.models.crossbar import init_crossbar

@@ -28,7 +28,7 @@ explode. Divergence is an *outcome* (``diverged`` flags, non-finite-safe statist
 an exception.
 
 SNR follows DESIGN.md through the project's single implementation,
-:func:`robust_vision.evaluation.metrics.log_snr_from_scores`: log(s_y / max_{j!=y} s_j) with
+:func:`robust_vision.metrics.log_snr_from_scores`: log(s_y / max_{j!=y} s_j) with
 the seed's 1e-6 in the denominator; accuracy of the pattern protocol is s_target > s_control.
 
 No maintained JAX library implements these crossbar rules; they are a few lines of jnp.
@@ -46,7 +46,7 @@ import numpy as np
 
 from robust_vision.corruptions import get_noise
 from robust_vision.corruptions._common import lookup
-from robust_vision.evaluation.metrics import log_snr_from_scores, snr_summary
+from robust_vision.metrics import log_snr_from_scores, snr_summary
 from robust_vision.models.crossbar import init_crossbar
 
 __all__ = [

@@ -19,7 +19,7 @@ from flax import nnx
 from robust_vision.attacks.training import madry_pgd_examples
 from robust_vision.config import TrainingConfig
 from robust_vision.data.pipeline import augment
-from robust_vision.evaluation.metrics import per_example_metrics
+from robust_vision.metrics import per_example_metrics
 from robust_vision.models.state import ModelParts, ProgramKey, make_logits_fn
 from robust_vision.optim import TrainState
 from robust_vision.program_cache import model_jit

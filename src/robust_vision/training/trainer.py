@@ -29,8 +29,8 @@ from robust_vision.data.pipeline import (check_batch_divisible, data_mesh, devic
                                          replicate, train_batches)
 from robust_vision.data.sources import ConcatSource, RecordSource, SubsetSource
 from robust_vision.distributed import gather_batches, is_main_process, main_only
-from robust_vision.evaluation.batched import prefetch_to_device, stream_per_example
-from robust_vision.evaluation.metrics import summarize
+from robust_vision.batched import prefetch_to_device, stream_per_example
+from robust_vision.metrics import summarize
 from robust_vision.interrupts import check_interrupt
 from robust_vision.losses import make_loss
 from robust_vision.models import create_model
@@ -258,7 +258,7 @@ def _make_steps(cfg: Config, parts: ModelParts, tx, steps_per_epoch: int) -> _St
 
 def _per_example(fn, source: RecordSource, batch_size: int, mesh) -> dict[str, np.ndarray]:
     """``fn(images, labels, batch_index) -> {name: (B,) array}`` over every record of ``source`` in order,
-    streamed (``eval_batches`` + device prefetch, ``evaluation.batched.stream_per_example``;
+    streamed (``eval_batches`` + device prefetch, ``batched.stream_per_example``;
     images float32 [0, 1] on device); the real examples' values, (N,) each, gathered across
     processes. The batch size is rounded up to a multiple of the device count and, unlike the
     evaluators, not capped at N: validation keeps one compiled program whatever the split size."""

@@ -19,7 +19,9 @@ import numpy as np
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from robust_vision.evaluation.metrics import degradation_percent
+from robust_vision.metrics import degradation_percent
+from robust_vision.runs.paths import METRICS_FILE
+from robust_vision.tables import ROBUSTNESS_CSV
 from robust_vision.viz._common import (
     ACCURACY_LABEL,
     DEFAULT_DPI,
@@ -45,10 +47,6 @@ from robust_vision.viz._common import (
     style_context,
     unique,
 )
-
-METRICS_CSV = "metrics.csv"
-RESULTS_CSV = "robustness_results.csv"
-CONFIDENCES_NPZ = "confidences.npz"
 
 _ROBUSTNESS_REQUIRED = ("model", "noise_type", "level", "accuracy")
 
@@ -89,7 +87,7 @@ def plot_training_curves(run_dirs: Sequence[str | Path], out_dir: str | Path, st
     if not run_dirs:
         raise PlotError("no run directory given; pass directories that hold metrics.csv")
     run_dirs = [Path(d) for d in run_dirs]
-    tables = [read_table(d / METRICS_CSV, ("epoch", "train_loss", "train_accuracy")) for d in run_dirs]
+    tables = [read_table(d / METRICS_FILE, ("epoch", "train_loss", "train_accuracy")) for d in run_dirs]
     labels = run_labels(run_dirs)
     styles = resolve_styles(model_styles, labels)
     panels = [("loss", "Loss", "Loss (training objective, mean per example)", False),
@@ -138,7 +136,7 @@ def _degradation(table: dict, mask: np.ndarray) -> np.ndarray:
     """Degradation (%) of the masked rows, sorted by level; 0 at the clean level by definition.
 
     Uses the table's column when present, else derives it with the one definition in
-    :func:`robust_vision.evaluation.metrics.degradation_percent`.
+    :func:`robust_vision.metrics.degradation_percent`.
     """
     level, acc = sorted_by(table, mask, "level", "accuracy")
     if "degradation" in table:
@@ -164,63 +162,77 @@ def plot_robustness_curves(results_csv: str | Path, out_dir: str | Path, style: 
     formats = check_options(style, dpi, formats)
     table = read_table(results_csv, _ROBUSTNESS_REQUIRED)
     models = unique(table["model"])
-    noise_types = unique(table["noise_type"])
     styles = resolve_styles(model_styles, models)
-    written: list[Path] = []
     # Interval bands help with a few models and only clutter beyond that.
     show_bands = "n_images" in table and len(models) <= 4
-
-    specs = [("robustness_accuracy", "Accuracy under degraded input", ACCURACY_LABEL),
-             ("robustness_snr", "SNR (true class vs strongest rival) under degraded input", SNR_LABEL),
-             ("robustness_degradation", "Accuracy degradation relative to clean input",
-              "Degradation (% of clean accuracy)")]
-    for stem, title, ylabel in specs:
+    written: list[Path] = []
+    for stem in _ROBUSTNESS_FIGURES:
         if stem == "robustness_snr" and "snr" not in table:
             continue
         with style_context(style):
-            fig, axes = panel_grid(len(noise_types), sharey=stem != "robustness_snr")
-            for ax, noise in zip(axes, noise_types):
-                for model in models:
-                    mask = select(table, model=model, noise_type=noise)
-                    if not mask.any():
-                        continue
-                    st = styles[model]
-                    if stem == "robustness_accuracy":
-                        level, acc = sorted_by(table, mask, "level", "accuracy")
-                        plot_series(ax, level, acc, st)
-                        if show_bands:
-                            (_, n) = sorted_by(table, mask, "level", "n_images")
-                            with np.errstate(invalid="ignore", divide="ignore"):
-                                half = 1.96 * np.sqrt(acc * (1 - acc) / n)
-                            ok = np.isfinite(half)
-                            ax.fill_between(level[ok], (acc - half)[ok], (acc + half)[ok],
-                                            color=st["color"], alpha=0.15, linewidth=0)
-                    elif stem == "robustness_snr":
-                        level, snr = sorted_by(table, mask, "level", "snr")
-                        _warn_dropped_snr(snr, f"{model} {noise} snr")
-                        plot_series(ax, level, snr, st, log=True)
-                    else:
-                        level = sorted_by(table, mask, "level")[0]
-                        plot_series(ax, level, _degradation(table, mask), st)
-                ax.set_title(noise_title(noise))
-                ax.set_xlabel(noise_axis_label(noise))
-                # Shared y axes: one label per row is enough (and leaves the panels wider).
-                if stem == "robustness_snr" or axes.index(ax) % min(len(noise_types), 4) == 0:
-                    ax.set_ylabel(ylabel)
-                if stem == "robustness_accuracy":
-                    ax.set_ylim(-0.02, 1.02)
-                elif stem == "robustness_snr":
-                    ax.set_yscale("log")
-                else:
-                    ax.axhline(0.0, color="0.5", linewidth=0.8)
-            fig.suptitle(title)
-            handles = [legend_handle(m, color=styles[m]["color"], marker=styles[m]["marker"],
-                                     linestyle=styles[m]["linestyle"]) for m in models]
-            if stem == "robustness_accuracy" and show_bands:
-                handles.append(Patch(facecolor="0.5", alpha=0.3, label="95% interval (binomial, n images)"))
-            figure_legend(fig, handles)
+            fig = _robustness_figure(stem, table, models, styles, show_bands)
             written += save_figure(fig, out_dir, stem, dpi, formats)
     return written
+
+
+def _accuracy_series(ax, table, mask, st: SeriesStyle, label: str, bands: bool) -> None:
+    """Accuracy vs level, with its 95% binomial band over ``n_images`` when ``bands``."""
+    level, acc = sorted_by(table, mask, "level", "accuracy")
+    plot_series(ax, level, acc, st)
+    if bands:
+        (_, n) = sorted_by(table, mask, "level", "n_images")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            half = 1.96 * np.sqrt(acc * (1 - acc) / n)
+        ok = np.isfinite(half)
+        ax.fill_between(level[ok], (acc - half)[ok], (acc + half)[ok], color=st["color"], alpha=0.15, linewidth=0)
+
+
+def _snr_series(ax, table, mask, st: SeriesStyle, label: str, bands: bool) -> None:
+    level, snr = sorted_by(table, mask, "level", "snr")
+    _warn_dropped_snr(snr, f"{label} snr")
+    plot_series(ax, level, snr, st, log=True)
+
+
+def _degradation_series(ax, table, mask, st: SeriesStyle, label: str, bands: bool) -> None:
+    level = sorted_by(table, mask, "level")[0]
+    plot_series(ax, level, _degradation(table, mask), st)
+
+
+# The robustness figures: stem -> (title, y label, one model's series, the finish of each panel).
+_ROBUSTNESS_FIGURES = {
+    "robustness_accuracy": ("Accuracy under degraded input", ACCURACY_LABEL, _accuracy_series,
+                            lambda ax: ax.set_ylim(-0.02, 1.02)),
+    "robustness_snr": ("SNR (true class vs strongest rival) under degraded input", SNR_LABEL, _snr_series,
+                       lambda ax: ax.set_yscale("log")),
+    "robustness_degradation": ("Accuracy degradation relative to clean input", "Degradation (% of clean accuracy)",
+                               _degradation_series, lambda ax: ax.axhline(0.0, color="0.5", linewidth=0.8)),
+}
+
+
+def _robustness_figure(stem: str, table, models: Sequence[str], styles: Mapping[str, SeriesStyle],
+                       show_bands: bool):
+    """One robustness figure: a panel per noise type, a line per model."""
+    title, ylabel, series, finish = _ROBUSTNESS_FIGURES[stem]
+    noise_types = unique(table["noise_type"])
+    fig, axes = panel_grid(len(noise_types), sharey=stem != "robustness_snr")
+    for ax, noise in zip(axes, noise_types):
+        for model in models:
+            mask = select(table, model=model, noise_type=noise)
+            if mask.any():
+                series(ax, table, mask, styles[model], f"{model} {noise}", show_bands)
+        ax.set_title(noise_title(noise))
+        ax.set_xlabel(noise_axis_label(noise))
+        # Shared y axes: one label per row is enough (and leaves the panels wider).
+        if stem == "robustness_snr" or axes.index(ax) % min(len(noise_types), 4) == 0:
+            ax.set_ylabel(ylabel)
+        finish(ax)
+    fig.suptitle(title)
+    handles = [legend_handle(m, color=styles[m]["color"], marker=styles[m]["marker"],
+                             linestyle=styles[m]["linestyle"]) for m in models]
+    if stem == "robustness_accuracy" and show_bands:
+        handles.append(Patch(facecolor="0.5", alpha=0.3, label="95% interval (binomial, n images)"))
+    figure_legend(fig, handles)
+    return fig
 
 
 # --------------------------------------------------------------------------- confidence histograms
@@ -250,7 +262,7 @@ def plot_confidence_histograms(confidences_npz: str | Path, out_dir: str | Path,
     formats = check_options(style, dpi, formats)
     path = Path(confidences_npz)
     if not path.is_file():
-        raise PlotError(f"{str(path)!r} not found; robust-vision-eval writes it next to {RESULTS_CSV}")
+        raise PlotError(f"{str(path)!r} not found; robust-vision-eval writes it next to {ROBUSTNESS_CSV}")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: np.asarray(data[k], dtype=np.float64).ravel() for k in data.files}
@@ -313,9 +325,9 @@ def plot_comparison(results_dirs: Sequence[str | Path], out_dir: str | Path, sty
     """
     formats = check_options(style, dpi, formats)
     if not results_dirs:
-        raise PlotError(f"no results directory given; pass directories that hold {RESULTS_CSV}")
+        raise PlotError(f"no results directory given; pass directories that hold {ROBUSTNESS_CSV}")
     dirs = [Path(d) for d in results_dirs]
-    tables = [read_table(d / RESULTS_CSV, _ROBUSTNESS_REQUIRED) for d in dirs]
+    tables = [read_table(d / ROBUSTNESS_CSV, _ROBUSTNESS_REQUIRED) for d in dirs]
     series = []  # (label, table, model)
     for label, table in zip(run_labels(dirs), tables):
         models = unique(table["model"])

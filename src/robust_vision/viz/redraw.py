@@ -31,10 +31,21 @@ from robust_vision.viz._common import (
     series_styles,
     unique,
 )
-from robust_vision.viz.plots import (
+from robust_vision.runs.paths import METRICS_FILE
+from robust_vision.tables import (
+    ATTACK_RESULTS_CSV,
+    CERTIFIED_CSV,
     CONFIDENCES_NPZ,
-    METRICS_CSV,
-    RESULTS_CSV,
+    CONFORMAL_CSV,
+    CORRUPTION_RESULTS_CSV,
+    CORRUPTION_SUMMARY_CSV,
+    FIGURE_TABLES,
+    RELIABILITY_CSV,
+    ROBUSTNESS_CSV,
+    SELECTIVE_CSV,
+    VERIFIED_CSV,
+)
+from robust_vision.viz.plots import (
     plot_comparison,
     plot_confidence_histograms,
     plot_robustness_curves,
@@ -42,14 +53,6 @@ from robust_vision.viz.plots import (
     run_labels,
 )
 from robust_vision.viz.suite import (
-    ATTACK_RESULTS_CSV,
-    CERTIFIED_CSV,
-    CONFORMAL_CSV,
-    CORRUPTION_RESULTS_CSV,
-    CORRUPTION_SUMMARY_CSV,
-    RELIABILITY_CSV,
-    SELECTIVE_CSV,
-    VERIFIED_CSV,
     plot_attack_curves,
     plot_certified_accuracy,
     plot_conformal,
@@ -60,17 +63,21 @@ from robust_vision.viz.suite import (
     plot_verified_accuracy,
 )
 
-RESULT_FILES: tuple[str, ...] = (RESULTS_CSV, CONFIDENCES_NPZ, CORRUPTION_RESULTS_CSV, CORRUPTION_SUMMARY_CSV,
-                                 ATTACK_RESULTS_CSV, CERTIFIED_CSV, VERIFIED_CSV, RELIABILITY_CSV, CONFORMAL_CSV,
-                                 SELECTIVE_CSV)
-_KNOWN_FILES = (METRICS_CSV, *RESULT_FILES)
+_KNOWN_FILES = (METRICS_FILE, *FIGURE_TABLES)
+# The figure of each table of a results directory, in order, and whether it takes the result
+# set's model colours.
+_FIGURES = ((ROBUSTNESS_CSV, plot_robustness_curves, True), (CONFIDENCES_NPZ, plot_confidence_histograms, False),
+            (CORRUPTION_RESULTS_CSV, plot_corruption_errors, False), (CORRUPTION_SUMMARY_CSV, plot_corruption_ce, True),
+            (ATTACK_RESULTS_CSV, plot_attack_curves, True), (CERTIFIED_CSV, plot_certified_accuracy, True),
+            (VERIFIED_CSV, plot_verified_accuracy, False), (RELIABILITY_CSV, plot_reliability, False),
+            (CONFORMAL_CSV, plot_conformal, True), (SELECTIVE_CSV, plot_selective_accuracy, False))
 # Tables whose "model" column names the models of a result set (for consistent colours).
-_MODEL_TABLES = (RESULTS_CSV, CORRUPTION_SUMMARY_CSV, ATTACK_RESULTS_CSV, CERTIFIED_CSV, CONFORMAL_CSV)
+_MODEL_TABLES = (ROBUSTNESS_CSV, CORRUPTION_SUMMARY_CSV, ATTACK_RESULTS_CSV, CERTIFIED_CSV, CONFORMAL_CSV)
 
 
 def _expected() -> str:
-    return (f"a run directory holds {METRICS_CSV}; a results directory holds {RESULTS_CSV} "
-            f"(or any of {', '.join(RESULT_FILES[1:])})")
+    return (f"a run directory holds {METRICS_FILE}; a results directory holds {ROBUSTNESS_CSV} "
+            f"(or any of {', '.join(FIGURE_TABLES[1:])})")
 
 
 def classify(path: str | Path) -> tuple[Path, bool, bool]:
@@ -82,8 +89,8 @@ def classify(path: str | Path) -> tuple[Path, bool, bool]:
         raise PlotError(f"{str(path)!r} does not exist; {_expected()}")
     if not path.is_dir():
         raise PlotError(f"{str(path)!r} is not a directory; {_expected()}")
-    is_run = (path / METRICS_CSV).is_file()
-    is_results = any((path / name).is_file() for name in RESULT_FILES)
+    is_run = (path / METRICS_FILE).is_file()
+    is_results = any((path / name).is_file() for name in FIGURE_TABLES)
     if not (is_run or is_results):
         raise PlotError(f"{str(path)!r} holds no tables to plot; {_expected()}")
     return path, is_run, is_results
@@ -103,26 +110,12 @@ def _results_figures(d: Path, out: Path, style: str, dpi: int, formats: list[str
     styles = _model_styles(d)
     kw = {"style": style, "dpi": dpi, "formats": formats}
     written: list[Path] = []
-    if (d / RESULTS_CSV).is_file():
-        written += plot_robustness_curves(d / RESULTS_CSV, out, model_styles=styles, **kw)
-    if (d / CONFIDENCES_NPZ).is_file():
-        written += plot_confidence_histograms(d / CONFIDENCES_NPZ, out, **kw)
-    if (d / CORRUPTION_RESULTS_CSV).is_file():
-        written += plot_corruption_errors(d / CORRUPTION_RESULTS_CSV, out, **kw)
-    if (d / CORRUPTION_SUMMARY_CSV).is_file():
-        written += plot_corruption_ce(d / CORRUPTION_SUMMARY_CSV, out, model_styles=styles, **kw)
-    if (d / ATTACK_RESULTS_CSV).is_file():
-        written += plot_attack_curves(d / ATTACK_RESULTS_CSV, out, model_styles=styles, **kw)
-    if (d / CERTIFIED_CSV).is_file():
-        written += plot_certified_accuracy(d / CERTIFIED_CSV, out, model_styles=styles, **kw)
-    if (d / VERIFIED_CSV).is_file():
-        written += plot_verified_accuracy(d / VERIFIED_CSV, out, **kw)
-    if (d / RELIABILITY_CSV).is_file():
-        written += plot_reliability(d / RELIABILITY_CSV, out, results_csv=d / RESULTS_CSV, **kw)
-    if (d / CONFORMAL_CSV).is_file():
-        written += plot_conformal(d / CONFORMAL_CSV, out, model_styles=styles, **kw)
-    if (d / SELECTIVE_CSV).is_file():
-        written += plot_selective_accuracy(d / SELECTIVE_CSV, out, **kw)
+    for name, plot, styled in _FIGURES:
+        if (d / name).is_file():
+            extra = {"model_styles": styles} if styled else {}
+            if plot is plot_reliability:  # the legend shows each condition's ECE from the grid
+                extra = {"results_csv": d / ROBUSTNESS_CSV}
+            written += plot(d / name, out, **extra, **kw)
     return written
 
 
@@ -170,7 +163,7 @@ def redraw(paths: Sequence[str | Path], out_dir: str | Path | None = None, style
             written += _results_figures(d, own_out[d], style, dpi, formats)
     if len(run_dirs) > 1:
         written += plot_training_curves(run_dirs, cross_out, stem="training_curves_comparison", **kw)
-    comparable = [d for d in results_dirs if (d / RESULTS_CSV).is_file()]
+    comparable = [d for d in results_dirs if (d / ROBUSTNESS_CSV).is_file()]
     if len(comparable) > 1:
         written += plot_comparison(comparable, cross_out, stem="robustness_curves_comparison", **kw)
     return written

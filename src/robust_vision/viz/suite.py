@@ -37,15 +37,6 @@ from robust_vision.viz._common import (
     unique,
 )
 
-CORRUPTION_RESULTS_CSV = "corruption_results.csv"
-CORRUPTION_SUMMARY_CSV = "corruption_summary.csv"
-ATTACK_RESULTS_CSV = "attack_results.csv"
-CERTIFIED_CSV = "certified_accuracy.csv"
-VERIFIED_CSV = "verified_results.csv"
-RELIABILITY_CSV = "reliability.csv"
-CONFORMAL_CSV = "conformal_results.csv"
-SELECTIVE_CSV = "selective_accuracy.csv"
-
 
 def _model_legend(fig, models: Sequence[str], styles: Mapping[str, SeriesStyle], extra: Sequence = ()) -> None:
     figure_legend(fig, [legend_handle(m, color=styles[m]["color"], marker=styles[m]["marker"],
