@@ -417,8 +417,10 @@ def run_trial(trial: Trial, spec: SweepSpec, *, log: Log, train_log: Log) -> dic
     A diverged run (TrainingError) gives a ``failed`` row with the error; other errors
     propagate and leave the trial to be resumed by the next run of the sweep.
     """
+    from robust_vision.preflight import check_memory
     from robust_vision.runs.resume import TrainingError
 
+    check_memory(trial.cfg)  # the trainer does not: each command checks once (a trial may sweep the batch size)
     t0 = time.perf_counter()
     resume = _resumable(trial, log)
     row: dict[str, Any] = {"trial_id": trial.trial_id, **trial.params, "run_dir": str(trial.run_dir),

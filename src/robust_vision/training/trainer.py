@@ -145,17 +145,16 @@ def _train_hooks(tcfg, steps_per_epoch: int | None = None) -> dict:
 def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = print) -> TrainResult:
     """Train the model of ``cfg`` and write the run directory ``cfg.training.checkpoint_dir``.
 
-    Before anything is loaded: the run request is checked, the sizes are checked against the
-    machine's memory (``preflight.check_memory``) and the run directory is locked, so a second
-    training on the same directory stops at once with a one-line error.
+    Before anything is loaded: the run request is checked and the run directory is locked, so a
+    second training on the same directory stops at once with a one-line error. The sizes are
+    checked against the machine's memory (``preflight.check_memory``) once per command, by the
+    command, before JAX is imported (``robust-vision-train``, a sweep trial, a research run).
     """
     from contextlib import nullcontext
 
-    from robust_vision.preflight import check_memory
     from robust_vision.runs.lock import RunLock
 
     check_run_request(cfg, resume)
-    check_memory(cfg)
     # One lock per run: process 0 holds it for the whole process group (the others share the run).
     with RunLock(cfg.training.checkpoint_dir) if is_main_process() else nullcontext():
         if resume and run_finished(cfg.training.checkpoint_dir, cfg):
