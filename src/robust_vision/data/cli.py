@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from robust_vision.data.datasets import SPLIT_NAMES, DatasetError
+from robust_vision.data.readers import SPLIT_NAMES, DatasetError
 from robust_vision.data.sources import RecordSource, describe_splits, open_splits
 
 

@@ -44,7 +44,7 @@ def published_corruption_errors(logits_fn: Callable, path: str, suite: str, imag
 
     Images are converted to the checkpoint's ``image_shape``; ``clean`` (the uncorrupted test
     split, optional) gives ``clean_error`` (NaN without it: relative CE then needs it)."""
-    from robust_vision.data.datasets import DatasetError
+    from robust_vision.data.readers import DatasetError
     from robust_vision.evaluation.suite import CorruptionErrors
 
     errors: dict[tuple[str, int], float] = {}

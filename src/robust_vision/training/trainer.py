@@ -27,7 +27,6 @@ from tqdm.auto import tqdm
 
 from robust_vision.io import write_csv
 from robust_vision.config import Config, ConfigError, config_to_dict, save_config
-from robust_vision.data.datasets import Dataset, load_dataset
 from robust_vision.data.batch import to_unit_float
 from robust_vision.data.pipeline import (check_batch_divisible, data_mesh, device_multiple, eval_batches, num_batches,
                                          replicate, train_batches)
