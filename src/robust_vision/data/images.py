@@ -61,3 +61,4 @@ def preprocess(image: np.ndarray, image_size: tuple[int, int] | None, channels: 
         pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
         out = np.asarray(pil.resize((int(image_size[1]), int(image_size[0])), Image.BILINEAR))
         image = out[..., None] if out.ndim == 2 else out
+    return image
