@@ -294,23 +294,33 @@ def _digits(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
                                                             f"sklearn digits: {len(images)} images"))}
 
 
+def _visible(parts: tuple[str, ...]) -> bool:
+    return bool(parts) and parts[0] != "__MACOSX" and not any(p.startswith(".") for p in parts)
+
+
 def list_image_files(root: Path) -> list[str]:
     """Relative paths (posix, sorted) of every image file under a directory or inside a zip,
-    hidden files and ``__MACOSX`` left out."""
+    hidden files and ``__MACOSX`` left out. A folder holding neither images nor folders is a
+    DatasetError: it would silently drop a class (and shift every later label)."""
     if root.is_file():
         if not zipfile.is_zipfile(root):
             raise DatasetError(f"image_folder: '{root}' is a file but not a .zip archive; expected a directory with "
                                "one sub-folder per class, or a .zip of one")
         with zipfile.ZipFile(root) as z:
-            names = [i.filename for i in z.infolist() if not i.is_dir()]
+            entries = [(i.filename, i.is_dir()) for i in z.infolist()]
     else:
-        names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
-    keep = []
-    for n in names:
-        parts = PurePosixPath(n).parts
-        if parts and parts[0] != "__MACOSX" and not any(p.startswith(".") for p in parts) \
-                and parts[-1].lower().endswith(IMAGE_SUFFIXES):
-            keep.append(n)
+        entries = [(p.relative_to(root).as_posix(), p.is_dir()) for p in root.rglob("*")]
+    # An absolute member name ("/cat/1.png") is read as relative: "/" is not a folder.
+    paths = [(name, PurePosixPath(name.lstrip("/")).parts, is_dir) for name, is_dir in entries]
+    keep = [name for name, parts, is_dir in paths
+            if not is_dir and _visible(parts) and parts[-1].lower().endswith(IMAGE_SUFFIXES)]
+    folders = {parts for _, parts, is_dir in paths if is_dir and _visible(parts)}
+    holding = {parts[:k] for parts in [*folders, *(PurePosixPath(n.lstrip("/")).parts for n in keep)]
+               for k in range(1, len(parts))}
+    empty = sorted(folders - holding)
+    if empty:
+        raise DatasetError(f"image_folder: class folder '{'/'.join(empty[0])}' in '{root}' holds no images; "
+                           "add its images or remove the folder")
     return sorted(keep)
 
 
