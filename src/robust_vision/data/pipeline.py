@@ -33,13 +33,19 @@ def batch_indices(num_examples: int, batch_size: int, order: np.ndarray | None =
     """Yield fixed-size batches covering ``order`` (default 0..n-1) exactly once."""
     order = np.arange(num_examples) if order is None else np.asarray(order)
     for start in range(0, num_examples, batch_size):
-        idx = order[start:start + batch_size]
-        real = idx.shape[0]
-        mask = np.ones(batch_size, np.float32)
-        if real < batch_size:
-            idx = np.concatenate([idx, np.resize(order[:max(real, 1)], batch_size - real)])
-            mask[real:] = 0.0
-        yield BatchIndices(idx, mask)
+        yield _padded(order, start, batch_size)
+
+
+def _padded(order: np.ndarray, start: int, batch_size: int) -> BatchIndices:
+    """The batch of ``order`` from ``start``; a last partial batch is padded by repeating the
+    order's first indices (``mask`` 0 there)."""
+    idx = order[start:start + batch_size]
+    real = idx.shape[0]
+    mask = np.ones(batch_size, np.float32)
+    if real < batch_size:
+        idx = np.concatenate([idx, np.resize(order[:max(real, 1)], batch_size - real)])
+        mask[real:] = 0.0
+    return BatchIndices(idx, mask)
 
 
 def num_batches(num_examples: int, batch_size: int) -> int:
@@ -178,16 +184,10 @@ class _BatchPlan:
         return num_batches(len(self.order), self.batch_size)
 
     def __getitem__(self, b: int) -> BatchIndices:
-        start = int(b) * self.batch_size
-        idx = self.order[start:start + self.batch_size]
-        real = idx.shape[0]
-        mask = np.ones(self.batch_size, np.float32)
-        if real < self.batch_size:  # same padding as batch_indices: repeat the epoch's first indices
-            idx = np.concatenate([idx, np.resize(self.order[:max(real, 1)], self.batch_size - real)])
-            mask[real:] = 0.0
+        batch = _padded(self.order, int(b) * self.batch_size, self.batch_size)  # batch_indices' padding
         per = self.batch_size // self.shard_count
         part = slice(self.shard_index * per, (self.shard_index + 1) * per)
-        return BatchIndices(idx[part], mask[part])
+        return BatchIndices(batch.indices[part], batch.mask[part])
 
 
 @dataclass(frozen=True)

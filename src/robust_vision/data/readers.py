@@ -106,28 +106,37 @@ def restricted_pickle_load(path: Path) -> Any:
 
 
 def str_keys(obj: Any, path: Path) -> dict[str, Any]:
+    """A CIFAR pickle's dict with str keys (the files store bytes keys)."""
     if not isinstance(obj, dict):
-        raise DatasetError(f"cifar10: '{path}' holds a {type(obj).__name__}; expected a dict with "
-                           "'data' and 'labels' (a CIFAR-10 python batch)")
+        raise DatasetError(f"cifar: '{path}' holds a {type(obj).__name__}; expected a dict with "
+                           "'data' and labels (a CIFAR python batch)")
     return {(k.decode("latin1") if isinstance(k, bytes) else str(k)): v for k, v in obj.items()}
 
 
-def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR-10 python batch: uint8 images (N, 32, 32, 3) and their labels (N,)."""
+def read_cifar_batch(path: Path, label_key: str = "labels", layout: str = "cifar10") -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR python batch: uint8 images (N, 32, 32, 3) and the labels under ``label_key`` (N,)
+    (CIFAR-10 ``labels``; CIFAR-100 ``fine_labels`` or ``coarse_labels``)."""
     d = str_keys(restricted_pickle_load(path), path)
-    if "data" not in d or "labels" not in d:
-        raise DatasetError(f"cifar10: '{path}' has keys {sorted(d)}; expected 'data' and 'labels' "
-                           "(a CIFAR-10 python batch)")
-    data, labels = np.asarray(d["data"]), np.asarray(d["labels"])
+    if "data" not in d or label_key not in d:
+        raise DatasetError(f"{layout}: '{path}' has keys {sorted(d)}; expected 'data' and '{label_key}' "
+                           "(a CIFAR python batch)")
+    data, labels = np.asarray(d["data"]), np.asarray(d[label_key])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise DatasetError(f"cifar10: '{path}' has data of dtype {data.dtype} and shape {data.shape}; "
+        raise DatasetError(f"{layout}: '{path}' has data of dtype {data.dtype} and shape {data.shape}; "
                            "expected uint8 (N, 3072)")
     if labels.shape != (data.shape[0],):
-        raise DatasetError(f"cifar10: '{path}' has {labels.size} labels for {data.shape[0]} images; "
+        raise DatasetError(f"{layout}: '{path}' has {labels.size} labels for {data.shape[0]} images; "
                            "expected one label per image")
     # Rows are CHW-ordered (1024 red, 1024 green, 1024 blue values): reshape, then move C last.
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
+
+def cifar_label_names(path: Path, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """The class names under ``key`` of the CIFAR meta pickle ``path``; ``default`` without one."""
+    if not path.is_file():
+        return default
+    meta = str_keys(restricted_pickle_load(path), path)
+    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[key]) if key in meta else default
 
 
 # --------------------------------------------------------------------------- IDX files (MNIST)

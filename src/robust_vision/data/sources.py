@@ -52,8 +52,8 @@ import numpy as np
 from robust_vision.data.batch import to_unit_float
 from robust_vision.data.images import preprocess
 from robust_vision.data.readers import (CIFAR10_CLASSES, IDX_IMAGES, IDX_LABELS, IMAGE_SUFFIXES, SPLIT_NAMES,
-                                        DatasetError, decode_image, find_idx, read_cifar_batch, read_idx,
-                                        read_zip_member, restricted_pickle_load, str_keys)
+                                        DatasetError, cifar_label_names, decode_image, find_idx, read_cifar_batch,
+                                        read_idx, read_zip_member)
 
 if TYPE_CHECKING:
     from robust_vision.config import DataConfig
@@ -92,12 +92,6 @@ class RecordSource:
 
     def _read(self, index: int) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def with_description(self, description: str) -> "RecordSource":
-        clone = object.__new__(type(self))
-        clone.__dict__.update(self.__dict__)
-        clone.info = replace(self.info, description=description)
-        return clone
 
 
 class ArraySource(RecordSource):
@@ -375,11 +369,7 @@ def _cifar10(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
     if not batches or not (folder / "test_batch").is_file():
         raise DatasetError(f"cifar10: expected data_batch_1..5 and test_batch in '{folder}' "
                            "(the python-pickle CIFAR-10 batches); not found")
-    names = CIFAR10_CLASSES
-    if (folder / "batches.meta").is_file():
-        meta = str_keys(restricted_pickle_load(folder / "batches.meta"), folder / "batches.meta")
-        if "label_names" in meta:
-            names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"])
+    names = cifar_label_names(folder / "batches.meta", "label_names", CIFAR10_CLASSES)
     out: _Parts = {}
     if wanted & {"train", "val"}:
         pairs = [read_cifar_batch(b) for b in batches]
@@ -399,23 +389,13 @@ def _cifar100(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
         raise DatasetError(f"cifar100: expected the files train and test (and meta) in '{folder}' "
                            "(the python-pickle CIFAR-100 release); not found")
     key = "coarse_labels" if coarse else "fine_labels"
-    names: tuple[str, ...] = tuple(str(i) for i in range(20 if coarse else 100))
-    if (folder / "meta").is_file():
-        meta = str_keys(restricted_pickle_load(folder / "meta"), folder / "meta")
-        nk = "coarse_label_names" if coarse else "fine_label_names"
-        if nk in meta:
-            names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[nk])
+    names_key = "coarse_label_names" if coarse else "fine_label_names"
+    names = cifar_label_names(folder / "meta", names_key, tuple(str(i) for i in range(20 if coarse else 100)))
     out: _Parts = {}
     for split, file in (("train", "train"), ("test", "test")):
         if split not in wanted and not (split == "train" and "val" in wanted):
             continue
-        d = str_keys(restricted_pickle_load(folder / file), folder / file)
-        data = np.asarray(d.get("data"))
-        labels = np.asarray(d.get(key, []))
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (len(data),):
-            raise DatasetError(f"cifar100: '{folder / file}' has data {data.dtype} {data.shape} and {labels.size} "
-                               f"{key}; expected uint8 (N, 3072) and N labels")
-        x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        x, labels = read_cifar_batch(folder / file, key, "cifar100")
         out[split] = ArraySource(x, labels, _info(names, (32, 32, 3), f"cifar100 '{folder / file}' ({key}): "
                                                                        f"{len(labels)} images"))
     return out
@@ -597,8 +577,8 @@ def _prepared(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
             continue
         y = np.load(root / split / "labels.npy")
         src = NpyRowSource(root / split / "images.npy", y, _info(names, None, ""))
-        out[split] = NpyRowSource(root / split / "images.npy", y, _info(
-            names, src.shape[1:], f"prepared '{root}/{split}' ({entry.get('from', '?')}): {len(y)} images"))
+        src.info = _info(names, src.shape[1:], f"prepared '{root}/{split}' ({entry.get('from', '?')}): {len(y)} images")
+        out[split] = src
     return out
 
 
