@@ -904,7 +904,7 @@ def source_shape(data: "DataConfig") -> tuple[Optional[int], Optional[tuple[int,
     elif data.data_dir:
         try:
             parts = _read_parts(data, set(SPLIT_NAMES))
-        except DatasetError:
+        except (DatasetError, OSError, ValueError, KeyError):  # unreadable: the readers report it later
             parts = {}
         if parts:
             n = sum(len(p) for p in parts.values())
