@@ -7,7 +7,7 @@
 For each model, a RobustBench architecture or the project's CNN (``models/torch_reference.py``,
 PyTorch's random initialisation, batch-norm statistics of the benchmark images) is built in
 PyTorch and its weights imported into ours
-(``models/import_weights.convert_state_dict``; the logits agree to float round-off, printed).
+(``runs/import_weights.convert_state_dict``; the logits agree to float round-off, printed).
 Labels are the model's own clean predictions, so every image starts correctly classified and
 both implementations attack all of them. Each attack runs on all images:
 
@@ -43,7 +43,6 @@ default 8/255 is AutoAttack's budget.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 import time
@@ -105,11 +104,11 @@ def _ours_logits(ref, registry: str, options: dict):
 
     from robust_vision.models import MODELS
     from robust_vision.models.cnn import ProductionCNN
-    from robust_vision.models.import_weights import _to_ours, convert_state_dict, torch_key
+    from robust_vision.runs.import_weights import _to_ours, convert_state_dict, torch_key
     from robust_vision.models.stages import path_names
     from robust_vision.models.robustbench import PreActResNet18, WideResNet
     from robust_vision.models.torch_reference import state_dict_arrays
-    from robust_vision.training.steps import make_logits_fn, split_model
+    from robust_vision.models.state import make_logits_fn, split_model
 
     cls = {"cnn": ProductionCNN, "preact_resnet18": PreActResNet18}.get(registry, WideResNet)
     assert registry in MODELS

@@ -92,7 +92,9 @@ def ours_engine(source, batch: int, width: int):
     from robust_vision.evaluation.batched import prefetch_to_device
     from robust_vision.losses import make_loss
     from robust_vision.models import create_model
-    from robust_vision.training.steps import init_train_state, make_optimizer, make_train_step, split_model
+    from robust_vision.models.state import split_model
+    from robust_vision.optim import init_train_state, make_optimizer
+    from robust_vision.training.steps import make_train_step
 
     model = create_model(ModelConfig(name="preact_resnet18", width=width), input_shape=(32, 32, 3),
                          num_classes=NUM_CLASSES, seed=0)

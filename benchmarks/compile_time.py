@@ -92,7 +92,8 @@ def _per_attack(work: Path) -> dict:
     from robust_vision.data.sources import converted_splits, read_examples
     from robust_vision.runs.loading import load_trained_model
     from robust_vision.losses import make_loss
-    from robust_vision.training.steps import init_train_state, make_run_optimizer, make_train_step
+    from robust_vision.optim import init_train_state, make_run_optimizer
+    from robust_vision.training.steps import make_train_step
 
     enable_compile_cache()
     model = load_trained_model(work / "quickstart")

@@ -222,7 +222,9 @@ def step_rate(features: list[int], batch_size: int, steps: int) -> float:
     from robust_vision.data.batch import to_unit_float
     from robust_vision.losses import make_loss
     from robust_vision.models import create_model
-    from robust_vision.training.steps import init_train_state, make_run_optimizer, make_train_step, split_model
+    from robust_vision.models.state import split_model
+    from robust_vision.optim import init_train_state, make_run_optimizer
+    from robust_vision.training.steps import make_train_step
 
     cfg = load_config(None, [f"model.features=[{', '.join(map(str, features))}]", f"training.batch_size={batch_size}"])
     model = create_model(cfg.model, input_shape=SHAPE, num_classes=10, seed=0)

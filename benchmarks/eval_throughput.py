@@ -22,7 +22,7 @@ import numpy as np
 from robust_vision.config import ModelConfig
 from robust_vision.evaluation.robustness import batch_split, evaluate_condition
 from robust_vision.models import create_model
-from robust_vision.training.steps import make_logits_fn, split_model
+from robust_vision.models.state import make_logits_fn, split_model
 
 
 def _best_time(fn, repeats: int) -> float:

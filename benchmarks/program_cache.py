@@ -36,8 +36,9 @@ def _setup(features: list[int], batch: int):
     from robust_vision.config import load_config
     from robust_vision.losses import make_loss
     from robust_vision.models import create_model
-    from robust_vision.training.steps import (init_train_state, make_optimizer, make_train_step, model_program_key,
-                                              split_model)
+    from robust_vision.models.state import model_program_key, split_model
+    from robust_vision.optim import init_train_state, make_optimizer
+    from robust_vision.training.steps import make_train_step
 
     cfg = load_config(None, [f"model.features={list(features)}"])
     parts = split_model(create_model(cfg.model, input_shape=(32, 32, 3), num_classes=10, seed=0))
@@ -62,7 +63,7 @@ def _child(variant: str, features: list[int], batch: int) -> dict:
 
     from robust_vision.evaluation.robustness import _grid_program
     from robust_vision.runs.loading import Forward
-    from robust_vision.training.steps import make_logits_fn, model_program_key
+    from robust_vision.models.state import make_logits_fn, model_program_key
 
     cfg, parts, steps, fresh_state, (x, y, mask) = _setup(features, batch)
     out = {}

@@ -41,7 +41,9 @@ def _worker(args: argparse.Namespace) -> None:
     from robust_vision.data.pipeline import data_mesh, local_rows, replicate, shard_batch
     from robust_vision.losses import make_loss
     from robust_vision.models import create_model
-    from robust_vision.training.steps import init_train_state, make_optimizer, make_train_step, split_model
+    from robust_vision.models.state import split_model
+    from robust_vision.optim import init_train_state, make_optimizer
+    from robust_vision.training.steps import make_train_step
 
     cfg = load_config(None, [f"model.features=[{', '.join(map(str, args.features))}]", "training.ema_enabled=true",
                              f"training.batch_size={args.batch}"])

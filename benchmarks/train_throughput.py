@@ -71,7 +71,9 @@ def ours_engine(features, batch: int, size: int):
 
     from robust_vision.config import TrainingConfig
     from robust_vision.losses import make_loss
-    from robust_vision.training.steps import init_train_state, make_optimizer, make_train_step, split_model
+    from robust_vision.models.state import split_model
+    from robust_vision.optim import init_train_state, make_optimizer
+    from robust_vision.training.steps import make_train_step
 
     _, model = _cnn(features)
     parts = split_model(model)

@@ -79,7 +79,7 @@ _FIGURE_SUFFIXES = {".png", ".pdf", ".svg"}
 # Columns / keys / lines that measure time or describe the machine: they differ between any
 # two runs and are not behaviour.
 _VOLATILE = re.compile(
-    r"(second|time|_s$|elapsed|wall|duration|throughput|per_s|date|created|timestamp|"
+    r"(second|time|timing|_s$|elapsed|wall|duration|throughput|per_s|date|created|timestamp|"
     r"host|version|cache|pid|path)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
 
@@ -125,37 +125,55 @@ def _strip_volatile_json(value):
     return value
 
 
-def _csv_rows(path: Path) -> list[list[str]]:
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+def _table_rows(rows: list[list[str]]) -> list[list[str]]:
+    """``rows`` (a header row first) without the volatile columns."""
     if not rows:
         return rows
     keep = [i for i, col in enumerate(rows[0]) if not _VOLATILE.search(col)]
     return [[row[i] if i < len(row) else "" for i in keep] for row in rows]
 
 
-def _file_differs(a: Path, b: Path, tol: float) -> str | None:
-    """None when equal (bytes, or numbers within tol); else a one-line reason."""
+def _text_lines(text: str) -> list[str]:
+    """Lines of a text file without volatile lines; markdown tables lose their volatile columns."""
+    out, table = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            table.append([c.strip() for c in line.strip("|").split("|")])
+            continue
+        if table:
+            out.extend("|".join(r) for r in _table_rows(table))
+            table = []
+        if not _VOLATILE.search(line):
+            out.append(line)
+    return out
+
+
+def _file_differs(a: Path, b: Path, tol: float, roots: tuple[Path, Path] | None = None) -> str | None:
+    """None when equal (bytes, or numbers within tol); else a one-line reason. ``roots``: the two
+    snapshot directories, which the files may name (run_dir, output_dir); each reads "<root>"."""
     da, db = a.read_bytes(), b.read_bytes()
     if da == db:
         return None
+    if roots is not None:
+        da = da.replace(str(roots[0]).encode(), b"<root>")
+        db = db.replace(str(roots[1]).encode(), b"<root>")
+    ta, tb = da.decode(errors="replace"), db.decode(errors="replace")
     if a.suffix == ".json":
         try:
-            ja = json.dumps(_strip_volatile_json(json.loads(da)), sort_keys=True)
-            jb = json.dumps(_strip_volatile_json(json.loads(db)), sort_keys=True)
+            ta = json.dumps(_strip_volatile_json(json.loads(ta)), sort_keys=True)
+            tb = json.dumps(_strip_volatile_json(json.loads(tb)), sort_keys=True)
         except ValueError:
-            ja, jb = da.decode(errors="replace"), db.decode(errors="replace")
-        return None if _numbers_close(ja, jb, tol) else "JSON differs"
+            pass
+        return None if _numbers_close(ta, tb, tol) else "JSON differs"
     if a.suffix == ".csv":
-        ra, rb = _csv_rows(a), _csv_rows(b)
+        ra, rb = _table_rows(list(csv.reader(ta.splitlines()))), _table_rows(list(csv.reader(tb.splitlines())))
         if len(ra) != len(rb):
             return f"{len(ra)} vs {len(rb)} rows"
         for i, (x, y) in enumerate(zip(ra, rb)):
             if not _numbers_close(",".join(x), ",".join(y), tol):
                 return f"row {i}: {x} vs {y}"
         return None
-    la = [ln for ln in da.decode(errors="replace").splitlines() if not _VOLATILE.search(ln)]
-    lb = [ln for ln in db.decode(errors="replace").splitlines() if not _VOLATILE.search(ln)]
+    la, lb = _text_lines(ta), _text_lines(tb)
     if len(la) != len(lb):
         return f"{len(la)} vs {len(lb)} lines"
     for x, y in zip(la, lb):
@@ -178,7 +196,7 @@ def compare(before: Path, after: Path, tol: float) -> int:
         problems.append(f"{name}: only in {'before' if name in tables_a | figures_a else 'after'}")
     identical = 0
     for name in sorted(tables_a & tables_b):
-        reason = _file_differs(before / name, after / name, tol)
+        reason = _file_differs(before / name, after / name, tol, (before.resolve(), after.resolve()))
         if reason is None:
             identical += (before / name).read_bytes() == (after / name).read_bytes()
         else:

@@ -23,7 +23,8 @@ import pytest
 
 from conftest import tiny_overrides
 from robust_vision.config import DataConfig, load_config
-from robust_vision.preflight import RunLock, SizeError, check_memory, check_output_dir
+from robust_vision.preflight import SizeError, check_memory, check_output_dir
+from robust_vision.runs.lock import RunLock
 
 GIB = 2**30
 
@@ -342,7 +343,7 @@ def test_ctrl_c_exits_130_cleanly(tmp_path, repo_root, when):
 
 
 def test_sweep_freezes_its_base_config(tmp_path):
-    from robust_vision.experiments.sweep import TrialFactory
+    from robust_vision.experiments.trials import TrialFactory
 
     path = tmp_path / "base.yaml"
     path.write_text("training:\n  epochs: 3\nsweep:\n  parameters:\n    training.margin_lambda: [1, 2]\n")
@@ -353,24 +354,24 @@ def test_sweep_freezes_its_base_config(tmp_path):
 
 
 def test_interrupted_trial_is_marked_interrupted(tmp_path, monkeypatch):
-    from robust_vision.experiments import sweep
+    from robust_vision.experiments import trials
 
     path = tmp_path / "base.yaml"
     path.write_text("sweep:\n  parameters:\n    training.margin_lambda: [1]\n")
-    spec = sweep.parse_sweep_section({"parameters": {"training.margin_lambda": [1]}})
-    trial = sweep.TrialFactory(path, [], tmp_path, progress_bar=False).build({"training.margin_lambda": 1})
+    spec = trials.parse_sweep_section({"parameters": {"training.margin_lambda": [1]}})
+    trial = trials.TrialFactory(path, [], tmp_path, progress_bar=False).build({"training.margin_lambda": 1})
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sweep, "run_trial", interrupted)
-    table = sweep._Table(tmp_path, spec.keys)
-    runner = sweep._Runner(table, spec, retry_failed=False, log=lambda s: None, train_log=lambda s: None)
+    monkeypatch.setattr(trials, "run_trial", interrupted)
+    table = trials.TrialTable(tmp_path, spec.keys)
+    runner = trials.TrialRunner(table, spec, retry_failed=False, log=lambda s: None, train_log=lambda s: None)
     with pytest.raises(KeyboardInterrupt):
         runner(trial, 1, 1)
-    rows, _ = sweep.read_trials(tmp_path / "trials.csv")
+    rows, _ = trials.read_trials(tmp_path / "trials.csv")
     assert rows[trial.trial_id]["status"] == "interrupted"
-    assert not sweep._Table(tmp_path, spec.keys).finished(trial.trial_id, False)  # resumed by the next run
+    assert not trials.TrialTable(tmp_path, spec.keys).finished(trial.trial_id, False)  # resumed by the next run
 
 
 # --------------------------------------------------------------------------- tables given to plot / compare

@@ -10,12 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import REPO_ROOT, tiny_overrides
+
 from robust_vision.config import ConfigError, TrainingConfig, load_config
 from robust_vision.models import MODELS
-from robust_vision.training.steps import make_optimizer, make_schedule
-from robust_vision.training.trainer import METRIC_COLUMNS, check_run_request, stop_early, train
+from robust_vision.optim import make_optimizer, make_schedule
+from robust_vision.runs.history import METRIC_COLUMNS
+from robust_vision.runs.resume import check_run_request
+from robust_vision.training.trainer import stop_early, train
 
 RECIPES = sorted((REPO_ROOT / "configs" / "cifar10").glob("*.yaml"))
 QUIET = dict(log=lambda _msg: None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -15,11 +16,14 @@ import pytest
 from flax import nnx
 
 from robust_vision.config import ConfigError, load_config
+from robust_vision.data.sources import converted, open_splits, read_examples
 from robust_vision.models import MODELS
 from robust_vision.models.crossbar import CrossbarModel, crossbar_log_scores
+from robust_vision.runs.history import METRIC_COLUMNS
+from robust_vision.runs.resume import TrainingError
 from robust_vision.training.crossbar_trainer import train_local_rule
 from robust_vision.training.hebbian import train_crossbar
-from robust_vision.training.trainer import METRIC_COLUMNS, TrainingError, dataset_for
+from robust_vision.training.loop import training_sources
 
 assert "crossbar" in MODELS
 
@@ -66,14 +70,15 @@ def test_hebbian_run_dir_matches_train_crossbar_and_loads(repo_root, tmp_path):
     assert {"mean", "std", "min", "max", "diverged"} <= set(stats) and stats["diverged"] is False
 
     # The same numbers as the study's helper: W from the last checkpoint == train_crossbar's W.
-    ds = dataset_for(cfg)
-    W_ref, _ = train_crossbar(jax.random.key(cfg.training.seed), ds.train.images, ds.train.labels, rule="hebbian",
+    data = training_sources(cfg)
+    train_images, train_labels = read_examples(data.train)
+    W_ref, _ = train_crossbar(jax.random.key(cfg.training.seed), train_images, train_labels, rule="hebbian",
                               eta=0.2, epochs=3, batch_size=64, num_classes=2)
     loaded = load_trained_model(run / "checkpoints" / "epochs")
     W = np.asarray(loaded.params["W"][...])
     np.testing.assert_allclose(W, np.asarray(W_ref), rtol=1e-5, atol=1e-7)
     # The loaded forward is log(W^T x + 1e-6): the evaluator's SNR exp(margin) is s_target / s_control.
-    x = ds.test.images[:5]
+    x = read_examples(converted(open_splits(cfg.data, ("test",))["test"], data.image_shape), 5)[0]
     np.testing.assert_allclose(np.asarray(loaded.forward(loaded.variables, jnp.asarray(x))),
                                np.log(x.reshape(5, -1) @ W + 1e-6), rtol=1e-5)
     # A run directory resolves to its best checkpoint, which restores too.
@@ -121,3 +126,16 @@ def test_bad_config_names_the_key(repo_root, tmp_path):
         train_local_rule(_cfg(repo_root, tmp_path / "x", "model.name=cnn"), log=_quiet)
     with pytest.raises(ConfigError, match="learning_rule"):
         train_local_rule(_cfg(repo_root, tmp_path / "y", "training.learning_rule=backprop"), log=_quiet)
+
+
+def test_run_finished_needs_the_last_epoch_and_the_same_config(repo_root, tmp_path):
+    from robust_vision.runs.resume import run_finished
+
+    run = tmp_path / "heb"
+    cfg = _cfg(repo_root, run)
+    assert not run_finished(run, cfg)
+    train_local_rule(cfg, log=_quiet)
+    assert run_finished(run, cfg)
+    assert not run_finished(run, _cfg(repo_root, run, "training.hebbian.eta=0.1"))  # another run's config
+    shutil.rmtree(run / "checkpoints" / "epochs" / "3")  # the last epoch's checkpoint is missing
+    assert not run_finished(run, cfg)

@@ -46,7 +46,9 @@ from robust_vision.data.pipeline import batch_indices, data_mesh, replicate, sha
 from robust_vision.data.sources import converted_splits, read_examples
 from robust_vision.losses import make_loss
 from robust_vision.models import create_model
-from robust_vision.training.steps import init_train_state, make_optimizer, make_train_step, split_model
+from robust_vision.models.state import split_model
+from robust_vision.optim import init_train_state, make_optimizer
+from robust_vision.training.steps import make_train_step
 cfg = load_config(None, ["model.features=[8, 16]", "data.image_size=null", "training.batch_size=32",
                          "training.ema_enabled=true"])
 train = converted_splits(cfg.data, ("train",))["train"]

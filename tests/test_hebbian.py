@@ -9,13 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from robust_vision.models.crossbar import init_crossbar
 from robust_vision.training.hebbian import (
     RULES,
     crossbar_accuracy,
     crossbar_scores,
     get_rule,
     hebbian_update,
-    init_crossbar,
     is_diverged,
     pattern_protocol,
     sgd_mse_update,

@@ -1,4 +1,4 @@
-"""Weight import from PyTorch (models/import_weights.py, robust-vision-import).
+"""Weight import from PyTorch (runs/import_weights.py, robust-vision-import).
 
 The PyTorch reference modules (models/torch_reference.py) follow RobustBench's definitions
 (robustbench/model_zoo/architectures/resnet.py PreActResNet, wide_resnet.py WideResNet), so the
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from robust_vision.models.import_weights import WeightImportError, convert_state_dict
+from robust_vision.runs.import_weights import WeightImportError, convert_state_dict
 
 
 def _torch_reference():
@@ -38,7 +38,7 @@ def test_imported_logits_equal_pytorch(tmp_path, arch):
     compare logits on the same images (eval mode)."""
     torch, PreActResNet18, WideResNet = _torch_reference()
     from robust_vision.runs.loading import load_trained_model
-    from robust_vision.models.import_weights import import_weights
+    from robust_vision.runs.import_weights import import_weights
 
     torch.manual_seed(0)
     if arch == "preact_resnet18":
@@ -100,7 +100,7 @@ def tiny_parts():
     """A PreActResNet-18 of width 2 on 8x8 inputs, built once for the torch-free tests."""
     from robust_vision.config import ModelConfig
     from robust_vision.models import create_model
-    from robust_vision.training.steps import split_model
+    from robust_vision.models.state import split_model
 
     model = create_model(ModelConfig(name="preact_resnet18", width=2), input_shape=(8, 8, 3), num_classes=3, seed=0)
     return split_model(model)
@@ -110,7 +110,7 @@ def _state_dict_of(parts) -> dict[str, np.ndarray]:
     """A correct state_dict (PyTorch layout) for the tiny model, built without torch."""
     import jax
 
-    from robust_vision.models.import_weights import torch_key
+    from robust_vision.runs.import_weights import torch_key
     from robust_vision.models.stages import path_names
 
     out = {}
@@ -167,7 +167,7 @@ def test_shape_mismatch_and_pt_without_torch(tmp_path, monkeypatch, tiny_parts):
 
     import builtins
 
-    from robust_vision.models.import_weights import read_state_dict
+    from robust_vision.runs.import_weights import read_state_dict
 
     (tmp_path / "model.pt").write_bytes(b"not read")
     real_import = builtins.__import__
@@ -186,7 +186,7 @@ def test_pt_file_read_with_weights_only(tmp_path):
     """A .pt state_dict is read through torch.load(weights_only=True); a pickled object that
     is not plain tensors is refused rather than executed."""
     torch, PreActResNet18, _ = _torch_reference()
-    from robust_vision.models.import_weights import read_state_dict
+    from robust_vision.runs.import_weights import read_state_dict
 
     ref = PreActResNet18(num_classes=3, width=2)
     torch.save({"state_dict": ref.state_dict()}, tmp_path / "model.pt")

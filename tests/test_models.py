@@ -5,7 +5,7 @@ import pytest
 
 from robust_vision.config import ModelConfig
 from robust_vision.models import MODELS, create_model
-from robust_vision.training.steps import make_logits_fn, split_model
+from robust_vision.models.state import make_logits_fn, split_model
 
 
 @pytest.mark.parametrize("name, shape", [("cnn", (8, 8, 1)), ("cnn", (16, 16, 3)), ("resnet18", (8, 8, 3)),

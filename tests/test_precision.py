@@ -12,7 +12,9 @@ import pytest
 from robust_vision.config import ConfigError, ModelConfig, TrainingConfig, load_config
 from robust_vision.losses import make_loss
 from robust_vision.models import create_model
-from robust_vision.training.steps import init_train_state, make_optimizer, make_train_step, split_model
+from robust_vision.models.state import split_model
+from robust_vision.optim import init_train_state, make_optimizer
+from robust_vision.training.steps import make_train_step
 
 
 def _run(precision: str, steps: int = 3):

@@ -184,7 +184,7 @@ def test_tree_codec_round_trips_nnx_and_optax_structures():
 def test_model_program_key_names_graph_config_and_rng_streams():
     from robust_vision.config import load_config
     from robust_vision.models import create_model
-    from robust_vision.training.steps import model_program_key, split_model
+    from robust_vision.models.state import model_program_key, split_model
 
     cfg = load_config(None, ["model.features=[8, 16]"])
     parts = split_model(create_model(cfg.model, input_shape=(8, 8, 1), num_classes=10, seed=0))

@@ -64,7 +64,9 @@ def test_preact_resnet18_trains_with_the_project_step():
     """Two steps of our train step on a width-2 PreActResNet-18 from the registry: finite
     loss, parameters and batch-norm statistics move, the loss on the batch goes down."""
     from robust_vision.losses import make_loss
-    from robust_vision.training.steps import init_train_state, make_optimizer, make_train_step, split_model
+    from robust_vision.models.state import split_model
+    from robust_vision.optim import init_train_state, make_optimizer
+    from robust_vision.training.steps import make_train_step
 
     cfg = ModelConfig(name="preact_resnet18", width=2, normalize_mean=list(CIFAR10_MEAN),
                       normalize_std=list(CIFAR10_STD))

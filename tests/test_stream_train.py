@@ -10,16 +10,17 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import tiny_overrides
 
 import robust_vision.data.sources as sources_module
 import robust_vision.training.trainer as trainer_module
-from conftest import tiny_overrides
 from robust_vision.config import AdversarialConfig, load_config
 from robust_vision.data.images import resize_linear
 from robust_vision.data.sources import ArraySource, SourceInfo
 from robust_vision.runs.loading import load_trained_model
 from robust_vision.training.adversarial import adversarial_examples, write_adversarial_examples
-from robust_vision.training.trainer import TrainData, train
+from robust_vision.training.loop import TrainData
+from robust_vision.training.trainer import train
 from test_datasets import load
 
 QUIET = dict(log=lambda _msg: None)

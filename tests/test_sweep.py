@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT, tiny_overrides
-from robust_vision.experiments import sweep as sweep_mod
+from robust_vision.experiments import trials as trials_mod
 from robust_vision.experiments.cli import sweep_main
-from robust_vision.experiments.sweep import TrialFactory, make_trial_id, parse_sweep_section
-from robust_vision.training.trainer import TrainingError
+from robust_vision.experiments.trials import TrialFactory, make_trial_id, parse_sweep_section
+from robust_vision.runs.resume import TrainingError
 
 CONFIG = REPO_ROOT / "configs" / "research" / "lambda_sweep.yaml"
 HAS_OPTUNA = importlib.util.find_spec("optuna") is not None
@@ -42,7 +42,7 @@ def _rows(out: Path) -> dict[str, dict]:
 
 def _counting_train(monkeypatch, fail: bool = False) -> list[tuple[str, bool]]:
     calls: list[tuple[str, bool]] = []
-    real = sweep_mod.train
+    real = trials_mod.train
 
     def counted(cfg, *, resume=False, log=print):
         calls.append((Path(cfg.training.checkpoint_dir).parent.name, resume))
@@ -50,7 +50,7 @@ def _counting_train(monkeypatch, fail: bool = False) -> list[tuple[str, bool]]:
             raise TrainingError("training diverged at epoch 1 (test)")
         return real(cfg, resume=resume, log=log)
 
-    monkeypatch.setattr(sweep_mod, "train", counted)
+    monkeypatch.setattr(trials_mod, "train", counted)
     return calls
 
 
@@ -170,15 +170,15 @@ def test_optuna_two_trials_resume(tmp_path, monkeypatch):
     extra = ["--override", "sweep.method=optuna", "--override", "sweep.n_trials=2", "--override", "sweep.seed=3"]
     args = _args(out, "{low: 0.1, high: 10.0, log: true}", *extra)
     calls: list[tuple[str, bool]] = []
-    real = sweep_mod.train
+    real = trials_mod.train
 
     def interrupted(cfg, *, resume=False, log=print):
         calls.append((Path(cfg.training.checkpoint_dir).parent.name, resume))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sweep_mod, "train", interrupted)
+    monkeypatch.setattr(trials_mod, "train", interrupted)
     assert sweep_main(args) == 130  # Ctrl-C inside the first trial: its study trial stays RUNNING
-    monkeypatch.setattr(sweep_mod, "train", lambda cfg, **kw: (calls.append(
+    monkeypatch.setattr(trials_mod, "train", lambda cfg, **kw: (calls.append(
         (Path(cfg.training.checkpoint_dir).parent.name, kw.get("resume", False))), real(cfg, **kw))[1])
     assert sweep_main(args + ["--max-trials", "1"]) == 0
     assert calls[1][0] == calls[0][0]  # the interrupted trial is asked again (same parameters, same id)

@@ -9,11 +9,12 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
 from conftest import tiny_overrides
+
 from robust_vision.config import load_config
 from robust_vision.data.pipeline import augment, batch_indices
-from robust_vision.training.trainer import TrainingError, train
+from robust_vision.runs.resume import TrainingError
+from robust_vision.training.trainer import train
 
 
 def _read(path: Path) -> list[dict]:

@@ -8,19 +8,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import tiny_overrides
+
 from robust_vision.config import AdversarialConfig, ConfigError, ModelConfig, RegularizerConfig, load_config
 from robust_vision.data.pipeline import augment
-from robust_vision.runs.loading import load_trained_model
+from robust_vision.data.sources import read_examples
 from robust_vision.losses import make_loss
 from robust_vision.models import MODELS, create_model
-from robust_vision.models.stages import frozen_labels, path_names, stage_names
-from robust_vision.regularizers import make_regularizer
-from robust_vision.training.adversarial import adversarial_examples, adversarial_hooks
-from robust_vision.training.steps import init_train_state, make_optimizer, make_train_step, split_model
 from robust_vision.models.local import train_krotov
-from robust_vision.training.trainer import dataset_for, train
+from robust_vision.models.stages import frozen_labels, path_names, stage_names
+from robust_vision.models.state import split_model
+from robust_vision.optim import init_train_state, make_optimizer
+from robust_vision.regularizers import make_regularizer
+from robust_vision.runs.loading import load_trained_model
+from robust_vision.training.adversarial import adversarial_examples, adversarial_hooks
+from robust_vision.training.loop import training_sources
+from robust_vision.training.steps import make_train_step
+from robust_vision.training.trainer import train
 
 QUIET = dict(log=lambda _msg: None)
 
@@ -209,6 +213,6 @@ def test_krotov_model_learns_its_local_layer_without_labels(tmp_path):
     # unsupervised result.
     kc = cfg.model.krotov
     expected = train_krotov(jax.random.fold_in(jax.random.key(cfg.training.seed), 0x10CA1),
-                            dataset_for(cfg).train.images, n_hidden=kc.n_hidden, epochs=kc.epochs,
+                            read_examples(training_sources(cfg).train)[0], n_hidden=kc.n_hidden, epochs=kc.epochs,
                             batch_size=kc.batch_size, p=kc.p, k=kc.k, delta=kc.delta, lr0=kc.lr)
     np.testing.assert_array_equal(W, np.asarray(expected))

@@ -140,7 +140,7 @@ def test_two_evals_cannot_write_one_output(tiny_run, tmp_path, capsys):
     """The finding: two evals on one --output both exited 0, results.json from one and the CSV
     from the other. The second now stops before writing anything."""
     from robust_vision.cli import eval_main
-    from robust_vision.preflight import RunLock
+    from robust_vision.runs.lock import RunLock
 
     out = tmp_path / "eval"
     with RunLock(out, user="evaluation", other="pass another --output"):
@@ -381,8 +381,15 @@ def test_the_preflight_noise_names_are_the_registry():
     assert tuple(NOISES) == NOISE_TYPES
 
 
+def test_the_preflight_suite_names_are_the_generated_suites():
+    from robust_vision.evaluation.suite import SUITES
+    from robust_vision.preflight import GENERATED_SUITES
+
+    assert tuple(SUITES) == GENERATED_SUITES
+
+
 def test_the_preflight_importable_names_are_the_registry():
-    from robust_vision.models.import_weights import IMPORTABLE, _family
+    from robust_vision.runs.import_weights import IMPORTABLE, _family
     from robust_vision.models.robustbench import WIDE_RESNETS
     from robust_vision.preflight import IMPORTABLE_MODELS
 
@@ -429,7 +436,7 @@ def test_activation_preflight_counts_more_than_the_inputs():
     from robust_vision.config import ModelConfig
     from robust_vision.models import create_model
     from robust_vision.preflight import SizeError, check_activation_memory
-    from robust_vision.training.steps import make_logits_fn, split_model
+    from robust_vision.models.state import make_logits_fn, split_model
 
     shape = (32, 2000, 2000, 3)
     abstract = split_model(nnx.eval_shape(lambda: create_model(ModelConfig(features=[8, 16]), input_shape=shape[1:],
@@ -481,7 +488,8 @@ def test_divergence_before_any_checkpoint_does_not_claim_one_is_kept(tmp_path):
     """The finding: lr 1e10 stopped with exit 1 but claimed "the last good checkpoint is kept"."""
     from conftest import tiny_overrides
     from robust_vision.config import load_config
-    from robust_vision.training.trainer import TrainingError, train
+    from robust_vision.runs.resume import TrainingError
+    from robust_vision.training.trainer import train
 
     cfg = load_config(None, tiny_overrides(tmp_path / "run", epochs=1) + ["training.learning_rate=1e10"])
     with pytest.raises(TrainingError, match="no checkpoint was written") as info:
@@ -514,7 +522,7 @@ def test_cifar10c_array_without_channel_axis_is_named_for_its_shape(tmp_path):
 
 def test_a_refused_torch_file_is_explained_in_whole_words():
     """The finding: a malicious model.pt was refused but the message cut PyTorch's text mid-sentence."""
-    from robust_vision.models.import_weights import torch_refusal
+    from robust_vision.runs.import_weights import torch_refusal
 
     text = ("Weights only load failed. This file can still be loaded, to do so you have two options, do those steps "
             "only if you trust the source of the checkpoint.\n\t(1) In PyTorch 2.6, we changed the default value ...\n"

@@ -30,7 +30,7 @@ def _exit_code(exc: BaseException) -> int | None:
                   + classes("robust_vision.runs.paths", "CheckpointError")):
         return 2
     if isinstance(exc, classes("robust_vision.runs.checkpoint", "CheckpointWriteError")
-                  + classes("robust_vision.training.trainer", "TrainingError")):
+                  + classes("robust_vision.runs.resume", "TrainingError")):
         return 1
     if isinstance(exc, _USER_ERRORS):
         return 2
@@ -163,7 +163,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from robust_vision.models.import_weights import import_weights
+    from robust_vision.runs.import_weights import import_weights
 
     run_dir = import_weights(args.source, args.model, args.output, config_path=args.config, overrides=args.override,
                              image_size=args.image_size, channels=args.channels, num_classes=args.num_classes)
@@ -216,296 +216,170 @@ def import_main(argv: list[str] | None = None) -> int:
 
 EVAL_KEPT = "the evaluation did not finish and wrote no tables or results.json"
 
-
-def _yaml_list(values: list) -> str:
-    import json
-
-    return "[" + ", ".join(json.dumps(v) if isinstance(v, str) else str(v) for v in values) + "]"
+# Flags whose own presence asks for a suite part (the plan runs only those, plus --parts).
+_PART_FLAGS = {"evaluation.suite": "corruptions", "evaluation.attacks": "attacks", "evaluation.certify": "certify",
+               "evaluation.verify": "verify", "evaluation.calibration": "calibration"}
 
 
-def _attack_list(values: list[str] | None) -> list[str] | None:
+class _NameList(argparse.Action):
     """``--attacks fgsm,pgd apgd`` -> ["fgsm", "pgd", "apgd"]; "none" or "" -> []."""
-    if values is None:
-        return None
-    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
-    return [] if names in ([], ["none"]) else names
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+        setattr(namespace, self.dest, [] if names in ([], ["none"]) else names)
 
 
-def _eval_config(args: argparse.Namespace):
+def _yaml_text(value) -> str:
+    """A flag's value as the YAML text of a config override (strings quoted as JSON)."""
     import json
 
-    from robust_vision.config import load_config
-    from robust_vision.runs.paths import resolve_checkpoint
+    if isinstance(value, list):
+        return "[" + ", ".join(json.dumps(v) if isinstance(v, str) else str(v) for v in value) + "]"
+    return json.dumps(value) if isinstance(value, (str, bool)) else str(value)
 
-    overrides = list(args.override)
-    flag_keys = {"noise_types": "evaluation.noise_types", "levels": "evaluation.noise_levels",
-                 "split": "evaluation.split", "n_draws": "evaluation.n_draws", "seed": "evaluation.seed",
-                 "batch_size": "evaluation.batch_size", "dpi": "evaluation.dpi", "style": "evaluation.plot_style",
-                 "format": "evaluation.format", "output": "evaluation.output_dir"}
-    # Robustness-suite flags (docs/EVALUATION.md); values are validated by the config schema,
-    # so an unknown suite or attack name fails there with the list of valid names.
-    suite_keys = {"suite": "evaluation.suite", "severities": "evaluation.severities",
-                  "corruption_scale": "evaluation.corruption_scale", "reference": "evaluation.reference_checkpoint",
-                  "eps": "evaluation.attack_eps", "attack_steps": "evaluation.attack_steps",
-                  "attack_norm": "evaluation.attack_norm", "attack_max_examples": "evaluation.attack_max_examples",
-                  "sparse_fractions": "evaluation.attack_sparse_fractions",
-                  "noise_radii": "evaluation.attack_noise_radii", "sigma": "evaluation.certify_sigma",
-                  "n0": "evaluation.certify_n0", "certify_n": "evaluation.certify_n",
-                  "alpha": "evaluation.certify_alpha", "max_examples": "evaluation.certify_max_examples",
-                  "verify_max_examples": "evaluation.verify_max_examples",
-                  "calibration": "evaluation.calibration", "conformal_alpha": "evaluation.conformal_alpha"}
-    for attr, key in flag_keys.items():
-        value = getattr(args, attr)
-        if value is not None:
-            if isinstance(value, list):
-                value = "[" + ", ".join(str(v) for v in value) + "]"
-            overrides.append(f"{key}={value}")
-    if args.suite is not None:  # --suite NAME [DIR]: DIR holds published corrupted files
-        if len(args.suite) > 2:
-            raise ValueError(f"--suite: got {' '.join(args.suite)}; expected NAME or NAME DIR "
+
+def _eval_request(args: argparse.Namespace):
+    """The parsed eval flags as an EvalRequest: every flag whose dest is a config key
+    (``evaluation.*``) and was given becomes an override, after the user's ``--override``s."""
+    from robust_vision.evaluation.command import EvalRequest
+
+    flags = vars(args)
+    suite = flags["evaluation.suite"]
+    if suite is not None:  # --suite NAME [DIR]: DIR holds published corrupted files
+        if len(suite) > 2:
+            raise ValueError(f"--suite: got {' '.join(suite)}; expected NAME or NAME DIR "
                              "(e.g. --suite imagenet-c, or --suite cifar10-c ./CIFAR-10-C)")
-        if len(args.suite) == 2:
-            overrides.append(f"evaluation.suite_data={json.dumps(args.suite[1])}")
-        args.suite = args.suite[0]
-    for attr, key in suite_keys.items():
-        value = getattr(args, attr)
-        if value is not None:
-            text = _yaml_list(value) if isinstance(value, list) else (
-                json.dumps(value) if isinstance(value, (str, bool)) else str(value))
-            overrides.append(f"{key}={text}")
-    attacks = _attack_list(args.attacks)
-    if attacks is not None:
-        overrides.append(f"evaluation.attacks={_yaml_list(attacks)}")
-    if args.certify:
-        overrides.append("evaluation.certify=true")
-    verify = _attack_list(args.verify)  # the same comma-list syntax
-    if verify is not None:
-        overrides.append(f"evaluation.verify={_yaml_list(verify)}")
-    if args.no_plots:
-        overrides.append("evaluation.generate_plots=false")
-    config_path = args.config
-    if config_path is None:  # evaluate with the run's own config
-        run_dir, _ = resolve_checkpoint(args.checkpoint)
-        config_path = run_dir / "config.yaml"
-    return load_config(config_path, overrides), args.config is not None
-
-
-def _asked_parts(args: argparse.Namespace) -> list[str]:
-    """Suite parts requested by their own flags (--suite, --attacks, --certify, --calibration)."""
-    asked = []
-    if args.suite is not None and args.suite != "none":
-        asked.append("corruptions")
-    if _attack_list(args.attacks):
-        asked.append("attacks")
-    if args.certify:
-        asked.append("certify")
-    if _attack_list(args.verify):
-        asked.append("verify")
-    if args.calibration:
-        asked.append("calibration")
-    return asked
-
-
-def _check_eval_args(args: argparse.Namespace) -> dict:
-    """Every check of an eval command line that needs neither JAX nor the model: flags, paths,
-    the config and its values (bounded work), the checkpoint's files and the ``--data`` source
-    (opened, not decoded). Returns what the run needs: cfg, explicit_config, plan, data source."""
-    from robust_vision.evaluation import runner
-    from robust_vision.data.sources import check_published_suite
-    from robust_vision.preflight import (check_attack_combination, check_evaluation_work, check_output_dir,
-                                         check_process_flags, parse_card)
-    from robust_vision.runs.paths import read_meta, resolve_checkpoint
-
-    check_process_flags(args.coordinator, args.num_processes, args.process_id, args.coordinator_timeout)
-    data_split = getattr(args, "split", None)
-    if data_split == "all":  # --split all exists only for --data (no config key holds it)
-        if not getattr(args, "data", None):
-            raise ValueError("--split all: needs --data SOURCE (a config's dataset has train / val / test splits)")
-        args.split = None
-    _, checkpoint_dir = resolve_checkpoint(args.checkpoint)
-    if args.baseline:
-        resolve_checkpoint(args.baseline)
-    cfg, explicit_config = _eval_config(args)
-    ecfg = cfg.evaluation
-    check_output_dir(ecfg.output_dir)  # an --output that is a file fails before the evaluation
-    check_evaluation_work(ecfg)
-    check_attack_combination(ecfg.attacks, ecfg.attack_norm)
-    check_published_suite(ecfg.suite, ecfg.suite_data)
-    card = parse_card(args.card)  # autoattack.json's user fields: a bad --card fails here, before JAX
-    plan = runner.plan_parts(ecfg, parts=runner.parse_parts(args.parts), asked=_asked_parts(args))
-    source = None
-    if getattr(args, "data", None):  # --data: the whole given source as the checkpoint's input (docs/DATA.md)
-        from robust_vision.data.sources import load_eval_source
-
-        meta = read_meta(checkpoint_dir)
-        # Only the asked split is opened; it is streamed (read batch by batch), never decoded whole.
-        source = load_eval_source(args.data, args.dataset, data_split or ecfg.split, meta["input_shape"],
-                                  int(meta["num_classes"]), log=print if not args.process_id else lambda s: None)
-    return {"cfg": cfg, "explicit_config": explicit_config, "plan": plan, "source": source, "card": card}
+        flags["evaluation.suite"], flags["evaluation.suite_data"] = suite[0], (suite[1:] or [None])[0]
+    overrides = list(args.override) + [f"{key}={_yaml_text(value)}" for key, value in flags.items()
+                                       if key.startswith("evaluation.") and value is not None]
+    asked = [part for key, part in _PART_FLAGS.items() if flags[key] not in (None, [], "none", False)]
+    return EvalRequest(checkpoint=args.checkpoint, config=args.config, overrides=overrides, baseline=args.baseline,
+                       data=args.data, dataset=args.dataset, split=args.split, parts=args.parts, asked=asked,
+                       card=args.card, quiet=args.quiet)
 
 
 def _eval(args: argparse.Namespace) -> int:
     import builtins
-    from pathlib import Path
 
-    checked = _check_eval_args(args)  # before JAX: a bad command line costs a fraction of a second
+    from robust_vision.evaluation.command import check_request, run_request
+    from robust_vision.preflight import check_process_flags
+
+    check_process_flags(args.coordinator, args.num_processes, args.process_id, args.coordinator_timeout)
+    request = _eval_request(args)
+    # Before JAX: a bad command line costs a fraction of a second.
+    job = check_request(request, log=print if not args.process_id else lambda s: None)
     from robust_vision import distributed
     from robust_vision.compile_cache import enable_compile_cache
-    from robust_vision.evaluation import runner, suite
-    from robust_vision.interrupts import check_interrupt
-    from robust_vision.runs.loading import load_trained_model
 
     distributed.init_from_args(args)  # first: before anything touches a JAX device
     if args.allow_unverified:
         from robust_vision.runs.checkpoint import allow_unverified
 
         allow_unverified()
-    main = distributed.is_main_process()  # only process 0 prints and writes tables and figures
-    print = distributed.main_only(builtins.print)  # noqa: A001
-    cfg, explicit_config, plan = checked["cfg"], checked["explicit_config"], checked["plan"]
-    enable_compile_cache("off" if args.no_compile_cache else cfg.training.compile_cache_dir)
-    ecfg = cfg.evaluation
-    if ecfg.suite != "none" and ecfg.suite_data is None:
-        suite.resolve_suite(ecfg.suite)  # a generated suite; published files are checked when opened
-    suite.check_attacks(ecfg.attacks, ecfg.attack_norm)  # bad attack settings fail before any work
-    check_interrupt()  # a Ctrl-C while JAX was imported waited for this point
-    card = checked["card"]
-    dataset = cfg.data.dataset_name
-    model = load_trained_model(args.checkpoint, cfg if explicit_config else None)
-    check_interrupt()
-    models = [model]
-    if args.baseline:
-        baseline = load_trained_model(args.baseline, None)
-        if baseline.name == model.name:
-            baseline.name = f"{baseline.name} (baseline)"
-        models.append(baseline)
-    if checked["source"] is not None:
-        from robust_vision.data.sources import detect_layout
-
-        source = checked["source"]
-        dataset = args.dataset or detect_layout(args.data)
-        val_source = None  # no calibration split: temperature and conformal sets are skipped
-    else:
-        source, val_source = runner.config_split_sources(cfg.data, ecfg.split)
-        print(f"Evaluation data ({ecfg.split}): {len(source)} images <- {source.info.description}")
-    levels = list(ecfg.noise_levels)
-    noise_types = list(ecfg.noise_types)
-    if args.baseline and ("gaussian" not in noise_types or 0.5 not in levels):
-        # The seed's comparison block is at 50% Gaussian noise: make sure that condition is measured.
-        noise_types = noise_types if "gaussian" in noise_types else [*noise_types, "gaussian"]
-        levels = sorted({*levels, 0.5})
-    out_dir = Path(ecfg.output_dir)
-    ctx = runner.EvalContext(cfg=cfg, models=models, source=source, val_source=val_source, noise_types=noise_types,
-                             levels=levels, where=f"{dataset} ({ecfg.split} split)", out_dir=out_dir,
-                             quiet=args.quiet, log=print, dataset=dataset, card=card)
-    if not main:  # tables, results.json and figures come from process 0 alone
-        runner.run_plan(ctx, plan)
-        return 0
-    from robust_vision.preflight import RunLock
-
-    # One evaluation per output directory at a time: two writing one --output would leave
-    # results.json from one and the tables from the other.
-    with RunLock(out_dir, user="evaluation", other="pass another --output"):
-        outcome = runner.run_plan(ctx, plan)
-        _write_eval_results(out_dir, models, ecfg, cfg, ctx, plan, outcome, print)
+    enable_compile_cache("off" if args.no_compile_cache else job.cfg.training.compile_cache_dir)
+    run_request(request, job, log=distributed.main_only(builtins.print))  # only process 0 prints
     return 0
 
 
-def _write_eval_results(out_dir, models, ecfg, cfg, ctx, plan, outcome, print) -> None:  # noqa: A002
-    """results.json and the figures of one finished evaluation (process 0)."""
-    from robust_vision.config import config_to_dict
-    from robust_vision.evaluation.report import versions
-    from robust_vision.io import write_json
+def _eval_parser() -> argparse.ArgumentParser:
+    """The eval flags. A flag whose dest is a config key (``evaluation.*``) sets that key when
+    given (:func:`_eval_request`); values are validated by the config schema."""
+    parser = argparse.ArgumentParser(prog="robust-vision-eval",
+                                     description="Evaluate a checkpoint under noise, corruptions and attacks; "
+                                                 "certify and calibrate it (docs/EVALUATION.md).")
+    add = parser.add_argument
+    add("--checkpoint", required=True, help="run directory (uses its best checkpoint) or checkpoint")
+    _add_config_args(parser, required=False)
+    add("--output", dest="evaluation.output_dir", metavar="OUTPUT", help="output directory (default: "
+        "evaluation.output_dir)")
+    add("--baseline", help="a second run directory to compare against")
+    add("--split", choices=["train", "val", "test", "all"],
+        help="split to evaluate (default: test; all = every image of --data)")
+    add("--data", metavar="SOURCE", help="evaluate this dataset (dir, .zip, .npz) instead of the config's, converted "
+        "to the checkpoint's input shape (docs/DATA.md)")
+    add("--dataset", metavar="NAME", help="layout of --data (default: detected)")
+    add("--noise-types", dest="evaluation.noise_types", metavar="NOISE_TYPES", nargs="+",
+        help="e.g. gaussian salt_pepper fog occlusion")
+    add("--levels", dest="evaluation.noise_levels", metavar="LEVELS", nargs="+", type=float,
+        help="severities in [0, 1], e.g. 0 0.1 0.3 0.5")
+    add("--n-draws", dest="evaluation.n_draws", metavar="N_DRAWS", type=int, help="noise draws per image")
+    add("--seed", dest="evaluation.seed", metavar="SEED", type=int,
+        help="seed of the noise draws (and of every suite part)")
+    add("--batch-size", dest="evaluation.batch_size", metavar="BATCH_SIZE", type=int, help="images per compiled batch")
+    add("--dpi", dest="evaluation.dpi", metavar="DPI", type=int, help="figure resolution")
+    add("--style", dest="evaluation.plot_style", choices=["publication", "default"], help="figure style")
+    add("--format", dest="evaluation.format", metavar="FORMAT", help="figure formats, e.g. png,pdf")
+    add("--no-plots", dest="evaluation.generate_plots", action="store_false", default=None, help="write tables only")
+    add("--parts", metavar="LIST", help="comma list of grid, corruptions, attacks, certify, verify, calibration to run "
+        "(default: the parts asked for by --suite / --attacks / --certify / --verify / --calibration; with none of "
+        "them, the grid, calibration and the parts the config enables)")
+    add("--quiet", action="store_true", help="no progress bars")
+    add("--no-compile-cache", dest="no_compile_cache", action="store_true",
+        help="do not use the persistent compilation cache (ROBUST_VISION_CACHE_DIR=off)")
+    add("--allow-unverified", dest="allow_unverified", action="store_true",
+        help="load checkpoints that have no checksums.json manifest (written by an older version)")
+    _add_suite_flags(parser)
+    _add_distributed_args(parser)
+    return parser
 
-    write_json(out_dir / "results.json", {
-        "models": [{"name": m.name, "run_dir": str(m.run_dir), "checkpoint": str(m.checkpoint_dir),
-                    "epoch": m.meta.get("epoch"), "input_shape": list(m.input_shape)} for m in models],
-        "split": ecfg.split, "n_images": ctx.n_images, "config": config_to_dict(cfg),
-        "versions": versions(), "parts": list(plan), "results": outcome.rows, "comparison": outcome.comparison,
-        "suite": outcome.suite, "timings_s": {k: v["total"] for k, v in outcome.timings.items()},
-        "timings": outcome.timings})
-    print(f"\nTables written to {out_dir}")
-    if ecfg.generate_plots:
-        from robust_vision.viz import redraw
 
-        paths = redraw([out_dir], None, style=ecfg.plot_style, dpi=ecfg.dpi, formats=ecfg.format)
-        print(f"{len(paths)} figure files written to {out_dir / 'plots'}")
+def _add_suite_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of the robustness-suite parts (docs/EVALUATION.md)."""
+    add = parser.add_argument_group("corruption benchmark").add_argument
+    add("--suite", dest="evaluation.suite", nargs="+", metavar="NAME [DIR]",
+        help="imagenet-c (15 corruptions, mCE), imagenet-c-all (+4 held-out) or none; with DIR, the published files "
+             "there: cifar10-c DIR, cifar100-c DIR, imagenet-c DIR, tiny-imagenet-c DIR")
+    add("--severities", dest="evaluation.severities", nargs="+", type=int, metavar="S",
+        help="ImageNet-C severities, e.g. 1 2 3 4 5")
+    add("--corruption-scale", dest="evaluation.corruption_scale", metavar="SCALE",
+        help="parameter table: auto, imagenet or cifar")
+    add("--reference", dest="evaluation.reference_checkpoint", metavar="RUN",
+        help="run directory of the reference model for CE / mCE")
+    add = parser.add_argument_group("adversarial attacks").add_argument
+    add("--attacks", dest="evaluation.attacks", nargs="+", action=_NameList, metavar="LIST",
+        help="comma list of fgsm, pgd, apgd, sparse, noise, apgd-t, apgd-dlr, fab-t, square, autoattack, "
+             "autoattack-rand (none = off)")
+    add("--eps", dest="evaluation.attack_eps", nargs="+", metavar="EPS",
+        help="fgsm / pgd / apgd budgets in [0, 1] pixel units (8/255 allowed)")
+    add("--card", action="append", metavar="KEY=VALUE",
+        help="autoattack.json model-card field: link, name, authors, additional_data, venue, reported, ...")
+    add("--attack-steps", dest="evaluation.attack_steps", type=int, metavar="N",
+        help="iterations of pgd / apgd / sparse / noise")
+    add("--attack-norm", dest="evaluation.attack_norm", metavar="NORM", help="linf (default) or l2 (pgd / apgd)")
+    add("--attack-max-examples", dest="evaluation.attack_max_examples", type=int, metavar="N",
+        help="attack the first N examples only")
+    add("--sparse-fractions", dest="evaluation.attack_sparse_fractions", nargs="+", type=float, metavar="F",
+        help="sparse attack budgets (fraction of pixels)")
+    add("--noise-radii", dest="evaluation.attack_noise_radii", nargs="+", type=float, metavar="R",
+        help="noise attack budgets (L2 radius)")
+    add = parser.add_argument_group("certification (randomized smoothing)").add_argument
+    add("--certify", dest="evaluation.certify", action="store_true", default=None,
+        help="certify L2 robustness by randomized smoothing")
+    add("--sigma", dest="evaluation.certify_sigma", nargs="+", type=float, metavar="SIGMA",
+        help="smoothing noise std, e.g. 0.12 0.25 0.5")
+    add("--n0", dest="evaluation.certify_n0", type=int, metavar="N", help="selection draws (default 100)")
+    add("--n", dest="evaluation.certify_n", type=int, metavar="N", help="estimation draws (default 10000)")
+    add("--alpha", dest="evaluation.certify_alpha", type=float, metavar="A",
+        help="failure probability of a certificate (default 0.001)")
+    add("--max-examples", dest="evaluation.certify_max_examples", type=int, metavar="N",
+        help="certify the first N examples of the split (default 100)")
+    add = parser.add_argument_group("verification (bound propagation, docs/VERIFY.md)").add_argument
+    add("--verify", dest="evaluation.verify", nargs="+", action=_NameList, metavar="LIST",
+        help="comma list of ibp, crown-ibp, crown, alpha-crown: verified accuracy at every --eps under --attack-norm, "
+             "beside PGD on the same examples (none = off)")
+    add("--verify-max-examples", dest="evaluation.verify_max_examples", type=int, metavar="N",
+        help="verify the first N examples of the split (default 200)")
+    add = parser.add_argument_group("calibration").add_argument
+    add("--calibration", dest="evaluation.calibration", action=argparse.BooleanOptionalAction, default=None,
+        help="reliability, temperature, conformal and selective tables (default: on)")
+    add("--conformal-alpha", dest="evaluation.conformal_alpha", nargs="+", type=float, metavar="A",
+        help="conformal miscoverage levels (default 0.1)")
 
 
 def eval_main(argv: list[str] | None = None) -> int:
     """robust-vision-eval --checkpoint RUN [--config FILE] --output DIR [--baseline RUN] [suite flags] ..."""
     _quiet_tensorflow_logs()
-    parser = argparse.ArgumentParser(prog="robust-vision-eval",
-                                     description="Evaluate a checkpoint under noise, corruptions and attacks; "
-                                                 "certify and calibrate it (docs/EVALUATION.md).")
-    parser.add_argument("--checkpoint", required=True, help="run directory (uses its best checkpoint) or checkpoint")
-    _add_config_args(parser, required=False)
-    parser.add_argument("--output", help="output directory (default: evaluation.output_dir)")
-    parser.add_argument("--baseline", help="a second run directory to compare against")
-    parser.add_argument("--split", choices=["train", "val", "test", "all"],
-                        help="split to evaluate (default: test; all = every image of --data)")
-    parser.add_argument("--data", metavar="SOURCE", help="evaluate this dataset (dir, .zip, .npz) instead of the "
-                        "config's, converted to the checkpoint's input shape (docs/DATA.md)")
-    parser.add_argument("--dataset", metavar="NAME", help="layout of --data (default: detected)")
-    parser.add_argument("--noise-types", dest="noise_types", nargs="+", help="e.g. gaussian salt_pepper fog occlusion")
-    parser.add_argument("--levels", nargs="+", type=float, help="severities in [0, 1], e.g. 0 0.1 0.3 0.5")
-    parser.add_argument("--n-draws", dest="n_draws", type=int, help="noise draws per image")
-    parser.add_argument("--seed", type=int, help="seed of the noise draws (and of every suite part)")
-    parser.add_argument("--batch-size", dest="batch_size", type=int, help="images per compiled batch")
-    parser.add_argument("--dpi", type=int, help="figure resolution")
-    parser.add_argument("--style", choices=["publication", "default"], help="figure style")
-    parser.add_argument("--format", help="figure formats, e.g. png,pdf")
-    parser.add_argument("--no-plots", action="store_true", help="write tables only")
-    parser.add_argument("--parts", metavar="LIST",
-                        help="comma list of grid, corruptions, attacks, certify, verify, calibration to run (default: "
-                             "the parts asked for by --suite / --attacks / --certify / --verify / --calibration; with none "
-                             "of them, the grid, calibration and the parts the config enables)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--no-compile-cache", dest="no_compile_cache", action="store_true",
-                        help="do not use the persistent compilation cache (ROBUST_VISION_CACHE_DIR=off)")
-    parser.add_argument("--allow-unverified", dest="allow_unverified", action="store_true",
-                        help="load checkpoints that have no checksums.json manifest (written by an older version)")
-    g = parser.add_argument_group("corruption benchmark")
-    g.add_argument("--suite", nargs="+", metavar="NAME [DIR]",
-                   help="imagenet-c (15 corruptions, mCE), imagenet-c-all (+4 held-out) or none; with DIR, the "
-                        "published files there: cifar10-c DIR, cifar100-c DIR, imagenet-c DIR, tiny-imagenet-c DIR")
-    g.add_argument("--severities", nargs="+", type=int, metavar="S", help="ImageNet-C severities, e.g. 1 2 3 4 5")
-    g.add_argument("--corruption-scale", dest="corruption_scale", metavar="SCALE", help="parameter table: auto, imagenet or cifar")
-    g.add_argument("--reference", metavar="RUN", help="run directory of the reference model for CE / mCE")
-    g = parser.add_argument_group("adversarial attacks")
-    g.add_argument("--attacks", nargs="+", metavar="LIST", help="comma list of fgsm, pgd, apgd, sparse, noise, apgd-t, apgd-dlr, fab-t, square, autoattack, autoattack-rand (none = off)")
-    g.add_argument("--eps", nargs="+", metavar="EPS", help="fgsm / pgd / apgd budgets in [0, 1] pixel units (8/255 allowed)")
-    g.add_argument("--card", action="append", metavar="KEY=VALUE",
-                   help="autoattack.json model-card field: link, name, authors, additional_data, venue, reported, ...")
-    g.add_argument("--attack-steps", dest="attack_steps", type=int, metavar="N", help="iterations of pgd / apgd / sparse / noise")
-    g.add_argument("--attack-norm", dest="attack_norm", metavar="NORM", help="linf (default) or l2 (pgd / apgd)")
-    g.add_argument("--attack-max-examples", dest="attack_max_examples", type=int, metavar="N",
-                   help="attack the first N examples only")
-    g.add_argument("--sparse-fractions", dest="sparse_fractions", nargs="+", type=float, metavar="F",
-                   help="sparse attack budgets (fraction of pixels)")
-    g.add_argument("--noise-radii", dest="noise_radii", nargs="+", type=float, metavar="R",
-                   help="noise attack budgets (L2 radius)")
-    g = parser.add_argument_group("certification (randomized smoothing)")
-    g.add_argument("--certify", action="store_true", help="certify L2 robustness by randomized smoothing")
-    g.add_argument("--sigma", nargs="+", type=float, metavar="SIGMA", help="smoothing noise std, e.g. 0.12 0.25 0.5")
-    g.add_argument("--n0", type=int, metavar="N", help="selection draws (default 100)")
-    g.add_argument("--n", dest="certify_n", type=int, metavar="N", help="estimation draws (default 10000)")
-    g.add_argument("--alpha", type=float, metavar="A", help="failure probability of a certificate (default 0.001)")
-    g.add_argument("--max-examples", dest="max_examples", type=int, metavar="N",
-                   help="certify the first N examples of the split (default 100)")
-    g = parser.add_argument_group("verification (bound propagation, docs/VERIFY.md)")
-    g.add_argument("--verify", nargs="+", metavar="LIST",
-                   help="comma list of ibp, crown-ibp, crown, alpha-crown: verified accuracy at every --eps under "
-                        "--attack-norm, beside PGD on the same examples (none = off)")
-    g.add_argument("--verify-max-examples", dest="verify_max_examples", type=int, metavar="N",
-                   help="verify the first N examples of the split (default 200)")
-    g = parser.add_argument_group("calibration")
-    g.add_argument("--calibration", action=argparse.BooleanOptionalAction, default=None,
-                   help="reliability, temperature, conformal and selective tables (default: on)")
-    g.add_argument("--conformal-alpha", dest="conformal_alpha", nargs="+", type=float, metavar="A",
-                   help="conformal miscoverage levels (default 0.1)")
-    _add_distributed_args(parser)
-    return _run(_eval, parser.parse_args(argv), hard_exit_on_interrupt=argv is None, kept=EVAL_KEPT)
+    return _run(_eval, _eval_parser().parse_args(argv), hard_exit_on_interrupt=argv is None, kept=EVAL_KEPT)
 
 
 # --------------------------------------------------------------------------- plot

@@ -1,7 +1,8 @@
 """Checks a run makes before it allocates or imports anything heavy.
 
-Nothing here imports JAX: a user error (a size that cannot fit, a run directory that another
-training holds) costs a fraction of a second, not the seconds of the JAX / Orbax imports.
+Nothing here imports JAX: a user error (a size that cannot fit, a bad flag or evaluation setting)
+costs a fraction of a second, not the seconds of the JAX / Orbax imports. The run directory's
+lock and disk-full detection live in ``runs/lock.py``.
 
 Memory rule (``check_memory``): backprop training streams its splits through the input
 pipeline (``data/pipeline.py``), so host memory holds the batches in flight, not the dataset: a
@@ -15,7 +16,6 @@ come on top).
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
@@ -81,74 +81,6 @@ def check_memory(cfg: "Config", *, available: Optional[int] = None) -> None:
                         f"available; use a smaller training.batch_size{hint}")
 
 
-# --------------------------------------------------------------------------- run-directory lock
-
-
-class RunLockedError(ValueError):
-    """Another process holds the run (or output) directory (exit code 2: choose another directory or wait)."""
-
-
-class RunLock:
-    """An exclusive ``fcntl`` lock on ``<run_dir>/.lock`` held for the life of a training (or of
-    an evaluation writing an ``--output`` directory: ``user="evaluation"``, ``other`` the fix).
-
-    The kernel drops the lock when the process exits, however it exits, so a crashed run never
-    leaves a stale lock. ``acquire`` fails at once (no waiting) when another process holds it.
-    """
-
-    def __init__(self, run_dir: str | Path, user: str = "training",
-                 other: str = "set training.checkpoint_dir to another directory"):
-        self.path = Path(run_dir) / ".lock"
-        self._fd: Optional[int] = None
-        self._user, self._other = user, other
-
-    def acquire(self) -> "RunLock":
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                holder = self.path.read_text().strip() or "another process"
-                raise RunLockedError(f"{self.path.parent} is in use by another {self._user} ({holder}); wait for "
-                                     f"it to finish or {self._other}") from None
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}".encode())
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        import fcntl
-
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> "RunLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` (or an exception it was raised from) is ENOSPC / EDQUOT."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if "No space left on device" in str(exc):
-            return True
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False
-
-
 # --------------------------------------------------------------------------- user-supplied tables
 
 
@@ -172,7 +104,6 @@ def check_output_dir(path: str | Path, key: str = "--output") -> Path:
 
 # --------------------------------------------------------------------------- data sources
 
-CIFAR10_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
 CIFAR10_HELP = ("download the python version of CIFAR-10 (cifar-10-python.tar.gz, "
                 "https://www.cs.toronto.edu/~kriz/cifar.html), extract it so that "
                 "DIR/cifar-10-batches-py/ holds data_batch_1..5 and test_batch, and set data.data_dir: DIR "
@@ -225,6 +156,17 @@ def check_attack_combination(attacks: Sequence[str], norm: str) -> None:
         raise ValueError("fgsm is an Linf attack; drop it from the attack list or use attack norm linf")
 
 
+# The corruption suites generated on the fly (evaluation.suite.SUITES; tests/test_trust.py keeps
+# the two equal); the other suite names are published files, read from ``--suite NAME DIR``.
+GENERATED_SUITES = ("imagenet-c", "imagenet-c-all")
+
+
+def check_suite(suite: str, suite_data: Optional[str]) -> None:
+    """A suite without published files (``evaluation.suite_data``) is one that is generated."""
+    if suite != "none" and suite_data is None and suite not in GENERATED_SUITES:
+        raise ValueError(f"unknown corruption suite {suite!r}; valid suites: {', '.join(GENERATED_SUITES)}")
+
+
 # autoattack.json's fields a user may fill (--card KEY=VALUE); the others are measured.
 CARD_USER_KEYS = ("link", "name", "authors", "additional_data", "number_forward_passes", "venue", "reported",
                   "architecture", "dataset", "footnote")
@@ -253,7 +195,7 @@ def parse_card(items: Sequence[str] | None) -> dict[str, Any]:
     return card
 
 
-# The architectures robust-vision-import converts weights of (models.import_weights.IMPORTABLE
+# The architectures robust-vision-import converts weights of (runs.import_weights.IMPORTABLE
 # is this tuple; tests/test_trust.py keeps it equal to the registry's WideResNets), named here so
 # a misspelt --model fails before JAX is imported.
 IMPORTABLE_MODELS = ("preact_resnet18", "wrn-28-10", "wrn-34-10", "wrn-34-20", "wrn-70-16")

@@ -452,7 +452,7 @@ def logits_program(fn: Callable, logits_fn: Callable, *, name: str, key: Any = N
 def model_jit(fn: Callable, program_key: Any, *, name: str, key: Any = None, donate_argnums: Sequence[int] = (),
               sources: Iterable[Any] = ()) -> CachedProgram | Callable:
     """``cached_jit`` of a program that closes over a model: kept on disk under the model's
-    ``program_key`` (``training.steps.ProgramKey``: ``.key``, ``.sources``) and ``key`` (what
+    ``program_key`` (``models.state.ProgramKey``: ``.key``, ``.sources``) and ``key`` (what
     else ``fn`` closes over); plain jit when ``program_key`` is None."""
     if program_key is None:
         return jax.jit(fn, donate_argnums=tuple(donate_argnums))

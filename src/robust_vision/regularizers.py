@@ -144,7 +144,7 @@ def make_regularizer(rcfg) -> Optional[Callable]:
     """
     from flax import nnx  # local: this module is otherwise pure jnp
 
-    from robust_vision.training.steps import merge_fresh
+    from robust_vision.models.state import merge_fresh
 
     if rcfg.jacobian_weight == 0 and rcfg.spectral_weight == 0:
         return None

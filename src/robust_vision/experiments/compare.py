@@ -34,10 +34,11 @@ import numpy as np
 
 from robust_vision.io import write_npz
 from robust_vision.config import ConfigError
+from robust_vision.experiments.trials import to_float
+from robust_vision.runs.paths import METRICS_FILE, config_file
 
 Log = Callable[[str], None]
 
-METRICS_CSV = "metrics.csv"
 RESULTS_CSV = "robustness_results.csv"
 CONFIDENCES_NPZ = "confidences.npz"
 
@@ -73,18 +74,18 @@ def _run_of_results(results_dir: Path) -> Path | None:
         run_dir = Path(info["models"][0]["run_dir"])
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None
-    return run_dir if (run_dir / METRICS_CSV).is_file() else None
+    return run_dir if (run_dir / METRICS_FILE).is_file() else None
 
 
 def find_experiment(path: str | Path, name: str) -> Experiment:
     """Detect the run and/or results directory of ``path`` (see the module docstring)."""
     path = Path(path)
-    if path.is_file() and path.name in (METRICS_CSV, RESULTS_CSV):
+    if path.is_file() and path.name in (METRICS_FILE, RESULTS_CSV):
         path = path.parent
     if not path.is_dir():
-        raise CompareError(f"{path}: not found; pass a run directory (with {METRICS_CSV}) or a results directory "
+        raise CompareError(f"{path}: not found; pass a run directory (with {METRICS_FILE}) or a results directory "
                            f"(with {RESULTS_CSV})")
-    run_dir = path if (path / METRICS_CSV).is_file() else None
+    run_dir = path if (path / METRICS_FILE).is_file() else None
     results_dir = path if (path / RESULTS_CSV).is_file() else None
     subdirs = sorted(p for p in path.iterdir() if p.is_dir())
     if results_dir is None:
@@ -92,9 +93,9 @@ def find_experiment(path: str | Path, name: str) -> Experiment:
     if run_dir is None and results_dir is not None:
         run_dir = _run_of_results(results_dir)
     if run_dir is None:
-        run_dir = _only([p for p in subdirs if (p / METRICS_CSV).is_file()], "run directories", path)
+        run_dir = _only([p for p in subdirs if (p / METRICS_FILE).is_file()], "run directories", path)
     if run_dir is None and results_dir is None:
-        raise CompareError(f"{path}: neither {METRICS_CSV} (a run directory of robust-vision-train) nor {RESULTS_CSV} "
+        raise CompareError(f"{path}: neither {METRICS_FILE} (a run directory of robust-vision-train) nor {RESULTS_CSV} "
                            "(a results directory of robust-vision-eval) found there or in its subdirectories; "
                            "pass one of those directories")
     return Experiment(name, path, run_dir, results_dir)
@@ -135,19 +136,12 @@ def _read_csv(path: Path) -> tuple[list[dict[str, str]], list[str]]:
         raise CompareError(str(exc)) from None
 
 
-def _num(value: Any) -> float:
-    try:
-        return float(value) if value not in (None, "") else math.nan
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def _best_metric(run_dir: Path) -> tuple[str, str]:
     """The run's training.best_metric / best_mode (the checkpoint an evaluation uses)."""
     import yaml
 
     try:
-        training = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("training", {})
+        training = (yaml.safe_load(config_file(run_dir).read_text()) or {}).get("training", {})
         return str(training.get("best_metric", "val_accuracy")), str(training.get("best_mode", "max"))
     except (OSError, yaml.YAMLError, AttributeError):
         return "val_accuracy", "max"
@@ -155,19 +149,19 @@ def _best_metric(run_dir: Path) -> tuple[str, str]:
 
 def training_summary(run_dir: Path) -> dict[str, float]:
     """Epochs, final and best validation accuracy / SNR from a run's metrics.csv."""
-    rows, _ = _read_csv(run_dir / METRICS_CSV)
-    validated = [r for r in rows if not math.isnan(_num(r.get("val_accuracy")))]
+    rows, _ = _read_csv(run_dir / METRICS_FILE)
+    validated = [r for r in rows if not math.isnan(to_float(r.get("val_accuracy")))]
     out = {"epochs": float(len(rows))}
     if not validated:
         return out
     last = validated[-1]
     metric, mode = _best_metric(run_dir)
-    scored = [r for r in validated if not math.isnan(_num(r.get(metric)))] or validated
-    key = (lambda r: _num(r.get(metric))) if any(metric in r for r in scored) else (lambda r: _num(r["val_accuracy"]))
+    scored = [r for r in validated if not math.isnan(to_float(r.get(metric)))] or validated
+    key = (lambda r: to_float(r.get(metric))) if any(metric in r for r in scored) else (lambda r: to_float(r["val_accuracy"]))
     best = (max if mode == "max" else min)(scored, key=key)  # first of equals: the epoch the trainer kept
-    out.update(final_val_accuracy=_num(last["val_accuracy"]), final_val_snr=_num(last.get("val_snr")),
-               best_epoch=_num(best["epoch"]), best_val_accuracy=_num(best["val_accuracy"]),
-               best_val_snr=_num(best.get("val_snr")))
+    out.update(final_val_accuracy=to_float(last["val_accuracy"]), final_val_snr=to_float(last.get("val_snr")),
+               best_epoch=to_float(best["epoch"]), best_val_accuracy=to_float(best["val_accuracy"]),
+               best_val_snr=to_float(best.get("val_snr")))
     return out
 
 
@@ -186,9 +180,9 @@ def conditions(rows: Sequence[dict[str, str]]) -> dict[tuple[str, float], dict[s
     """{(noise_type, level): {accuracy, snr}}; the clean split is one entry ("clean", 0.0)."""
     out: dict[tuple[str, float], dict[str, float]] = {}
     for r in rows:
-        level = _num(r["level"])
+        level = to_float(r["level"])
         key = ("clean", 0.0) if level == 0.0 else (r["noise_type"], level)
-        out.setdefault(key, {"accuracy": _num(r["accuracy"]), "snr": _num(r.get("snr"))})
+        out.setdefault(key, {"accuracy": to_float(r["accuracy"]), "snr": to_float(r.get("snr"))})
     return out
 
 
@@ -302,7 +296,7 @@ def write_merged_inputs(out_dir: Path, experiments: Sequence[Experiment], evals:
         if e.run_dir is not None:
             dest = out_dir / "runs" / e.name
             dest.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(e.run_dir / METRICS_CSV, dest / METRICS_CSV)
+            shutil.copyfile(e.run_dir / METRICS_FILE, dest / METRICS_FILE)
             written["runs"].append(dest)
     if evals:
         header = list(dict.fromkeys(c for _, h, _ in evals.values() for c in h))

@@ -24,7 +24,7 @@ import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
-from robust_vision.experiments.sweep import (COMPLETE, Log, Range, SweepError, SweepSpec, TrialFactory, _Runner,
+from robust_vision.experiments.trials import (COMPLETE, Log, Range, SweepError, SweepSpec, TrialFactory, TrialRunner,
                                              to_float)
 
 
@@ -145,7 +145,26 @@ class _WorkerLease:
         (self.dir / f"{self.id}.lock").unlink(missing_ok=True)
 
 
-def run_optuna(optuna, factory: TrialFactory, spec: SweepSpec, runner: _Runner, out_dir: Path,
+def _requeue_stale(study, lease: _WorkerLease, states) -> None:
+    """Trials left RUNNING by an interrupted or dead worker: closed, and their parameters asked
+    again, so the trial (same id, same run directory) is resumed from its checkpoint."""
+    for stale in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
+        if not lease.alive(stale.user_attrs.get("worker")):  # else another worker is training it
+            study.tell(stale.number, state=states.FAIL)
+            study.enqueue_trial(stale.params)
+
+
+def _wait_for(twin, study, lease: _WorkerLease, states) -> None:
+    """Wait while another live worker trains ``twin`` (a study trial with the same parameters)."""
+    def twin_running() -> bool:
+        running = study.get_trials(deepcopy=False, states=(states.RUNNING,))
+        return any(t.number == twin.number for t in running)
+
+    while twin_running() and lease.alive(twin.user_attrs.get("worker")):
+        time.sleep(2.0)
+
+
+def run_optuna(optuna, factory: TrialFactory, spec: SweepSpec, runner: TrialRunner, out_dir: Path,
                max_trials: int | None, log: Log, storage: str | None = None) -> list[dict]:
     from optuna.trial import TrialState
 
@@ -158,13 +177,7 @@ def run_optuna(optuna, factory: TrialFactory, spec: SweepSpec, runner: _Runner, 
     try:
         with file_lock(lock_path):
             study = _create_study(optuna, url, spec.direction, storage)
-            for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if lease.alive(stale.user_attrs.get("worker")):
-                    continue  # another worker is training it
-                # Left RUNNING by an interrupted or dead worker: close it and ask for the same
-                # parameters again, so the trial (same id, same run directory) is resumed from its checkpoint.
-                study.tell(stale.number, state=TrialState.FAIL)
-                study.enqueue_trial(stale.params)
+            _requeue_stale(study, lease, TrialState)
         dists, encoded = _distributions(optuna, factory, spec)
 
         def finished(t) -> bool:
@@ -192,12 +205,7 @@ def run_optuna(optuna, factory: TrialFactory, spec: SweepSpec, runner: _Runner, 
                 twin = next((t for t in trials if t.state == TrialState.RUNNING
                              and t.user_attrs.get("trial_id") == trial.trial_id), None)
             if twin is not None:  # the same parameters are being trained by another worker: wait for its row
-                def twin_running() -> bool:
-                    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                    return any(t.number == twin.number for t in running)
-
-                while twin_running() and lease.alive(twin.user_attrs.get("worker")):
-                    time.sleep(2.0)
+                _wait_for(twin, study, lease, TrialState)
             runner.table.refresh()
             row = runner(trial, n_done + 1, spec.n_trials)
             value = to_float(row.get("objective"))

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from robust_vision.experiments.sweep import DEFAULT_CONDITION, COMPLETE, read_trials, to_float
+from robust_vision.experiments.trials import DEFAULT_CONDITION, COMPLETE, read_trials, to_float
 
 
 def numeric_column(rows: Sequence[dict], key: str) -> bool:

@@ -24,12 +24,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from robust_vision.config import ModelConfig
-from robust_vision.training.hebbian import init_crossbar
 
-__all__ = ["CrossbarModel", "crossbar_log_scores", "crossbar_options"]
+__all__ = ["CrossbarModel", "crossbar_log_scores", "crossbar_options", "init_crossbar"]
 
 SNR_EPS = 1e-6
 """The seed's 1e-6 in s_target / (s_control + 1e-6); the same eps as log_snr_from_scores."""
+
+
+def init_crossbar(key: jax.Array, in_dim: int, num_outputs: int, init_scale: float = 0.01) -> jax.Array:
+    """Crossbar weights W (in_dim, num_outputs) float32 drawn U[0, init_scale) from ``key``."""
+    return jax.random.uniform(key, (in_dim, num_outputs), jnp.float32, 0.0, init_scale)
 
 
 class CrossbarModel(nnx.Module):

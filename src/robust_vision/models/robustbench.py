@@ -3,7 +3,7 @@ WideResNets WRN-28-10, WRN-34-10, WRN-34-20 and WRN-70-16, in Flax NNX.
 
 Layer for layer these follow ``robustbench/model_zoo/architectures`` (``resnet.py``
 ``PreActResNet`` and ``wide_resnet.py`` ``WideResNet``), so that a PyTorch ``state_dict`` of
-those models maps one-to-one onto ours (``models/import_weights.py``):
+those models maps one-to-one onto ours (``runs/import_weights.py``):
 
 * convolutions pad explicitly by 1 on every side, as PyTorch's ``padding=1`` does (Flax's
   ``"SAME"`` pads a stride-2 convolution asymmetrically and would shift every feature map);

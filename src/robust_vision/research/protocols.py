@@ -359,7 +359,7 @@ def _shared_forward(parts) -> Callable:
     """One forward function per model structure (GraphDef), so models that differ only in their
     weights share the evaluator's compiled programs instead of compiling once each."""
     if parts.eval_graph not in _FORWARDS:
-        from robust_vision.training.steps import make_logits_fn
+        from robust_vision.models.state import make_logits_fn
 
         logits = make_logits_fn(parts)
         _FORWARDS[parts.eval_graph] = lambda variables, images: logits(variables[0], variables[1], images)
@@ -398,7 +398,7 @@ def run_classification_method(settings: StudySettings, method: Method, seed: int
                          train_time_s=t1 - t0, eval_time_s=time.perf_counter() - t1, note=note, units=units)
 
     from robust_vision.runs.loading import load_trained_model
-    from robust_vision.training.trainer import TrainingError
+    from robust_vision.runs.resume import TrainingError
 
     run_dir = Path(out_dir) / "runs" / "classification" / f"seed{seed}" / method.key
     cfg = config_from_dict(backprop_config(settings, method, seed, run_dir))

@@ -32,7 +32,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from robust_vision.io import write_json
-from robust_vision.runs.paths import CheckpointError, read_meta  # noqa: F401 (re-exported)
+from robust_vision.runs.paths import CheckpointError, checkpoints_dir, read_meta  # noqa: F401 (re-exported)
 
 
 class CheckpointWriteError(RuntimeError):
@@ -124,7 +124,7 @@ class _DiskFullNoise(logging.Filter):
     failed save is reported in one line (:meth:`CheckpointStore.save`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from robust_vision.preflight import is_disk_full
+        from robust_vision.runs.lock import is_disk_full
 
         exc = record.exc_info[1] if record.exc_info else None
         return not ("No space left on device" in record.getMessage() or (exc is not None and is_disk_full(exc)))
@@ -150,7 +150,7 @@ class CheckpointStore:
     """The epoch and best-checkpoint managers of one run directory."""
 
     def __init__(self, run_dir: str | Path, *, save_every: int = 5, best_mode: str = "max"):
-        self.root = Path(run_dir) / "checkpoints"
+        self.root = checkpoints_dir(run_dir)
         self.best_mode = best_mode
         self.epochs = _manager(self.root / "epochs", max_to_keep=2, keep_period=save_every)
         self.best = _manager(self.root / "best", max_to_keep=1)
@@ -173,7 +173,7 @@ class CheckpointStore:
                 self._save(self.epochs, epoch, args)
             sys.unraisablehook = hook
         except Exception as exc:  # Orbax wraps OS errors in several types; report the cause in one line
-            from robust_vision.preflight import is_disk_full
+            from robust_vision.runs.lock import is_disk_full
 
             # Keep the quiet hook: Orbax's callbacks may still fail after this; the run ends here.
 
@@ -235,14 +235,6 @@ class CheckpointStore:
             return out
         raise CheckpointError(f"no checkpoint in {self.epochs.directory} verifies ({'; '.join(reasons)}); "
                               "start a new run in another training.checkpoint_dir")
-
-    def restore(self, abstract_state: Any, *, epoch: int | None = None, best: bool = False) -> tuple[Any, dict]:
-        """Restore (state, meta) into the structure of ``abstract_state``."""
-        manager = self.best if best else self.epochs
-        step = epoch if epoch is not None else manager.latest_step()
-        if step is None:
-            raise CheckpointError(f"no checkpoint in {manager.directory}")
-        return restore_checkpoint(Path(manager.directory) / str(step), abstract_state)
 
     def close(self) -> None:
         self.epochs.close()

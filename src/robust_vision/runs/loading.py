@@ -15,11 +15,11 @@ from flax import nnx
 from robust_vision.config import Config, ConfigError, config_to_dict, load_config
 from robust_vision.data.pipeline import num_batches
 from robust_vision.models import MODELS, model_builder
+from robust_vision.models.state import Graphs, ModelParts, ProgramKey, make_logits_fn, model_program_key, split_model
+from robust_vision.optim import init_train_state, make_run_optimizer
 from robust_vision.program_cache import cached_jit, cached_shapes
 from robust_vision.runs.checkpoint import restore_checkpoint
-from robust_vision.runs.paths import CheckpointError, read_meta, resolve_checkpoint  # noqa: F401 (re-exported)
-from robust_vision.training.steps import (Graphs, ModelParts, ProgramKey, init_train_state, make_logits_fn,
-                                          make_run_optimizer, model_program_key, split_model)
+from robust_vision.runs.paths import CheckpointError, config_file, read_meta, resolve_checkpoint  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -107,7 +107,7 @@ def load_trained_model(checkpoint: str | Path, cfg: Config | None = None, *, nam
     """
     run_dir, ckpt_dir = resolve_checkpoint(checkpoint)
     meta = read_meta(ckpt_dir)
-    run_cfg_path = run_dir / "config.yaml"
+    run_cfg_path = config_file(run_dir)
     if not run_cfg_path.is_file():
         raise CheckpointError(f"{run_dir}: config.yaml missing; the checkpoint cannot be rebuilt without the run's config")
     try:

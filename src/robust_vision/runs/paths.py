@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 # The names inside a run directory. Only runs/ spells them; everything else asks these.
 CONFIG_FILE = "config.yaml"        # the config exactly as trained
 METRICS_FILE = "metrics.csv"       # one row per epoch
@@ -52,14 +51,14 @@ def _seed_checkpoint_path(path: Path) -> Path:
 
     run = path.parent
     match = re.fullmatch(r"best_checkpoint_(\d+)", path.name)
-    if path.name == "best" and (run / "checkpoints" / "best").is_dir():
-        return run / "checkpoints" / "best"
+    if path.name == "best" and (checkpoints_dir(run) / "best").is_dir():
+        return checkpoints_dir(run) / "best"
     if match:
         for sub in ("best", "epochs"):
-            candidate = run / "checkpoints" / sub / match.group(1)
+            candidate = checkpoints_dir(run) / sub / match.group(1)
             if (candidate / "meta" / "metadata").is_file():
                 return candidate
-        best = _latest_step_dir(run / "checkpoints" / "best")
+        best = _latest_step_dir(checkpoints_dir(run) / "best")
         if best is not None:
             raise CheckpointError(f"checkpoint {str(path)!r} not found: this run's best checkpoint is epoch "
                                   f"{best.name}; pass {run} (its best) or {best}")
@@ -80,7 +79,7 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
         path = _seed_checkpoint_path(path)
     if (path / "meta" / "metadata").is_file():
         return path.parent.parent.parent, path
-    for manager in (path / "checkpoints" / "best", path / "checkpoints" / "epochs", path):
+    for manager in (checkpoints_dir(path) / "best", checkpoints_dir(path) / "epochs", path):
         step_dir = _latest_step_dir(manager)
         if step_dir is not None:
             return step_dir.parent.parent.parent, step_dir

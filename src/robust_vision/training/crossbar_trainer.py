@@ -5,18 +5,19 @@
 ``robust-vision-eval --checkpoint RUN`` restores a Hebbian run like a backprop one::
 
     RUN/config.yaml          the config exactly as used
-    RUN/metrics.csv          one row per epoch, trainer.METRIC_COLUMNS (see below)
+    RUN/metrics.csv          one row per epoch, runs.history.METRIC_COLUMNS (see below)
     RUN/weight_stats.json    mean/std/min/max/max_abs/diverged of the final W (+ rule, eta, clip)
     RUN/checkpoints/         Orbax, the backprop trainer's state layout
                              {params, model_state, opt_state, ema_params=None, step}
 
 The algorithm is exactly :func:`robust_vision.training.hebbian.train_crossbar` with
 ``key = jax.random.key(training.seed)``: W0 = init_crossbar(init_key), then
-``training.hebbian.iterations`` epochs; each epoch reshuffles (one key per epoch from
-``split(shuffle_key, iterations)``) and applies one update per minibatch of
-``training.batch_size`` with the batch *mean* of the per-example updates (last partial batch
-masked), followed by the clip. It runs epoch by epoch here (one jitted ``lax.scan`` per
-epoch) so that every epoch is logged and checkpointed; the final W equals train_crossbar's.
+``training.hebbian.iterations`` epochs of ``hebbian.crossbar_epoch`` (one key per epoch from
+``split(shuffle_key, iterations)``; minibatches of ``training.batch_size``, the batch *mean* of
+the per-example updates, then the clip). It runs epoch by epoch here so that every epoch is
+logged and checkpointed (``training.loop.RunBook``, as the backprop trainer). The data are read
+through ``data.sources`` and materialised once (``read_examples``): the local rules update the
+crossbar from the whole (N, D) matrix, and their data are tiny by construction.
 
 Settings (all from the config): rule = ``training.learning_rule`` (hebbian | sgd_mse);
 eta = ``training.hebbian.eta`` (hebbian) or ``training.hebbian.sgd_eta`` (sgd_mse);
@@ -42,9 +43,8 @@ to weight_stats.json (with the first diverged epoch) and training completes; not
 
 from __future__ import annotations
 
-import functools
-import math
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import jax
@@ -52,15 +52,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from robust_vision.config import Config, ConfigError, config_to_dict, save_config
+from robust_vision.config import Config, ConfigError
+from robust_vision.data.sources import RecordSource, read_examples
 from robust_vision.evaluation.metrics import log_snr_from_scores, logit_margin, snr_summary
 from robust_vision.io import write_json
 from robust_vision.models import create_model
-from robust_vision.runs.checkpoint import CheckpointStore, is_better
-from robust_vision.training.hebbian import ClipRange, get_rule, init_crossbar, weight_stats
-from robust_vision.training.steps import init_train_state, make_optimizer, split_model
-from robust_vision.training.trainer import (TrainResult, check_run_request, dataset_for, read_history,
-                                            write_history)
+from robust_vision.models.crossbar import init_crossbar
+from robust_vision.models.state import split_model
+from robust_vision.optim import init_train_state, make_optimizer
+from robust_vision.runs.resume import check_run_request
+from robust_vision.training.hebbian import crossbar_epoch, weight_stats
+from robust_vision.training.loop import RunBook, TrainResult, checkpoint_store, describe_data, training_sources
 
 __all__ = ["LOCAL_RULES", "local_rule_settings", "train_local_rule"]
 
@@ -90,31 +92,6 @@ def local_rule_settings(cfg: Config) -> dict[str, Any]:
 # --------------------------------------------------------------------------- jitted pieces
 
 
-@functools.partial(jax.jit, static_argnames=("rule", "batch_size"))
-def _epoch(W: jax.Array, x: jax.Array, t: jax.Array, key: jax.Array, eta: jax.Array, clip_range: ClipRange,
-           *, rule: str, batch_size: int) -> jax.Array:
-    """One shuffled pass of ``rule`` over x (N, D) with targets t (N, K): W (D, K) -> W.
-
-    Same batches as hebbian._train_crossbar: permutation(key) padded to whole batches with
-    masked rows; the rule's batch mean is rescaled to a mean over the real rows only."""
-    n = x.shape[0]
-    n_batches = -(-n // batch_size)
-    pad = n_batches * batch_size - n
-    perm = jnp.concatenate([jax.random.permutation(key, n), jnp.zeros((pad,), jnp.int32)])
-    valid = jnp.concatenate([jnp.ones((n,), jnp.float32), jnp.zeros((pad,), jnp.float32)])
-    update = get_rule(rule)
-
-    def body(W: jax.Array, idx_valid: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
-        idx, ok = idx_valid
-        xb, tb = x[idx] * ok[:, None], t[idx] * ok[:, None]  # padded rows are 0: no contribution
-        # The rules divide by the batch length; eta * B / count makes it a mean over real rows.
-        scale = batch_size / jnp.maximum(ok.sum(), 1.0)
-        return update(W, xb, tb, eta * scale, clip_range), None
-
-    W, _ = jax.lax.scan(body, W, (perm.reshape(n_batches, batch_size), valid.reshape(n_batches, batch_size)))
-    return W
-
-
 @jax.jit
 def _per_example(W: jax.Array, x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
     """Per-example crossbar metrics of x (N, D), y (N,): each (N,)."""
@@ -142,15 +119,66 @@ def _summary(W: jax.Array, x: jax.Array, y: jax.Array, rule: str) -> dict[str, O
         }
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe copy: non-finite floats become None (Orbax's JSON metadata rejects NaN)."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+@dataclass(frozen=True)
+class _Split:
+    """A split materialised for the crossbar: x (N, D) float32 in [0, 1], labels y (N,) int32."""
+
+    x: jax.Array
+    y: jax.Array
+
+    @classmethod
+    def read(cls, source: RecordSource) -> "_Split":
+        images, labels = read_examples(source)
+        return cls(jnp.asarray(images.reshape(len(images), -1)), jnp.asarray(labels))
+
+
+@dataclass
+class _LocalLoop:
+    """The fixed pieces of a local-rule run's epochs, and the first diverged epoch (carried over)."""
+
+    cfg: Config
+    settings: dict[str, Any]
+    train: _Split
+    val: _Split
+    book: RunBook
+    batch_size: int
+    state_of: Callable[[jax.Array, int], dict]
+    log: Callable[[str], None]
+    diverged_epoch: int | None = None
+
+    def run_epoch(self, W: jax.Array, key: jax.Array, epoch: int) -> jax.Array:
+        """One pass of the rule (``hebbian.crossbar_epoch``), its metrics.csv row, and a checkpoint
+        when the epoch is the best, a ``save_every`` one or the last."""
+        s, tcfg = self.settings, self.cfg.training
+        t0 = time.perf_counter()
+        targets = jax.nn.one_hot(self.train.y, self.book.describe["num_classes"], dtype=jnp.float32)
+        W = crossbar_epoch(W, self.train.x, targets, key, jnp.float32(s["eta"]), s["clip_range"], rule=s["rule"],
+                           batch_size=self.batch_size)
+        tr = _summary(W, self.train.x, self.train.y, s["rule"])
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
+                               "train_margin": tr["margin"], "train_snr": tr["snr"], "learning_rate": s["eta"]}
+        if len(self.val.y):
+            va = _summary(W, self.val.x, self.val.y, s["rule"])
+            row.update(val_loss=va["loss"], val_accuracy=va["accuracy"], val_margin=va["margin"],
+                       val_snr=va["snr"], val_snr_median=va["snr_median"], val_ece=None)
+        row["epoch_time_s"] = time.perf_counter() - t0
+        improved = self.book.record(row)
+        val = f"  Val Acc: {row['val_accuracy']:.4f}  SNR: {row['val_snr']:.4g}" if "val_accuracy" in row else ""
+        self.log(f"Epoch {epoch}/{s['epochs']}  Train Acc: {row['train_accuracy']:.4f}  "
+                 f"SNR: {row['train_snr']:.4g}{val}")
+        self._note_divergence(W, epoch)
+        if improved or epoch % tcfg.save_every == 0 or epoch == s["epochs"]:
+            steps = -(-len(self.train.y) // self.batch_size)
+            self.book.save(self.state_of(W, epoch * steps), improved, diverged_epoch=self.diverged_epoch)
+        return W
+
+    def _note_divergence(self, W: jax.Array, epoch: int) -> None:
+        stats = weight_stats(W, self.settings["bound"])
+        if stats["diverged"] and self.diverged_epoch is None:
+            self.diverged_epoch = epoch
+            self.log(f"  DIVERGED at epoch {epoch}: max|W| = {stats['max_abs']:.3g}, {stats['n_nan']} NaN, "
+                     f"{stats['n_posinf'] + stats['n_neginf']} inf entries (bound {self.settings['bound']:g}); "
+                     f"training goes on, the outcome is recorded in {WEIGHT_STATS_JSON}")
 
 
 # --------------------------------------------------------------------------- entry point
@@ -159,121 +187,62 @@ def _clean(value: Any) -> Any:
 def train_local_rule(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = print) -> TrainResult:
     """Train the crossbar of ``cfg`` with its local rule and write ``cfg.training.checkpoint_dir``.
 
-    Args:
-        cfg: a config with ``model.name: crossbar`` and ``training.learning_rule`` hebbian or
-            sgd_mse (e.g. configs/hebbian.yaml).
-        resume: continue a run from its latest checkpoint (same config; identical result to an
-            uninterrupted run, as every epoch's shuffling key is fixed by the seed).
-        log: receives the progress lines.
-
-    Returns:
-        TrainResult(run_dir, history (one dict per epoch, METRIC_COLUMNS), best_epoch, best_value).
-
-    Raises:
-        ConfigError: not a crossbar / local-rule config, or an unknown best_metric.
-        TrainingError: the run directory already holds checkpoints and ``resume`` is False, or
-            ``resume`` with a config that differs from the saved one.
+    ``cfg``: ``model.name: crossbar`` and ``training.learning_rule`` hebbian or sgd_mse (e.g.
+    configs/hebbian.yaml), else ConfigError. ``resume`` continues from the latest checkpoint that
+    verifies (same config, else TrainingError; the same result as an uninterrupted run, as every
+    epoch's shuffling key is fixed by the seed). Returns the TrainResult (one history row per epoch).
     """
     s = local_rule_settings(cfg)
     tcfg = cfg.training
     run_dir, _ = check_run_request(cfg, resume)
-
-    # Whole arrays on purpose: the local rules update a crossbar from the full (N, D) training
-    # matrix on device in one jitted scan per epoch, and their data is tiny by construction
-    # (flattened digits / small patterns); the backprop trainer streams instead.
-    dataset = dataset_for(cfg)
-    k = dataset.num_classes
-    x_train = jnp.asarray(dataset.train.images.reshape(len(dataset.train), -1))  # (N, D) in [0, 1]
-    y_train = jnp.asarray(dataset.train.labels)
-    t_train = jax.nn.one_hot(y_train, k, dtype=jnp.float32)  # (N, K) target signal
-    x_val = jnp.asarray(dataset.val.images.reshape(len(dataset.val), -1))
-    y_val = jnp.asarray(dataset.val.labels)
-    n_train, d = x_train.shape
+    data = training_sources(cfg)
+    train, val = _Split.read(data.train), _Split.read(data.val)
+    n_train, d = train.x.shape
     batch_size = min(int(tcfg.batch_size), n_train)
     steps_per_epoch = -(-n_train // batch_size)
-
-    # The registry's model gives the checkpoint its structure; its weights are replaced below by
+    # The registry's model gives the checkpoint its structure; its weights are replaced by
     # train_crossbar's initialisation so that both entry points give the same numbers.
-    model = create_model(cfg.model, input_shape=dataset.image_shape, num_classes=k, seed=tcfg.seed)
+    model = create_model(cfg.model, input_shape=data.image_shape, num_classes=data.num_classes, seed=tcfg.seed)
     tx, _ = make_optimizer(tcfg, steps_per_epoch)
-    init_key, shuffle_key = jax.random.split(jax.random.key(tcfg.seed))
-    epoch_keys = jax.random.split(shuffle_key, s["epochs"])
-    W = init_crossbar(init_key, d, k)
 
     def state_of(W: jax.Array, step: int) -> dict:
         model.W[...] = W
-        parts = split_model(model)
-        return {**init_train_state(parts, tx, False), "step": jnp.asarray(step, jnp.int32)}
+        return {**init_train_state(split_model(model), tx, False), "step": jnp.asarray(step, jnp.int32)}
 
+    init_key, shuffle_key = jax.random.split(jax.random.key(tcfg.seed))
+    W = init_crossbar(init_key, d, data.num_classes)
     run_dir.mkdir(parents=True, exist_ok=True)
-    store = CheckpointStore(run_dir, save_every=tcfg.save_every, best_mode=tcfg.best_mode)
-    history: list[dict] = []
-    start_epoch, best_value, best_epoch, diverged_epoch = 1, None, None, None
-    if resume and store.latest_epoch() is not None:
-        state, meta = store.restore(state_of(W, 0))
-        nnx.update(model, state["params"])
-        W = model.W[...]
-        start_epoch = int(meta["epoch"]) + 1
-        best_value, best_epoch = meta.get("best_value"), meta.get("best_epoch")
-        diverged_epoch = meta.get("diverged_epoch")
-        history = read_history(run_dir / "metrics.csv", int(meta["epoch"]))
-        log(f"Resuming {run_dir} from epoch {meta['epoch']}")
-    elif resume:
-        log(f"--resume: no checkpoint in {run_dir}; starting from scratch")
-    save_config(cfg, run_dir / "config.yaml")
+    with checkpoint_store(run_dir, tcfg) as store:
+        describe = describe_data(data, ema=False, learning_rule=s["rule"], outputs="crossbar_log_scores")
+        loop = _LocalLoop(cfg, s, train, val, RunBook(cfg, run_dir, store, describe), batch_size, state_of, log)
+        state, meta = loop.book.resume(state_of(W, 0), resume, log)
+        if meta:
+            nnx.update(model, state["params"])
+            W, loop.diverged_epoch = model.W[...], meta.get("diverged_epoch")
+        clip = "none" if s["clip_range"] is None else f"[{s['clip_range'][0]:g}, {s['clip_range'][1]:g}]"
+        log(f"Dataset {data.name}: {n_train} train / {len(val.y)} val (test is not read), images {data.image_shape}, "
+            f"{data.num_classes} classes")
+        log(f"Crossbar {d}x{data.num_classes}, rule {s['rule']}, eta {s['eta']:g}, clip {clip}, {s['epochs']} epochs "
+            f"of {steps_per_epoch} update(s) (batch {batch_size})")
+        epoch_keys = jax.random.split(shuffle_key, s["epochs"])
+        for epoch in range(loop.book.start_epoch, s["epochs"] + 1):
+            W = loop.run_epoch(W, epoch_keys[epoch - 1], epoch)
+    _write_weight_stats(loop, W)
+    return loop.book.result()
 
-    clip_text = "none" if s["clip_range"] is None else f"[{s['clip_range'][0]:g}, {s['clip_range'][1]:g}]"
-    log(f"Dataset {dataset.name}: {n_train} train / {len(dataset.val)} val / {len(dataset.test)} test, "
-        f"images {dataset.image_shape}, {k} classes")
-    log(f"Crossbar {d}x{k}, rule {s['rule']}, eta {s['eta']:g}, clip {clip_text}, {s['epochs']} epochs of "
-        f"{steps_per_epoch} update(s) (batch {batch_size})")
 
-    eta = jnp.float32(s["eta"])
-    for epoch in range(start_epoch, s["epochs"] + 1):
-        t0 = time.perf_counter()
-        W = _epoch(W, x_train, t_train, epoch_keys[epoch - 1], eta, s["clip_range"], rule=s["rule"],
-                   batch_size=batch_size)
-        tr = _summary(W, x_train, y_train, s["rule"])
-        row: dict[str, Any] = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
-                               "train_margin": tr["margin"], "train_snr": tr["snr"], "learning_rate": s["eta"]}
-        if len(dataset.val):
-            va = _summary(W, x_val, y_val, s["rule"])
-            row.update(val_loss=va["loss"], val_accuracy=va["accuracy"], val_margin=va["margin"],
-                       val_snr=va["snr"], val_snr_median=va["snr_median"], val_ece=None)
-        row["epoch_time_s"] = time.perf_counter() - t0
-        history.append(row)
-        write_history(run_dir / "metrics.csv", history)
-        log(f"Epoch {epoch}/{s['epochs']}  Train Acc: {row['train_accuracy']:.4f}  SNR: {row['train_snr']:.4g}"
-            + (f"  Val Acc: {row['val_accuracy']:.4f}  SNR: {row['val_snr']:.4g}" if "val_accuracy" in row else ""))
-
-        stats = weight_stats(W, s["bound"])
-        if stats["diverged"] and diverged_epoch is None:
-            diverged_epoch = epoch
-            log(f"  DIVERGED at epoch {epoch}: max|W| = {stats['max_abs']:.3g}, {stats['n_nan']} NaN, "
-                f"{stats['n_posinf'] + stats['n_neginf']} inf entries (bound {s['bound']:g}); training goes on, "
-                f"the outcome is recorded in {WEIGHT_STATS_JSON}")
-
-        improved = is_better(row.get(tcfg.best_metric), best_value, tcfg.best_mode)
-        if improved:
-            best_value, best_epoch = row[tcfg.best_metric], epoch
-        if improved or epoch % tcfg.save_every == 0 or epoch == s["epochs"]:
-            meta = _clean({"epoch": epoch, "metrics": row, "best_metric": tcfg.best_metric, "best_value": best_value,
-                           "best_epoch": best_epoch, "model": config_to_dict(cfg)["model"],
-                           "input_shape": list(dataset.image_shape), "num_classes": k,
-                           "class_names": list(dataset.class_names), "ema": False,
-                           "learning_rule": s["rule"], "outputs": "crossbar_log_scores",
-                           "diverged_epoch": diverged_epoch})
-            store.save(epoch, state_of(W, epoch * steps_per_epoch), meta, is_best=improved)
-    store.close()
-
+def _write_weight_stats(loop: _LocalLoop, W: jax.Array) -> None:
+    """weight_stats.json of the final W, and the closing log lines."""
+    s, book = loop.settings, loop.book
     stats = weight_stats(W, s["bound"])
-    write_json(run_dir / WEIGHT_STATS_JSON, {
-        **stats, "rule": s["rule"], "eta": s["eta"], "clip_range": None if s["clip_range"] is None else list(s["clip_range"]),
-        "epochs": s["epochs"], "bound": s["bound"], "diverged_epoch": diverged_epoch,
+    write_json(book.run_dir / WEIGHT_STATS_JSON, {
+        **stats, "rule": s["rule"], "eta": s["eta"],
+        "clip_range": None if s["clip_range"] is None else list(s["clip_range"]), "epochs": s["epochs"],
+        "bound": s["bound"], "diverged_epoch": loop.diverged_epoch,
     })
-    verdict = (f"DIVERGED (first at epoch {diverged_epoch})" if stats["diverged"] else "stable")
-    log(f"Weights: mean {stats['mean']:.4g}, std {stats['std']:.4g}, range [{stats['min']:.4g}, {stats['max']:.4g}]; "
-        f"{verdict}")
-    if best_epoch is not None:
-        log(f"Best checkpoint saved: epoch {best_epoch}, {tcfg.best_metric}={best_value:.4f}")
-    return TrainResult(run_dir=run_dir, history=history, best_epoch=best_epoch, best_value=best_value)
+    verdict = (f"DIVERGED (first at epoch {loop.diverged_epoch})" if stats["diverged"] else "stable")
+    loop.log(f"Weights: mean {stats['mean']:.4g}, std {stats['std']:.4g}, range [{stats['min']:.4g}, "
+             f"{stats['max']:.4g}]; {verdict}")
+    if book.best_epoch is not None:
+        metric = loop.cfg.training.best_metric
+        loop.log(f"Best checkpoint saved: epoch {book.best_epoch}, {metric}={book.best_value:.4f}")

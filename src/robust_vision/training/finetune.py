@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from robust_vision.models.stages import path_names
+from robust_vision.runs.loading import load_trained_model
 
 
 def _name(path) -> str:
@@ -48,8 +49,6 @@ def load_initial_weights(init_from: str, params: Any, model_state: Any,
     """(params, model_state) with the weights of the checkpoint ``init_from`` copied in
     (its evaluation weights: EMA when the run used EMA). Raises ValueError when nothing
     matches (a different architecture)."""
-    from robust_vision.runs.loading import load_trained_model  # the loader imports the trainer's pieces
-
     source = load_trained_model(init_from)
     params, copied_p, kept_p = transfer_weights(params, source.params)
     model_state, copied_s, _ = transfer_weights(model_state, source.model_state)

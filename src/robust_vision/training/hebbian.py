@@ -47,16 +47,17 @@ import numpy as np
 from robust_vision.corruptions import get_noise
 from robust_vision.corruptions._common import lookup
 from robust_vision.evaluation.metrics import log_snr_from_scores, snr_summary
+from robust_vision.models.crossbar import init_crossbar
 
 __all__ = [
     "RULES",
     "ClipRange",
     "clip_weights",
     "crossbar_accuracy",
+    "crossbar_epoch",
     "crossbar_scores",
     "get_rule",
     "hebbian_update",
-    "init_crossbar",
     "is_diverged",
     "pattern_protocol",
     "sgd_mse_update",
@@ -95,11 +96,6 @@ def _flatten(x: jax.Array) -> jax.Array:
 
 
 # ------------------------------------------------------------------------------- model
-
-
-def init_crossbar(key: jax.Array, in_dim: int, num_outputs: int, init_scale: float = 0.01) -> jax.Array:
-    """Crossbar weights W (in_dim, num_outputs) float32 drawn U[0, init_scale) from ``key``."""
-    return jax.random.uniform(key, (in_dim, num_outputs), jnp.float32, 0.0, init_scale)
 
 
 def crossbar_scores(W: jax.Array, x: jax.Array) -> jax.Array:
@@ -306,6 +302,32 @@ def _condition_key(key: jax.Array, noise_type: str, level_index: int) -> jax.Arr
     return jax.random.fold_in(jax.random.fold_in(key, zlib.crc32(noise_type.encode()) & 0x7FFFFFFF), level_index)
 
 
+def _condition_rows(W: jax.Array, images: jax.Array, noise_key: jax.Array, noise_types: Sequence[str],
+                    levels: Sequence[float], n_noisy: int) -> tuple[list[dict], list[dict]]:
+    """``pattern_protocol``'s rows and per-image arrays, one per (noise_type, level)."""
+    rows, per_image = [], []
+    for name in noise_types:
+        for i, level in enumerate(levels):
+            log_snr, correct = _eval_condition(W, images, _condition_key(noise_key, name, i),
+                                               jnp.float32(level), noise_type=name, n_noisy=n_noisy)
+            draws = np.asarray(log_snr, np.float64)  # (N, n_noisy)
+            log_snr = draws.ravel()
+            finite = np.isfinite(log_snr)
+            ok = np.isfinite(draws)
+            count = ok.sum(axis=1)
+            # mean over an image's finite draws; nan for an image without any (diverged model)
+            image_log_snr = np.where(count > 0, np.where(ok, draws, 0.0).sum(axis=1) / np.maximum(count, 1), np.nan)
+            rows.append({
+                "noise_type": name, "level": float(level), "n": int(log_snr.size),
+                "accuracy": float(np.asarray(correct).mean()),
+                **snr_summary(log_snr[finite]),
+                "n_nonfinite": int((~finite).sum()),
+            })
+            # per image (N,): the resampling units of the study's bootstrap intervals
+            per_image.append({"log_snr": image_log_snr, "accuracy": np.asarray(correct, np.float64).mean(axis=1)})
+    return rows, per_image
+
+
 def pattern_protocol(key: jax.Array, images: jax.Array, rule: str = "hebbian", clip_range: ClipRange = None,
                      eta: Optional[float] = None, iterations: int = 30,
                      noise_types: Sequence[str] = ("gaussian", "salt_pepper", "fog", "occlusion"),
@@ -354,26 +376,7 @@ def pattern_protocol(key: jax.Array, images: jax.Array, rule: str = "hebbian", c
     x = images.reshape(images.shape[0], -1)
     W, diverged = _train_patterns(init_key, x, jnp.float32(eta), clip_range, jnp.float32(bound),
                                   rule=rule, iterations=int(iterations), num_outputs=int(num_outputs))
-    rows, per_image = [], []
-    for name in noise_types:
-        for i, level in enumerate(levels):
-            log_snr, correct = _eval_condition(W, images, _condition_key(noise_key, name, i),
-                                               jnp.float32(level), noise_type=name, n_noisy=int(n_noisy))
-            draws = np.asarray(log_snr, np.float64)  # (N, n_noisy)
-            log_snr = draws.ravel()
-            finite = np.isfinite(log_snr)
-            ok = np.isfinite(draws)
-            count = ok.sum(axis=1)
-            # mean over an image's finite draws; nan for an image without any (diverged model)
-            image_log_snr = np.where(count > 0, np.where(ok, draws, 0.0).sum(axis=1) / np.maximum(count, 1), np.nan)
-            rows.append({
-                "noise_type": name, "level": float(level), "n": int(log_snr.size),
-                "accuracy": float(np.asarray(correct).mean()),
-                **snr_summary(log_snr[finite]),
-                "n_nonfinite": int((~finite).sum()),
-            })
-            # per image (N,): the resampling units of the study's bootstrap intervals
-            per_image.append({"log_snr": image_log_snr, "accuracy": np.asarray(correct, np.float64).mean(axis=1)})
+    rows, per_image = _condition_rows(W, images, noise_key, noise_types, levels, int(n_noisy))
     diverged = np.asarray(diverged)
     return {
         "rule": rule, "clip_range": None if clip_range is None else list(clip_range), "eta": eta,
@@ -386,35 +389,41 @@ def pattern_protocol(key: jax.Array, images: jax.Array, rule: str = "hebbian", c
 # ---------------------------------------------------------------- classification protocol
 
 
-@functools.partial(jax.jit, static_argnames=("rule", "epochs", "batch_size", "num_classes"))
-def _train_crossbar(key: jax.Array, x: jax.Array, y: jax.Array, eta: jax.Array, clip_range: ClipRange,
-                    *, rule: str, epochs: int, batch_size: int, num_classes: int) -> jax.Array:
-    n, d = x.shape
-    init_key, shuffle_key = jax.random.split(key)
-    W0 = init_crossbar(init_key, d, num_classes)
-    t_all = jax.nn.one_hot(y, num_classes, dtype=jnp.float32)
+@functools.partial(jax.jit, static_argnames=("rule", "batch_size"))
+def crossbar_epoch(W: jax.Array, x: jax.Array, t: jax.Array, key: jax.Array, eta: jax.Array, clip_range: ClipRange,
+                   *, rule: str, batch_size: int) -> jax.Array:
+    """One shuffled pass of ``rule`` over x (N, D) with targets t (N, K): W (D, K) -> W.
+
+    The order is permutation(key), padded to whole batches with masked rows (zeros: they add
+    nothing); each batch applies ``rule`` once, its batch mean rescaled to a mean over the real
+    rows only (eta * B / count)."""
+    n = x.shape[0]
     n_batches = -(-n // batch_size)
     pad = n_batches * batch_size - n
+    perm = jnp.concatenate([jax.random.permutation(key, n), jnp.zeros((pad,), jnp.int32)])
+    valid = jnp.concatenate([jnp.ones((n,), jnp.float32), jnp.zeros((pad,), jnp.float32)])
+    update = get_rule(rule)
 
-    def masked_update(W: jax.Array, idx_valid: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
-        idx, valid = idx_valid
-        xb = x[idx] * valid[:, None]
-        tb = t_all[idx] * valid[:, None]
-        count = jnp.maximum(valid.sum(), 1.0)
-        if rule == "hebbian":
-            dW = eta * (xb.T @ tb) / count
-        else:  # sgd_mse; padded rows have xb = 0 and contribute nothing
-            dW = -eta * (xb.T @ (xb @ W - tb)) / count
-        return clip_weights(W + dW, clip_range), None
+    def body(W: jax.Array, idx_valid: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
+        idx, ok = idx_valid
+        xb, tb = x[idx] * ok[:, None], t[idx] * ok[:, None]
+        scale = batch_size / jnp.maximum(ok.sum(), 1.0)
+        return update(W, xb, tb, eta * scale, clip_range), None
+
+    W, _ = jax.lax.scan(body, W, (perm.reshape(n_batches, batch_size), valid.reshape(n_batches, batch_size)))
+    return W
+
+
+@functools.partial(jax.jit, static_argnames=("rule", "epochs", "batch_size"))
+def _train_crossbar(key: jax.Array, x: jax.Array, t: jax.Array, eta: jax.Array, clip_range: ClipRange,
+                    *, rule: str, epochs: int, batch_size: int) -> jax.Array:
+    """``epochs`` of ``crossbar_epoch`` from ``init_crossbar``: x (N, D), one-hot targets t (N, K) -> W (D, K)."""
+    init_key, shuffle_key = jax.random.split(key)
 
     def epoch(W: jax.Array, k: jax.Array) -> tuple[jax.Array, None]:
-        perm = jnp.concatenate([jax.random.permutation(k, n), jnp.zeros((pad,), jnp.int32)])
-        valid = jnp.concatenate([jnp.ones((n,), jnp.float32), jnp.zeros((pad,), jnp.float32)])
-        W, _ = jax.lax.scan(masked_update, W, (perm.reshape(n_batches, batch_size),
-                                               valid.reshape(n_batches, batch_size)))
-        return W, None
+        return crossbar_epoch(W, x, t, k, eta, clip_range, rule=rule, batch_size=batch_size), None
 
-    W, _ = jax.lax.scan(epoch, W0, jax.random.split(shuffle_key, epochs))
+    W, _ = jax.lax.scan(epoch, init_crossbar(init_key, x.shape[1], t.shape[1]), jax.random.split(shuffle_key, epochs))
     return W
 
 
@@ -458,8 +467,8 @@ def train_crossbar(key: jax.Array, x_train: jax.Array, y_train: jax.Array, rule:
     if batch_size < 1 or epochs < 1:
         raise ValueError(f"batch_size and epochs must be >= 1, got {batch_size}, {epochs}.")
     batch_size = min(int(batch_size), x.shape[0])
-    W = _train_crossbar(key, x, y, jnp.float32(eta), clip_range, rule=rule, epochs=int(epochs),
-                        batch_size=batch_size, num_classes=int(num_classes))
+    t = jax.nn.one_hot(y, int(num_classes), dtype=jnp.float32)
+    W = _train_crossbar(key, x, t, jnp.float32(eta), clip_range, rule=rule, epochs=int(epochs), batch_size=batch_size)
     stats = weight_stats(W, bound)
     stats["train_accuracy"] = crossbar_accuracy(W, x, y)
     return W, stats

@@ -206,12 +206,14 @@ def import_weights(source: str | Path, model_name: str, output: str | Path, *, c
     """
     from robust_vision.data.pipeline import num_batches
     from robust_vision.models import create_model
+    from robust_vision.models.state import split_model
+    from robust_vision.optim import init_train_state, make_run_optimizer
     from robust_vision.runs.checkpoint import CheckpointStore
-    from robust_vision.training.steps import init_train_state, make_run_optimizer, split_model
+    from robust_vision.runs.paths import checkpoints_dir, config_file
 
     _family(model_name)
     output = Path(output)
-    if (output / "checkpoints").exists():
+    if checkpoints_dir(output).exists():
         raise WeightImportError(f"--output {str(output)!r} already holds checkpoints; choose a new run directory")
     cfg: Config = load_config(config_path, [*(overrides or []), f"model.name={model_name}",
                                             f"training.checkpoint_dir={output}"])
@@ -228,12 +230,14 @@ def import_weights(source: str | Path, model_name: str, output: str | Path, *, c
     tx, _ = make_run_optimizer(cfg.training, cfg.model, parts.params, num_batches(1, cfg.training.batch_size))
     state = init_train_state(parts, tx, ema_enabled=False)
     output.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, output / "config.yaml")
+    save_config(cfg, config_file(output))
     meta = {"epoch": 0, "metrics": {"epoch": 0}, "best_metric": cfg.training.best_metric, "best_value": None,
             "best_epoch": 0, "model": config_to_dict(cfg)["model"], "input_shape": list(input_shape),
             "num_classes": num_classes, "class_names": [str(i) for i in range(num_classes)], "ema": False,
             "imported_from": str(Path(source).name)}
     store = CheckpointStore(output, save_every=cfg.training.save_every, best_mode=cfg.training.best_mode)
-    store.save(0, state, meta, is_best=True)
-    store.close()
+    try:
+        store.save(0, state, meta, is_best=True)
+    finally:
+        store.close()
     return output
