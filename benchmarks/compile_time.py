@@ -89,7 +89,7 @@ def _per_attack(work: Path) -> dict:
     from robust_vision.attacks.square import square
     from robust_vision.attacks._common import ce_loss, loss_grad_logits
     from robust_vision.compile_cache import enable_compile_cache
-    from robust_vision.data.datasets import load_dataset
+    from robust_vision.data.sources import converted_splits, read_examples
     from robust_vision.runs.loading import load_trained_model
     from robust_vision.losses import make_loss
     from robust_vision.optim import init_train_state, make_run_optimizer
@@ -98,10 +98,10 @@ def _per_attack(work: Path) -> dict:
     enable_compile_cache()
     model = load_trained_model(work / "quickstart")
     cfg = model.config
-    split = load_dataset(cfg.data).split("test")
     b = 64
-    x = jnp.asarray(split.images[:b], jnp.float32)
-    y = jnp.asarray(split.labels[:b], jnp.int32)
+    images, labels = read_examples(converted_splits(cfg.data, ("test",))["test"], b)
+    x = jnp.asarray(images, jnp.float32)
+    y = jnp.asarray(labels, jnp.int32)
     key = jax.random.key(0)
     eps = jnp.float32(0.03)
 

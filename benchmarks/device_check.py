@@ -71,7 +71,7 @@ def toy_zips(folder: Path, per_class: int = 8) -> Path:
     32x32 images whose mean colour depends on the class (so a model can learn something)."""
     from PIL import Image
 
-    from robust_vision.data.datasets import CIFAR10_CLASSES
+    from robust_vision.data.readers import CIFAR10_CLASSES
 
     rng = np.random.default_rng(0)
     for split in ("train", "test"):

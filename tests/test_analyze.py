@@ -16,7 +16,7 @@ from robust_vision.analysis.feature_maps import check_compare
 from robust_vision.analysis.features import collect_layers, layer_shapes
 from robust_vision.analysis.spectrum_cmd import layer_spectrum
 from robust_vision.cli import train_main
-from robust_vision.data.datasets import load_dataset
+from test_datasets import load
 from robust_vision.runs.loading import load_trained_model
 from robust_vision.evaluation.spectrum import eigenspectrum
 
@@ -34,7 +34,7 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def loaded(run):
     model = load_trained_model(run)
-    return model, load_dataset(model.config.data).test
+    return model, load(model.config.data).test
 
 
 def _rows(path):

@@ -127,11 +127,11 @@ def test_sizes_beyond_memory_are_refused_with_the_estimate(overrides, available,
 
 
 def test_sizes_that_fit_pass_and_the_estimate_is_the_float32_size():
-    from robust_vision.preflight import dataset_shape
+    from robust_vision.data.sources import source_shape
 
     local_rule = ["training.learning_rule=hebbian", "model.name=crossbar", "data.image_size=2000"]
     check_memory(load_config(None, local_rule), available=64 * GIB)  # 1797 x 2000^2 x 4 B = 26.8 GiB
-    n, hwc = dataset_shape(DataConfig(dataset_name="digits", image_size=[2000, 2000]))
+    n, hwc = source_shape(DataConfig(dataset_name="digits", image_size=[2000, 2000]))
     assert (n, hwc) == (1797, (2000, 2000, 1))
     with pytest.raises(SizeError, match="26.8 GiB"):
         check_memory(load_config(None, local_rule), available=20 * GIB)
@@ -438,7 +438,8 @@ def _folder_cfg(path: Path) -> DataConfig:
 
 
 def test_empty_class_folder_is_reported(tmp_path):
-    from robust_vision.data.datasets import DatasetError, load_dataset
+    from robust_vision.data.readers import DatasetError
+    from test_datasets import load
 
     for cls in ("cat", "dog"):
         (tmp_path / cls).mkdir()
@@ -446,24 +447,25 @@ def test_empty_class_folder_is_reported(tmp_path):
             (tmp_path / cls / f"{i}.png").write_bytes(_png(value=40 * i))
     (tmp_path / "emu").mkdir()
     with pytest.raises(DatasetError, match="class folder 'emu' .* holds no images"):
-        load_dataset(_folder_cfg(tmp_path))
+        load(_folder_cfg(tmp_path))
 
 
 def test_absolute_zip_member_names_are_not_a_class_called_slash(tmp_path):
-    from robust_vision.data.datasets import load_dataset
+    from test_datasets import load
 
     path = tmp_path / "abs.zip"
     with zipfile.ZipFile(path, "w") as zf:
         for cls in ("cat", "dog"):
             for i in range(4):
                 zf.writestr(zipfile.ZipInfo(f"/{cls}/{i}.png"), _png(value=40 * i))
-    assert load_dataset(_folder_cfg(path)).class_names == ("cat", "dog")
+    assert load(_folder_cfg(path)).class_names == ("cat", "dog")
 
 
 def test_decompression_bomb_in_a_zip_is_one_dataset_error(tmp_path, monkeypatch):
     from PIL import Image
 
-    from robust_vision.data.datasets import DatasetError, load_dataset
+    from robust_vision.data.readers import DatasetError
+    from test_datasets import load
 
     path = tmp_path / "bomb.zip"
     with zipfile.ZipFile(path, "w") as zf:
@@ -473,7 +475,7 @@ def test_decompression_bomb_in_a_zip_is_one_dataset_error(tmp_path, monkeypatch)
     # 32 x 32 = 1024 pixels > 2 x the limit: Pillow raises DecompressionBombError, as for a 900-MP PNG.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(DatasetError, match="cannot decode .*exceeds limit"):
-        load_dataset(_folder_cfg(path))
+        load(_folder_cfg(path))
 
 
 # --------------------------------------------------------------------------- fast failures (item 4)

@@ -43,7 +43,7 @@ _TWO_STEPS = r"""
 import json, jax, numpy as np
 from robust_vision.config import load_config
 from robust_vision.data.pipeline import batch_indices, data_mesh, replicate, shard_batch
-from robust_vision.data.datasets import load_dataset
+from robust_vision.data.sources import converted_splits, read_examples
 from robust_vision.losses import make_loss
 from robust_vision.models import create_model
 from robust_vision.models.state import split_model
@@ -51,16 +51,17 @@ from robust_vision.optim import init_train_state, make_optimizer
 from robust_vision.training.steps import make_train_step
 cfg = load_config(None, ["model.features=[8, 16]", "data.image_size=null", "training.batch_size=32",
                          "training.ema_enabled=true"])
-data = load_dataset(cfg.data)
-model = create_model(cfg.model, input_shape=data.image_shape, num_classes=data.num_classes, seed=0)
+train = converted_splits(cfg.data, ("train",))["train"]
+train_images, train_labels = read_examples(train)
+model = create_model(cfg.model, input_shape=train_images.shape[1:], num_classes=train.info.num_classes, seed=0)
 parts = split_model(model)
 tx, _ = make_optimizer(cfg.training, 10)
 mesh = data_mesh()
 state = replicate(mesh, init_train_state(parts, tx, True))
 step = make_train_step(parts, tx, make_loss(cfg.training), cfg.training)
 losses = []
-for i, b in zip(range(2), batch_indices(len(data.train.labels), 32)):
-    x, y, m = shard_batch(mesh, data.train.images[b.indices], data.train.labels[b.indices], b.mask)
+for i, b in zip(range(2), batch_indices(len(train_labels), 32)):
+    x, y, m = shard_batch(mesh, train_images[b.indices], train_labels[b.indices], b.mask)
     state, pe = step(state, x, y, m, jax.random.key(i))
     losses.append(float(np.mean(np.asarray(pe["loss"]))))
 print(json.dumps({"devices": mesh.devices.size, "losses": losses,

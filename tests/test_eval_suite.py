@@ -11,8 +11,8 @@ import pytest
 
 from robust_vision.cli import eval_main
 from robust_vision.config import load_config
-from robust_vision.data.datasets import load_dataset
 from robust_vision.data.sources import ArraySource, SourceInfo
+from test_datasets import load
 from robust_vision.evaluation import suite
 from robust_vision.batched import source_batches
 from robust_vision.evaluation.parts.attacks import attack_suite_stream
@@ -28,7 +28,7 @@ CHEAP_CORRUPTIONS = ["gaussian_noise", "impulse_noise", "contrast", "brightness"
 def trained(tiny_run):
     run = tiny_run
     model = load_trained_model(run)
-    data = load_dataset(model.config.data)
+    data = load(model.config.data)
     return run, model, model.logits_fn(), data
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from robust_vision.cli import eval_main
-from robust_vision.data.datasets import load_dataset
+from test_datasets import load
 from robust_vision.runs.loading import load_trained_model
 from robust_vision.metrics import expected_calibration_error, per_example_metrics, snr_summary, summarize
 from robust_vision.evaluation.robustness import evaluate_robustness
@@ -34,7 +34,7 @@ def test_metric_definitions_known_values():
 
 def test_grid_is_deterministic_and_accuracy_falls_with_noise(trained_run):
     model = load_trained_model(trained_run)
-    data = load_dataset(model.config.data)
+    data = load(model.config.data)
     levels = [0.0, 0.1, 0.3, 0.5, 0.7]
     kwargs = dict(model_name="m", noise_types=["gaussian", "salt_pepper"], levels=levels, n_draws=2,
                   batch_size=100, seed=3)

@@ -231,14 +231,14 @@ def test_a_second_process_reads_the_program_instead_of_tracing_it(tmp_path):
 
 def test_a_loaded_models_programs_hit_on_a_second_load(tiny_run, cache_dir):
     from robust_vision.attacks.evaluate import _JIT_CACHE, robust_accuracy
-    from robust_vision.data.datasets import load_dataset
+    from test_datasets import load
     from robust_vision.runs.loading import load_trained_model
 
     results = []
     for expected_hits in (0, 1):
         _JIT_CACHE.clear()
         model = load_trained_model(tiny_run)
-        split = load_dataset(model.config.data).split("test")
+        split = load(model.config.data).split("test")
         res = robust_accuracy(model.logits_fn(), split.images[:32], split.labels[:32], jax.random.key(0), "pgd",
                               [0.03], batch_size=32, steps=3)
         (program,) = [fn.func for fn in _JIT_CACHE.values()]

@@ -104,7 +104,7 @@ def test_evenly_spaced_and_folder_images(tmp_path):
     assert got.shape == (3, 8, 8, 1) and got.dtype == np.float32
     # sorted by path: img0..img3 then sub/img4, sub/img5 -> positions 0, 2, 4 = img0, img2, sub/img4
     np.testing.assert_allclose(got.mean(axis=(1, 2, 3)), [0.0, 80 / 255, 160 / 255], atol=1e-5)
-    from robust_vision.data.datasets import DatasetError
+    from robust_vision.data.readers import DatasetError
 
     with pytest.raises(DatasetError, match="not a directory"):
         folder_images(tmp_path / "missing", 3, 8)

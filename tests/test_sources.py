@@ -13,12 +13,12 @@ import pytest
 from PIL import Image
 
 from robust_vision.config import DataConfig
-from robust_vision.data.datasets import DatasetError, load_dataset
+from robust_vision.data.readers import DatasetError
 from robust_vision.data.pipeline import batch_indices, epoch_permutation, eval_batches, train_batches
 from robust_vision.data.sources import (corruption_sources, describe_splits, detect_layout, open_split,
                                         open_splits)
 
-from test_datasets import idx_bytes, make_cifar_dir, write_idx
+from test_datasets import idx_bytes, load, make_cifar_dir, write_idx
 
 CLASSES = {"ant": (250, 0, 0), "bee": (0, 250, 0), "cow": (0, 0, 250)}
 
@@ -90,10 +90,10 @@ def test_flat_image_folder_holds_out_and_says_so(tmp_path):
     np.testing.assert_array_equal(np.bincount(splits["test"].labels), [1, 1, 1])  # stratified
     lines = describe_splits(splits)
     assert "HELD OUT" in lines[2] and "test_fraction=0.25" in lines[2]
-    # the same partition as the eager loader
-    eager = load_dataset(cfg)
+    # the same partition when the splits are read into memory
+    eager = load(cfg)
     np.testing.assert_array_equal(np.sort(eager.test.labels), np.sort(splits["test"].labels))
-    assert "test = 3 of 12 pooled images held out" in eager.notes  # printed by the trainer, never silent
+    assert "3 images HELD OUT for test" in eager.notes and "of 12" in eager.notes  # printed by the trainer, never silent
 
 
 def test_corrupt_image_and_unmatched_layout(tmp_path):
@@ -145,7 +145,7 @@ def test_cifar100_fine_and_coarse(tmp_path):
     coarse = LAYOUTS["cifar100"](str(tmp_path), {"test"}, True)["test"]
     np.testing.assert_array_equal(coarse.labels, [0, 1, 2, 0])
     assert coarse.info.num_classes == 20
-    assert len(load_dataset(DataConfig(dataset_name="cifar100", data_dir=str(tmp_path), val_fraction=0.25)).train) == 6
+    assert len(load(DataConfig(dataset_name="cifar100", data_dir=str(tmp_path), val_fraction=0.25)).train) == 6
 
 
 def test_cifar10_c_folder(tmp_path):
@@ -221,7 +221,7 @@ def test_mnist_npz_digits(tmp_path):
     np.testing.assert_array_equal(train.labels, y) and np.testing.assert_array_equal(train[4][0][..., 0], x[4])
 
     digits = open_splits(DataConfig())
-    eager = load_dataset(DataConfig())
+    eager = load(DataConfig())
     assert {k: len(v) for k, v in digits.items()} == {"train": len(eager.train), "val": len(eager.val),
                                                      "test": len(eager.test)}
 
@@ -293,7 +293,7 @@ def test_prepare_roundtrip_and_bad_input_writes_nothing(tmp_path, capsys):
         np.testing.assert_array_equal(prepared[k].labels, original[k].labels)
         for i in range(len(original[k])):
             np.testing.assert_array_equal(prepared[k][i][0], original[k][i][0])
-    eager = load_dataset(DataConfig(dataset_name="prepared", data_dir=str(out)))
+    eager = load(DataConfig(dataset_name="prepared", data_dir=str(out)))
     assert eager.image_shape == (5, 4, 3) and len(eager.test) == 6
     # existing output: refused; corrupt image: one-line error, exit 2, nothing written
     assert main(["prepare", "--config", str(config), "--output", str(out)]) == 2

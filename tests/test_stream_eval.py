@@ -19,7 +19,7 @@ from robust_vision.attacks.autoattack import autoattack_suite_stream, run_autoat
 from robust_vision.config import DataConfig, load_config
 from robust_vision.corruptions import get_corruption
 from robust_vision.data.batch import Batch
-from robust_vision.data.datasets import load_dataset
+from test_datasets import load
 from robust_vision.data.sources import ArraySource, SourceInfo
 from robust_vision import batched
 from robust_vision.evaluation import runner, suite
@@ -37,7 +37,7 @@ CORRUPTIONS = ["gaussian_noise", "contrast"]
 
 @pytest.fixture(scope="module")
 def data():
-    d = load_dataset(DataConfig())
+    d = load(DataConfig())
     w = jnp.asarray(np.random.default_rng(0).normal(size=(64, 10)).astype(np.float32) * 0.5)
 
     def logits_fn(z):

@@ -1,6 +1,6 @@
 """The backprop trainer streams its data from record sources (data.sources + data.pipeline): it
-never decodes whole splits (load_dataset), and it gives the same numbers as the in-memory path
-it replaced (arrays of load_dataset wrapped in ArraySources)."""
+never decodes whole splits (read_examples / read_images), and it gives the same numbers as the
+in-memory path it replaced (the splits read into arrays, wrapped in ArraySources)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 from conftest import tiny_overrides
 
-import robust_vision.data.datasets as datasets_module
+import robust_vision.data.sources as sources_module
 import robust_vision.training.trainer as trainer_module
 from robust_vision.config import AdversarialConfig, load_config
-from robust_vision.data.datasets import load_dataset
-from robust_vision.data.pipeline import resize_linear
+from robust_vision.data.images import resize_linear
 from robust_vision.data.sources import ArraySource, SourceInfo
 from robust_vision.runs.loading import load_trained_model
 from robust_vision.training.adversarial import adversarial_examples, write_adversarial_examples
 from robust_vision.training.loop import TrainData
 from robust_vision.training.trainer import train
+from test_datasets import load
 
 QUIET = dict(log=lambda _msg: None)
 RESIZED = ["data.image_size=[10, 10]", "data.channels=3"]  # float resize + gray -> RGB in the pipeline's workers
@@ -32,15 +32,15 @@ def _cfg(run_dir: Path, extra: list[str] = (), epochs: int = 2):
 
 
 def _array_sources(cfg) -> TrainData:
-    """The in-memory path the trainer had: load_dataset's float32 arrays as ArraySources."""
-    ds = load_dataset(cfg.data)
+    """The in-memory path the trainer had: the splits' float32 arrays as ArraySources."""
+    ds = load(cfg.data)
     info = SourceInfo(ds.num_classes, ds.class_names, ds.image_shape, "arrays")
     return TrainData(ds.name, ArraySource(ds.train.images, ds.train.labels, info),
                      ArraySource(ds.val.images, ds.val.labels, info), ds.image_shape, ds.num_classes, ds.class_names)
 
 
-def _no_load_dataset(_cfg):
-    raise AssertionError("the backprop trainer decoded whole splits (load_dataset)")
+def _no_whole_splits(*_args, **_kwargs):
+    raise AssertionError("the backprop trainer decoded whole splits (read_examples / read_images)")
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -50,7 +50,8 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 def _streamed(cfg, log=QUIET["log"]):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(datasets_module, "load_dataset", _no_load_dataset)
+        mp.setattr(sources_module, "read_examples", _no_whole_splits)
+        mp.setattr(sources_module, "read_images", _no_whole_splits)
         return train(cfg, log=log)
 
 
@@ -71,7 +72,7 @@ def _uint8_npz(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory) -> Path:
-    """Two streamed epochs on digits (load_dataset forbidden), the base model of the augment tests."""
+    """Two streamed epochs on digits (whole-split reads forbidden), the base model of the augment tests."""
     run = tmp_path_factory.mktemp("stream") / "digits"
     lines: list[str] = []
     _streamed(_cfg(run, RESIZED), log=lines.append)
@@ -83,7 +84,7 @@ def test_streamed_digits_match_the_in_memory_path_exactly(digits_run, tmp_path):
     log = (digits_run / "log.txt").read_text()
     assert "HELD OUT" in log and "val_fraction=0.1" in log and "test_fraction=0.2" in log  # hold-outs printed
     _in_memory(_cfg(tmp_path / "arrays", RESIZED))
-    # Same records in the same order (open_splits keeps load_dataset's partition order), the same
+    # Same records in the same order (open_splits keeps the partition order), the same
     # float32 pixels (one resize function for both), the same batches and masks: the same
     # numbers, bit for bit.
     assert _metrics(digits_run) == _metrics(tmp_path / "arrays")
@@ -92,7 +93,7 @@ def test_streamed_digits_match_the_in_memory_path_exactly(digits_run, tmp_path):
 
 def test_streamed_uint8_capped_source_matches_the_in_memory_path(tmp_path):
     # uint8 records become float32 on device (to_unit_float), the in-memory path on the host;
-    # data.max_train_examples is a SubsetSource holding load_dataset's capped rows in its order.
+    # data.max_train_examples is a SubsetSource holding the capped rows in the partition's order.
     extra = ["data.dataset_name=npz", f"data.data_dir={_uint8_npz(tmp_path / 'pool.npz')}",
              "data.max_train_examples=100"]
     _streamed(_cfg(tmp_path / "stream", extra, epochs=1))
@@ -110,7 +111,7 @@ def test_resize_linear_is_jax_image_resize():
 def test_augment_streams_its_examples_through_a_bounded_store(digits_run, tmp_path):
     model = load_trained_model(digits_run)
     cfg = _cfg(tmp_path / "unused", RESIZED)
-    ds = load_dataset(cfg.data)
+    ds = load(cfg.data)
     acfg = AdversarialConfig(method="augment", eps=0.3, augment_attack="fgsm", augment_max_examples=10,
                              augment_source=str(digits_run))
     key = jax.random.key(3)

@@ -114,9 +114,9 @@ def test_pgd_training_sees_adversarial_inputs(tmp_path):
 def test_adversarial_augmentation_keeps_only_successful_attacks(base_run):
     model = load_trained_model(base_run)
     cfg = load_config(base_run / "config.yaml")
-    from robust_vision.data.datasets import load_dataset
+    from test_datasets import load
 
-    data = load_dataset(cfg.data)
+    data = load(cfg.data)
     images, labels = data.train.images[:100], data.train.labels[:100]
     acfg = AdversarialConfig(method="augment", eps=0.3, steps=5, augment_attack="pgd", augment_source=str(base_run))
     x_adv, y_adv, stats = adversarial_examples(model.logits_fn(), images, labels, acfg, jax.random.key(0),

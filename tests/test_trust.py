@@ -406,7 +406,8 @@ def test_zip_member_that_expands_far_beyond_its_size_is_refused_before_reading(t
     import zipfile
 
     from robust_vision.config import DataConfig
-    from robust_vision.data.sources import DatasetError, open_splits, read_zip_member
+    from robust_vision.data.readers import read_zip_member
+    from robust_vision.data.sources import DatasetError, open_splits
 
     path = tmp_path / "bomb.zip"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:

@@ -17,16 +17,12 @@ come on top).
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from robust_vision.config import Config, DataConfig
 
-# Native (N images over all splits, H, W, C) of the registry's fixed-size sources.
-_KNOWN_SOURCES = {"digits": (1797, 8, 8, 1), "mnist": (70_000, 28, 28, 1), "cifar10": (60_000, 32, 32, 3)}
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 # Bytes per batch example besides the image: an int64 index, an int32 label, a float32 mask.
 _PER_EXAMPLE_OVERHEAD = 8 + 4 + 4
 # Batches a streamed training holds on the host at once: Grain's prefetch buffer (2), the device
@@ -57,64 +53,15 @@ def _gib(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:.1f} GiB"
 
 
-def _count_images(path: Path) -> Optional[int]:
-    """Image files under an image_folder source (a directory or a .zip), without decoding any."""
-    try:
-        if path.is_dir():
-            return sum(1 for p in path.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
-        if path.is_file() and zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                return sum(1 for n in zf.namelist() if Path(n).suffix.lower() in _IMAGE_SUFFIXES)
-    except (OSError, zipfile.BadZipFile):
-        return None
-    return None
-
-
-def _npz_shape(path: Path) -> Optional[tuple[int, ...]]:
-    """Sum of the image arrays' shapes in a .npz (read from the headers only)."""
-    import numpy as np
-
-    try:
-        with np.load(path, mmap_mode="r", allow_pickle=False) as z:
-            shapes = [z[k].shape for k in z.files if k.startswith("x") and z[k].ndim >= 3]
-    except (OSError, ValueError, zipfile.BadZipFile):
-        return None
-    if not shapes:
-        return None
-    n = sum(s[0] for s in shapes)
-    first = shapes[0]
-    return (n, first[1], first[2], first[3] if len(first) > 3 else 1)
-
-
-def dataset_shape(data: "DataConfig") -> tuple[Optional[int], Optional[tuple[int, int, int]]]:
-    """(number of images, (H, W, C) after resizing) of a data config, None where unknown."""
-    n, hwc = None, None
-    if data.dataset_name in _KNOWN_SOURCES:
-        n, h, w, c = _KNOWN_SOURCES[data.dataset_name]
-        hwc = (h, w, c)
-    elif data.data_dir:
-        path = Path(data.data_dir)
-        if data.dataset_name == "npz" and path.is_file():
-            shape = _npz_shape(path)
-            if shape is not None:
-                n, hwc = shape[0], shape[1:]
-        elif data.dataset_name == "image_folder":
-            n = _count_images(path)
-    if data.image_size is not None:
-        c = hwc[2] if hwc else 3
-        hwc = (data.image_size[0], data.image_size[1], c)
-    if hwc is not None and data.channels is not None:
-        hwc = (hwc[0], hwc[1], data.channels)
-    return n, hwc
-
-
 def check_memory(cfg: "Config", *, available: Optional[int] = None) -> None:
     """Refuse a dataset or training batch whose float32 size exceeds the available memory.
 
     Raises :class:`SizeError` with a one-line message that states the estimate and the key to change.
     """
+    from robust_vision.data.sources import source_shape  # the source knows its layout and size
+
     available = available_memory_bytes() if available is None else available
-    n, hwc = dataset_shape(cfg.data)
+    n, hwc = source_shape(cfg.data)
     if hwc is None:
         return
     image_bytes = 4 * hwc[0] * hwc[1] * hwc[2]

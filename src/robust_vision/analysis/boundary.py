@@ -170,21 +170,25 @@ def _draw_slice(ax, pred: np.ndarray, span: float, cmap: ListedColormap, distanc
     ax.grid(False)
 
 
-def run_boundary(ctx: Context, *, index: int, span: float = 0.5, resolution: int = 101, noise: Optional[str] = None,
-                 loss: str = "margin", seed: Optional[int] = None, chunk: int = 256) -> dict[str, Any]:
-    """Compute, write (boundary.csv, boundary.json, boundary.png/pdf) and return the summary."""
-    check_index(index, ctx.split, ctx.split_name, "--index")
+def _check_slice(span: float, resolution: int) -> None:
     if not span > 0:
         raise ValueError(f"--span {span}: must be > 0 (RMS pixel change at the edge of the slice, e.g. 0.5)")
     if resolution < 3 or resolution % 2 == 0:
         raise ValueError(f"--resolution {resolution}: use an odd number >= 3 so that the grid holds the image "
                          "itself at its centre, e.g. 101")
+
+
+def run_boundary(ctx: Context, *, index: int, span: float = 0.5, resolution: int = 101, noise: Optional[str] = None,
+                 loss: str = "margin", seed: Optional[int] = None, chunk: int = 256) -> dict[str, Any]:
+    """Compute, write (boundary.csv, boundary.json, boundary.png/pdf) and return the summary."""
+    check_index(index, ctx, "--index")
+    _check_slice(span, resolution)
     noise_spec = parse_noise(noise) if noise else None
     model = ctx.model
     seed = ctx.cfg.evaluation.seed if seed is None else seed
     key_dir, key_noise = jax.random.split(jax.random.key(seed))
-    image = jnp.asarray(ctx.split.images[index])
-    label = int(ctx.split.labels[index])
+    image = jnp.asarray(ctx.images[index])
+    label = int(ctx.labels[index])
     u, v, g_norm = plane_directions(model.forward, model.variables, image, label, key_dir, loss)
 
     centers = {"clean": image}

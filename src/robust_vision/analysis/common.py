@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 
 from robust_vision.config import Config, config_to_dict, load_config
-from robust_vision.data.datasets import Dataset, Split, load_dataset
+from robust_vision.data.sources import converted_splits, read_examples
 from robust_vision.runs.loading import LoadedModel, check_input_shape, load_trained_model, resolve_checkpoint
+from robust_vision.runs.paths import config_file
 from robust_vision.evaluation.report import versions
 from robust_vision.io import write_json
 from robust_vision.viz._common import check_options
@@ -19,14 +20,16 @@ from robust_vision.viz._common import check_options
 
 @dataclass
 class Context:
-    """Everything a subcommand needs: the config, the restored model, the dataset split and
-    where / how to write its outputs."""
+    """Everything a subcommand needs: the config, the restored model, the split in memory
+    (``images`` float32 (N, H, W, C) in [0, 1], ``labels`` int32 (N,), the data's
+    ``class_names``) and where / how to write its outputs."""
 
     cfg: Config
     model: LoadedModel
-    dataset: Dataset
     split_name: str
-    split: Split
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
     out_dir: Path
     style: str
     dpi: int
@@ -39,16 +42,16 @@ def load_run_config(checkpoint: str, config: str | None, overrides: list[str]) -
     path: Any = config
     if path is None:
         run_dir, _ = resolve_checkpoint(checkpoint)
-        path = run_dir / "config.yaml"
+        path = config_file(run_dir)
     return load_config(path, list(overrides)), config is not None
 
 
-def check_model_data(model: LoadedModel, dataset: Dataset, where: str) -> None:
-    """The dataset's images and classes must be the ones the model was trained on."""
-    check_input_shape(model, dataset.image_shape, where)
-    if model.num_classes != dataset.num_classes:
+def check_model_data(model: LoadedModel, images: np.ndarray, class_names: tuple[str, ...], where: str) -> None:
+    """The split's images (N, H, W, C) and classes must be the ones the model was trained on."""
+    check_input_shape(model, tuple(images.shape[1:]), where)
+    if model.num_classes != len(class_names):
         raise ValueError(f"{model.name} predicts {model.num_classes} classes but {where} has "
-                         f"{dataset.num_classes}; analyse the model on the dataset it was trained on")
+                         f"{len(class_names)}; analyse the model on the dataset it was trained on")
 
 
 def load_context(args: argparse.Namespace) -> Context:
@@ -57,24 +60,24 @@ def load_context(args: argparse.Namespace) -> Context:
     ecfg = cfg.evaluation
     split_name = args.split or ecfg.split
     model = load_trained_model(args.checkpoint, cfg if explicit else None)
-    dataset = load_dataset(cfg.data)
-    split = dataset.split(split_name)
-    check_model_data(model, dataset, f"{cfg.data.dataset_name} ({split_name} split)")
+    source = converted_splits(cfg.data, (split_name,))[split_name]
+    images, labels = read_examples(source)
+    check_model_data(model, images, source.info.class_names, f"{cfg.data.dataset_name} ({split_name} split)")
     formats = args.format if args.format is not None else ecfg.format
     style = args.style or ecfg.plot_style
     dpi = args.dpi if args.dpi is not None else ecfg.dpi
     formats = check_options(style, dpi, formats)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return Context(cfg=cfg, model=model, dataset=dataset, split_name=split_name, split=split, out_dir=out_dir,
-                   style=style, dpi=dpi, formats=formats)
+    return Context(cfg=cfg, model=model, split_name=split_name, images=images, labels=labels,
+                   class_names=source.info.class_names, out_dir=out_dir, style=style, dpi=dpi, formats=formats)
 
 
-def check_index(index: int, split: Split, split_name: str, flag: str) -> None:
+def check_index(index: int, ctx: Context, flag: str) -> None:
     """ValueError when ``index`` is not an image of the split."""
-    n = len(split)
+    n = len(ctx.labels)
     if not 0 <= index < n:
-        raise ValueError(f"{flag} {index} is out of range: the {split_name} split has {n} images "
+        raise ValueError(f"{flag} {index} is out of range: the {ctx.split_name} split has {n} images "
                          f"(valid indices 0..{n - 1})")
 
 
@@ -105,12 +108,12 @@ def model_info(model: LoadedModel) -> dict[str, Any]:
 def write_summary(ctx: Context, stem: str, payload: dict[str, Any]) -> Path:
     """``<output>/<stem>.json``: the command's numbers plus where they came from."""
     full = {**payload, "model": model_info(ctx.model), "split": ctx.split_name,
-            "n_split_images": len(ctx.split), "config": config_to_dict(ctx.cfg), "versions": versions()}
+            "n_split_images": len(ctx.labels), "config": config_to_dict(ctx.cfg), "versions": versions()}
     return write_json(ctx.out_dir / f"{stem}.json", full)
 
 
 def class_name(ctx: Context, label: int) -> str:
-    names = ctx.dataset.class_names
+    names = ctx.class_names
     return str(names[label]) if 0 <= label < len(names) else str(label)
 
 

@@ -63,19 +63,19 @@ def run_features(ctx: Context, *, index: int, noise: str = "gaussian:0.3", compa
     """Compute, write (features.csv, features.json, feature_maps.png/pdf) and return the summary."""
     from robust_vision.corruptions import get_noise
 
-    check_index(index, ctx.split, ctx.split_name, "--image")
+    check_index(index, ctx, "--image")
     noise_type, severity = parse_noise(noise)
     noisy_label = f"{noise_type}:{severity:g}"
     models = [ctx.model]
     if compare is not None:
         check_compare(ctx.model, compare)
-        check_model_data(compare, ctx.dataset, f"{ctx.cfg.data.dataset_name} ({ctx.split_name} split)")
+        check_model_data(compare, ctx.images, ctx.class_names, f"{ctx.cfg.data.dataset_name} ({ctx.split_name} split)")
         if compare.name == ctx.model.name:
             compare.name = f"{compare.name} (compare)"
         models.append(compare)
 
     seed = ctx.cfg.evaluation.seed if seed is None else seed
-    image = jnp.asarray(ctx.split.images[index])
+    image = jnp.asarray(ctx.images[index])
     noisy = get_noise(noise_type)(jax.random.key(seed), image[None], severity)[0]
     acts = {m.name: pair_activations(m, image, noisy) for m in models}
     rows = [r for m in models for r in activation_rows(m.name, acts[m.name], noisy_label)]
@@ -86,7 +86,7 @@ def run_features(ctx: Context, *, index: int, noise: str = "gaussian:0.3", compa
         raise ValueError(f"no convolutional feature maps: the layers of {', '.join(acts)} are all dense "
                          f"({', '.join(next(iter(acts.values())))}); features.csv was written, heatmaps need a "
                          "conv model (cnn, resnet18, perturbative nets)")
-    label = int(ctx.split.labels[index])
+    label = int(ctx.labels[index])
     summary = {
         "image": index, "true_label": label, "true_class": class_name(ctx, label),
         "noise": {"type": noise_type, "severity": severity, "seed": seed},

@@ -79,7 +79,7 @@ def run_prune(ctx: Context, *, sparsities: Sequence[float], scope: str = "global
     for target in targets:
         pruned, _ = _prune(params, target, scope)
         measured = kernel_sparsity(pruned)
-        res = evaluate_robustness(model.forward, (pruned, model_state), ctx.split.images, ctx.split.labels,
+        res = evaluate_robustness(model.forward, (pruned, model_state), ctx.images, ctx.labels,
                                   model_name=model.name, noise_types=list(noise_types), levels=levels,
                                   n_draws=n_draws, batch_size=batch_size, seed=seed, ece_bins=ecfg.ece_bins)
         for r in res.rows:

@@ -79,7 +79,7 @@ def run_spectrum(ctx: Context, *, layer: str = "embedding", max_examples: Option
     model = ctx.model
     shapes = layer_shapes(model)
     check_layer(shapes, layer, model.name)
-    n = len(ctx.split)
+    n = len(ctx.labels)
     dim = math.prod(shapes[layer])
     if max_examples is not None:
         if max_examples < 2:
@@ -90,7 +90,7 @@ def run_spectrum(ctx: Context, *, layer: str = "embedding", max_examples: Option
         raise ValueError(f"--layer {layer} has {dim} values per example: the {n} {ctx.split_name} images would "
                          f"need {n * dim * 8 / 1e9:.1f} GB of activations; pass --max-examples {fits} (or fewer)")
     # The first n examples of the fixed split: deterministic, and the same ones for every model.
-    feats = collect_layers(model, ctx.split.images[:n], [layer], batch_size=batch_size, flatten=True)[layer]
+    feats = collect_layers(model, ctx.images[:n], [layer], batch_size=batch_size, flatten=True)[layer]
     eigs = layer_spectrum(feats)
     first, last = fit_ranks if fit_ranks is not None else default_fit_ranks(eigs)
     if not 1 <= first < last:

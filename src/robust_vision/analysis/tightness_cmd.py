@@ -21,7 +21,7 @@ def run_tightness(ctx: Context, *, eps: float, max_examples: int = 32, batch_siz
     over all images, then divided), written to tightness.csv / tightness.json; returns the summary."""
     model = ctx.model
     net = model.parts.merge(model.params, model.model_state, train=False)
-    images = np.asarray(ctx.split.images[:max_examples])
+    images = np.asarray(ctx.images[:max_examples])
     if images.dtype == np.uint8:
         images = images.astype(np.float32) / 255.0
     graph = to_graph(net, images[:1])

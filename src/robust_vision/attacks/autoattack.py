@@ -36,7 +36,7 @@ from robust_vision.attacks.evaluate import _check_dataset
 from robust_vision.attacks.fab import fab_t
 from robust_vision.attacks.gradient import apgd_ce
 from robust_vision.attacks.square import square
-from robust_vision.data.datasets import CIFAR10_CLASSES
+from robust_vision.data.readers import CIFAR10_CLASSES
 
 VERSIONS = ("standard", "rand")
 GRADIENT_FREE = ("square",)

@@ -32,7 +32,7 @@ def to_unit_float(images):
     if images.dtype == np.uint8:
         # A lookup of the 256 values x / 255 (correctly rounded, computed once by NumPy), not a
         # division on device: XLA turns x / 255 into x * (1 / 255), 1 ulp off on half the values.
-        # So host (load_dataset) and device (the streaming trainer) give the same float32 pixels.
+        # So host (read_examples) and device (the streaming trainer) give the same float32 pixels.
         if isinstance(images, np.ndarray):
             return _UNIT_VALUES[images]
         import jax.numpy as jnp

@@ -20,7 +20,6 @@ failure (a corrupt image, a missing split) leaves nothing behind.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -29,8 +28,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from robust_vision.data.datasets import SPLIT_NAMES, DatasetError
+from robust_vision.data.readers import SPLIT_NAMES, DatasetError
 from robust_vision.data.sources import RecordSource, describe_splits, open_splits
+from robust_vision.io import write_json
 
 
 def prepare(data_cfg, output: Path, *, workers: int = 0, batch_size: int = 256,
@@ -75,7 +75,7 @@ def prepare(data_cfg, output: Path, *, workers: int = 0, batch_size: int = 256,
             np.save(partial / split / "labels.npy", src.labels.astype(np.int32))
             meta["splits"][split] = {"count": len(src), "from": src.info.description}
             log(f"  wrote {split}: {len(src)} images in {time.perf_counter() - t0:.1f} s")
-        (partial / "meta.json").write_text(json.dumps(meta, indent=2))
+        write_json(partial / "meta.json", meta)
         partial.rename(output)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

@@ -7,7 +7,6 @@ example counts exactly once in every whole-dataset reduction.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -15,6 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from robust_vision.data.batch import Batch
+from robust_vision.data.images import preprocess
+from robust_vision.data.sources import array_backed, read_batch
 
 
 @dataclass(frozen=True)
@@ -30,13 +33,19 @@ def batch_indices(num_examples: int, batch_size: int, order: np.ndarray | None =
     """Yield fixed-size batches covering ``order`` (default 0..n-1) exactly once."""
     order = np.arange(num_examples) if order is None else np.asarray(order)
     for start in range(0, num_examples, batch_size):
-        idx = order[start:start + batch_size]
-        real = idx.shape[0]
-        mask = np.ones(batch_size, np.float32)
-        if real < batch_size:
-            idx = np.concatenate([idx, np.resize(order[:max(real, 1)], batch_size - real)])
-            mask[real:] = 0.0
-        yield BatchIndices(idx, mask)
+        yield _padded(order, start, batch_size)
+
+
+def _padded(order: np.ndarray, start: int, batch_size: int) -> BatchIndices:
+    """The batch of ``order`` from ``start``; a last partial batch is padded by repeating the
+    order's first indices (``mask`` 0 there)."""
+    idx = order[start:start + batch_size]
+    real = idx.shape[0]
+    mask = np.ones(batch_size, np.float32)
+    if real < batch_size:
+        idx = np.concatenate([idx, np.resize(order[:max(real, 1)], batch_size - real)])
+        mask[real:] = 0.0
+    return BatchIndices(idx, mask)
 
 
 def num_batches(num_examples: int, batch_size: int) -> int:
@@ -154,62 +163,6 @@ def augment(key: jax.Array, images: jax.Array, *, flip: bool, crop_padding: int,
 # flight are in host memory, so memory does not grow with the dataset; what grows is the
 # index order (8 bytes per example).
 
-_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as Pillow's convert("L")
-
-
-@functools.lru_cache(maxsize=64)
-def _linear_weights(n_in: int, n_out: int) -> np.ndarray:
-    """(n_in, n_out) float32 weights of ``jax.image.resize(..., "linear", antialias=True)`` along
-    one axis: a triangle kernel at half-pixel centres, widened by the scale when shrinking,
-    normalised per output pixel (the formula of jax's ``scale_and_translate``)."""
-    f32 = np.float32
-    inv_scale = f32(1.0) / (f32(n_out) / f32(n_in))
-    kernel_scale = max(inv_scale, f32(1.0))
-    centres = (np.arange(n_out, dtype=f32) + f32(0.5)) * inv_scale - f32(0.5)
-    x = np.abs(centres[None, :] - np.arange(n_in, dtype=f32)[:, None]) / kernel_scale
-    w = np.maximum(f32(0.0), f32(1.0) - x)
-    total = w.sum(0, keepdims=True, dtype=f32)
-    w = np.where(np.abs(total) > 1000 * np.finfo(f32).eps, w / np.where(total != 0, total, f32(1.0)), f32(0.0))
-    return np.where(((centres >= -0.5) & (centres <= n_in - 0.5))[None, :], w, f32(0.0)).astype(f32)
-
-
-def resize_linear(images: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-    """Antialiased bilinear resize of float images (..., H, W, C) in [0, 1] -> (..., H', W', C')
-    float32, clipped to [0, 1]: ``jax.image.resize(..., "linear", antialias=True)`` on the host
-    (same weights; sums in another order, so equal to ~1e-7). The one resize of float images,
-    used by ``load_dataset`` and the input pipeline alike so both give the same pixels."""
-    h, w = images.shape[-3], images.shape[-2]
-    out = np.einsum("...hwc,hH->...Hwc", images.astype(np.float32), _linear_weights(h, int(image_size[0])))
-    out = np.einsum("...Hwc,wW->...HWc", out, _linear_weights(w, int(image_size[1])))
-    return np.clip(out, 0.0, 1.0)
-
-
-def preprocess(image: np.ndarray, image_size: tuple[int, int] | None, channels: int | None) -> np.ndarray:
-    """One image (H, W, C) uint8 (or float32 in [0, 1]) -> (H', W', C') of the same dtype.
-
-    C' = ``channels`` or C (RGB -> gray with the ITU-R 601 luma weights, gray -> RGB by
-    repetition); (H', W') = ``image_size`` or (H, W): uint8 images are resized with Pillow's
-    antialiased bilinear filter (they stay uint8), float images with ``resize_linear``, exactly as
-    ``load_dataset`` resizes them."""
-    if image.ndim == 2:
-        image = image[..., None]
-    if channels is not None and channels != image.shape[-1]:
-        if channels == 1:
-            gray = image.astype(np.float32) @ _LUMA_WEIGHTS
-            image = (np.rint(gray).astype(np.uint8) if image.dtype == np.uint8 else gray)[..., None]
-        else:
-            image = np.repeat(image, 3, axis=-1)
-    if image_size is not None and tuple(image.shape[:2]) != tuple(image_size):
-        from PIL import Image
-
-        if image.dtype != np.uint8:
-            return resize_linear(image, image_size)
-        pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-        out = np.asarray(pil.resize((int(image_size[1]), int(image_size[0])), Image.BILINEAR))
-        image = out[..., None] if out.ndim == 2 else out
-    return image
-
-
 def _default_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
     index = jax.process_index() if shard_index is None else int(shard_index)
     count = jax.process_count() if shard_count is None else int(shard_count)
@@ -231,16 +184,10 @@ class _BatchPlan:
         return num_batches(len(self.order), self.batch_size)
 
     def __getitem__(self, b: int) -> BatchIndices:
-        start = int(b) * self.batch_size
-        idx = self.order[start:start + self.batch_size]
-        real = idx.shape[0]
-        mask = np.ones(self.batch_size, np.float32)
-        if real < self.batch_size:  # same padding as batch_indices: repeat the epoch's first indices
-            idx = np.concatenate([idx, np.resize(self.order[:max(real, 1)], self.batch_size - real)])
-            mask[real:] = 0.0
+        batch = _padded(self.order, int(b) * self.batch_size, self.batch_size)  # batch_indices' padding
         per = self.batch_size // self.shard_count
         part = slice(self.shard_index * per, (self.shard_index + 1) * per)
-        return BatchIndices(idx[part], mask[part])
+        return BatchIndices(batch.indices[part], batch.mask[part])
 
 
 @dataclass(frozen=True)
@@ -252,9 +199,6 @@ class _BatchReader:
     channels: int | None
 
     def __call__(self, plan: BatchIndices):
-        from robust_vision.data.batch import Batch
-        from robust_vision.data.sources import array_backed, read_batch
-
         src = self.source
         if array_backed(src) and self.image_size is None and self.channels is None:
             images = read_batch(src, plan.indices)  # one read of the array / memmap

@@ -32,7 +32,7 @@ the splits asked for are opened. The layouts (see docs/DATA.md for trees):
 :func:`open_splits` turns a ``DataConfig`` into train / val / test sources, holding part of a
 split out where the layout has no fixed one; every hold-out is written into the description
 (printed by :func:`describe_splits`), never silent. Every input problem raises
-:class:`~robust_vision.data.datasets.DatasetError` with a one-line message.
+:class:`~robust_vision.data.readers.DatasetError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -49,17 +49,14 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import numpy as np
 
-from robust_vision.data.datasets import (CIFAR10_CLASSES, SPLIT_NAMES, DatasetError, _IDX_IMAGES, _IDX_LABELS,
-                                         _find_idx, _partition, _read_cifar_batch, _str_keys, _validate_cfg, read_idx,
-                                         restricted_pickle_load)
+from robust_vision.data.batch import to_unit_float
+from robust_vision.data.images import preprocess
+from robust_vision.data.readers import (CIFAR10_CLASSES, IDX_IMAGES, IDX_LABELS, IMAGE_SUFFIXES, SPLIT_NAMES,
+                                        DatasetError, cifar_label_names, decode_image, find_idx, read_cifar_batch,
+                                        read_idx, read_zip_member)
 
 if TYPE_CHECKING:
     from robust_vision.config import DataConfig
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-_GRAY_MODES = ("1", "L", "LA", "F")
-_GRAY16_MODES = ("I", "I;16", "I;16B", "I;16L")
-
 
 @dataclass(frozen=True)
 class SourceInfo:
@@ -95,12 +92,6 @@ class RecordSource:
 
     def _read(self, index: int) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def with_description(self, description: str) -> "RecordSource":
-        clone = object.__new__(type(self))
-        clone.__dict__.update(self.__dict__)
-        clone.info = replace(self.info, description=description)
-        return clone
 
 
 class ArraySource(RecordSource):
@@ -172,38 +163,6 @@ class NpyRowSource(RecordSource):
         for k, i in enumerate(indices):
             flat[k] = np.frombuffer(self._row(int(i)), np.uint8)
         return out
-
-
-# One image file inside a zip: anything larger, or expanding more than MAX_ZIP_RATIO times its
-# compressed size beyond 1 MiB, is a decompression bomb rather than an image (a 37 MB member that
-# expands to 8 GiB was read whole into memory). PNG / JPEG barely compress; a flat BMP compresses
-# ~100x, hence the floor.
-MAX_ZIP_MEMBER_BYTES = 256 << 20
-MAX_ZIP_RATIO = 200
-_ZIP_CHUNK = 1 << 20
-
-
-def read_zip_member(archive: zipfile.ZipFile, name: str, where: str) -> bytes:
-    """The bytes of ``name`` in ``archive``, checked against its declared size and the ratio bound
-    before reading and read in 1 MiB chunks (never more than the declared size); a DatasetError
-    naming ``where``/``name`` otherwise."""
-    info = archive.getinfo(name)
-    size, packed = info.file_size, max(info.compress_size, 1)
-    if size > MAX_ZIP_MEMBER_BYTES or (size > _ZIP_CHUNK and size > MAX_ZIP_RATIO * packed):
-        raise DatasetError(f"'{where}/{name}' declares {size} bytes from {packed} compressed (ratio {size / packed:.0f}, "
-                           f"limits {MAX_ZIP_MEMBER_BYTES >> 20} MiB and {MAX_ZIP_RATIO}x): not an image file but a "
-                           "decompression bomb or a damaged archive; remove it from the zip")
-    chunks, total = [], 0
-    with archive.open(info) as member:
-        while True:
-            chunk = member.read(_ZIP_CHUNK)
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > size:  # zipfile stops at the declared size; guard a foreign reader anyway
-                raise DatasetError(f"'{where}/{name}' holds more than its declared {size} bytes; the archive is damaged")
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class FileSource(RecordSource):
@@ -282,24 +241,10 @@ def array_backed(source: RecordSource) -> bool:
 
 def read_batch(source: RecordSource, indices: np.ndarray) -> np.ndarray:
     """The images of records ``indices`` stacked (B, H, W, C); array sources read them in one go.
-    Images of different sizes cannot be stacked: resize them first (see ``pipeline.preprocess``)."""
+    Images of different sizes cannot be stacked: resize them first (see ``images.preprocess``)."""
     if array_backed(source):
         return source.read_batch(indices)  # type: ignore[attr-defined]
     return np.stack([source._read(int(i)) for i in indices])
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """Encoded image bytes -> uint8 (H, W, C): gray stays 1 channel, everything else RGB;
-    16-bit gray is scaled (not clipped) to 0..255."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        if im.mode in _GRAY16_MODES:
-            arr = np.asarray(im, dtype=np.float64) / 65535.0
-            return np.rint(arr * 255.0).astype(np.uint8)[..., None]
-        if im.mode in _GRAY_MODES:
-            return np.asarray(im.convert("L"))[..., None]
-        return np.asarray(im.convert("RGB"))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -337,28 +282,39 @@ def _digits(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    images = (bunch.images / 16.0).astype(np.float32)  # counts 0..16 -> [0, 1], exactly as load_dataset
+    images = (bunch.images / 16.0).astype(np.float32)  # counts 0..16 (4x4 blocks of a 32x32 bitmap) -> [0, 1]
     names = tuple(str(int(t)) for t in bunch.target_names)
     return {"pool": ArraySource(images, bunch.target, _info(names, _shape_of(images),
                                                             f"sklearn digits: {len(images)} images"))}
 
 
-def _list_archive(root: Path) -> list[str]:
-    """Relative paths (posix) of every image file under a directory or inside a zip."""
+def _visible(parts: tuple[str, ...]) -> bool:
+    return bool(parts) and parts[0] != "__MACOSX" and not any(p.startswith(".") for p in parts)
+
+
+def list_image_files(root: Path) -> list[str]:
+    """Relative paths (posix, sorted) of every image file under a directory or inside a zip,
+    hidden files and ``__MACOSX`` left out. A folder holding neither images nor folders is a
+    DatasetError: it would silently drop a class (and shift every later label)."""
     if root.is_file():
         if not zipfile.is_zipfile(root):
             raise DatasetError(f"image_folder: '{root}' is a file but not a .zip archive; expected a directory with "
                                "one sub-folder per class, or a .zip of one")
         with zipfile.ZipFile(root) as z:
-            names = [i.filename for i in z.infolist() if not i.is_dir()]
+            entries = [(i.filename, i.is_dir()) for i in z.infolist()]
     else:
-        names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
-    keep = []
-    for n in names:
-        parts = PurePosixPath(n).parts
-        if parts and parts[0] != "__MACOSX" and not any(p.startswith(".") for p in parts) \
-                and parts[-1].lower().endswith(IMAGE_SUFFIXES):
-            keep.append(n)
+        entries = [(p.relative_to(root).as_posix(), p.is_dir()) for p in root.rglob("*")]
+    # An absolute member name ("/cat/1.png") is read as relative: "/" is not a folder.
+    paths = [(name, PurePosixPath(name.lstrip("/")).parts, is_dir) for name, is_dir in entries]
+    keep = [name for name, parts, is_dir in paths
+            if not is_dir and _visible(parts) and parts[-1].lower().endswith(IMAGE_SUFFIXES)]
+    folders = {parts for _, parts, is_dir in paths if is_dir and _visible(parts)}
+    holding = {parts[:k] for parts in [*folders, *(PurePosixPath(n.lstrip("/")).parts for n in keep)]
+               for k in range(1, len(parts))}
+    empty = sorted(folders - holding)
+    if empty:
+        raise DatasetError(f"image_folder: class folder '{'/'.join(empty[0])}' in '{root}' holds no images; "
+                           "add its images or remove the folder")
     return sorted(keep)
 
 
@@ -369,7 +325,7 @@ def _split_folder_name(name: str) -> Optional[str]:
 def _image_folder(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
     expected = "a directory (or .zip) with one sub-folder of PNG/JPEG images per class, or train/ val/ test/ of those"
     root = _need(path, "image_folder", expected)
-    files = _list_archive(root)
+    files = list_image_files(root)
     if not files:
         raise DatasetError(f"image_folder: found no PNG/JPEG/BMP images in '{root}'; expected {expected}")
     parts = [PurePosixPath(f).parts for f in files]
@@ -413,19 +369,15 @@ def _cifar10(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
     if not batches or not (folder / "test_batch").is_file():
         raise DatasetError(f"cifar10: expected data_batch_1..5 and test_batch in '{folder}' "
                            "(the python-pickle CIFAR-10 batches); not found")
-    names = CIFAR10_CLASSES
-    if (folder / "batches.meta").is_file():
-        meta = _str_keys(restricted_pickle_load(folder / "batches.meta"), folder / "batches.meta")
-        if "label_names" in meta:
-            names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"])
+    names = cifar_label_names(folder / "batches.meta", "label_names", CIFAR10_CLASSES)
     out: _Parts = {}
     if wanted & {"train", "val"}:
-        pairs = [_read_cifar_batch(b) for b in batches]
+        pairs = [read_cifar_batch(b) for b in batches]
         x, y = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
         out["train"] = ArraySource(x, y, _info(names, x.shape[1:], f"cifar10 '{folder}' data_batch_1..{len(batches)}: "
                                                                    f"{len(y)} images"))
     if "test" in wanted:
-        x, y = _read_cifar_batch(folder / "test_batch")
+        x, y = read_cifar_batch(folder / "test_batch")
         out["test"] = ArraySource(x, y, _info(names, x.shape[1:], f"cifar10 '{folder}/test_batch': {len(y)} images"))
     return out
 
@@ -437,23 +389,13 @@ def _cifar100(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
         raise DatasetError(f"cifar100: expected the files train and test (and meta) in '{folder}' "
                            "(the python-pickle CIFAR-100 release); not found")
     key = "coarse_labels" if coarse else "fine_labels"
-    names: tuple[str, ...] = tuple(str(i) for i in range(20 if coarse else 100))
-    if (folder / "meta").is_file():
-        meta = _str_keys(restricted_pickle_load(folder / "meta"), folder / "meta")
-        nk = "coarse_label_names" if coarse else "fine_label_names"
-        if nk in meta:
-            names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[nk])
+    names_key = "coarse_label_names" if coarse else "fine_label_names"
+    names = cifar_label_names(folder / "meta", names_key, tuple(str(i) for i in range(20 if coarse else 100)))
     out: _Parts = {}
     for split, file in (("train", "train"), ("test", "test")):
         if split not in wanted and not (split == "train" and "val" in wanted):
             continue
-        d = _str_keys(restricted_pickle_load(folder / file), folder / file)
-        data = np.asarray(d.get("data"))
-        labels = np.asarray(d.get(key, []))
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (len(data),):
-            raise DatasetError(f"cifar100: '{folder / file}' has data {data.dtype} {data.shape} and {labels.size} "
-                               f"{key}; expected uint8 (N, 3072) and N labels")
-        x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        x, labels = read_cifar_batch(folder / file, key, "cifar100")
         out[split] = ArraySource(x, labels, _info(names, (32, 32, 3), f"cifar100 '{folder / file}' ({key}): "
                                                                        f"{len(labels)} images"))
     return out
@@ -463,7 +405,7 @@ def _mnist(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
     expected = "the directory holding the MNIST IDX files (train-/t10k- images-idx3-ubyte, labels-idx1-ubyte)"
     root = _need(path, "mnist", expected)
     for folder in (root, root / "raw", root / "MNIST" / "raw"):
-        found = {p: (_find_idx(folder, f"{p}-images-idx3-ubyte"), _find_idx(folder, f"{p}-labels-idx1-ubyte"))
+        found = {p: (find_idx(folder, f"{p}-images-idx3-ubyte"), find_idx(folder, f"{p}-labels-idx1-ubyte"))
                  for p in ("train", "t10k")}
         found = {p: v for p, v in found.items() if v[0] and v[1]}
         if found:
@@ -478,7 +420,7 @@ def _mnist(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
         if role == "train" and not wanted & {"train", "val"} or role == "test" and "test" not in wanted:
             continue
         img_path, lbl_path = found[prefix]
-        x, y = read_idx(img_path, _IDX_IMAGES), read_idx(lbl_path, _IDX_LABELS)
+        x, y = read_idx(img_path, IDX_IMAGES), read_idx(lbl_path, IDX_LABELS)
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise DatasetError(f"mnist: '{img_path}' holds {x.shape} and '{lbl_path}' {y.shape}; expected (N, H, W) "
                                "images and (N,) labels with the same N (mismatched label file?)")
@@ -635,8 +577,8 @@ def _prepared(path: Optional[str], wanted: set[str], coarse: bool) -> _Parts:
             continue
         y = np.load(root / split / "labels.npy")
         src = NpyRowSource(root / split / "images.npy", y, _info(names, None, ""))
-        out[split] = NpyRowSource(root / split / "images.npy", y, _info(
-            names, src.shape[1:], f"prepared '{root}/{split}' ({entry.get('from', '?')}): {len(y)} images"))
+        src.info = _info(names, src.shape[1:], f"prepared '{root}/{split}' ({entry.get('from', '?')}): {len(y)} images")
+        out[split] = src
     return out
 
 
@@ -662,7 +604,7 @@ def detect_layout(path: str) -> str:
                   ("cifar10", (cifar10 / "test_batch").is_file()),
                   ("cifar100", (cifar100 / "test").is_file() and (cifar100 / "meta").is_file()),
                   ("tiny_imagenet", (tiny / "wnids.txt").is_file()),
-                  ("mnist", any(_find_idx(d, "t10k-images-idx3-ubyte") or _find_idx(d, "train-images-idx3-ubyte")
+                  ("mnist", any(find_idx(d, "t10k-images-idx3-ubyte") or find_idx(d, "train-images-idx3-ubyte")
                                 for d in (p, p / "raw", p / "MNIST" / "raw"))),
                   ("image_folder", any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.rglob("*")))]
         for name, ok in checks:
@@ -675,11 +617,58 @@ def detect_layout(path: str) -> str:
 # --------------------------------------------------------------------------- splits
 
 
+def _partition(labels: np.ndarray, n_held: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (rest, held) with ``n_held`` examples held out, stratified by label when possible."""
+    from sklearn.model_selection import train_test_split
+
+    n = labels.shape[0]
+    if n_held <= 0:
+        return np.arange(n), np.arange(0)
+    if n_held >= n:
+        raise DatasetError(f"cannot hold out {n_held} of {n} examples and keep any; lower data.val_fraction / "
+                           "data.test_fraction or use more data")
+    counts = np.bincount(labels)
+    k = int(np.count_nonzero(counts))
+    # Stratification needs >= 2 examples per class and room for every class on both sides;
+    # tiny or very unbalanced pools fall back to a plain seeded shuffle split.
+    stratify = labels if counts[counts > 0].min() >= 2 and n_held >= k and n - n_held >= k else None
+    rest, held = train_test_split(np.arange(n), test_size=n_held, random_state=seed, shuffle=True,
+                                  stratify=stratify)
+    return np.asarray(rest), np.asarray(held)
+
+
+def _validate_cfg(cfg: "DataConfig") -> None:
+    size = cfg.image_size
+    if size is not None and (len(size) != 2 or any(int(s) != s or s < 1 for s in size)):
+        raise DatasetError(f"data.image_size: got {size!r}; expected [H, W] with positive integers (or null)")
+    if cfg.channels not in (None, 1, 3):
+        raise DatasetError(f"data.channels: got {cfg.channels!r}; expected 1, 3 or null")
+    for key in ("val_fraction", "test_fraction"):
+        if not 0.0 <= getattr(cfg, key) < 1.0:
+            raise DatasetError(f"data.{key}: got {getattr(cfg, key)!r}; expected a value in [0, 1)")
+    if cfg.val_fraction + cfg.test_fraction >= 1.0:
+        raise DatasetError("data.val_fraction + data.test_fraction: must be < 1 so that a training split remains")
+    if cfg.max_train_examples is not None and cfg.max_train_examples < 1:
+        raise DatasetError(f"data.max_train_examples: got {cfg.max_train_examples!r}; expected >= 1 or null")
+
+
+def _read_parts(cfg: "DataConfig", wanted: set[str], coarse: bool = False) -> _Parts:
+    """The layout's fixed parts ({"train"|"val"|"test"|"pool": source}) of ``cfg``, settings checked."""
+    try:
+        reader = LAYOUTS[cfg.dataset_name]
+    except KeyError:
+        raise DatasetError(f"data.dataset_name: unknown layout {cfg.dataset_name!r} for streaming; valid names: "
+                           f"{', '.join(sorted(LAYOUTS))}") from None
+    _validate_cfg(cfg)
+    if cfg.dataset_name == "npz":
+        reader = functools.partial(reader, pixel_max=cfg.pixel_max)
+    return reader(cfg.data_dir, wanted, coarse)
+
+
 def _hold_out(src: RecordSource, fraction: float, seed: int, held_name: str, from_name: str) -> tuple[RecordSource, RecordSource]:
     n_held = math.ceil(fraction * len(src))
-    # Indices in the partition's (train_test_split's) order, not sorted: the order load_dataset
-    # gives its arrays, so a streamed split holds the same examples at the same positions and the
-    # (seed, epoch) shuffle picks the same batches as the in-memory path.
+    # Indices in the partition's (train_test_split's) order, not sorted: the order every run
+    # since the first has had, so the (seed, epoch) shuffle keeps picking the same batches.
     rest, held = _partition(src.labels, n_held, seed)
     origin = src.info.origin or src.info.description
     held_out = (*src.info.held_out, f"{len(held)} for {held_name} (data.{held_name}_fraction={fraction:g})")
@@ -710,22 +699,14 @@ def open_splits(cfg: "DataConfig", splits: Sequence[str] = SPLIT_NAMES, *, coars
 
     Fixed splits of the layout are used as they are; a missing test split is held out of the
     pool (``test_fraction``), a missing val split out of train (``val_fraction``), stratified and
-    seeded by ``split_seed`` with the same partition as :func:`load_dataset`. A requested split
+    seeded by ``split_seed`` (:func:`_partition`). A requested split
     that the layout cannot provide (e.g. ``train`` of a test-only archive) is a DatasetError.
     """
-    try:
-        reader = LAYOUTS[cfg.dataset_name]
-    except KeyError:
-        raise DatasetError(f"data.dataset_name: unknown layout {cfg.dataset_name!r} for streaming; valid names: "
-                           f"{', '.join(sorted(LAYOUTS))}") from None
-    _validate_cfg(cfg)
     wanted = set(splits)
     for s in wanted:
         if s not in SPLIT_NAMES:
             raise DatasetError(f"unknown split {s!r}; expected one of {', '.join(SPLIT_NAMES)}")
-    if cfg.dataset_name == "npz":
-        reader = functools.partial(reader, pixel_max=cfg.pixel_max)
-    parts = reader(cfg.data_dir, wanted, coarse)
+    parts = _read_parts(cfg, wanted, coarse)
     if cfg.classes is not None:
         parts = {k: _filter_classes(v, cfg.classes) for k, v in parts.items()}
     seed = cfg.split_seed
@@ -832,8 +813,6 @@ class ConcatSource(RecordSource):
         self.as_float = as_float
 
     def _read(self, index: int) -> np.ndarray:
-        from robust_vision.data.batch import to_unit_float
-
         k = int(np.searchsorted(self.offsets, index, side="right")) - 1
         image = self.parts[k]._read(index - int(self.offsets[k]))
         return to_unit_float(image) if self.as_float else image
@@ -849,8 +828,6 @@ class ConvertedSource(RecordSource):
         self.info = replace(base.info, image_shape=self.image_shape)
 
     def _read(self, index: int) -> np.ndarray:
-        from robust_vision.data.pipeline import preprocess
-
         h, w, c = self.image_shape
         return preprocess(self.base._read(index), (h, w), c)
 
@@ -910,6 +887,35 @@ def check_image_sizes(data: "DataConfig") -> None:
         stream_shape(splits["train"], None, data.channels, also=(splits["val"],))
 
 
+# Native (images over all splits, H, W, C) of the layouts whose release fixes their size: the
+# memory estimate needs no file for them (nor the files downloaded yet).
+NATIVE_SHAPES = {"digits": (1797, 8, 8, 1), "mnist": (70_000, 28, 28, 1), "cifar10": (60_000, 32, 32, 3)}
+
+
+def source_shape(data: "DataConfig") -> tuple[Optional[int], Optional[tuple[int, int, int]]]:
+    """(number of images over all splits, (H, W, C) after ``image_size`` / ``channels``) of the
+    config's data, None where unknown (an unreadable source; H, W of image files of their own
+    sizes). Opening a layout reads headers, memory maps or file lists, never a decode of the
+    images; JAX-free: the memory preflight asks it before JAX is imported."""
+    n, hwc = None, None
+    if data.dataset_name in NATIVE_SHAPES:
+        n, h, w, c = NATIVE_SHAPES[data.dataset_name]
+        hwc = (h, w, c)
+    elif data.data_dir:
+        try:
+            parts = _read_parts(data, set(SPLIT_NAMES))
+        except (DatasetError, OSError, ValueError, KeyError):  # unreadable: the readers report it later
+            parts = {}
+        if parts:
+            n = sum(len(p) for p in parts.values())
+            hwc = next(iter(parts.values())).info.image_shape
+    if data.image_size is not None:
+        hwc = (data.image_size[0], data.image_size[1], hwc[2] if hwc else 3)
+    if hwc is not None and data.channels is not None:
+        hwc = (hwc[0], hwc[1], data.channels)
+    return n, hwc
+
+
 def converted(source: RecordSource, image_shape: Sequence[int]) -> RecordSource:
     """``source`` itself when its records already have ``image_shape`` (H, W, C) (array sources
     then keep their one-read batches), else a :class:`ConvertedSource` resizing / converting each
@@ -918,6 +924,14 @@ def converted(source: RecordSource, image_shape: Sequence[int]) -> RecordSource:
     if source.info.image_shape is not None and tuple(source.info.image_shape) == shape:
         return source
     return ConvertedSource(source, shape)
+
+
+def converted_splits(cfg: "DataConfig", splits: Sequence[str] = SPLIT_NAMES) -> dict[str, RecordSource]:
+    """The ``splits`` of ``cfg`` (``open_splits`` of every split, so that each hold-out is the
+    training run's), each record brought to the one (H, W, C) of all three (``stream_shape``)."""
+    sources = open_splits(cfg)
+    shape = stream_shape(sources["train"], cfg.image_size, cfg.channels, also=(sources["val"], sources["test"]))
+    return {name: converted(sources[name], shape) for name in splits}
 
 
 def load_eval_source(path: str, dataset_name: Optional[str], split: str, image_shape: Sequence[int],
@@ -964,16 +978,11 @@ def read_images(source: RecordSource, batch_size: int = 256) -> np.ndarray:
     """Every record of ``source`` (of one shape ``info.image_shape`` (H, W, C)) decoded into one
     float32 (N, H, W, C) array in [0, 1], in order. Memory is the whole source: only for a
     bounded sample (e.g. a ``SubsetSource``) or a split known to be small."""
-    from robust_vision.data.batch import to_unit_float
-    from robust_vision.data.pipeline import eval_batches
-
     h, w, c = source.info.image_shape  # type: ignore[misc]
     images = np.empty((len(source), h, w, c), np.float32)
-    pos = 0
-    for batch in eval_batches(source, batch_size, shard_index=0, shard_count=1, threads=2):
-        n = int(batch.mask.sum())
-        images[pos:pos + n] = to_unit_float(batch.images[:n])
-        pos += n
+    for start in range(0, len(source), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(source)))
+        images[rows] = to_unit_float(read_batch(source, rows))
     return images
 
 
@@ -985,20 +994,6 @@ def read_examples(source: RecordSource, max_examples: Optional[int] = None) -> t
     if max_examples is not None and max_examples < len(source):
         source = SubsetSource(source, np.arange(max_examples), source.info)
     return read_images(source), np.asarray(source.labels, np.int32)
-
-
-def eval_dataset(source: RecordSource, slot: str = "test", name: str = "data"):
-    """A :class:`~robust_vision.data.datasets.Dataset` holding ``source`` decoded as float32 [0, 1]
-    in split ``slot`` (the others empty), for evaluators that take in-memory splits. Memory is the
-    whole split; streaming evaluators should use ``pipeline.eval_batches(source, ...)`` instead."""
-    from robust_vision.data.datasets import Dataset, Split
-
-    h, w, c = source.info.image_shape  # type: ignore[misc]
-    empty = Split(np.zeros((0, h, w, c), np.float32), np.zeros(0, np.int32))
-    splits = {k: empty for k in SPLIT_NAMES}
-    splits[slot] = Split(read_images(source), source.labels.astype(np.int32))
-    return Dataset(name=name, num_classes=source.info.num_classes, class_names=source.info.class_names,
-                   notes=source.info.description, **splits)
 
 
 def check_published_suite(suite: str, suite_data: Optional[str]) -> None:

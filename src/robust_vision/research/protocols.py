@@ -38,12 +38,15 @@ import numpy as np
 import yaml
 
 from robust_vision.config import config_from_dict, config_to_dict
-from robust_vision.data.datasets import Dataset, load_dataset
+from robust_vision.data.images import preprocess
 from robust_vision.data.pipeline import data_mesh, replicate
 from robust_vision.batched import array_batches
+from robust_vision.data.readers import IMAGE_SUFFIXES, DatasetError, decode_image
+from robust_vision.data.sources import converted_splits, list_image_files, read_examples
 from robust_vision.metrics import degradation_percent, summarize
 from robust_vision.evaluation.robustness import evaluate_conditions_stream
 from robust_vision.models.crossbar import crossbar_log_scores
+from robust_vision.runs.paths import checkpoints_dir, config_file
 from robust_vision.research.methods import Method
 from robust_vision.research.settings import StudySettings
 from robust_vision.training.hebbian import crossbar_scores, pattern_protocol, train_crossbar
@@ -54,6 +57,8 @@ __all__ = ["ROW_COLUMNS", "RunRecord", "StudyError", "backprop_config", "classif
 ROW_COLUMNS = ["protocol", "method_key", "method", "seed", "noise_type", "level", "accuracy", "snr", "snr_median",
                "mean_log_snr", "degradation", "n", "n_nonfinite"]
 EVAL_BATCH = 256  # one batch size for every method, so every method sees the same noise draws
+# The binary task in memory: split name -> (images float32 (N, S, S, 1) in [0, 1], labels int32 (N,)).
+TaskData = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 class StudyError(RuntimeError):
@@ -106,7 +111,7 @@ def _digit_pool(image_size: int) -> np.ndarray:
     """All digits of the bundled set's train split, (N, S, S, 1) float32 in [0, 1]."""
     data = config_from_dict({"data": {"dataset_name": "digits", "image_size": [image_size, image_size],
                                       "channels": 1}}).data
-    return load_dataset(data).train.images
+    return read_examples(converted_splits(data, ("train",))["train"])[0]
 
 
 def evenly_spaced(n_files: int, n: int) -> np.ndarray:
@@ -122,19 +127,24 @@ def folder_images(directory: str | Path, n: int, image_size: int) -> np.ndarray:
     """``n`` images of a folder (any depth, sorted by path) at evenly spaced positions, grayscale,
     resized to ``image_size``^2, (n, S, S, 1) float32 in [0, 1] (uint8 / 255; 16-bit / 65535).
 
-    Decoding and resizing reuse the image_folder reader of ``robust_vision.data.datasets``."""
-    from robust_vision.data.datasets import DatasetError, _convert_images, _decode_images, _list_image_files
-
+    Listing and decoding are the image_folder layout's (``data.sources`` / ``data.readers``);
+    each image goes to gray (ITU-R 601 luma) and is resized as a float image (``preprocess``)."""
     root = Path(directory)
     if not root.is_dir():
         raise DatasetError(f"--pattern-images: '{root}' is not a directory; pass a folder of PNG/JPEG images")
-    files, _ = _list_image_files(root)
+    files = sorted(list_image_files(root), key=lambda name: Path(name).parts)
     if not files:
-        raise DatasetError(f"--pattern-images: no .png/.jpg/.jpeg/.bmp files found under '{root}'")
-    chosen = [files[i] for i in evenly_spaced(len(files), n)]
-    size = [image_size, image_size]
-    decoded = _decode_images(chosen, size, str(root))
-    return _convert_images(decoded, 1, size, str(root))
+        raise DatasetError(f"--pattern-images: no {'/'.join(IMAGE_SUFFIXES)} files found under '{root}'")
+    size = (image_size, image_size)
+    images = []
+    for i in evenly_spaced(len(files), n):
+        try:
+            image = decode_image((root / files[i]).read_bytes(), unit_float=True)
+        except Exception as exc:  # PIL raises several types for truncated / foreign files
+            raise DatasetError(f"--pattern-images: cannot decode '{root / files[i]}' ({type(exc).__name__}: {exc}); "
+                               "expected a PNG or JPEG image, remove or replace the file") from None
+        images.append(preprocess(image, size, 1))
+    return np.stack(images).astype(np.float32)
 
 
 def pattern_images(settings: StudySettings, seed: int) -> np.ndarray:
@@ -239,9 +249,10 @@ def classification_data_section(settings: StudySettings) -> dict:
             "classes": [c.target_digit, c.control_digit]}
 
 
-def classification_data(settings: StudySettings) -> Dataset:
-    """The binary digits task: labels 0 = target digit, 1 = control digit."""
-    return load_dataset(config_from_dict({"data": classification_data_section(settings)}).data)
+def classification_data(settings: StudySettings) -> TaskData:
+    """The binary digits task (train, val, test in memory): labels 0 = target digit, 1 = control digit."""
+    data = config_from_dict({"data": classification_data_section(settings)}).data
+    return {name: read_examples(source) for name, source in converted_splits(data).items()}
 
 
 def crossbar_forward(W: jax.Array, images: jax.Array) -> jax.Array:
@@ -271,7 +282,7 @@ def _nan_rows(settings: StudySettings, method: Method, seed: int, *, accuracy: f
          "mean_log_snr": nan, "n": n, "n_nonfinite": n} for nt in settings.noise_types for lvl in settings.levels])
 
 
-def _evaluate(settings: StudySettings, forward: Callable, variables: Any, dataset: Dataset, method: Method,
+def _evaluate(settings: StudySettings, forward: Callable, variables: Any, dataset: TaskData, method: Method,
               seed: int) -> tuple[list[dict], dict]:
     """Rows of the noise grid (as evaluate_robustness) and the per-example units of each row.
 
@@ -279,10 +290,10 @@ def _evaluate(settings: StudySettings, forward: Callable, variables: Any, datase
     ``summarize`` reductions, so they equal evaluate_robustness's rows number for number."""
     n_draws = settings.classification.n_draws
     per_cond = evaluate_conditions_stream(forward, replicate(data_mesh(), variables),
-                                          array_batches(dataset.test.images, dataset.test.labels, EVAL_BATCH),
+                                          array_batches(*dataset["test"], EVAL_BATCH),
                                           noise_types=list(settings.noise_types), levels=list(settings.levels),
                                           seed=seed, n_draws=n_draws)
-    n = len(dataset.test)
+    n = len(dataset["test"][1])
     rows, unit_correct, unit_log_snr = [], [], []
     for noise_type in settings.noise_types:
         for level in settings.levels:
@@ -321,18 +332,21 @@ def _train_or_reuse(cfg, *, fresh: bool, log: Callable[[str], None]) -> str:
 
     Returns "trained", "resumed" or "reused". A run directory with a *different* config is
     removed with ``fresh`` and otherwise refused (nothing is overwritten silently)."""
+    from robust_vision.preflight import check_memory
+    from robust_vision.runs.resume import run_finished
     from robust_vision.training.trainer import train
 
     run_dir = Path(cfg.training.checkpoint_dir)
     wanted = yaml.safe_load(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    saved_path = config_file(run_dir)
+    same = saved_path.is_file() and yaml.safe_load(saved_path.read_text()) == wanted
+    if same and run_finished(run_dir, cfg):
+        return "reused"
+    check_memory(cfg)
+    if same:
+        train(cfg, resume=True, log=log)
+        return "resumed"
     if run_dir.exists():
-        saved_path = run_dir / "config.yaml"
-        same = saved_path.is_file() and yaml.safe_load(saved_path.read_text()) == wanted
-        if same and (run_dir / "checkpoints" / "epochs" / str(cfg.training.epochs)).is_dir():
-            return "reused"
-        if same:
-            train(cfg, resume=True, log=log)
-            return "resumed"
         if not fresh:
             raise StudyError(f"{run_dir} holds a run with other settings; use a new --output directory or pass "
                              "--fresh to retrain it (that removes the old run directory)")
@@ -355,7 +369,7 @@ def _shared_forward(parts) -> Callable:
     return _FORWARDS[parts.eval_graph]
 
 
-def run_classification_method(settings: StudySettings, method: Method, seed: int, dataset: Dataset, out_dir: Path,
+def run_classification_method(settings: StudySettings, method: Method, seed: int, dataset: TaskData, out_dir: Path,
                               *, fresh: bool = False, log: Callable[[str], None] = lambda s: None) -> RunRecord:
     """Train ``method`` on the train split and evaluate it on the test split's noise grid."""
     c = settings.classification
@@ -364,9 +378,10 @@ def run_classification_method(settings: StudySettings, method: Method, seed: int
         eta = c.hebbian_eta if method.rule == "hebbian" else c.sgd_eta
         t0 = time.perf_counter()
         # Same key for every crossbar of a seed: same initial weights and batch order.
-        W, stats = train_crossbar(jax.random.key(seed), dataset.train.images, dataset.train.labels, rule=method.rule,
+        train_images, train_labels = dataset["train"]
+        W, stats = train_crossbar(jax.random.key(seed), train_images, train_labels, rule=method.rule,
                                   eta=eta, epochs=c.crossbar_epochs, clip_range=clip,
-                                  batch_size=c.crossbar_batch_size, num_classes=dataset.num_classes,
+                                  batch_size=c.crossbar_batch_size, num_classes=2,  # the binary task: target vs control
                                   bound=settings.divergence_bound)
         W = jax.block_until_ready(W)
         t1 = time.perf_counter()
@@ -375,10 +390,10 @@ def run_classification_method(settings: StudySettings, method: Method, seed: int
             # A non-finite entry makes its whole output line nan for every input (nan * 0 = nan), so
             # every score is nan: no SNR, and every decision counts as wrong, as in
             # hebbian.crossbar_accuracy. Nothing to evaluate.
-            rows = _nan_rows(settings, method, seed, accuracy=0.0,
-                             n=len(dataset.test) * c.n_draws)
+            n_test = len(dataset["test"][1])
+            rows = _nan_rows(settings, method, seed, accuracy=0.0, n=n_test * c.n_draws)
             note = "non-finite weights: every score nan, every decision counted wrong"
-            zeros = np.zeros(len(dataset.test))
+            zeros = np.zeros(n_test)
             units = _units([zeros] * len(rows), [zeros + np.nan] * len(rows))
         else:
             rows, units = _evaluate(settings, crossbar_forward, W, dataset, method, seed)
@@ -399,7 +414,7 @@ def run_classification_method(settings: StudySettings, method: Method, seed: int
     t1 = time.perf_counter()
     # The final epoch (checkpoints/epochs holds the latest), not the best-val-accuracy epoch:
     # every method is compared after the same number of epochs.
-    model = load_trained_model(run_dir / "checkpoints" / "epochs", name=method.name)
+    model = load_trained_model(checkpoints_dir(run_dir) / "epochs", name=method.name)
     rows, units = _evaluate(settings, _shared_forward(model.parts), model.variables, dataset, method, seed)
     return RunRecord("classification", method, seed, rows, train_time_s=t1 - t0, units=units,
                      eval_time_s=time.perf_counter() - t1, run_dir=str(run_dir), note="" if how == "trained" else how)

@@ -372,11 +372,14 @@ def run_recipes(settings: dict, out_dir: str | Path, *, quiet: bool = False, log
     """Train and evaluate every recipe x seed; write the ranked table, the figure and the runs."""
     from tqdm import tqdm
 
-    from robust_vision.data.datasets import load_dataset
+    from robust_vision.data.sources import converted_splits, read_examples
     from robust_vision.runs.loading import load_trained_model
     from robust_vision.evaluation.report import versions
     from robust_vision.io import write_csv
     from robust_vision.research.tables import write_table
+    from robust_vision.runs.paths import checkpoints_dir
+    from robust_vision.preflight import check_memory
+    from robust_vision.runs.resume import run_finished
     from robust_vision.training.trainer import train
 
     t_start = time.perf_counter()
@@ -385,7 +388,7 @@ def run_recipes(settings: dict, out_dir: str | Path, *, quiet: bool = False, log
     recipes = [r for r in RECIPES if r.key in settings["recipes"]]
     jobs = [(seed, r) for seed in range(int(settings["seeds"])) for r in recipes]
     first = recipe_config(settings, recipes[0], 0, out_dir)
-    test = load_dataset(first.data).test
+    test_images, test_labels = read_examples(converted_splits(first.data, ("test",))["test"])
     per_seed = []
     corrupted: dict[int, np.ndarray] = {}
     bar = tqdm(jobs, desc="recipes", disable=quiet, unit="run")
@@ -394,13 +397,14 @@ def run_recipes(settings: dict, out_dir: str | Path, *, quiet: bool = False, log
         run_dir = out_dir / "runs" / "recipes" / f"seed{seed}" / recipe.key
         cfg = recipe_config(settings, recipe, seed, run_dir)
         t0 = time.perf_counter()
-        if not (run_dir / "checkpoints" / "epochs" / str(cfg.training.epochs)).is_dir():
+        if not run_finished(run_dir, cfg):
+            check_memory(cfg)
             train(cfg, log=lambda s: None)
         t1 = time.perf_counter()
-        model = load_trained_model(run_dir / "checkpoints" / "epochs", name=recipe.key)
+        model = load_trained_model(checkpoints_dir(run_dir) / "epochs", name=recipe.key)
         if seed not in corrupted:  # once per seed, shared by its recipes
-            corrupted = {seed: corrupted_test_set(settings, test.images, seed)}
-        metrics = _evaluate(settings, model, test.images, test.labels, corrupted[seed], seed)
+            corrupted = {seed: corrupted_test_set(settings, test_images, seed)}
+        metrics = _evaluate(settings, model, test_images, test_labels, corrupted[seed], seed)
         per_seed.append({"recipe_key": recipe.key, "recipe": recipe.name, "seed": seed, **metrics,
                          "train_time_s": t1 - t0, "eval_time_s": time.perf_counter() - t1})
         if quiet:

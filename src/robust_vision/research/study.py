@@ -105,7 +105,7 @@ def _run_protocols(settings: StudySettings, out_dir: Path, *, fresh: bool, log: 
                     bar.update(1)
         else:
             dataset = classification_data(settings)
-            sizes = {"train": len(dataset.train), "val": len(dataset.val), "test": len(dataset.test)}
+            sizes = {name: len(labels) for name, (_, labels) in dataset.items()}
             for seed in range(settings.seeds):
                 for method in methods:
                     records.append(run_classification_method(settings, method, seed, dataset, out_dir, fresh=fresh,

@@ -21,7 +21,7 @@ def published_corruption_errors(logits_fn: Callable, path: str, suite: str, imag
     streamed like the evaluated split (:func:`corruption_errors_stream` of its clean error:
     wrong / N, padding never counts). Images are converted to the checkpoint's ``image_shape``;
     ``clean_error`` is NaN (the part sets that of the evaluated split)."""
-    from robust_vision.data.datasets import DatasetError
+    from robust_vision.data.readers import DatasetError
 
     errors: dict[tuple[str, int], float] = {}
     n = None
