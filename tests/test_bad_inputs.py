@@ -23,7 +23,8 @@ import pytest
 
 from conftest import tiny_overrides
 from robust_vision.config import DataConfig, load_config
-from robust_vision.preflight import SizeError, check_memory, check_output_dir
+from robust_vision.io import check_output_dir
+from robust_vision.preflight import SizeError, check_memory
 from robust_vision.runs.lock import RunLock
 
 GIB = 2**30

@@ -15,9 +15,9 @@ from robust_vision.models.local import (
     LocalWeights,
     krotov_update,
     p_norms,
-    plot_receptive_fields,
     train_krotov,
 )
+from robust_vision.viz.receptive_fields import plot_receptive_fields
 
 
 def _clustered_images(n: int = 600, seed: int = 0) -> jax.Array:

@@ -19,6 +19,24 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 
+def check_output_dir(path: str | Path, key: str = "--output") -> Path:
+    """Fail before any work when an output directory cannot be used: it is an existing file, or
+    it could not be created / written. Writes nothing: a run that fails later leaves no empty
+    directory behind."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{key}: {path} is a file, not a directory; pass a directory for the outputs")
+    existing = path.absolute()
+    while not existing.exists():  # the nearest existing ancestor is where the directory would be made
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{key}: cannot create {path} ({existing} is a file); pass a writable directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{key}: {existing if existing != path.absolute() else path} is not writable; "
+                         "pass a writable directory")
+    return path
+
+
 def atomic_write(path: str | Path, data: bytes | str, *, private: bool = False) -> Path:
     """Write ``data`` (str as UTF-8) to ``path`` through a temporary file and a rename.
 

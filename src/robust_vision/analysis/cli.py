@@ -34,75 +34,60 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--style", choices=["publication", "default"], help="figure style")
 
 
-def _spectrum(args: argparse.Namespace) -> int:
-    from robust_vision.analysis.common import load_context
+# Each subcommand: run the analysis on the loaded context and return the lines it prints (the
+# output directory is printed after them by analyze_main).
+
+
+def _spectrum(args: argparse.Namespace, ctx) -> list[str]:
     from robust_vision.analysis.spectrum_cmd import run_spectrum
 
-    ctx = load_context(args)
     s = run_spectrum(ctx, layer=args.layer, max_examples=args.max_examples,
                      fit_ranks=tuple(args.fit_range) if args.fit_range else None, batch_size=args.batch_size)
-    print(f"{ctx.model.name} {s['layer']} ({s['n_examples']} {ctx.split_name} images, dim {s['dim']}): "
-          f"alpha = {s['alpha']:.3f} over ranks {s['fit_rank_first']}-{s['fit_rank_last']} (R^2 = {s['r2']:.3f})")
-    print(f"written to {ctx.out_dir}")
-    return 0
+    return [f"{ctx.model.name} {s['layer']} ({s['n_examples']} {ctx.split_name} images, dim {s['dim']}): "
+            f"alpha = {s['alpha']:.3f} over ranks {s['fit_rank_first']}-{s['fit_rank_last']} (R^2 = {s['r2']:.3f})"]
 
 
-def _boundary(args: argparse.Namespace) -> int:
+def _boundary(args: argparse.Namespace, ctx) -> list[str]:
     from robust_vision.analysis.boundary import run_boundary
-    from robust_vision.analysis.common import load_context
 
-    ctx = load_context(args)
     s = run_boundary(ctx, index=args.index, span=args.span, resolution=args.resolution, noise=args.noise,
                      loss=args.loss, seed=args.seed)
+    lines = []
     for center, r in s["centers"].items():
         d = ", ".join(f"{k} {'>' + format(s['span'], 'g') if v is None else format(v, '.3g')}"
                       for k, v in r["distances"].items())
-        print(f"{center}: predicted {r['origin_class_name']} ({r['origin_confidence']:.3f}); "
-              f"nearest boundary along {d}")
-    print(f"written to {ctx.out_dir}")
-    return 0
+        lines.append(f"{center}: predicted {r['origin_class_name']} ({r['origin_confidence']:.3f}); "
+                     f"nearest boundary along {d}")
+    return lines
 
 
-def _features(args: argparse.Namespace) -> int:
-    from robust_vision.analysis.common import load_context
+def _features(args: argparse.Namespace, ctx) -> list[str]:
     from robust_vision.analysis.feature_maps import run_features
     from robust_vision.runs.loading import load_trained_model
 
-    ctx = load_context(args)
     compare = load_trained_model(args.compare) if args.compare else None
     s = run_features(ctx, index=args.image, noise=args.noise, compare=compare, seed=args.seed)
-    for model, changes in s["relative_change"].items():
-        print(f"{model}: relative change clean -> noisy " +
-              ", ".join(f"{layer} {v:.3f}" for layer, v in changes.items()))
-    print(f"written to {ctx.out_dir}")
-    return 0
+    return [f"{model}: relative change clean -> noisy " + ", ".join(f"{layer} {v:.3f}" for layer, v in changes.items())
+            for model, changes in s["relative_change"].items()]
 
 
-def _prune(args: argparse.Namespace) -> int:
-    from robust_vision.analysis.common import load_context
+def _prune(args: argparse.Namespace, ctx) -> list[str]:
     from robust_vision.analysis.prune_eval import run_prune
 
-    ctx = load_context(args)
     run_prune(ctx, sparsities=args.sparsities, scope=args.scope, noise_types=args.noise_types, levels=args.levels,
               n_draws=args.n_draws, batch_size=args.batch_size, seed=args.seed)
-    print(f"written to {ctx.out_dir}")
-    return 0
+    return []
 
 
-def _tightness(args: argparse.Namespace) -> int:
-    from robust_vision.analysis.common import load_context
+def _tightness(args: argparse.Namespace, ctx) -> list[str]:
     from robust_vision.analysis.tightness_cmd import run_tightness
 
-    if args.eps < 0 or args.max_examples < 1:
-        raise ValueError(f"--eps must be >= 0 and --max-examples >= 1; got {args.eps} and {args.max_examples}")
-    ctx = load_context(args)
     s = run_tightness(ctx, eps=args.eps, max_examples=args.max_examples)
-    for row in s["depths"]:
-        print(f"depth {row['depth']} ({row['node']}): tightness {row['tightness']:.4f} "
-              f"(optimal radius {row['optimal_radius']:.4g}, IBP radius {row['ibp_radius']:.4g})")
-    print(f"{ctx.model.name}: overall tightness {s['overall_tightness']:.4f} at eps {args.eps:g} "
-          f"({s['n_examples']} {ctx.split_name} images); written to {ctx.out_dir}")
-    return 0
+    return [*(f"depth {row['depth']} ({row['node']}): tightness {row['tightness']:.4f} "
+              f"(optimal radius {row['optimal_radius']:.4g}, IBP radius {row['ibp_radius']:.4g})"
+              for row in s["depths"]),
+            f"{ctx.model.name}: overall tightness {s['overall_tightness']:.4f} at eps {args.eps:g} "
+            f"({s['n_examples']} {ctx.split_name} images)"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,11 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_args(args: argparse.Namespace) -> None:
     """The checks that need neither JAX nor the model: the checkpoint's files, the output
     directory and the values of the subcommand's flags (a bad one costs a fraction of a second)."""
-    from robust_vision.preflight import check_output_dir
+    from robust_vision.io import check_output_dir
     from robust_vision.runs.paths import resolve_checkpoint
 
     resolve_checkpoint(args.checkpoint)
     check_output_dir(args.output)
+    if args.command == "tightness" and (args.eps < 0 or args.max_examples < 1):
+        raise ValueError(f"--eps must be >= 0 and --max-examples >= 1; got {args.eps} and {args.max_examples}")
     resolution = getattr(args, "resolution", None)
     if resolution is not None and (resolution < 3 or resolution % 2 == 0):
         raise ValueError(f"--resolution {resolution}: use an odd number >= 3 so that the grid holds the image "
@@ -191,8 +178,14 @@ def analyze_main(argv: list[str] | None = None) -> int:
     command = args.func
 
     def checked(args: argparse.Namespace) -> int:
+        from robust_vision.analysis.common import load_context
+
         _check_args(args)
-        return command(args)
+        ctx = load_context(args)
+        for line in command(args, ctx):
+            print(line)
+        print(f"written to {ctx.out_dir}")
+        return 0
     return _run(checked, args, hard_exit_on_interrupt=argv is None, kept="the analysis did not finish")
 
 

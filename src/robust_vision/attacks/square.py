@@ -46,6 +46,18 @@ def _margin(logits_fn: LogitsFn, x: jax.Array, y: jax.Array) -> jax.Array:
     return logit_margin(logits_fn(x).astype(jnp.float32), y)
 
 
+def _accept(logits_fn: LogitsFn, x_new: jax.Array, y: jax.Array, x_best: jax.Array, margin_best: jax.Array):
+    """One Square step's acceptance: a proposal ``x_new`` replaces ``x_best`` where the example
+    is not yet broken (margin > 0) and the proposal lowers the margin or breaks it. Returns the
+    scan carry (x_best, margin_best) and the per-example margins (B,) as the step's output."""
+    margin_new = _margin(logits_fn, x_new, y)
+    active = margin_best > 0.0
+    accept = active & ((margin_new < margin_best) | (margin_new <= 0.0))
+    x_best = bwhere(accept, x_new, x_best)
+    margin_best = jnp.where(accept, margin_new, margin_best)
+    return (x_best, margin_best), margin_best
+
+
 def _window_mask(h: int, w: int, vh: jax.Array, vw: jax.Array, s: jax.Array) -> jax.Array:
     """(B, H, W, 1) bool: the s x s window with top-left corner (vh, vw) per example."""
     rows = jnp.arange(h)[None, :, None, None]
@@ -119,12 +131,7 @@ def _square_linf(logits_fn, x, y, key, eps, n_queries, p_init):
         mask = _window_mask(h, w, vh, vw, s)
         x_new = jnp.where(mask, x_best + 2.0 * eps * _signs(k_col, (b, 1, 1, c)), x_best)
         x_new = jnp.clip(jnp.clip(x_new, x - eps, x + eps), 0.0, 1.0)
-        margin_new = _margin(logits_fn, x_new, y)
-        active = margin_best > 0.0
-        accept = active & ((margin_new < margin_best) | (margin_new <= 0.0))
-        x_best = bwhere(accept, x_new, x_best)
-        margin_best = jnp.where(accept, margin_new, margin_best)
-        return (x_best, margin_best), margin_best
+        return _accept(logits_fn, x_new, y, x_best, margin_best)
 
     return (x_best, margin0), step
 
@@ -180,12 +187,7 @@ def _square_l2(logits_fn, x, y, key, eps, n_queries, p_init):
         delta = jnp.where(m2, 0.0, delta)
         delta = jnp.where(m1, new, delta)
         x_new = jnp.clip(x + _l2_normalize(delta) * eps, 0.0, 1.0)
-        margin_new = _margin(logits_fn, x_new, y)
-        active = margin_best > 0.0
-        accept = active & ((margin_new < margin_best) | (margin_new <= 0.0))
-        x_best = bwhere(accept, x_new, x_best)
-        margin_best = jnp.where(accept, margin_new, margin_best)
-        return (x_best, margin_best), margin_best
+        return _accept(logits_fn, x_new, y, x_best, margin_best)
 
     return (x_best, margin0), step
 

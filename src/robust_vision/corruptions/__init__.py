@@ -11,24 +11,10 @@ Images are float32 NHWC in [0, 1]; see docs/CORRUPTIONS.md for the definitions.
 """
 
 from robust_vision.corruptions import imagenet_c
-from robust_vision.corruptions.imagenet_c import (
-    CORRUPTIONS,
-    HELD_OUT,
-    IMAGENET_C,
-    apply_corruption,
-    default_scale,
-    get_corruption,
-)
-from robust_vision.corruptions.noise import (
-    NOISES,
-    apply_noise,
-    fog,
-    fractal_haze,
-    gaussian,
-    get_noise,
-    occlusion,
-    salt_pepper,
-)
+from robust_vision.corruptions.imagenet_c import (CORRUPTIONS, HELD_OUT, IMAGENET_C, apply_corruption, default_scale,
+                                                  get_corruption)
+from robust_vision.corruptions.noise import (NOISES, apply_noise, fog, fractal_haze, gaussian, get_noise, occlusion,
+                                             salt_pepper)
 
 __all__ = [
     "CORRUPTIONS",

@@ -129,7 +129,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cfg = load_config(args.config, args.override)
         if args.command == "prepare":
-            from robust_vision.preflight import check_output_dir
+            from robust_vision.io import check_output_dir
 
             if Path(args.output).exists():
                 raise FileExistsError(f"--output: '{args.output}' already exists; choose a new directory "

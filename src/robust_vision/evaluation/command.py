@@ -64,8 +64,8 @@ def check_request(req: EvalRequest, log: Callable[[str], None] = print) -> EvalJ
     from robust_vision.config import load_config
     from robust_vision.data.sources import check_published_suite
     from robust_vision.evaluation import runner
-    from robust_vision.preflight import (check_attack_combination, check_evaluation_work, check_output_dir, check_suite,
-                                         parse_card)
+    from robust_vision.io import check_output_dir
+    from robust_vision.preflight import check_attack_combination, check_evaluation_work, check_suite, parse_card
     from robust_vision.runs.paths import config_file, read_meta, resolve_checkpoint
 
     overrides = list(req.overrides)

@@ -300,12 +300,18 @@ class _PerturbConvNet(nnx.Module):
     layers each followed by a 3x3 / stride 2 pooling, then dropout -> linear -> BN -> act ->
     dropout -> linear (the seed's classifier)."""
 
-    def __init__(self, stages: int, layers_per_stage: int, linear: int, *,
-                 input_shape: tuple[int, int, int], num_classes: int, rngs: nnx.Rngs,
-                 nfilters: int, nmasks: int, noise_level: float, noise_type: NoiseType,
-                 filter_size: int, first_filter_size: int, unique_masks: bool, train_masks: bool,
-                 mix_maps: bool, use_act: bool, activation: str, pool_type: PoolType,
-                 dropout: float, scale_noise: float):
+    # (stages, perturb layers per stage, default nfilters, default hidden units): per subclass
+    LAYOUT: tuple[int, int, int, int]
+
+    def __init__(self, *, input_shape: tuple[int, int, int], num_classes: int, rngs: nnx.Rngs,
+                 nfilters: Optional[int] = None, nmasks: int = 1, noise_level: float = 0.1,
+                 noise_type: NoiseType = "uniform", filter_size: int = 0, first_filter_size: int = 0,
+                 unique_masks: bool = True, train_masks: bool = False, mix_maps: bool = False,
+                 use_act: bool = False, activation: str = "relu", pool_type: PoolType = "max",
+                 linear: Optional[int] = None, dropout: float = 0.5, scale_noise: float = 1.0):
+        stages, layers_per_stage, default_nfilters, default_linear = self.LAYOUT
+        nfilters = default_nfilters if nfilters is None else nfilters
+        linear = default_linear if linear is None else linear
         h, w, c = _check_input_shape(input_shape)
         _check_choice("pool_type", pool_type, ("max", "avg"))
         if num_classes < 2:
@@ -357,7 +363,7 @@ class _PerturbConvNet(nnx.Module):
 
 
 _PNN_DOC_OPTIONS = """
-    Options (keyword arguments; defaults in the signature):
+    Options (keyword arguments; defaults in the signature, nfilters and linear in LAYOUT):
       nfilters: channels of every conv layer. nmasks: masks per input channel (fan-out).
       noise_level, noise_type ("uniform" | "normal"), scale_noise (multiplies the first
       layer's noise level). filter_size / first_filter_size: 0 = perturbation layer,
@@ -374,18 +380,7 @@ class PerturbLeNet(_PerturbConvNet):
 
     __doc__ += _PNN_DOC_OPTIONS
 
-    def __init__(self, *, input_shape: tuple[int, int, int], num_classes: int, rngs: nnx.Rngs,
-                 nfilters: int = 64, nmasks: int = 1, noise_level: float = 0.1,
-                 noise_type: NoiseType = "uniform", filter_size: int = 0, first_filter_size: int = 0,
-                 unique_masks: bool = True, train_masks: bool = False, mix_maps: bool = False,
-                 use_act: bool = False, activation: str = "relu", pool_type: PoolType = "max",
-                 linear: int = 128, dropout: float = 0.5, scale_noise: float = 1.0):
-        super().__init__(3, 1, linear, input_shape=input_shape, num_classes=num_classes, rngs=rngs,
-                         nfilters=nfilters, nmasks=nmasks, noise_level=noise_level, noise_type=noise_type,
-                         filter_size=filter_size, first_filter_size=first_filter_size,
-                         unique_masks=unique_masks, train_masks=train_masks, mix_maps=mix_maps,
-                         use_act=use_act, activation=activation, pool_type=pool_type, dropout=dropout,
-                         scale_noise=scale_noise)
+    LAYOUT = (3, 1, 64, 128)
 
 
 class PerturbCifarNet(_PerturbConvNet):
@@ -395,18 +390,7 @@ class PerturbCifarNet(_PerturbConvNet):
 
     __doc__ += _PNN_DOC_OPTIONS
 
-    def __init__(self, *, input_shape: tuple[int, int, int], num_classes: int, rngs: nnx.Rngs,
-                 nfilters: int = 128, nmasks: int = 1, noise_level: float = 0.1,
-                 noise_type: NoiseType = "uniform", filter_size: int = 0, first_filter_size: int = 0,
-                 unique_masks: bool = True, train_masks: bool = False, mix_maps: bool = False,
-                 use_act: bool = False, activation: str = "relu", pool_type: PoolType = "max",
-                 linear: int = 256, dropout: float = 0.5, scale_noise: float = 1.0):
-        super().__init__(3, 2, linear, input_shape=input_shape, num_classes=num_classes, rngs=rngs,
-                         nfilters=nfilters, nmasks=nmasks, noise_level=noise_level, noise_type=noise_type,
-                         filter_size=filter_size, first_filter_size=first_filter_size,
-                         unique_masks=unique_masks, train_masks=train_masks, mix_maps=mix_maps,
-                         use_act=use_act, activation=activation, pool_type=pool_type, dropout=dropout,
-                         scale_noise=scale_noise)
+    LAYOUT = (3, 2, 128, 256)
 
 
 # --------------------------------------------------------------------------- ResNet-18s

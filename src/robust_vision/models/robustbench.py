@@ -69,6 +69,26 @@ def _normalization(mean: Optional[Sequence[float]], std: Optional[Sequence[float
     return None if mean is None else InputNormalization(mean, std, channels)
 
 
+def _staged_forward(model: nnx.Module, x: jax.Array, stages: tuple[str, ...], final_bn: nnx.Module,
+                    head: nnx.Module, return_features: bool):
+    """The forward both RobustBench nets share: input normalisation, the stem conv, the residual
+    stages (each one feature, (B, h, w, C)), BN-ReLU, global average pooling (the embedding,
+    (B, C)) and the linear head (logits, (B, K))."""
+    features = {}
+    if model.normalize is not None:
+        x = model.normalize(x)
+    x = model.conv1(x)
+    features["stem"] = x
+    for name in stages:
+        for block in getattr(model, name):
+            x = block(x)
+        features[name] = x
+    embedding = jnp.mean(nnx.relu(final_bn(x)), axis=(1, 2))
+    features["embedding"] = embedding
+    logits = head(embedding)
+    return (logits, features) if return_features else logits
+
+
 class PreActBlock(nnx.Module):
     """Pre-activation basic block (He et al. 2016b): BN-ReLU-conv3x3-BN-ReLU-conv3x3, the
     shortcut (a strided 1x1 conv when the shape changes) taken after the first BN-ReLU."""
@@ -111,20 +131,8 @@ class PreActResNet18(nnx.Module):
         self.linear = nnx.Linear(in_planes, num_classes, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, return_features: bool = False):
-        features = {}
-        if self.normalize is not None:
-            x = self.normalize(x)
-        x = self.conv1(x)
-        features["stem"] = x
-        for name in ("layer1", "layer2", "layer3", "layer4"):
-            for block in getattr(self, name):
-                x = block(x)
-            features[name] = x
-        x = nnx.relu(self.bn(x))
-        embedding = jnp.mean(x, axis=(1, 2))
-        features["embedding"] = embedding
-        logits = self.linear(embedding)
-        return (logits, features) if return_features else logits
+        return _staged_forward(self, x, ("layer1", "layer2", "layer3", "layer4"), self.bn, self.linear,
+                               return_features)
 
 
 class WideBlock(nnx.Module):
@@ -170,20 +178,7 @@ class WideResNet(nnx.Module):
         self.fc = nnx.Linear(channels[3], num_classes, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, return_features: bool = False):
-        features = {}
-        if self.normalize is not None:
-            x = self.normalize(x)
-        x = self.conv1(x)
-        features["stem"] = x
-        for name in ("block1", "block2", "block3"):
-            for block in getattr(self, name):
-                x = block(x)
-            features[name] = x
-        x = nnx.relu(self.bn1(x))
-        embedding = jnp.mean(x, axis=(1, 2))
-        features["embedding"] = embedding
-        logits = self.fc(embedding)
-        return (logits, features) if return_features else logits
+        return _staged_forward(self, x, ("block1", "block2", "block3"), self.bn1, self.fc, return_features)
 
 
 # model.name -> (depth, widen) of RobustBench's named WideResNets

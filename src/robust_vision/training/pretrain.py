@@ -21,7 +21,7 @@ import numpy as np
 
 from robust_vision.config import Config
 from robust_vision.data.sources import RecordSource, SubsetSource, read_images
-from robust_vision.models.local import p_norms, receptive_fields_figure, train_krotov
+from robust_vision.models.local import p_norms, train_krotov
 
 SAMPLE_BYTES = 1 << 30  # float32 images the local rule holds at once (1 GiB: all of CIFAR-10's 50k)
 
@@ -58,6 +58,7 @@ def pretrain_local_layer(model, cfg: Config, train_source: RecordSource, run_dir
         f"(the rule's fixed point is 1)")
     if kc.plot_fields:
         from robust_vision.viz._common import save_figure  # matplotlib only when a figure is drawn
+        from robust_vision.viz.receptive_fields import receptive_fields_figure
 
         fig = receptive_fields_figure(W, train_images.shape[1:])
         written = save_figure(fig, run_dir / "plots", "receptive_fields", cfg.evaluation.dpi, cfg.evaluation.format)

@@ -22,31 +22,11 @@ from matplotlib.ticker import MaxNLocator
 from robust_vision.metrics import degradation_percent
 from robust_vision.runs.paths import METRICS_FILE
 from robust_vision.tables import ROBUSTNESS_CSV
-from robust_vision.viz._common import (
-    ACCURACY_LABEL,
-    DEFAULT_DPI,
-    DEFAULT_FORMATS,
-    DEFAULT_STYLE,
-    SNR_LABEL,
-    PlotError,
-    SeriesStyle,
-    check_options,
-    figure_legend,
-    legend_handle,
-    level_colors,
-    balanced_columns,
-    noise_axis_label,
-    noise_title,
-    panel_grid,
-    plot_series,
-    read_table,
-    resolve_styles,
-    save_figure,
-    select,
-    sorted_by,
-    style_context,
-    unique,
-)
+from robust_vision.viz._common import (ACCURACY_LABEL, DEFAULT_DPI, DEFAULT_FORMATS, DEFAULT_STYLE, SNR_LABEL,
+                                       PlotError, SeriesStyle, check_options, figure_legend, legend_handle,
+                                       level_colors, balanced_columns, noise_axis_label, noise_title, panel_grid,
+                                       plot_series, read_table, resolve_styles, save_figure, select, sorted_by,
+                                       style_context, unique)
 
 _ROBUSTNESS_REQUIRED = ("model", "noise_type", "level", "accuracy")
 

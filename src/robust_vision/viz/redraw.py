@@ -20,48 +20,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from robust_vision.viz._common import (
-    DEFAULT_DPI,
-    DEFAULT_FORMATS,
-    DEFAULT_STYLE,
-    STYLES,
-    PlotError,
-    check_options,
-    read_table,
-    series_styles,
-    unique,
-)
+from robust_vision.viz._common import (DEFAULT_DPI, DEFAULT_FORMATS, DEFAULT_STYLE, STYLES, PlotError, check_options,
+                                       read_table, series_styles, unique)
 from robust_vision.runs.paths import METRICS_FILE
-from robust_vision.tables import (
-    ATTACK_RESULTS_CSV,
-    CERTIFIED_CSV,
-    CONFIDENCES_NPZ,
-    CONFORMAL_CSV,
-    CORRUPTION_RESULTS_CSV,
-    CORRUPTION_SUMMARY_CSV,
-    FIGURE_TABLES,
-    RELIABILITY_CSV,
-    ROBUSTNESS_CSV,
-    SELECTIVE_CSV,
-    VERIFIED_CSV,
-)
-from robust_vision.viz.plots import (
-    plot_comparison,
-    plot_confidence_histograms,
-    plot_robustness_curves,
-    plot_training_curves,
-    run_labels,
-)
-from robust_vision.viz.suite import (
-    plot_attack_curves,
-    plot_certified_accuracy,
-    plot_conformal,
-    plot_corruption_ce,
-    plot_corruption_errors,
-    plot_reliability,
-    plot_selective_accuracy,
-    plot_verified_accuracy,
-)
+from robust_vision.tables import (ATTACK_RESULTS_CSV, CERTIFIED_CSV, CONFIDENCES_NPZ, CONFORMAL_CSV,
+                                  CORRUPTION_RESULTS_CSV, CORRUPTION_SUMMARY_CSV, FIGURE_TABLES, RELIABILITY_CSV,
+                                  ROBUSTNESS_CSV, SELECTIVE_CSV, VERIFIED_CSV)
+from robust_vision.viz.plots import (plot_comparison, plot_confidence_histograms, plot_robustness_curves,
+                                     plot_training_curves, run_labels)
+from robust_vision.viz.suite import (plot_attack_curves, plot_certified_accuracy, plot_conformal, plot_corruption_ce,
+                                     plot_corruption_errors, plot_reliability, plot_selective_accuracy,
+                                     plot_verified_accuracy)
 
 _KNOWN_FILES = (METRICS_FILE, *FIGURE_TABLES)
 # The figure of each table of a results directory, in order, and whether it takes the result

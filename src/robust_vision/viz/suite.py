@@ -13,29 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from robust_vision.viz._common import (
-    DEFAULT_DPI,
-    DEFAULT_FORMATS,
-    DEFAULT_STYLE,
-    SeriesStyle,
-    check_options,
-    figure_legend,
-    legend_handle,
-    level_colors,
-    level_styles,
-    noise_axis_label,
-    noise_title,
-    panel_grid,
-    plot_series,
-    pretty,
-    read_table,
-    resolve_styles,
-    save_figure,
-    select,
-    sorted_by,
-    style_context,
-    unique,
-)
+from robust_vision.viz._common import (DEFAULT_DPI, DEFAULT_FORMATS, DEFAULT_STYLE, SeriesStyle, check_options,
+                                       figure_legend, legend_handle, level_colors, level_styles, noise_axis_label,
+                                       noise_title, panel_grid, plot_series, pretty, read_table, resolve_styles,
+                                       save_figure, select, sorted_by, style_context, unique)
 
 
 def _model_legend(fig, models: Sequence[str], styles: Mapping[str, SeriesStyle], extra: Sequence = ()) -> None:
