@@ -8,8 +8,9 @@ Same contract as :mod:`robust_vision.viz.plots`: table path in, figures written 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -123,29 +124,43 @@ def plot_attack_curves(attack_csv: str | Path, out_dir: str | Path, style: str =
                        model_styles: Mapping[str, SeriesStyle] | None = None) -> list[Path]:
     """Robust accuracy vs perturbation budget eps, one panel per attack, one line per model.
     Writes ``attack_accuracy``."""
-    formats = check_options(style, dpi, formats)
-    table = read_table(attack_csv, ("model", "attack", "eps", "accuracy"))
-    models, attacks = unique(table["model"]), unique(table["attack"])
-    styles = resolve_styles(model_styles, models)
+    formats, table, models, attacks, styles = _panels_of(attack_csv, ("model", "attack", "eps", "accuracy"), "attack",
+                                                         style, dpi, formats, model_styles)
     with style_context(style):
         fig, axes = panel_grid(len(attacks), sharey=True)
         for k, (ax, attack) in enumerate(zip(axes, attacks)):
-            for model in models:
-                mask = select(table, model=model, attack=attack)
-                if mask.any():
-                    eps, acc = sorted_by(table, mask, "eps", "accuracy")
-                    plot_series(ax, eps, acc, styles[model])
-            ax.set_title(attack.upper() if len(attack) <= 5 else pretty(attack))
-            ax.set_xlabel("Perturbation budget ε (pixel scale [0, 1])")
-            if k % 4 == 0:
-                ax.set_ylabel("Robust accuracy (fraction)")
-            ax.set_ylim(-0.02, 1.02)
+            for model, mask in _models_with_rows(table, models, attack=attack):
+                eps, acc = sorted_by(table, mask, "eps", "accuracy")
+                plot_series(ax, eps, acc, styles[model])
+            _accuracy_panel(ax, k, attack.upper() if len(attack) <= 5 else pretty(attack),
+                            "Perturbation budget ε (pixel scale [0, 1])", "Robust accuracy (fraction)", legend=False)
         fig.suptitle("Accuracy under adversarial attack")
         _model_legend(fig, models, styles)
         return save_figure(fig, out_dir, "attack_accuracy", dpi, formats)
 
 
-def _accuracy_panel(ax, k: int, title: str, xlabel: str, ylabel: str) -> None:
+def _panels_of(path: str | Path, required: Sequence[str], panel_column: str, style: str, dpi: int,
+               formats: Sequence[str], model_styles: Mapping[str, SeriesStyle] | None,
+               order: Callable[[Any], Any] | None = None):
+    """What a one-panel-per-value figure reads: the checked formats, the table at ``path``, its
+    models, the panel values (the distinct values of ``panel_column``; converted by ``order`` and
+    sorted when given) and each model's line style."""
+    formats = check_options(style, dpi, formats)
+    table = read_table(path, required)
+    models = unique(table["model"])
+    panels = unique(table[panel_column]) if order is None else sorted(unique(order(v) for v in table[panel_column]))
+    return formats, table, models, panels, resolve_styles(model_styles, models)
+
+
+def _models_with_rows(table, models: Sequence[str], **where: Any):
+    """(model, row mask) for each of ``models`` that has rows where the columns equal ``where``."""
+    for model in models:
+        mask = select(table, model=model, **where)
+        if mask.any():
+            yield model, mask
+
+
+def _accuracy_panel(ax, k: int, title: str, xlabel: str, ylabel: str, *, legend: bool = True) -> None:
     """Title, axis labels (the y label on the first panel of each row of 4), a [0, 1] accuracy
     axis and the legend in the upper right (accuracy falls with the budget: the empty corner)."""
     ax.set_title(title)
@@ -153,7 +168,8 @@ def _accuracy_panel(ax, k: int, title: str, xlabel: str, ylabel: str) -> None:
     if k % 4 == 0:
         ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(loc="upper right", fontsize="small")
+    if legend:
+        ax.legend(loc="upper right", fontsize="small")
 
 
 def plot_certified_accuracy(certified_csv: str | Path, out_dir: str | Path, style: str = DEFAULT_STYLE,
@@ -162,18 +178,13 @@ def plot_certified_accuracy(certified_csv: str | Path, out_dir: str | Path, styl
     """Certified accuracy vs L2 radius (randomized smoothing), one panel per smoothing
     sigma, one step line per model; the legend gives each model's abstain fraction.
     Writes ``certified_accuracy``."""
-    formats = check_options(style, dpi, formats)
-    table = read_table(certified_csv, ("model", "sigma", "radius", "certified_accuracy"))
-    models = unique(table["model"])
-    sigmas = sorted(unique(float(s) for s in table["sigma"]))
-    styles = resolve_styles(model_styles, models)
+    required = ("model", "sigma", "radius", "certified_accuracy")
+    formats, table, models, sigmas, styles = _panels_of(certified_csv, required, "sigma", style, dpi, formats,
+                                                        model_styles, order=float)
     with style_context(style):
         fig, axes = panel_grid(len(sigmas), sharey=True)
         for k, (ax, sigma) in enumerate(zip(axes, sigmas)):
-            for model in models:
-                mask = select(table, model=model, sigma=sigma)
-                if not mask.any():
-                    continue
+            for model, mask in _models_with_rows(table, models, sigma=sigma):
                 radius, acc = sorted_by(table, mask, "radius", "certified_accuracy")
                 label = model
                 if "abstain_fraction" in table and np.isfinite(table["abstain_fraction"][mask]).any():
@@ -218,6 +229,22 @@ def plot_verified_accuracy(verified_csv: str | Path, out_dir: str | Path, style:
 # --------------------------------------------------------------------------- calibration
 
 
+def _model_by_noise(models: Sequence[str], noise_types: Sequence[str], panel_size: tuple[float, float]):
+    """A figure with a row of panels per model and a column per noise type (at most 4 columns
+    a row): (figure, [(model, noise type, axes), ...] in reading order)."""
+    ncols = len(noise_types)
+    fig, axes = panel_grid(len(models) * ncols, ncols_max=min(ncols, 4), panel_size=panel_size)
+    return fig, [(model, noise, axes[i * ncols + j]) for i, model in enumerate(models)
+                 for j, noise in enumerate(noise_types)]
+
+
+def _with_levels(table, cells):
+    """Each (model, noise type, axes) cell with the sorted severity levels the table holds for it."""
+    for model, noise, ax in cells:
+        levels = sorted(unique(float(v) for v in table["level"][select(table, model=model, noise_type=noise)]))
+        yield model, noise, ax, levels
+
+
 def plot_reliability(reliability_csv: str | Path, out_dir: str | Path, style: str = DEFAULT_STYLE,
                      dpi: int = DEFAULT_DPI, formats: Sequence[str] = DEFAULT_FORMATS, *,
                      results_csv: str | Path | None = None) -> list[Path]:
@@ -237,34 +264,30 @@ def plot_reliability(reliability_csv: str | Path, out_dir: str | Path, style: st
     models = unique(table["model"])
     noise_types = unique(table["noise_type"])
     with style_context(style):
-        ncols = len(noise_types)
-        fig, axes = panel_grid(len(models) * ncols, ncols_max=min(ncols, 4), panel_size=(2.9, 2.9))
-        for i, model in enumerate(models):
-            for j, noise in enumerate(noise_types):
-                ax = axes[i * ncols + j]
-                ax.plot([0, 1], [0, 1], color="0.55", linestyle=":", linewidth=1.0, label="perfect calibration")
-                levels = sorted(unique(float(v) for v in table["level"][select(table, model=model, noise_type=noise)]))
-                chosen = ([0.0] if 0.0 in levels else []) + [lv for lv in levels[-1:] if lv > 0]
-                for color, marker, lv in zip(level_colors(len(chosen)), ("o", "s"), chosen):
-                    mask = select(table, model=model, noise_type=noise, level=lv) & (table["count"] > 0)
-                    if not mask.any():
-                        continue
-                    conf, acc, count = sorted_by(table, mask, "mean_confidence", "accuracy", "count")
-                    name = "clean" if lv == 0 else f"level {lv:g}"
-                    ece = ece_of.get((model, noise, lv))
-                    if ece is not None and math.isfinite(ece):
-                        name += f", ECE {ece:.3f}"
-                    sizes = 12 + 60 * count / count.max()
-                    ax.plot(conf, acc, color=color, linewidth=1.2)
-                    ax.scatter(conf, acc, s=sizes, color=color, marker=marker, label=name, zorder=3)
-                ax.set_xlim(0, 1)
-                ax.set_ylim(0, 1.02)
-                ax.set_aspect("equal")
-                ax.set_title(noise_title(noise) if len(models) == 1 else f"{model}: {noise_title(noise)}")
-                ax.set_xlabel("Mean confidence in bin")
-                ax.set_ylabel("Accuracy in bin (fraction)")
-                # Below the axes: inside, any corner can hold bins (under- or over-confident).
-                ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize="small", frameon=False)
+        fig, cells = _model_by_noise(models, noise_types, (2.9, 2.9))
+        for model, noise, ax, levels in _with_levels(table, cells):
+            ax.plot([0, 1], [0, 1], color="0.55", linestyle=":", linewidth=1.0, label="perfect calibration")
+            chosen = ([0.0] if 0.0 in levels else []) + [lv for lv in levels[-1:] if lv > 0]
+            for color, marker, lv in zip(level_colors(len(chosen)), ("o", "s"), chosen):
+                mask = select(table, model=model, noise_type=noise, level=lv) & (table["count"] > 0)
+                if not mask.any():
+                    continue
+                conf, acc, count = sorted_by(table, mask, "mean_confidence", "accuracy", "count")
+                name = "clean" if lv == 0 else f"level {lv:g}"
+                ece = ece_of.get((model, noise, lv))
+                if ece is not None and math.isfinite(ece):
+                    name += f", ECE {ece:.3f}"
+                sizes = 12 + 60 * count / count.max()
+                ax.plot(conf, acc, color=color, linewidth=1.2)
+                ax.scatter(conf, acc, s=sizes, color=color, marker=marker, label=name, zorder=3)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1.02)
+            ax.set_aspect("equal")
+            ax.set_title(noise_title(noise) if len(models) == 1 else f"{model}: {noise_title(noise)}")
+            ax.set_xlabel("Mean confidence in bin")
+            ax.set_ylabel("Accuracy in bin (fraction)")
+            # Below the axes: inside, any corner can hold bins (under- or over-confident).
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize="small", frameon=False)
         fig.suptitle("Reliability diagrams (marker area ∝ examples in bin)")
         return save_figure(fig, out_dir, "reliability", dpi, formats)
 
@@ -332,21 +355,17 @@ def plot_selective_accuracy(selective_csv: str | Path, out_dir: str | Path, styl
     all_levels = sorted(unique(float(v) for v in table["level"]))
     style_of = dict(zip(all_levels, level_styles(len(all_levels))))
     with style_context(style):
-        ncols = len(noise_types)
-        fig, axes = panel_grid(len(models) * ncols, ncols_max=min(ncols, 4), panel_size=(3.2, 2.7))
-        for i, model in enumerate(models):
-            for j, noise in enumerate(noise_types):
-                ax = axes[i * ncols + j]
-                levels = sorted(unique(float(v) for v in table["level"][select(table, model=model, noise_type=noise)]))
-                for lv in levels:
-                    mask = select(table, model=model, noise_type=noise, level=lv)
-                    cov, acc = sorted_by(table, mask, "coverage", "selective_accuracy")
-                    ax.plot(cov, acc, markevery=max(1, len(cov) // 6), markersize=4, linewidth=1.3,
-                            **style_of[lv])
-                ax.set_xlim(0, 1.02)
-                ax.set_title(noise_title(noise) if len(models) == 1 else f"{model}: {noise_title(noise)}")
-                ax.set_xlabel("Coverage (fraction of inputs accepted)")
-                ax.set_ylabel("Selective accuracy (fraction)")
+        fig, cells = _model_by_noise(models, noise_types, (3.2, 2.7))
+        for model, noise, ax, levels in _with_levels(table, cells):
+            for lv in levels:
+                mask = select(table, model=model, noise_type=noise, level=lv)
+                cov, acc = sorted_by(table, mask, "coverage", "selective_accuracy")
+                ax.plot(cov, acc, markevery=max(1, len(cov) // 6), markersize=4, linewidth=1.3,
+                        **style_of[lv])
+            ax.set_xlim(0, 1.02)
+            ax.set_title(noise_title(noise) if len(models) == 1 else f"{model}: {noise_title(noise)}")
+            ax.set_xlabel("Coverage (fraction of inputs accepted)")
+            ax.set_ylabel("Selective accuracy (fraction)")
         figure_legend(fig, [legend_handle("clean" if lv == 0 else f"level {lv:g}", markersize=4, **style_of[lv])
                             for lv in all_levels], ncols_max=min(len(all_levels), 6))
         fig.suptitle("Selective prediction: accuracy vs coverage")
