@@ -22,7 +22,7 @@ from robust_vision.models.crossbar import CrossbarModel, crossbar_log_scores
 from robust_vision.runs.history import METRIC_COLUMNS
 from robust_vision.runs.resume import TrainingError
 from robust_vision.training.crossbar_trainer import train_local_rule
-from robust_vision.training.hebbian import train_crossbar
+from robust_vision.training.hebbian import LocalRule, train_crossbar
 from robust_vision.training.loop import training_sources
 
 assert "crossbar" in MODELS
@@ -72,8 +72,8 @@ def test_hebbian_run_dir_matches_train_crossbar_and_loads(repo_root, tmp_path):
     # The same numbers as the study's helper: W from the last checkpoint == train_crossbar's W.
     data = training_sources(cfg)
     train_images, train_labels = read_examples(data.train)
-    W_ref, _ = train_crossbar(jax.random.key(cfg.training.seed), train_images, train_labels, rule="hebbian",
-                              eta=0.2, epochs=3, batch_size=64, num_classes=2)
+    W_ref, _ = train_crossbar(jax.random.key(cfg.training.seed), train_images, train_labels,
+                              LocalRule("hebbian", eta=0.2), epochs=3, batch_size=64, num_classes=2)
     loaded = load_trained_model(run / "checkpoints" / "epochs")
     W = np.asarray(loaded.params["W"][...])
     np.testing.assert_allclose(W, np.asarray(W_ref), rtol=1e-5, atol=1e-7)

@@ -12,6 +12,7 @@ import pytest
 from robust_vision.models.crossbar import init_crossbar
 from robust_vision.training.hebbian import (
     RULES,
+    LocalRule,
     crossbar_accuracy,
     crossbar_scores,
     get_rule,
@@ -103,7 +104,7 @@ def test_clipping_keeps_weights_in_range():
     Wj = jax.jit(hebbian_update)(W0, x, T, 10.0, (0.0, 1.0))
     assert float(Wj.max()) <= 1.0
     with pytest.raises(ValueError, match="lo <= hi"):
-        pattern_protocol(jax.random.key(0), _images(2), clip_range=(1.0, 0.0))
+        pattern_protocol(jax.random.key(0), _images(2), LocalRule(clip_range=(1.0, 0.0)))
 
 
 # ------------------------------------------------------------------ sgd and divergence
@@ -164,8 +165,8 @@ def _row(result, noise, level):
 def test_pattern_protocol_hebbian():
     images = _images(6)
     levels = (0.0, 0.2, 0.5, 0.9)
-    kw = dict(rule="hebbian", noise_types=("gaussian", "occlusion"), levels=levels, n_noisy=16)
-    res = pattern_protocol(jax.random.key(0), images, **kw)
+    kw = dict(noise_types=("gaussian", "occlusion"), levels=levels, n_noisy=16)
+    res = pattern_protocol(jax.random.key(0), images, LocalRule("hebbian"), **kw)
     assert res["n_images"] == 6 and res["n_diverged"] == 0 and res["eta"] == 0.2
     assert len(res["rows"]) == 2 * len(levels)
     clean = _row(res, "gaussian", 0.0)
@@ -174,12 +175,12 @@ def test_pattern_protocol_hebbian():
     assert all(a > b for a, b in zip(snr, snr[1:])), snr
     assert clean["snr"] > 10.0  # 30 Hebbian steps dominate the U[0, 0.01) control column
     # Determinism given the key; a different key changes the noise (and the init).
-    again = pattern_protocol(jax.random.key(0), images, **kw)
+    again = pattern_protocol(jax.random.key(0), images, LocalRule("hebbian"), **kw)
     assert again["rows"] == res["rows"] and again["weight_stats"] == res["weight_stats"]
-    other = pattern_protocol(jax.random.key(1), images, **kw)
+    other = pattern_protocol(jax.random.key(1), images, LocalRule("hebbian"), **kw)
     assert _row(other, "gaussian", 0.5)["snr"] != _row(res, "gaussian", 0.5)["snr"]
     # Clipping: weights in range, and a lower clean SNR than unconstrained.
-    clipped = pattern_protocol(jax.random.key(0), images, clip_range=(0.0, 0.5), **kw)
+    clipped = pattern_protocol(jax.random.key(0), images, LocalRule("hebbian", clip_range=(0.0, 0.5)), **kw)
     assert clipped["weight_stats"]["max"] <= 0.5 and clipped["weight_stats"]["min"] >= 0.0
     assert _row(clipped, "gaussian", 0.0)["accuracy"] == 1.0
     assert _row(clipped, "gaussian", 0.0)["snr"] < clean["snr"]
@@ -188,14 +189,14 @@ def test_pattern_protocol_hebbian():
 def test_pattern_protocol_sgd_divergence_is_an_outcome():
     images = _images(4)
     # ||x||^2 ~ 25 for these 8x8 images, so eta = 0.5 is far beyond the stability limit 2/||x||^2.
-    res = pattern_protocol(jax.random.key(0), images, rule="sgd_mse", eta=0.5, iterations=30,
-                           noise_types=("gaussian",), levels=(0.0,), n_noisy=4, bound=1e6)
+    res = pattern_protocol(jax.random.key(0), images, LocalRule("sgd_mse", eta=0.5, bound=1e6), iterations=30,
+                           noise_types=("gaussian",), levels=(0.0,), n_noisy=4)
     assert res["n_diverged"] == 4 and all(res["diverged"])
     assert res["weight_stats"]["diverged"]
     row = res["rows"][0]
     assert 0.0 <= row["accuracy"] <= 1.0 and row["n"] == 16
     # A stable learning rate: converged to W^T x = [1, 0] -> correct on the clean image.
-    res = pattern_protocol(jax.random.key(0), images, rule="sgd_mse", eta=0.01, iterations=100,
+    res = pattern_protocol(jax.random.key(0), images, LocalRule("sgd_mse", eta=0.01), iterations=100,
                            noise_types=("gaussian",), levels=(0.0,), n_noisy=4)
     assert res["n_diverged"] == 0 and res["rows"][0]["accuracy"] == 1.0
 
@@ -214,7 +215,7 @@ def _two_class(n: int, seed: int = 0) -> tuple[jax.Array, jax.Array]:
 def test_train_crossbar_hebbian_closed_form_and_accuracy():
     x, y = _two_class(40)
     key = jax.random.key(0)
-    W, stats = train_crossbar(key, x, y, rule="hebbian", eta=0.2, epochs=3, batch_size=40)
+    W, stats = train_crossbar(key, x, y, LocalRule("hebbian", eta=0.2), epochs=3, batch_size=40)
     W0 = init_crossbar(jax.random.split(key)[0], 36, 2)
     expected = W0 + 3 * 0.2 * x.T @ jax.nn.one_hot(y, 2) / 40  # full batch: class correlations
     np.testing.assert_allclose(W, expected, rtol=1e-5)
@@ -222,13 +223,14 @@ def test_train_crossbar_hebbian_closed_form_and_accuracy():
     # Last partial batch (40 = 16 + 16 + 8) counts once with its own mean: identical rows
     # give eta * x t^T per batch, 3 batches per epoch.
     same = jnp.broadcast_to(x[0], (40, 36))
-    W, _ = train_crossbar(key, same, jnp.zeros(40, jnp.int32), eta=0.1, epochs=2, batch_size=16, num_classes=2)
+    W, _ = train_crossbar(key, same, jnp.zeros(40, jnp.int32), LocalRule(eta=0.1), epochs=2, batch_size=16,
+                          num_classes=2)
     np.testing.assert_allclose(W, W0 + 2 * 3 * 0.1 * jnp.outer(x[0], jnp.array([1.0, 0.0])), rtol=1e-5)
 
 
 def test_train_crossbar_sgd_and_divergence():
     x, y = _two_class(200, seed=1)
-    W, stats = train_crossbar(jax.random.key(0), x, y, rule="sgd_mse", eta=0.02, epochs=20, batch_size=32)
+    W, stats = train_crossbar(jax.random.key(0), x, y, LocalRule("sgd_mse", eta=0.02), epochs=20, batch_size=32)
     assert not stats["diverged"] and stats["train_accuracy"] > 0.95
-    W, stats = train_crossbar(jax.random.key(0), x, y, rule="sgd_mse", eta=2.0, epochs=5, batch_size=32)
+    W, stats = train_crossbar(jax.random.key(0), x, y, LocalRule("sgd_mse", eta=2.0), epochs=5, batch_size=32)
     assert stats["diverged"]

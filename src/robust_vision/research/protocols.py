@@ -49,7 +49,7 @@ from robust_vision.models.crossbar import crossbar_log_scores
 from robust_vision.runs.paths import checkpoints_dir, config_file
 from robust_vision.research.methods import Method
 from robust_vision.research.settings import StudySettings
-from robust_vision.training.hebbian import crossbar_scores, pattern_protocol, train_crossbar
+from robust_vision.training.hebbian import LocalRule, crossbar_scores, pattern_protocol, train_crossbar
 
 __all__ = ["ROW_COLUMNS", "RunRecord", "StudyError", "backprop_config", "classification_data", "crossbar_forward",
            "evenly_spaced", "folder_images", "pattern_images", "run_original_mlp", "run_classification_method", "run_pattern_method"]
@@ -219,9 +219,9 @@ def run_pattern_method(settings: StudySettings, method: Method, seed: int, image
     clip = None if method.clip is None else tuple(settings.clip_ranges[method.clip])
     eta = p.hebbian_eta if method.rule == "hebbian" else p.sgd_eta
     t0 = time.perf_counter()
-    res = pattern_protocol(jax.random.key(seed), images, rule=method.rule, clip_range=clip, eta=eta,
-                           iterations=p.iterations, noise_types=settings.noise_types, levels=settings.levels,
-                           n_noisy=p.n_noisy, bound=settings.divergence_bound, num_outputs=2)
+    rule = LocalRule(method.rule, eta, clip, settings.divergence_bound)
+    res = pattern_protocol(jax.random.key(seed), images, rule, iterations=p.iterations,
+                           noise_types=settings.noise_types, levels=settings.levels, n_noisy=p.n_noisy, num_outputs=2)
     elapsed = time.perf_counter() - t0
     rows = []
     for r in res["rows"]:
@@ -379,10 +379,10 @@ def run_classification_method(settings: StudySettings, method: Method, seed: int
         t0 = time.perf_counter()
         # Same key for every crossbar of a seed: same initial weights and batch order.
         train_images, train_labels = dataset["train"]
-        W, stats = train_crossbar(jax.random.key(seed), train_images, train_labels, rule=method.rule,
-                                  eta=eta, epochs=c.crossbar_epochs, clip_range=clip,
-                                  batch_size=c.crossbar_batch_size, num_classes=2,  # the binary task: target vs control
-                                  bound=settings.divergence_bound)
+        W, stats = train_crossbar(jax.random.key(seed), train_images, train_labels,
+                                  LocalRule(method.rule, eta, clip, settings.divergence_bound),
+                                  epochs=c.crossbar_epochs, batch_size=c.crossbar_batch_size,
+                                  num_classes=2)  # the binary task: target vs control
         W = jax.block_until_ready(W)
         t1 = time.perf_counter()
         note = ""

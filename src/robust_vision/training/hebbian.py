@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import zlib
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -87,6 +88,24 @@ def _check_clip_range(clip_range: Any) -> ClipRange:
         if not lo <= hi:  # also rejects NaN
             raise ValueError(f"clip_range must satisfy lo <= hi, got [{lo}, {hi}].")
     return (lo, hi)
+
+
+@dataclass(frozen=True)
+class LocalRule:
+    """A local learning rule and its settings: ``name`` ("hebbian" or "sgd_mse"), learning rate
+    ``eta`` (None: the seed's 0.2 for hebbian, 0.01 for sgd_mse), ``clip_range`` (lo, hi) applied
+    after every update (None: unconstrained) and the divergence ``bound`` on |W|."""
+
+    name: str = "hebbian"
+    eta: Optional[float] = None
+    clip_range: ClipRange = None
+    bound: float = 1e6
+
+    def resolved(self) -> "LocalRule":
+        """This rule checked (known name, lo <= hi), with its default eta filled in."""
+        get_rule(self.name)
+        eta = self.eta if self.eta is not None else {"hebbian": 0.2, "sgd_mse": 0.01}[self.name]
+        return LocalRule(self.name, float(eta), _check_clip_range(self.clip_range), float(self.bound))
 
 
 def _flatten(x: jax.Array) -> jax.Array:
@@ -328,11 +347,10 @@ def _condition_rows(W: jax.Array, images: jax.Array, noise_key: jax.Array, noise
     return rows, per_image
 
 
-def pattern_protocol(key: jax.Array, images: jax.Array, rule: str = "hebbian", clip_range: ClipRange = None,
-                     eta: Optional[float] = None, iterations: int = 30,
+def pattern_protocol(key: jax.Array, images: jax.Array, rule: LocalRule = LocalRule(), iterations: int = 30,
                      noise_types: Sequence[str] = ("gaussian", "salt_pepper", "fog", "occlusion"),
                      levels: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.5), n_noisy: int = 20,
-                     bound: float = 1e6, num_outputs: int = 2) -> dict[str, Any]:
+                     num_outputs: int = 2) -> dict[str, Any]:
     """The seed's single-pattern protocol: one fresh 2-output crossbar per image.
 
     For each image n: W_n ~ U[0, 0.01) (its own key), trained for ``iterations`` updates of
@@ -342,14 +360,11 @@ def pattern_protocol(key: jax.Array, images: jax.Array, rule: str = "hebbian", c
     Args:
         key: ``jax.random`` key (split into an init key and a noise key).
         images: (N, H, W, C) float images in [0, 1] (the seed: 64x64 grayscale, C = 1).
-        rule: "hebbian" or "sgd_mse".
-        clip_range: (lo, hi) applied after every update, or None.
-        eta: learning rate; default 0.2 (hebbian) or 0.01 (sgd_mse), the seed's values.
+        rule: the rule and its eta, clip range and divergence bound (:class:`LocalRule`).
         iterations: updates per image.
         noise_types: names for :func:`robust_vision.corruptions.get_noise`.
         levels: severities in [0, 1] (0 = clean).
         n_noisy: noisy copies per image and condition.
-        bound: divergence bound on |W|.
         num_outputs: K (output 0 is the target, the others the control).
 
     Returns:
@@ -365,23 +380,21 @@ def pattern_protocol(key: jax.Array, images: jax.Array, rule: str = "hebbian", c
     images = jnp.asarray(images, jnp.float32)
     if images.ndim != 4:
         raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}.")
-    get_rule(rule)
-    clip_range = _check_clip_range(clip_range)
-    eta = float(eta if eta is not None else {"hebbian": 0.2, "sgd_mse": 0.01}[rule])
+    rule = rule.resolved()
     for name in noise_types:
         get_noise(name)
     if num_outputs < 2:
         raise ValueError(f"num_outputs must be >= 2 (target + control), got {num_outputs}.")
     init_key, noise_key = jax.random.split(key)
     x = images.reshape(images.shape[0], -1)
-    W, diverged = _train_patterns(init_key, x, jnp.float32(eta), clip_range, jnp.float32(bound),
-                                  rule=rule, iterations=int(iterations), num_outputs=int(num_outputs))
+    W, diverged = _train_patterns(init_key, x, jnp.float32(rule.eta), rule.clip_range, jnp.float32(rule.bound),
+                                  rule=rule.name, iterations=int(iterations), num_outputs=int(num_outputs))
     rows, per_image = _condition_rows(W, images, noise_key, noise_types, levels, int(n_noisy))
     diverged = np.asarray(diverged)
     return {
-        "rule": rule, "clip_range": None if clip_range is None else list(clip_range), "eta": eta,
+        "rule": rule.name, "clip_range": None if rule.clip_range is None else list(rule.clip_range), "eta": rule.eta,
         "iterations": int(iterations), "n_images": int(images.shape[0]), "n_noisy": int(n_noisy),
-        "bound": float(bound), "rows": rows, "per_image": per_image, "weight_stats": weight_stats(W, bound),
+        "bound": rule.bound, "rows": rows, "per_image": per_image, "weight_stats": weight_stats(W, rule.bound),
         "n_diverged": int(diverged.sum()), "diverged": diverged.tolist(),
     }
 
@@ -427,10 +440,9 @@ def _train_crossbar(key: jax.Array, x: jax.Array, t: jax.Array, eta: jax.Array, 
     return W
 
 
-def train_crossbar(key: jax.Array, x_train: jax.Array, y_train: jax.Array, rule: str = "hebbian",
-                   eta: Optional[float] = None, epochs: int = 30, clip_range: ClipRange = None,
-                   batch_size: int = 128, num_classes: Optional[int] = None,
-                   bound: float = 1e6) -> tuple[jax.Array, dict[str, Any]]:
+def train_crossbar(key: jax.Array, x_train: jax.Array, y_train: jax.Array, rule: LocalRule = LocalRule(),
+                   epochs: int = 30, batch_size: int = 128,
+                   num_classes: Optional[int] = None) -> tuple[jax.Array, dict[str, Any]]:
     """Train a K-output crossbar on a labelled set with a local rule (one jitted lax.scan).
 
     Each epoch reshuffles (key) and visits every example exactly once, in minibatches of
@@ -443,21 +455,16 @@ def train_crossbar(key: jax.Array, x_train: jax.Array, y_train: jax.Array, rule:
         key: ``jax.random`` key (init and shuffling).
         x_train: (N, D) flattened inputs, or (N, H, W, C) images, in [0, 1].
         y_train: (N,) int labels in {0..K-1}.
-        rule: "hebbian" or "sgd_mse".
-        eta: learning rate; default 0.2 (hebbian) or 0.01 (sgd_mse).
+        rule: the rule and its eta, clip range and divergence bound (:class:`LocalRule`).
         epochs: passes over the data.
-        clip_range: (lo, hi) applied after every update, or None.
         batch_size: minibatch size.
         num_classes: K; default max(y_train) + 1.
-        bound: divergence bound on |W|.
 
     Returns:
         (W (D, K), stats): stats = :func:`weight_stats` with ``diverged``, plus
         ``train_accuracy`` (argmax agreement over the whole training set; non-finite = wrong).
     """
-    get_rule(rule)
-    clip_range = _check_clip_range(clip_range)
-    eta = float(eta if eta is not None else {"hebbian": 0.2, "sgd_mse": 0.01}[rule])
+    rule = rule.resolved()
     x = _flatten(x_train)
     y = jnp.asarray(y_train, jnp.int32)
     if y.shape != (x.shape[0],):
@@ -468,8 +475,9 @@ def train_crossbar(key: jax.Array, x_train: jax.Array, y_train: jax.Array, rule:
         raise ValueError(f"batch_size and epochs must be >= 1, got {batch_size}, {epochs}.")
     batch_size = min(int(batch_size), x.shape[0])
     t = jax.nn.one_hot(y, int(num_classes), dtype=jnp.float32)
-    W = _train_crossbar(key, x, t, jnp.float32(eta), clip_range, rule=rule, epochs=int(epochs), batch_size=batch_size)
-    stats = weight_stats(W, bound)
+    W = _train_crossbar(key, x, t, jnp.float32(rule.eta), rule.clip_range, rule=rule.name, epochs=int(epochs),
+                        batch_size=batch_size)
+    stats = weight_stats(W, rule.bound)
     stats["train_accuracy"] = crossbar_accuracy(W, x, y)
     return W, stats
 
