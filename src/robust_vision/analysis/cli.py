@@ -178,9 +178,9 @@ def analyze_main(argv: list[str] | None = None) -> int:
     command = args.func
 
     def checked(args: argparse.Namespace) -> int:
+        _check_args(args)  # before JAX: analysis.common imports it
         from robust_vision.analysis.common import load_context
 
-        _check_args(args)
         ctx = load_context(args)
         for line in command(args, ctx):
             print(line)
