@@ -43,6 +43,7 @@ to weight_stats.json (with the first diverged epoch) and training completes; not
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -60,18 +61,19 @@ from robust_vision.models import create_model
 from robust_vision.models.crossbar import init_crossbar
 from robust_vision.models.state import split_model
 from robust_vision.optim import init_train_state, make_optimizer
-from robust_vision.runs.resume import check_run_request
-from robust_vision.training.hebbian import crossbar_epoch, weight_stats
+from robust_vision.runs.resume import check_run_request, last_epoch
+from robust_vision.training.hebbian import LocalRule, crossbar_epoch, weight_stats
 from robust_vision.training.loop import RunBook, TrainResult, checkpoint_store, describe_data, training_sources
 
-__all__ = ["LOCAL_RULES", "local_rule_settings", "train_local_rule"]
+__all__ = ["LOCAL_RULES", "local_rule_of", "train_local_rule"]
 
 LOCAL_RULES = ("hebbian", "sgd_mse")
 WEIGHT_STATS_JSON = "weight_stats.json"
 
 
-def local_rule_settings(cfg: Config) -> dict[str, Any]:
-    """The rule, eta, clip range, epochs and divergence bound a config asks for.
+def local_rule_of(cfg: Config) -> LocalRule:
+    """The rule, eta, clip range and divergence bound a config asks for (its epochs are
+    ``runs.resume.last_epoch``: ``training.hebbian.iterations``).
 
     Raises:
         ConfigError: the config does not describe a local-rule crossbar run.
@@ -85,8 +87,8 @@ def local_rule_settings(cfg: Config) -> dict[str, Any]:
                           "crossbar model only, set model.name: crossbar (see configs/hebbian.yaml)")
     h = tcfg.hebbian
     clip = None if h.clip_range is None else (float(h.clip_range[0]), float(h.clip_range[1]))
-    return {"rule": tcfg.learning_rule, "eta": float(h.eta if tcfg.learning_rule == "hebbian" else h.sgd_eta),
-            "clip_range": clip, "epochs": int(h.iterations), "bound": float(h.divergence_bound)}
+    eta = h.eta if tcfg.learning_rule == "hebbian" else h.sgd_eta
+    return LocalRule(tcfg.learning_rule, eta, clip, h.divergence_bound).resolved()
 
 
 # --------------------------------------------------------------------------- jitted pieces
@@ -137,7 +139,8 @@ class _LocalLoop:
     """The fixed pieces of a local-rule run's epochs, and the first diverged epoch (carried over)."""
 
     cfg: Config
-    settings: dict[str, Any]
+    rule: LocalRule
+    epochs: int
     train: _Split
     val: _Split
     book: RunBook
@@ -149,35 +152,39 @@ class _LocalLoop:
     def run_epoch(self, W: jax.Array, key: jax.Array, epoch: int) -> jax.Array:
         """One pass of the rule (``hebbian.crossbar_epoch``), its metrics.csv row, and a checkpoint
         when the epoch is the best, a ``save_every`` one or the last."""
-        s, tcfg = self.settings, self.cfg.training
+        rule, tcfg = self.rule, self.cfg.training
         t0 = time.perf_counter()
-        targets = jax.nn.one_hot(self.train.y, self.book.describe["num_classes"], dtype=jnp.float32)
-        W = crossbar_epoch(W, self.train.x, targets, key, jnp.float32(s["eta"]), s["clip_range"], rule=s["rule"],
+        W = crossbar_epoch(W, self.train.x, self.targets, key, jnp.float32(rule.eta), rule.clip_range, rule=rule.name,
                            batch_size=self.batch_size)
-        tr = _summary(W, self.train.x, self.train.y, s["rule"])
+        tr = _summary(W, self.train.x, self.train.y, rule.name)
         row: dict[str, Any] = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
-                               "train_margin": tr["margin"], "train_snr": tr["snr"], "learning_rate": s["eta"]}
+                               "train_margin": tr["margin"], "train_snr": tr["snr"], "learning_rate": rule.eta}
         if len(self.val.y):
-            va = _summary(W, self.val.x, self.val.y, s["rule"])
+            va = _summary(W, self.val.x, self.val.y, rule.name)
             row.update(val_loss=va["loss"], val_accuracy=va["accuracy"], val_margin=va["margin"],
                        val_snr=va["snr"], val_snr_median=va["snr_median"], val_ece=None)
         row["epoch_time_s"] = time.perf_counter() - t0
         improved = self.book.record(row)
         val = f"  Val Acc: {row['val_accuracy']:.4f}  SNR: {row['val_snr']:.4g}" if "val_accuracy" in row else ""
-        self.log(f"Epoch {epoch}/{s['epochs']}  Train Acc: {row['train_accuracy']:.4f}  "
+        self.log(f"Epoch {epoch}/{self.epochs}  Train Acc: {row['train_accuracy']:.4f}  "
                  f"SNR: {row['train_snr']:.4g}{val}")
         self._note_divergence(W, epoch)
-        if improved or epoch % tcfg.save_every == 0 or epoch == s["epochs"]:
+        if improved or epoch % tcfg.save_every == 0 or epoch == self.epochs:
             steps = -(-len(self.train.y) // self.batch_size)
             self.book.save(self.state_of(W, epoch * steps), improved, diverged_epoch=self.diverged_epoch)
         return W
 
+    @functools.cached_property
+    def targets(self) -> jax.Array:
+        """One-hot targets of the train split (N, K), built once for every epoch."""
+        return jax.nn.one_hot(self.train.y, self.book.describe["num_classes"], dtype=jnp.float32)
+
     def _note_divergence(self, W: jax.Array, epoch: int) -> None:
-        stats = weight_stats(W, self.settings["bound"])
+        stats = weight_stats(W, self.rule.bound)
         if stats["diverged"] and self.diverged_epoch is None:
             self.diverged_epoch = epoch
             self.log(f"  DIVERGED at epoch {epoch}: max|W| = {stats['max_abs']:.3g}, {stats['n_nan']} NaN, "
-                     f"{stats['n_posinf'] + stats['n_neginf']} inf entries (bound {self.settings['bound']:g}); "
+                     f"{stats['n_posinf'] + stats['n_neginf']} inf entries (bound {self.rule.bound:g}); "
                      f"training goes on, the outcome is recorded in {WEIGHT_STATS_JSON}")
 
 
@@ -192,7 +199,7 @@ def train_local_rule(cfg: Config, *, resume: bool = False, log: Callable[[str], 
     verifies (same config, else TrainingError; the same result as an uninterrupted run, as every
     epoch's shuffling key is fixed by the seed). Returns the TrainResult (one history row per epoch).
     """
-    s = local_rule_settings(cfg)
+    rule, epochs = local_rule_of(cfg), last_epoch(cfg)
     tcfg = cfg.training
     run_dir, _ = check_run_request(cfg, resume)
     data = training_sources(cfg)
@@ -213,19 +220,20 @@ def train_local_rule(cfg: Config, *, resume: bool = False, log: Callable[[str], 
     W = init_crossbar(init_key, d, data.num_classes)
     run_dir.mkdir(parents=True, exist_ok=True)
     with checkpoint_store(run_dir, tcfg) as store:
-        describe = describe_data(data, ema=False, learning_rule=s["rule"], outputs="crossbar_log_scores")
-        loop = _LocalLoop(cfg, s, train, val, RunBook(cfg, run_dir, store, describe), batch_size, state_of, log)
+        describe = describe_data(data, ema=False, learning_rule=rule.name, outputs="crossbar_log_scores")
+        loop = _LocalLoop(cfg, rule, epochs, train, val, RunBook(cfg, run_dir, store, describe), batch_size, state_of,
+                          log)
         state, meta = loop.book.resume(state_of(W, 0), resume, log)
         if meta:
             nnx.update(model, state["params"])
             W, loop.diverged_epoch = model.W[...], meta.get("diverged_epoch")
-        clip = "none" if s["clip_range"] is None else f"[{s['clip_range'][0]:g}, {s['clip_range'][1]:g}]"
+        clip = "none" if rule.clip_range is None else f"[{rule.clip_range[0]:g}, {rule.clip_range[1]:g}]"
         log(f"Dataset {data.name}: {n_train} train / {len(val.y)} val (test is not read), images {data.image_shape}, "
             f"{data.num_classes} classes")
-        log(f"Crossbar {d}x{data.num_classes}, rule {s['rule']}, eta {s['eta']:g}, clip {clip}, {s['epochs']} epochs "
+        log(f"Crossbar {d}x{data.num_classes}, rule {rule.name}, eta {rule.eta:g}, clip {clip}, {epochs} epochs "
             f"of {steps_per_epoch} update(s) (batch {batch_size})")
-        epoch_keys = jax.random.split(shuffle_key, s["epochs"])
-        for epoch in range(loop.book.start_epoch, s["epochs"] + 1):
+        epoch_keys = jax.random.split(shuffle_key, epochs)
+        for epoch in range(loop.book.start_epoch, epochs + 1):
             W = loop.run_epoch(W, epoch_keys[epoch - 1], epoch)
     _write_weight_stats(loop, W)
     return loop.book.result()
@@ -233,12 +241,12 @@ def train_local_rule(cfg: Config, *, resume: bool = False, log: Callable[[str], 
 
 def _write_weight_stats(loop: _LocalLoop, W: jax.Array) -> None:
     """weight_stats.json of the final W, and the closing log lines."""
-    s, book = loop.settings, loop.book
-    stats = weight_stats(W, s["bound"])
+    rule, book = loop.rule, loop.book
+    stats = weight_stats(W, rule.bound)
     write_json(book.run_dir / WEIGHT_STATS_JSON, {
-        **stats, "rule": s["rule"], "eta": s["eta"],
-        "clip_range": None if s["clip_range"] is None else list(s["clip_range"]), "epochs": s["epochs"],
-        "bound": s["bound"], "diverged_epoch": loop.diverged_epoch,
+        **stats, "rule": rule.name, "eta": rule.eta,
+        "clip_range": None if rule.clip_range is None else list(rule.clip_range), "epochs": loop.epochs,
+        "bound": rule.bound, "diverged_epoch": loop.diverged_epoch,
     })
     verdict = (f"DIVERGED (first at epoch {loop.diverged_epoch})" if stats["diverged"] else "stable")
     loop.log(f"Weights: mean {stats['mean']:.4g}, std {stats['std']:.4g}, range [{stats['min']:.4g}, "
