@@ -13,6 +13,7 @@ from __future__ import annotations
 
 # --------------------------------------------------------------------------- file names
 
+RESULTS_JSON = "results.json"  # every part's results, the config and the versions of one evaluation
 ROBUSTNESS_CSV = "robustness_results.csv"
 CONFIDENCES_NPZ = "confidences.npz"
 CORRUPTION_RESULTS_CSV = "corruption_results.csv"

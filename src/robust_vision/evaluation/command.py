@@ -165,9 +165,10 @@ def _write_results(job: EvalJob, ctx, outcome) -> None:
     from robust_vision.config import config_to_dict
     from robust_vision.evaluation.report import versions
     from robust_vision.io import write_json
+    from robust_vision.tables import RESULTS_JSON
 
     ecfg, out_dir = job.cfg.evaluation, ctx.out_dir
-    write_json(out_dir / "results.json", {
+    write_json(out_dir / RESULTS_JSON, {
         "models": [{"name": m.name, "run_dir": str(m.run_dir), "checkpoint": str(m.checkpoint_dir),
                     "epoch": m.meta.get("epoch"), "input_shape": list(m.input_shape)} for m in job.models],
         "split": ecfg.split, "n_images": ctx.n_images, "config": config_to_dict(job.cfg),

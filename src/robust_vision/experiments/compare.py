@@ -36,11 +36,9 @@ from robust_vision.io import write_npz
 from robust_vision.config import ConfigError
 from robust_vision.experiments.trials import to_float
 from robust_vision.runs.paths import METRICS_FILE, config_file
+from robust_vision.tables import CONFIDENCES_NPZ, RESULTS_JSON, ROBUSTNESS_CSV
 
 Log = Callable[[str], None]
-
-RESULTS_CSV = "robustness_results.csv"
-CONFIDENCES_NPZ = "confidences.npz"
 
 
 class CompareError(ConfigError):
@@ -70,7 +68,7 @@ def _only(paths: list[Path], what: str, where: Path) -> Path | None:
 def _run_of_results(results_dir: Path) -> Path | None:
     """The run directory a results directory's results.json names, if it still exists."""
     try:
-        info = json.loads((results_dir / "results.json").read_text())
+        info = json.loads((results_dir / RESULTS_JSON).read_text())
         run_dir = Path(info["models"][0]["run_dir"])
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None
@@ -80,22 +78,22 @@ def _run_of_results(results_dir: Path) -> Path | None:
 def find_experiment(path: str | Path, name: str) -> Experiment:
     """Detect the run and/or results directory of ``path`` (see the module docstring)."""
     path = Path(path)
-    if path.is_file() and path.name in (METRICS_FILE, RESULTS_CSV):
+    if path.is_file() and path.name in (METRICS_FILE, ROBUSTNESS_CSV):
         path = path.parent
     if not path.is_dir():
         raise CompareError(f"{path}: not found; pass a run directory (with {METRICS_FILE}) or a results directory "
-                           f"(with {RESULTS_CSV})")
+                           f"(with {ROBUSTNESS_CSV})")
     run_dir = path if (path / METRICS_FILE).is_file() else None
-    results_dir = path if (path / RESULTS_CSV).is_file() else None
+    results_dir = path if (path / ROBUSTNESS_CSV).is_file() else None
     subdirs = sorted(p for p in path.iterdir() if p.is_dir())
     if results_dir is None:
-        results_dir = _only([p for p in subdirs if (p / RESULTS_CSV).is_file()], "results directories", path)
+        results_dir = _only([p for p in subdirs if (p / ROBUSTNESS_CSV).is_file()], "results directories", path)
     if run_dir is None and results_dir is not None:
         run_dir = _run_of_results(results_dir)
     if run_dir is None:
         run_dir = _only([p for p in subdirs if (p / METRICS_FILE).is_file()], "run directories", path)
     if run_dir is None and results_dir is None:
-        raise CompareError(f"{path}: neither {METRICS_FILE} (a run directory of robust-vision-train) nor {RESULTS_CSV} "
+        raise CompareError(f"{path}: neither {METRICS_FILE} (a run directory of robust-vision-train) nor {ROBUSTNESS_CSV} "
                            "(a results directory of robust-vision-eval) found there or in its subdirectories; "
                            "pass one of those directories")
     return Experiment(name, path, run_dir, results_dir)
@@ -167,12 +165,12 @@ def training_summary(run_dir: Path) -> dict[str, float]:
 
 def results_rows(results_dir: Path, log: Log) -> tuple[list[dict[str, str]], list[str], str]:
     """The rows of the first model of a robustness_results.csv (a --baseline comes second)."""
-    rows, header = _read_csv(results_dir / RESULTS_CSV)
+    rows, header = _read_csv(results_dir / ROBUSTNESS_CSV)
     if not rows:
-        raise CompareError(f"{results_dir / RESULTS_CSV}: no rows; re-run robust-vision-eval")
+        raise CompareError(f"{results_dir / ROBUSTNESS_CSV}: no rows; re-run robust-vision-eval")
     models = list(dict.fromkeys(r["model"] for r in rows))
     if len(models) > 1:
-        log(f"note: {results_dir / RESULTS_CSV} holds {len(models)} models; comparing the first, {models[0]!r}")
+        log(f"note: {results_dir / ROBUSTNESS_CSV} holds {len(models)} models; comparing the first, {models[0]!r}")
     return [r for r in rows if r["model"] == models[0]], header, models[0]
 
 
@@ -301,7 +299,7 @@ def write_merged_inputs(out_dir: Path, experiments: Sequence[Experiment], evals:
     if evals:
         header = list(dict.fromkeys(c for _, h, _ in evals.values() for c in h))
         merged = [{**r, "model": name} for name, (rows, _, _) in evals.items() for r in rows]
-        written["results_csv"] = write_csv(out_dir / RESULTS_CSV, merged, header)
+        written["results_csv"] = write_csv(out_dir / ROBUSTNESS_CSV, merged, header)
         arrays: dict[str, np.ndarray] = {}
         for e in experiments:
             if e.name not in evals or not (e.results_dir / CONFIDENCES_NPZ).is_file():
