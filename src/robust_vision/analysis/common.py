@@ -11,7 +11,8 @@ import numpy as np
 
 from robust_vision.config import Config, config_to_dict, load_config
 from robust_vision.data.sources import converted_splits, read_examples
-from robust_vision.runs.loading import LoadedModel, check_input_shape, load_trained_model, resolve_checkpoint
+from robust_vision.runs.loading import LoadedModel, load_trained_model, resolve_checkpoint
+from robust_vision.runs.loading import check_model_data as runs_check_model_data
 from robust_vision.runs.paths import config_file
 from robust_vision.evaluation.report import versions
 from robust_vision.io import write_json
@@ -48,10 +49,8 @@ def load_run_config(checkpoint: str, config: str | None, overrides: list[str]) -
 
 def check_model_data(model: LoadedModel, images: np.ndarray, class_names: tuple[str, ...], where: str) -> None:
     """The split's images (N, H, W, C) and classes must be the ones the model was trained on."""
-    check_input_shape(model, tuple(images.shape[1:]), where)
-    if model.num_classes != len(class_names):
-        raise ValueError(f"{model.name} predicts {model.num_classes} classes but {where} has "
-                         f"{len(class_names)}; analyse the model on the dataset it was trained on")
+    runs_check_model_data(model, tuple(images.shape[1:]), len(class_names), where,
+                          "analyse the model on the dataset it was trained on")
 
 
 def load_context(args: argparse.Namespace) -> Context:

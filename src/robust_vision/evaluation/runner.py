@@ -104,8 +104,12 @@ class EvalContext:
         return source_batches(self.source if source is None else source, self.cfg.evaluation.batch_size, n)
 
     def check(self, model) -> None:
-        """``model`` fits the evaluated data (:func:`check_model_data`)."""
-        check_model_data(model, self.source, self.where)
+        """``model`` fits the evaluated data: its input shape and class count (one-line error)."""
+        from robust_vision.runs.loading import check_model_data
+
+        info = self.source.info
+        check_model_data(model, info.image_shape, info.num_classes, self.where,
+                         "evaluate on data with the classes the model was trained on (data.classes, --data)")
 
     def per_model(self, desc: str):
         """The models one by one, with a progress bar over them."""
@@ -133,27 +137,6 @@ def config_split_sources(data_cfg, split: str) -> tuple[Any, Callable[[], Any]]:
         return converted(source, stream_shape(source, data_cfg.image_size, data_cfg.channels))
 
     return open_one(split), lambda: open_one("val")
-
-
-def check_model_data(model, dataset, where: str) -> None:
-    """The model's input shape and class count match the data (a Dataset, or a record source's
-    ``info``) (one-line ValueError otherwise)."""
-    from robust_vision.runs.loading import check_input_shape
-
-    info = getattr(dataset, "info", dataset)
-    check_input_shape(model, info.image_shape, where)
-    if model.num_classes != info.num_classes:
-        raise ValueError(f"{model.name} predicts {model.num_classes} classes but {where} has {info.num_classes}; "
-                         "evaluate on data with the classes the model was trained on (data.classes, --data)")
-
-
-def write_suite_tables(out_dir: Path, parts: dict) -> list:
-    """The CSV tables of the suite parts present in ``parts`` (keys as in results.json)."""
-    from robust_vision.evaluation.parts import write_tables
-    from robust_vision.tables import SUITE_TABLES
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return [path for key in SUITE_TABLES if key in parts for path in write_tables(out_dir, key, parts[key])]
 
 
 def format_timings(timings: dict[str, dict]) -> str:

@@ -175,6 +175,15 @@ def _abstract_parts(run_cfg: Config, input_shape: tuple[int, int, int], num_clas
     return ModelParts(Graphs(build=lambda: abstract().graphs.get()), params, streams(), model_state)
 
 
+def check_model_data(model: LoadedModel, image_shape: tuple[int, int, int], num_classes: int, where: str,
+                     fix: str) -> None:
+    """Clear errors when data of ``image_shape`` (H, W, C) with ``num_classes`` classes is not what
+    ``model`` was trained on; ``fix`` ends the class-count message (what the user should do)."""
+    check_input_shape(model, image_shape, where)
+    if model.num_classes != num_classes:
+        raise ValueError(f"{model.name} predicts {model.num_classes} classes but {where} has {num_classes}; {fix}")
+
+
 def check_input_shape(model: LoadedModel, image_shape: tuple[int, int, int], where: str) -> None:
     """Clear error when a dataset's images do not match what the model was trained on."""
     if tuple(image_shape) != model.input_shape:

@@ -16,7 +16,6 @@ from robust_vision.evaluation.suite import (ATTACK_NAMES, AUTOATTACK_NAMES, GRAD
                                             check_attacks, part_key)
 
 
-
 def _default_steps(registry_name: str) -> int:
     """The attack's own default number of iterations (1 for fgsm)."""
     import inspect
