@@ -37,6 +37,16 @@ def check_output_dir(path: str | Path, key: str = "--output") -> Path:
     return path
 
 
+_TEMPORARY_SUFFIX = ".tmp"
+
+
+def is_temporary(path: str | Path) -> bool:
+    """Whether ``path`` is an ``atomic_write`` temporary (``.<name>.<pid>.<thread>.tmp``), e.g. one
+    left behind by a killed process: never part of what was written."""
+    name = Path(path).name
+    return name.startswith(".") and name.endswith(_TEMPORARY_SUFFIX)
+
+
 def atomic_write(path: str | Path, data: bytes | str, *, private: bool = False) -> Path:
     """Write ``data`` (str as UTF-8) to ``path`` through a temporary file and a rename.
 
@@ -46,7 +56,7 @@ def atomic_write(path: str | Path, data: bytes | str, *, private: bool = False) 
     """
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{_TEMPORARY_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o666)
     try:
         with os.fdopen(fd, "wb") as f:

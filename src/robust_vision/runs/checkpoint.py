@@ -31,7 +31,7 @@ from typing import Any, Callable
 import jax
 import orbax.checkpoint as ocp
 
-from robust_vision.io import write_json
+from robust_vision.io import is_temporary, write_json
 from robust_vision.runs.paths import CheckpointError, checkpoints_dir, read_meta  # noqa: F401 (re-exported)
 
 
@@ -52,7 +52,7 @@ def _file_digests(checkpoint_dir: Path) -> dict[str, dict]:
     """{relative path: {"sha256", "bytes"}} of every file of one checkpoint but the manifest."""
     out = {}
     for path in sorted(p for p in checkpoint_dir.rglob("*")
-                       if p.is_file() and p.name not in (MANIFEST, MANIFEST + ".tmp")):
+                       if p.is_file() and p.name != MANIFEST and not is_temporary(p)):
         h = hashlib.sha256()
         with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
